@@ -1,0 +1,138 @@
+"""Simulated SMLM camera stacks with ground truth (paper section 2.1, DESIGN.md 2).
+
+Emitters are drawn independently in every frame (a Poisson number at the given density, uniform
+positions), imaged through the pixel-integrated Gaussian PSF on a background, then through the camera.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .camera import Camera
+from .psf import render_emitters
+
+Range = float | tuple[float, float]
+
+
+def _draw(rng: np.random.Generator, value: Range, n: int) -> np.ndarray:
+    """``n`` values: a constant, or log-uniform over ``(lo, hi)`` (uniform when ``lo == 0``)."""
+    if np.isscalar(value):
+        return np.full(n, float(value))
+    lo, hi = map(float, value)
+    if lo > 0:
+        return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+    return rng.uniform(lo, hi, n)
+
+
+def _check_range(name: str, value: Range, minimum: float, strict: bool) -> None:
+    values = [value] if np.isscalar(value) else list(value)
+    bad = [v for v in values if not np.isfinite(v) or (v <= minimum if strict else v < minimum)]
+    if bad or (len(values) == 2 and values[0] > values[1]):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be {op} {minimum:g} (got {value})")
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """What to simulate. Units: pixel_size nm, density emitters/um^2, photons per emitter, background
+    photons/pixel, psf_sigma raw pixels. ``photons``, ``background`` and ``psf_sigma`` may be ranges
+    ``(lo, hi)``: photons vary per emitter, background and PSF width per frame."""
+
+    frames: int = 100
+    size: int | tuple[int, int] = 64
+    density: Range = 1.0
+    photons: Range = 2000.0
+    background: Range = 20.0
+    psf_sigma: Range = 1.0
+    pixel_size: float = 100.0
+    camera: Camera = field(default_factory=Camera)
+    seed: int | None = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.size) if np.isscalar(self.size) else tuple(self.size)
+
+    def validate(self) -> "SimulationSettings":
+        if int(self.frames) < 1:
+            raise ValueError(f"frames must be >= 1 (got {self.frames})")
+        if min(self.shape) < 8:
+            raise ValueError(f"size must be >= 8 pixels (got {self.size})")
+        _check_range("density", self.density, 0.0, strict=False)
+        _check_range("photons", self.photons, 0.0, strict=True)
+        _check_range("background", self.background, 0.0, strict=False)
+        _check_range("psf_sigma", self.psf_sigma, 0.0, strict=True)
+        _check_range("pixel_size", self.pixel_size, 0.0, strict=True)
+        self.camera.validate()
+        return self
+
+
+@dataclass
+class Emitters:
+    """Ground truth: 0-based frame index, row and column in raw pixels (centres are integers), photons."""
+
+    frame: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    photons: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def in_frame(self, t: int) -> "Emitters":
+        keep = self.frame == t
+        return Emitters(self.frame[keep], self.row[keep], self.col[keep], self.photons[keep])
+
+
+@dataclass
+class SimulatedStack:
+    """A simulated stack: ``adu`` (T, H, W) float64 camera counts, ``omega`` the expected photons."""
+
+    adu: np.ndarray
+    omega: np.ndarray
+    emitters: Emitters
+    settings: SimulationSettings
+
+
+def draw_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int], density_px: Range,
+                  photons: Range, disc_radius: float | None = None) -> Emitters:
+    """Emitters per frame at ``density_px`` (emitters per pixel^2; a range is drawn per frame), uniform
+    over the field, or over a centred disc of ``disc_radius`` pixels (the training patches, paper 4)."""
+    h, w = shape
+    area = np.pi * disc_radius**2 if disc_radius else h * w
+    counts = rng.poisson(_draw(rng, density_px, n_frames) * area)
+    n = int(counts.sum())
+    frame = np.repeat(np.arange(n_frames), counts)
+    if disc_radius:
+        rad = disc_radius * np.sqrt(rng.uniform(0, 1, n))
+        ang = rng.uniform(0, 2 * np.pi, n)
+        row, col = (h - 1) / 2 + rad * np.sin(ang), (w - 1) / 2 + rad * np.cos(ang)
+    else:
+        row, col = rng.uniform(-0.5, h - 0.5, n), rng.uniform(-0.5, w - 0.5, n)
+    return Emitters(frame, row, col, _draw(rng, photons, n))
+
+
+def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], sigma: np.ndarray,
+                     background: np.ndarray) -> np.ndarray:
+    """omega (T, H, W): per-frame ``background`` (scalar per frame, or maps) plus the emitters' PSFs."""
+    omega = np.empty((n_frames, *shape))
+    omega[:] = np.asarray(background, dtype=np.float64).reshape(n_frames, *([1, 1] if np.ndim(background) == 1 else []))
+    order = np.argsort(emitters.frame, kind="stable")
+    bounds = np.searchsorted(emitters.frame[order], np.arange(n_frames + 1))
+    for t in range(n_frames):
+        idx = order[bounds[t]:bounds[t + 1]]
+        if len(idx):
+            omega[t] += render_emitters(emitters.row[idx], emitters.col[idx], emitters.photons[idx], shape, sigma[t])
+    return omega
+
+
+def simulate(settings: SimulationSettings) -> SimulatedStack:
+    """Simulate a stack of camera frames in ADU, with its ground truth emitters."""
+    s = settings.validate()
+    rng = np.random.default_rng(s.seed)
+    density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
+    emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
+    sigma = _draw(rng, s.psf_sigma, s.frames)
+    background = _draw(rng, s.background, s.frames)
+    omega = expected_photons(emitters, s.frames, s.shape, sigma, background)
+    return SimulatedStack(s.camera.expose(omega, rng), omega, emitters, s)
