@@ -129,10 +129,13 @@ def open_stack(path: str | os.PathLike) -> Stack:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with _tifffile_complaints() as complaints:
+        tif = None
         try:
             tif = tifffile.TiffFile(path)
             series = tif.series[0]
         except Exception as exc:  # tifffile raises several types for non-TIFF or corrupt headers
+            if tif is not None:  # opened, but no image series (e.g. a header-only file): do not leak it
+                tif.close()
             raise InputError(f"{path}: not a readable TIFF file ({exc})") from None
     if complaints:
         tif.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .localize import Localizations
 from .physics.simulate import Emitters
 
 
@@ -24,3 +25,10 @@ def emitters_table(emitters: Emitters, pixel_size: float) -> dict[str, np.ndarra
 def table_xy(table: dict[str, np.ndarray]) -> np.ndarray:
     """``(n, 2)`` array of (x, y) in nm."""
     return np.stack([table["x [nm]"], table["y [nm]"]], axis=1)
+
+
+def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.ndarray]:
+    """Predicted localizations as ThunderSTORM columns, with ``uncertainty [nm]`` (per axis) and
+    ``detection`` (fraction of diffusion samples holding the peak)."""
+    return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
+            "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection}

@@ -1,0 +1,219 @@
+"""Training phi and psi on simulated data drawn fresh every batch (paper section 4).
+
+:func:`train` is a generator: it yields :class:`Progress` after every iteration and honours a stop
+flag, so the CLI, the napari widget and the tests drain the same code. Checkpoints (the model file and
+the optimiser state) are written atomically every ``checkpoint_every`` iterations; a run resumes from
+them. The bundled weights are never overwritten.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import InputError, atomic_path
+from .kde import render_kde, to_model
+from .models import registry
+from .models.registry import Models
+from .physics.simulate import _draw, draw_emitters, expected_photons
+from .preprocessing import normalise, psi_condition
+
+PATCH = 16          # raw pixels (64 SR pixels)
+DISC_RADIUS = 7.0   # raw pixels (paper section 4)
+
+
+@dataclass
+class TrainSettings:
+    """Simulation ranges (photons per emitter, background photons/px, PSF sigma raw px, density
+    emitters/um^2 at ``pixel_size`` nm, read noise e- rms) and optimisation settings."""
+
+    target: str = "both"
+    iterations: int = 10000
+    batch_size: int = 16
+    lr: float = 5e-4
+    photons: tuple[float, float] = (500.0, 10000.0)
+    background: tuple[float, float] = (5.0, 100.0)
+    psf_sigma: tuple[float, float] = (0.8, 1.5)
+    density: tuple[float, float] = (0.0, 6.0)
+    read_noise: tuple[float, float] = (0.0, 3.0)
+    pixel_size: float = 100.0
+    out_dir: str = "smlm-uq-training"
+    init: str | None = None
+    seed: int = 0
+    checkpoint_every: int = 250
+    val_size: int = 128
+    bf16: bool = True
+    config: dict = field(default_factory=registry.default_config)
+
+    def validate(self) -> "TrainSettings":
+        if self.target not in ("phi", "psi", "both"):
+            raise ValueError(f"target must be phi, psi or both (got {self.target!r})")
+        for name in ("iterations", "batch_size", "checkpoint_every", "val_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"learning rate must be in (0, 1) (got {self.lr})")
+        for name, low in (("photons", 0), ("background", -1e-12), ("psf_sigma", 0), ("density", -1e-12),
+                          ("read_noise", -1e-12)):
+            lo, hi = getattr(self, name)
+            if not (lo > low and hi >= lo and math.isfinite(hi)):
+                raise ValueError(f"{name} range must satisfy {max(low, 0):g} {'<' if low == 0 else '<='} low <= high (got {lo}, {hi})")
+        if self.target == "psi" and not self.init:
+            raise ValueError("training psi alone needs a model to start from (init): its phi conditions psi")
+        out = Path(self.out_dir).resolve()
+        if out == registry.WEIGHTS_DIR.resolve() or registry.WEIGHTS_DIR.resolve() in out.parents:
+            raise ValueError("the output folder may not be the bundled weights folder")
+        return self
+
+
+@dataclass
+class Progress:
+    stage: str            # "phi" or "psi"
+    iteration: int
+    iterations: int
+    loss: float
+    val_loss: float | None
+    elapsed: float        # seconds in this stage
+    model_path: Path | None  # the last good model file, once one is written
+
+
+def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training patches: normalised inputs ``(n, 1, 16, 16)`` and model-space KDEs ``(n, 1, 64, 64)``."""
+    shape = (PATCH, PATCH)
+    density_px = tuple(np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2)
+    emitters = draw_emitters(rng, n, shape, density_px, s.photons, disc_radius=DISC_RADIUS)
+    sigma, background = _draw(rng, s.psf_sigma, n), _draw(rng, s.background, n)
+    read = rng.uniform(*s.read_noise, n)[:, None, None]
+    omega = expected_photons(emitters, n, shape, sigma, background)
+    e_shifted = rng.poisson(omega) + rng.standard_normal(omega.shape) * read + read**2
+    x = normalise(torch.from_numpy(e_shifted.astype(np.float32))[:, None])
+    kde = np.stack([render_kde(emitters.in_frame(t).row, emitters.in_frame(t).col, shape) for t in range(n)])
+    return x, torch.from_numpy(to_model(kde))[:, None]
+
+
+def _lr(it: int, total: int, base: float, warmup: int = 200) -> float:
+    if it < warmup:
+        return base * (it + 1) / warmup
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(total - warmup, 1))))
+
+
+class _Stage:
+    """One model's optimisation: loss function, optimiser, validation set, checkpoints."""
+
+    def __init__(self, name: str, models: Models, s: TrainSettings, out: Path):
+        self.name, self.models, self.s, self.out = name, models, s, out
+        self.net = models.phi if name == "phi" else models.psi
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=s.lr)
+        self.state_path = out / f"train_state_{name}.pt"
+        self.iteration, self.best = 0, math.inf
+        self.rng = np.random.default_rng([s.seed, 0 if name == "phi" else 1])
+        self.torch_gen = torch.Generator().manual_seed(s.seed + (0 if name == "phi" else 1))
+        vrng = np.random.default_rng([s.seed, 99])
+        self.val = simulate_patches(vrng, s.val_size, s)
+        vgen = torch.Generator().manual_seed(12345)
+        self.val_gamma = models.schedule.sample_training_gamma(s.val_size, vgen)
+        self.val_noise = torch.randn(self.val[1].shape, generator=vgen)
+
+    def loss(self, x: torch.Tensor, z0: torch.Tensor, gamma: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.s.bf16):
+            if self.name == "phi":
+                return F.mse_loss(self.models.phi(x).float(), z0)
+            with torch.no_grad():
+                cond = psi_condition(x, self.models.phi(x))
+            gamma = self.models.schedule.sample_training_gamma(len(x), self.torch_gen) if gamma is None else gamma
+            noise = torch.randn(z0.shape, generator=self.torch_gen) if noise is None else noise
+            g = gamma[:, None, None, None]
+            y_t = g.sqrt() * z0 + (1 - g).sqrt() * noise
+            return F.mse_loss(self.models.psi(y_t, cond, gamma.sqrt()).float(), noise)
+
+    def validate(self) -> float:
+        self.net.eval()
+        with torch.no_grad():
+            x, z0 = self.val
+            value = float(self.loss(x, z0, self.val_gamma, self.val_noise))
+        self.net.train()
+        return value
+
+    def save(self, model_path: Path) -> None:
+        registry.save(self.models, model_path)
+        state = {"iteration": self.iteration, "best": self.best, "opt": self.opt.state_dict(),
+                 "net": self.net.state_dict(), "rng": self.rng.bit_generator.state,
+                 "torch_gen": self.torch_gen.get_state()}
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> bool:
+        if not self.state_path.exists():
+            return False
+        state = torch.load(self.state_path, weights_only=False)  # our own file, with numpy RNG state
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.iteration, self.best = state["iteration"], state["best"]
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_gen.set_state(state["torch_gen"])
+        return True
+
+
+def initial_models(s: TrainSettings) -> Models:
+    if s.init:
+        return registry.load(s.init)
+    models = registry.build(s.config, name=Path(s.out_dir).name)
+    models.info["trained_on"] = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir")}
+    return models
+
+
+def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: False,
+          models: Models | None = None) -> Generator[Progress, None, Path | None]:
+    """Train (or fine-tune) the models of ``settings``; yields :class:`Progress` every iteration.
+    Returns the path of the last good model file (``out_dir/model.pt``)."""
+    s = settings.validate()
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = models or initial_models(s)
+    models.name = out.name
+    models.info["trained_on"] = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir", "init")}
+    model_path = out / "model.pt"
+    good = model_path if model_path.exists() else None
+    stages = ["phi", "psi"] if s.target == "both" else [s.target]
+    if models.psi is None and "psi" in stages:
+        raise InputError("this model has no psi to train")
+    torch.manual_seed(s.seed)
+    for name in stages:
+        stage = _Stage(name, models, s, out)
+        stage.resume()
+        other = models.psi if name == "phi" else models.phi
+        if other is not None:
+            other.eval().requires_grad_(False)
+        stage.net.train().requires_grad_(True)
+        start = time.perf_counter()
+        while stage.iteration < s.iterations:
+            if should_stop():
+                return good
+            for group in stage.opt.param_groups:
+                group["lr"] = _lr(stage.iteration, s.iterations, s.lr)
+            x, z0 = simulate_patches(stage.rng, s.batch_size, s)
+            loss = stage.loss(x, z0)
+            stage.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(stage.net.parameters(), 1.0)
+            stage.opt.step()
+            stage.iteration += 1
+            val = None
+            if stage.iteration % s.checkpoint_every == 0 or stage.iteration == s.iterations:
+                val = stage.validate()
+                stage.best = min(stage.best, val)
+                stage.net.eval()
+                stage.save(model_path)
+                stage.net.train()
+                good = model_path
+            yield Progress(name, stage.iteration, s.iterations, loss.item(), val, time.perf_counter() - start, good)
+        stage.net.eval()
+    models.to("cpu")
+    return good
