@@ -14,6 +14,7 @@ import numpy as np
 from .io import InputError
 
 EXIT_USAGE = 2
+DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_START, DEFAULT_THRESHOLD = 8, 10, 0.5, 0.3
 
 
 class UsageError(Exception):
@@ -110,6 +111,148 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- predict ------------------------------------------------------------------------------------
+
+def parse_frames(text: str | None, n: int) -> slice:
+    """``a:b`` (0-based, b exclusive, either may be empty) -> a slice inside ``[0, n)``."""
+    if not text:
+        return slice(0, n)
+    try:
+        a, b = (int(v) if v.strip() else None for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"smlm-uq predict: --frames must look like a:b (got {text!r})") from None
+    a, b = 0 if a is None else a, n if b is None else b
+    if not 0 <= a < b <= n:
+        raise UsageError(f"smlm-uq predict: --frames {text} is outside the stack's {n} frames (0:{n})")
+    return slice(a, b)
+
+
+def _check_finite(data, frames: slice, chunk: int = 64) -> None:
+    if np.dtype(data.dtype).kind != "f":
+        return
+    for i in range(frames.start, frames.stop, chunk):
+        block = np.asarray(data[i:min(i + chunk, frames.stop)])
+        if not np.all(np.isfinite(block)):
+            raise UsageError(f"smlm-uq predict: the stack holds NaN or infinite values (frames {i}..{i + len(block) - 1})")
+
+
+OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
+
+
+def prepare_predict(a: argparse.Namespace):
+    """Check everything before any work: the stack, the frame range, the settings, the model, the folder."""
+    from .io import open_stack
+    from .models import registry
+    from .physics.camera import Camera
+    from .pipeline import PredictSettings
+
+    stack = open_stack(a.input)
+    frames = parse_frames(a.frames, stack.shape[0])
+    meta = stack.metadata
+    pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
+    camera = Camera(pick(a.offset, "offset", 100.0), pick(a.gain, "gain", 1.0), pick(a.read_noise, "read_noise", 1.5))
+    settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
+                               pixel_size=pick(a.pixel_size, "pixel_size", 100.0), device=a.device,
+                               bf16=not a.fp32, threshold=a.threshold, seed=a.seed)
+    try:
+        settings.validate()
+        settings.torch_device()
+    except ValueError as exc:
+        raise UsageError(f"smlm-uq predict: {exc}") from None
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"smlm-uq predict: --out {out} exists and is not a folder")
+    existing = [f for f in OUTPUTS if (out / f).exists()]
+    if existing and not a.overwrite:
+        raise UsageError(f"smlm-uq predict: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    models = registry.load(a.model)
+    if settings.samples and models.psi is None:
+        raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
+    _check_finite(stack.data, frames)
+    return stack, frames, settings, models, out
+
+
+class _ProgressBar:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.done = total, stream, 0
+        import time
+        self._clock, self._start = time.perf_counter, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        elapsed = self._clock() - self._start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate else float("nan")
+        width = 30
+        fill = int(width * self.done / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} frames "
+                          f"{rate:.2f} frames/s, {left:.0f} s left ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    import time
+    from contextlib import ExitStack
+
+    from .io import StackWriter, write_json, write_localizations, write_stack
+    from .kde import UPSAMPLING
+    from .localize import Localizations
+    from .localizations import localizations_table
+    from .pipeline import StackSum, predict
+
+    stack, frames, settings, models, out = prepare_predict(a)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    sr = settings.pixel_size / UPSAMPLING
+    n = frames.stop - frames.start
+    total, locs, bar, t0 = StackSum(), [], _ProgressBar(n), time.perf_counter()
+    with ExitStack() as files:
+        writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
+                   for k in ("mean", "std", "sample")}
+        view = stack.data[frames.start:frames.stop] if isinstance(stack.data, np.ndarray) else _Offset(stack.data, frames)
+        for result in predict(view, models, settings, first_index=frames.start):
+            for key, writer in writers.items():
+                writer.write(getattr(result, key)[None])
+            total.add(result)
+            locs.append(result.localizations)
+            bar.update()
+        bar.close()
+    seconds = time.perf_counter() - t0
+    all_locs = Localizations.concat(locs)
+    write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
+    write_localizations(out / "localizations.csv", localizations_table(all_locs, settings.pixel_size))
+    summary = {"input": str(Path(a.input).resolve()), "frames": [frames.start, frames.stop], "model": models.name,
+               "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
+                            "pixel_size_nm": settings.pixel_size, "offset_adu": float(settings.camera.offset),
+                            "gain": float(settings.camera.gain), "read_noise_e": float(settings.camera.read_noise),
+                            "device": str(settings.torch_device()), "bf16": settings.bf16,
+                            "threshold": settings.threshold, "seed": settings.seed},
+               "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
+               "localizations": len(all_locs), "sr_pixel_size_nm": sr}
+    write_json(out / "summary.json", summary)
+    print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
+    return 0
+
+
+class _Offset:
+    """Frames ``[start, stop)`` of a lazily read stack, indexable from 0."""
+
+    def __init__(self, data, frames: slice):
+        self.data, self.frames = data, frames
+
+    def __len__(self) -> int:
+        return self.frames.stop - self.frames.start
+
+    def __getitem__(self, key: slice):
+        start = self.frames.start + (key.start or 0)
+        stop = min(self.frames.start + (key.stop if key.stop is not None else len(self)), self.frames.stop)
+        return self.data[start:stop]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -140,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=_positive(), default=250.0, help="matching radius, nm")
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="super-resolved mean, std, sample and localizations of a TIFF stack")
+    p.add_argument("input", help="TIFF stack of camera frames (ADU)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="diffusion samples per frame (0: phi alone)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="diffusion inference steps")
+    p.add_argument("--start", type=float, default=DEFAULT_START,
+                   help="preconditioned start, fraction of the noise schedule (1: pure noise)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--model", default="default", help="bundled model name or model file")
+    p.add_argument("--frames", default=None, help="frame range a:b (0-based, b exclusive)")
+    p.add_argument("--threshold", type=_positive(), default=DEFAULT_THRESHOLD, help="KDE peak threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp32", action="store_true", help="full precision instead of bf16 autocast")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_camera_args(p, defaults=False)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -150,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, InputError) as exc:
         text = f"smlm-uq: {exc}" if isinstance(exc, InputError) else str(exc)
         print(text.replace(": ", ": error: ", 1), file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # settings rejected by the core's validation
+        print(f"smlm-uq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("smlm-uq: interrupted", file=sys.stderr)
