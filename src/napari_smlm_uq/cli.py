@@ -253,6 +253,63 @@ class _Offset:
         return self.data[start:stop]
 
 
+# --- train --------------------------------------------------------------------------------------
+
+def cmd_train(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .models import registry
+    from .training import TrainSettings, train
+
+    settings = TrainSettings(target=a.target, iterations=a.iterations, psi_iterations=a.psi_iterations,
+                             batch_size=a.batch_size, lr=a.lr, photons=tuple(a.photons), background=tuple(a.background),
+                             psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
+                             pixel_size=a.pixel_size, out_dir=a.out, init=a.init, seed=a.seed,
+                             checkpoint_every=a.checkpoint_every, bf16=not a.fp32,
+                             config=registry.tiny_config() if a.tiny else registry.default_config())
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise UsageError(f"smlm-uq train: {exc}") from None
+    if a.init:
+        registry.resolve(a.init)
+    print(f"training {a.target} -> {Path(a.out) / 'model.pt'} "
+          f"({json.dumps({k: v for k, v in dataclasses.asdict(settings).items() if k != 'config'})})")
+    model_path = None
+    for p in train(settings):
+        model_path = p.model_path
+        if p.iteration % a.log_every == 0 or p.val_loss is not None:
+            val = f"  validation {p.val_loss:.5f}" if p.val_loss is not None else ""
+            print(f"{p.stage} {p.iteration}/{p.iterations}  loss {p.loss:.5f}{val}  {p.elapsed:.0f} s", flush=True)
+    print(f"model written to {model_path}")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from . import demo
+    from .io import atomic_path, write_json
+    from .pipeline import PredictSettings
+
+    settings = PredictSettings(samples=a.samples, steps=a.steps, start=DEFAULT_START, device=a.device)
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise UsageError(f"smlm-uq demo: {exc}") from None
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = demo.run(settings, a.model)
+    for line in demo.summary_lines(result):
+        print(line)
+    with atomic_path(out_dir / "demo.png") as tmp:
+        demo.figure(result, tmp)
+    write_json(out_dir / "demo.json", {k: result[k]["report"] for k in ("phi", "pipeline")}
+               | {"pixels": result["pipeline"]["pixels"], "crlb_nm": result["crlb_nm"]})
+    print(f"figure: {out_dir / 'demo.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -300,6 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     add_camera_args(p, defaults=False)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train or fine-tune phi and psi on simulated data")
+    p.add_argument("--out", required=True, help="output folder (model.pt and resumable checkpoints)")
+    p.add_argument("--target", choices=("phi", "psi", "both"), default="both")
+    p.add_argument("--init", default=None, help="bundled model name or model file to fine-tune")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--psi-iterations", type=int, default=None, help="psi's iterations with --target both")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate")
+    rng = lambda name, lo, hi, unit: p.add_argument(  # noqa: E731
+        f"--{name}", type=float, nargs=2, default=(lo, hi), metavar=("LOW", "HIGH"), help=f"{unit} range")
+    rng("photons", 500.0, 10000.0, "photons per emitter")
+    rng("background", 5.0, 100.0, "background photons/pixel")
+    rng("psf-sigma", 0.8, 1.5, "PSF sigma (raw pixels)")
+    rng("density", 0.0, 6.0, "emitters/um^2")
+    rng("read-noise", 0.0, 3.0, "read noise (e- rms)")
+    p.add_argument("--pixel-size", type=_positive(), default=100.0, help="nm (sets the density scale)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="simulate, predict with the bundled model, score, draw a figure")
+    p.add_argument("--out", default="smlm-uq-demo", help="folder for demo.png and demo.json")
+    p.add_argument("--model", default="default", help="bundled model name or model file")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

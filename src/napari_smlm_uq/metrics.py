@@ -105,3 +105,33 @@ def ause(std: np.ndarray, abs_error: np.ndarray, n_points: int = 20) -> float:
 def coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, k: float = 2.0) -> float:
     """Fraction of pixels whose truth lies within ``mean +/- k std``."""
     return float(np.mean(np.abs(np.ravel(truth) - np.ravel(mean)) <= k * np.ravel(std)))
+
+
+# --- localization uncertainty -------------------------------------------------------------------
+
+def normalised_errors(loc_xy: np.ndarray, gt_xy: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+    """Per-axis ``error / uncertainty`` of matched pairs (both axes pooled, finite uncertainties only);
+    its standard deviation is 1 for a calibrated per-axis uncertainty."""
+    ok = np.isfinite(uncertainty) & (uncertainty > 0)
+    return ((np.asarray(loc_xy)[ok] - np.asarray(gt_xy)[ok]) / np.asarray(uncertainty)[ok, None]).ravel()
+
+
+def precision_when_filtering(is_tp: np.ndarray, score: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Precision (%) of what is kept after dropping, for each ``f`` in ``fractions``, the fraction ``f``
+    of localizations with the highest ``score`` (e.g. uncertainty; NaN counts as most uncertain)."""
+    order = np.argsort(-np.nan_to_num(np.asarray(score, float), nan=np.inf), kind="stable")
+    tp = np.asarray(is_tp, bool)[order]
+    n = len(tp)
+    out = []
+    for f in fractions:
+        kept = tp[int(round(f * n)):]
+        out.append(100.0 * kept.mean() if len(kept) else np.nan)
+    return np.array(out)
+
+
+def false_positives_removed(is_tp: np.ndarray, score: np.ndarray, drop: float = 0.1) -> float:
+    """Fraction (%) of all false positives among the ``drop`` fraction with the highest ``score``."""
+    order = np.argsort(-np.nan_to_num(np.asarray(score, float), nan=np.inf), kind="stable")
+    fp = ~np.asarray(is_tp, bool)[order]
+    n_drop = int(round(drop * len(fp)))
+    return float(100.0 * fp[:n_drop].sum() / max(fp.sum(), 1))

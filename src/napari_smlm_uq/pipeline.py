@@ -167,6 +167,8 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
             x, z_phi = run_phi(models, batch, s, device)
             per_frame_phi = (time.perf_counter() - t0) / len(batch)
             for i in range(len(batch)):
+                if i and should_stop():  # between frames of a batch too (phi alone never checks mid-frame)
+                    return
                 t1 = time.perf_counter()
                 mean_z = z_phi[i:i + 1]
                 if s.samples:

@@ -35,6 +35,7 @@ class TrainSettings:
 
     target: str = "both"
     iterations: int = 10000
+    psi_iterations: int | None = None   # psi's iterations when target is "both" (default: iterations)
     batch_size: int = 16
     lr: float = 5e-4
     photons: tuple[float, float] = (500.0, 10000.0)
@@ -54,8 +55,8 @@ class TrainSettings:
     def validate(self) -> "TrainSettings":
         if self.target not in ("phi", "psi", "both"):
             raise ValueError(f"target must be phi, psi or both (got {self.target!r})")
-        for name in ("iterations", "batch_size", "checkpoint_every", "val_size"):
-            if int(getattr(self, name)) < 1:
+        for name in ("iterations", "batch_size", "checkpoint_every", "val_size", "psi_iterations"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not (0 < self.lr < 1):
             raise ValueError(f"learning rate must be in (0, 1) (got {self.lr})")
@@ -176,6 +177,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     s = settings.validate()
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)  # before the networks are initialised, so a seed reproduces a run
     models = models or initial_models(s)
     models.name = out.name
     models.info["trained_on"] = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir", "init")}
@@ -184,8 +186,8 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     stages = ["phi", "psi"] if s.target == "both" else [s.target]
     if models.psi is None and "psi" in stages:
         raise InputError("this model has no psi to train")
-    torch.manual_seed(s.seed)
     for name in stages:
+        total = s.psi_iterations if name == "psi" and s.psi_iterations else s.iterations
         stage = _Stage(name, models, s, out)
         stage.resume()
         other = models.psi if name == "phi" else models.phi
@@ -193,11 +195,11 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             other.eval().requires_grad_(False)
         stage.net.train().requires_grad_(True)
         start = time.perf_counter()
-        while stage.iteration < s.iterations:
+        while stage.iteration < total:
             if should_stop():
                 return good
             for group in stage.opt.param_groups:
-                group["lr"] = _lr(stage.iteration, s.iterations, s.lr)
+                group["lr"] = _lr(stage.iteration, total, s.lr)
             x, z0 = simulate_patches(stage.rng, s.batch_size, s)
             loss = stage.loss(x, z0)
             stage.opt.zero_grad(set_to_none=True)
@@ -206,14 +208,14 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             stage.opt.step()
             stage.iteration += 1
             val = None
-            if stage.iteration % s.checkpoint_every == 0 or stage.iteration == s.iterations:
+            if stage.iteration % s.checkpoint_every == 0 or stage.iteration == total:
                 val = stage.validate()
                 stage.best = min(stage.best, val)
                 stage.net.eval()
                 stage.save(model_path)
                 stage.net.train()
                 good = model_path
-            yield Progress(name, stage.iteration, s.iterations, loss.item(), val, time.perf_counter() - start, good)
+            yield Progress(name, stage.iteration, total, loss.item(), val, time.perf_counter() - start, good)
         stage.net.eval()
     models.to("cpu")
     return good

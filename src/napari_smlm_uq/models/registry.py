@@ -121,7 +121,7 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.de
 def tiny_config() -> dict:
     """A very small architecture for tests and quick experiments."""
     return {"phi": {"channels": 8, "up_channels": 8, "dilations": [1, 2]},
-            "psi": {"base": 8, "mults": [1, 2], "num_res": 1, "cond_channels": 2},
+            "psi": {"base": 8, "mults": [1, 2, 2], "num_res": 1, "cond_channels": 2},
             "schedule": Schedule.named("default").config()}
 
 

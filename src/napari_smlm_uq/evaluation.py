@@ -1,0 +1,44 @@
+"""Quality of predictions against simulated ground truth: localization scores beside the CRLB, and
+whether the uncertainty predicts error (DESIGN.md 7). Shared by the demo, the training widget and the
+benchmarks."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+from .kde import render_kde
+from .localizations import table_xy
+from .physics.simulate import Emitters
+
+
+def localization_report(locs: dict[str, np.ndarray], gt: dict[str, np.ndarray], tolerance: float = 250.0) -> dict:
+    """JAC/RMSE/E/precision/recall, and for the uncertainty: the std of error/uncertainty over matched
+    localizations, the false positives removed by dropping the 10% most uncertain (and least detected)."""
+    loc_xy, gt_xy = table_xy(locs), table_xy(gt)
+    s = metrics.score(locs["frame"], loc_xy, gt["frame"], gt_xy, tolerance)
+    m = metrics.match(locs["frame"], loc_xy, gt["frame"], gt_xy, tolerance)
+    report = s.as_dict()
+    unc = locs.get("uncertainty [nm]")
+    if unc is not None and np.isfinite(unc).any() and len(m.loc_idx):
+        z = metrics.normalised_errors(loc_xy[m.loc_idx], gt_xy[m.gt_idx], unc[m.loc_idx])
+        is_tp = np.zeros(len(loc_xy), bool)
+        is_tp[m.loc_idx] = True
+        report.update({
+            "error_over_uncertainty_std": float(np.std(z)) if len(z) else float("nan"),
+            "median_uncertainty_nm": float(np.nanmedian(unc)),
+            "fp_removed_by_uncertainty_10pct": metrics.false_positives_removed(is_tp, unc),
+            "fp_removed_by_detection_10pct": metrics.false_positives_removed(is_tp, -locs["detection"]),
+        })
+    return report
+
+
+def true_kdes(emitters: Emitters, frames: range, raw_shape: tuple[int, int]) -> np.ndarray:
+    """Ground-truth KDEs ``(T, 4H, 4W)`` of the given frames."""
+    return np.stack([render_kde(emitters.in_frame(t).row, emitters.in_frame(t).col, raw_shape) for t in frames])
+
+
+def pixel_report(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict:
+    """Does the per-pixel std predict |mean - truth|? Spearman, AUSE, coverage of mean +/- 2 std."""
+    err = np.abs(mean - truth)
+    return {"spearman": metrics.spearman(std, err), "ause": metrics.ause(std, err),
+            "coverage_2std": metrics.coverage(mean, std, truth, 2.0)}
