@@ -153,7 +153,7 @@ def prepare_predict(a: argparse.Namespace):
     camera = Camera(pick(a.offset, "offset", 100.0), pick(a.gain, "gain", 1.0), pick(a.read_noise, "read_noise", 1.5))
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", 100.0), device=a.device,
-                               bf16=not a.fp32, threshold=a.threshold, seed=a.seed)
+                               bf16=not a.fp32, threshold=a.threshold, seed=a.seed, schedule=a.schedule)
     try:
         settings.validate()
         settings.torch_device()
@@ -230,7 +230,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
                             "pixel_size_nm": settings.pixel_size, "offset_adu": float(settings.camera.offset),
                             "gain": float(settings.camera.gain), "read_noise_e": float(settings.camera.read_noise),
                             "device": str(settings.torch_device()), "bf16": settings.bf16,
-                            "threshold": settings.threshold, "seed": settings.seed},
+                            "threshold": settings.threshold, "seed": settings.seed,
+                            "schedule": settings.schedule or "model"},
                "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
                "localizations": len(all_locs), "sr_pixel_size_nm": sr}
     write_json(out / "summary.json", summary)
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="diffusion inference steps")
     p.add_argument("--start", type=float, default=DEFAULT_START,
                    help="preconditioned start, fraction of the noise schedule (1: pure noise)")
+    p.add_argument("--schedule", default=None, help="inference noise levels from a named schedule "
+                   "(default: the model's training schedule; 'paper' for the paper's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--model", default="default", help="bundled model name or model file")
     p.add_argument("--frames", default=None, help="frame range a:b (0-based, b exclusive)")

@@ -14,7 +14,7 @@ from typing import Callable, Generator
 import numpy as np
 import torch
 
-from .diffusion import ancestral_sampler
+from .diffusion import Schedule, ancestral_sampler
 from .kde import from_model
 from .localize import DEFAULT_THRESHOLD, Localizations, localize
 from .models.registry import Models
@@ -47,6 +47,7 @@ class PredictSettings:
     tile_batch: int = 16
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
+    schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
 
     def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
@@ -57,6 +58,8 @@ class PredictSettings:
             raise ValueError(f"start must be in (0, 1] (got {self.start})")
         if not self.pixel_size > 0:
             raise ValueError(f"pixel size must be > 0 nm (got {self.pixel_size})")
+        if self.schedule is not None:
+            Schedule.named(self.schedule)
         if self.frame_batch < 1 or self.tile_batch < 1:
             raise ValueError("batch sizes must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -134,7 +137,8 @@ def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predic
                           max_batch=s.tile_batch)
         return grid.merge(eps, s.samples)
 
-    gammas = models.schedule.inference_gammas(s.steps, s.start)
+    schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
+    gammas = schedule.inference_gammas(s.steps, s.start)
     start = z_phi.expand(s.samples, -1, -1, -1) if s.start < 1 else torch.zeros_like(z_phi).expand(s.samples, -1, -1, -1)
     sampler = ancestral_sampler(eps_fn, start.contiguous(), gammas, generator)
     while True:

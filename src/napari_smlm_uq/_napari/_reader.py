@@ -1,0 +1,76 @@
+"""napari reader: a TIFF camera stack -> one lazily read image layer, scaled in nm.
+
+Plain multi-page TIFF, ImageJ hyperstacks (leading axes become frames) and OME-TIFF. Uncompressed
+files are memory-mapped; compressed or tiled ones become a dask array of per-frame reads, so a stack of
+many gigabytes is never read into memory. The pixel size (nm) comes from the file (100 nm when the file
+does not say, noted in ``metadata["pixel_size_source"]``); camera settings found in the file are kept
+in ``layer.metadata`` for the prediction widget.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import InputError, PageReader, open_stack
+from ._layers import DEFAULT_PIXEL_SIZE, raw_geometry
+
+SUFFIXES = (".tif", ".tiff")
+
+
+def _paths(path) -> list[str] | None:
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    if not paths or not all(str(p).lower().endswith(SUFFIXES) for p in paths):
+        return None
+    return [str(p) for p in paths]
+
+
+def napari_get_reader(path):
+    """Return :func:`read_stacks` for ``.tif``/``.tiff`` paths, None for anything else."""
+    return read_stacks if _paths(path) else None
+
+
+def read_stacks(path) -> list[tuple]:
+    """One image layer per TIFF file. Raises :class:`InputError` with a plain message for files that
+    cannot be used (napari shows it)."""
+    return [stack_layer(p) for p in _paths(path) or []]
+
+
+def _lazy(data):
+    if not isinstance(data, PageReader):
+        return data  # a read-only memmap: napari reads only the frames it shows
+    import dask
+    import dask.array as da
+
+    read = dask.delayed(data.__getitem__, pure=True)
+    frames = [da.from_delayed(read(i), shape=data.shape[1:], dtype=data.dtype) for i in range(data.shape[0])]
+    return da.stack(frames)
+
+
+def _contrast(frame: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(np.asarray(frame, dtype=np.float64), (0.5, 99.95))
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def stack_layer(path: str) -> tuple:
+    """``(data, kwargs, "image")`` for one TIFF stack."""
+    try:
+        stack = open_stack(path)
+    except InputError as exc:
+        raise InputError(f"napari-smlm-uq could not open the stack: {exc}") from None
+    meta = dict(stack.metadata)
+    if "pixel_size" in meta:
+        meta["pixel_size_source"] = "file"
+    else:
+        meta["pixel_size"] = DEFAULT_PIXEL_SIZE
+        meta["pixel_size_source"] = f"default ({DEFAULT_PIXEL_SIZE:g} nm): the file does not give a pixel size"
+    meta["path"] = str(stack.path)
+    data = _lazy(stack.data)
+    try:
+        first = np.asarray(stack.data[0])
+    except Exception as exc:  # noqa: BLE001 - a page that cannot be decoded
+        raise InputError(f"napari-smlm-uq could not read the first frame of {path} ({exc})") from None
+    kwargs = {"name": Path(path).stem, "metadata": meta, "contrast_limits": _contrast(first),
+              "colormap": "gray", **raw_geometry(meta["pixel_size"], 3)}
+    return data, kwargs, "image"

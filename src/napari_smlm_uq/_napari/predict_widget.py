@@ -1,0 +1,299 @@
+"""Dock widget "Super-resolve with uncertainty": run the pipeline on an image layer.
+
+The core's :func:`pipeline.predict` runs in a napari thread worker; every finished frame comes back to
+the main thread, lands in preallocated arrays (:class:`_layers.PredictionResults`) and the layers
+``<name> SR mean/sample/std/sum`` and ``<name> localizations`` grow as frames are done.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import napari
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                            QVBoxLayout, QWidget)
+
+from ..pipeline import FrameResult, PredictSettings, available_devices
+from ..physics.camera import Camera
+from . import _models
+from ._layers import PredictionResults, RawGrid, camera_settings
+from ._qt import LayerCombo, ModelCombo, describe_error, spin
+from ._workers import Notice, as_frames, eta, predict_job, start_worker
+
+REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
+
+
+def is_input_image(layer) -> bool:
+    """Image layers that can be camera frames (not our own results)."""
+    return isinstance(layer, Image) and layer.metadata.get("kind") not in ("mean", "sample", "std", "sum", "filtered",
+                                                                           "uncertain")
+
+
+def available_memory() -> int | None:
+    """Free memory in bytes (None when unknown)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+class PredictWidget(QWidget):
+    """Choose an image layer, camera and model settings; Run / Cancel; progress with time left."""
+
+    worker_started = Signal(object)   # the worker, before it starts (tests connect errored here)
+    run_finished = Signal(object)     # the PredictionResults, after the layers are final
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.results: PredictionResults | None = None
+        self._stop = threading.Event()
+        self._layers: dict = {}
+        self._error: str | None = None
+        self._source = ""
+        self._t0 = self._last_draw = 0.0
+
+        self.layer_combo = LayerCombo(napari_viewer, is_input_image)
+        self.pixel_size = spin(100.0, 1.0, 100000.0, " nm", 2, tip="raw camera pixel size in the sample plane")
+        self.offset = spin(100.0, -1e6, 1e6, " ADU", 2, tip="camera offset (baseline), ADU")
+        self.gain = spin(1.0, 1e-4, 1e4, " ADU/e⁻", 4, 0.1, tip="camera gain, ADU per photo-electron")
+        self.read_noise = spin(1.5, 0.0, 1000.0, " e⁻", 2, 0.1, tip="read noise, photo-electrons rms")
+        self.camera_note = QLabel()
+        self.camera_note.setWordWrap(True)
+        self.model_combo = ModelCombo()
+        self.samples = spin(8, 0, 64, tip="diffusion samples per frame (0: DeepSTORM alone, no uncertainty)")
+        self.steps = spin(10, 1, 1000, tip="diffusion steps per sample (fewer is faster)")
+        self.start_frame = spin(0, 0, 0, tip="first frame (napari numbers frames from 0)")
+        self.stop_frame = spin(1, 1, 1, tip="stop before this frame")
+        self.device = QComboBox()
+        devices = available_devices()
+        self.device.addItem(f"auto ({devices[-1]})", "auto")
+        for name in devices:
+            self.device.addItem(name, name)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m frames")
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        input_box = QGroupBox("Camera frames")
+        form = QFormLayout(input_box)
+        form.addRow("image layer", self.layer_combo)
+        form.addRow("pixel size", self.pixel_size)
+        form.addRow("offset", self.offset)
+        form.addRow("gain", self.gain)
+        form.addRow("read noise", self.read_noise)
+        form.addRow(self.camera_note)
+        frames = QHBoxLayout()
+        frames.addWidget(self.start_frame)
+        frames.addWidget(QLabel("to"))
+        frames.addWidget(self.stop_frame)
+        form.addRow("frames", frames)
+        model_box = QGroupBox("Model")
+        form2 = QFormLayout(model_box)
+        form2.addRow("model", self.model_combo)
+        form2.addRow("samples", self.samples)
+        form2.addRow("steps", self.steps)
+        form2.addRow("device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        for w in (input_box, model_box):
+            layout.addWidget(w)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+        self.layer_combo.layer_changed.connect(self._layer_changed)
+        self.samples.valueChanged.connect(self._samples_changed)
+        self.start_frame.valueChanged.connect(lambda v: self.stop_frame.setMinimum(v + 1))
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        self._samples_previous = self.samples.value()
+        self._layer_changed(self.layer_combo.layer())
+
+    # --- controls ------------------------------------------------------------------------------
+
+    def _layer_changed(self, layer) -> None:
+        if layer is None:
+            self.camera_note.setText("Open a camera stack (File > Open) or a sample (File > Open Sample).")
+            return
+        cam = camera_settings(layer.metadata)
+        for key, box in (("pixel_size", self.pixel_size), ("offset", self.offset), ("gain", self.gain),
+                         ("read_noise", self.read_noise)):
+            box.setValue(cam[key])
+        found = cam["found"]
+        missing = [k.replace("_", " ") for k in ("pixel_size", "offset", "gain", "read_noise") if k not in found]
+        note = "from the layer: " + (", ".join(k.replace("_", " ") for k in found) or "nothing")
+        self.camera_note.setText(note + ("; defaults for " + ", ".join(missing) + ": check them" if missing else ""))
+        n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
+        self.start_frame.setRange(0, max(n - 1, 0))
+        self.stop_frame.setRange(1, max(n, 1))
+        self.start_frame.setValue(0)
+        self.stop_frame.setValue(n)
+
+    def _samples_changed(self, value: int) -> None:
+        if value == 1:  # 1 sample has no spread: jump over it
+            self.samples.setValue(2 if self._samples_previous == 0 else 0)
+            return
+        self._samples_previous = value
+
+    def settings(self) -> PredictSettings:
+        camera = Camera(self.offset.value(), self.gain.value(), self.read_noise.value())
+        return PredictSettings(samples=self.samples.value(), steps=self.steps.value(), camera=camera,
+                               pixel_size=self.pixel_size.value(), device=self.device.currentData()).validate()
+
+    # --- running -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self):
+        """Start a prediction on the chosen layer; returns the worker (None if nothing started)."""
+        if self.worker is not None:
+            return None
+        layer = self.layer_combo.layer()
+        if layer is None:
+            show_error("No image layer to super-resolve. Open a camera stack (File > Open) or a sample "
+                       "(File > Open Sample > Simulated SMLM stack), then choose it here.")
+            return None
+        if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
+            kind = "an RGB image" if layer.rgb else ("multiscale" if layer.multiscale else f"{layer.ndim}-dimensional")
+            show_error(f"Layer '{layer.name}' is {kind}; a stack of grayscale camera frames (frame, row, column) "
+                       "is needed. Open the raw camera TIFF with napari-smlm-uq.")
+            return None
+        model = self.model_combo.value()
+        if not model:
+            show_error("No model chosen. Use 'Browse…' to pick a model file, or train one with "
+                       "'Train on simulated data'.")
+            return None
+        try:
+            settings = self.settings()
+        except ValueError as exc:
+            show_error(f"Check the settings: {exc}")
+            return None
+        frames = as_frames(layer.data)
+        start, stop = self.start_frame.value(), min(self.stop_frame.value(), len(frames))
+        if stop <= start:
+            show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
+            return None
+        need, free = PredictionResults.bytes_needed(stop - start, frames.shape[-2:]), available_memory()
+        if free is not None and need > 0.7 * free:
+            per_frame = PredictionResults.bytes_needed(1, frames.shape[-2:])
+            show_error(f"The results of {stop - start} frames need {need / 2**30:.1f} GiB of memory but only "
+                       f"{free / 2**30:.1f} GiB are free. Choose a frame range of at most "
+                       f"{max(int(0.7 * free // per_frame), 1)} frames.")
+            return None
+        self._source = layer.name
+        self.results = PredictionResults(stop - start, frames.shape[-2:], settings.pixel_size, start,
+                                         info={"model": _models.label(model), "samples": settings.samples,
+                                               "steps": settings.steps},
+                                         grid=RawGrid.of_layer(layer))
+        self._layers, self._error = {}, None
+        self._stop = threading.Event()
+        worker = start_worker(predict_job, frames[start:stop], model, settings, self._stop.is_set, start)
+        worker.yielded.connect(self._on_yielded)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, stop - start)
+        self.progress.setValue(0)
+        self.status.setText(f"loading model {_models.label(model)}…")
+        self._t0 = self._last_draw = time.perf_counter()
+        self.worker_started.emit(worker)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop after the current diffusion step; the frames done so far are kept (marked partial)."""
+        if self.worker is None:
+            return
+        self._stop.set()
+        self.worker.quit()
+        self.status.setText("cancelling…")
+
+    def _remove_previous(self) -> None:
+        """Remove result layers of an earlier run on the same input (so names do not pile up)."""
+        for name in self.results.names(self._source, partial=False).values():
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, Notice):
+            show_warning(item.text)
+            return
+        if not isinstance(item, FrameResult) or self.results is None:
+            return
+        self.results.add(item)
+        done, total = self.results.done, self.results.n_frames
+        self.progress.setValue(done)
+        self.status.setText(f"frame {item.index}: {len(item.localizations)} localizations · "
+                            f"{eta(time.perf_counter() - self._t0, done, total)}")
+        now = time.perf_counter()
+        if not self._layers or now - self._last_draw > REFRESH_SECONDS:
+            self._draw(partial=False)
+            self._last_draw = now
+
+    def _draw(self, partial: bool) -> None:
+        """Create or update the five result layers from the frames done so far."""
+        if not self._layers:  # first frame of this run: replace an earlier run's layers
+            self._remove_previous()
+        data = self.results.layer_data(self._source, partial=partial)
+        for kind, (array, kwargs, layer_type) in data.items():
+            layer = self._layers.get(kind)
+            if layer is None or layer not in self.viewer.layers:
+                add = self.viewer.add_points if layer_type == "points" else self.viewer.add_image
+                self._layers[kind] = add(array, **kwargs)
+                continue
+            if layer_type == "points":
+                layer.data = array
+                layer.features = kwargs["features"]
+                layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
+            else:
+                layer.data = array
+                layer.contrast_limits = kwargs["contrast_limits"]
+            layer.metadata = kwargs["metadata"]
+            layer.name = kwargs["name"]
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._error = describe_error(exc)
+        show_error(f"Prediction stopped: {self._error}")
+        self._stop.set()
+
+    def _on_finished(self) -> None:
+        results, self.worker = self.results, None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if results is None:
+            return
+        partial = not results.complete
+        if results.done:
+            self._draw(partial=partial)
+        seconds = time.perf_counter() - self._t0
+        n_locs = sum(len(x) for x in results.locs)
+        if self._error:
+            self.status.setText(f"failed after {results.done} of {results.n_frames} frames: {self._error}")
+        elif partial:
+            self.status.setText(f"stopped: {results.done} of {results.n_frames} frames kept (layers marked "
+                                f"'partial'), {n_locs} localizations")
+        else:
+            self.status.setText(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations")
+            show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
+        self.run_finished.emit(results)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.cancel()
+        super().closeEvent(event)

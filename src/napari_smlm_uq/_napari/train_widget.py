@@ -1,0 +1,345 @@
+"""Dock widget "Train on simulated data": fit or fine-tune the models to your microscope.
+
+Simulation ranges (prefilled from an image layer's metadata), which network to train and from which
+model, optimisation settings and an output folder. :func:`training.train` runs in a napari thread
+worker; a progress bar and a loss plot follow it; Stop keeps the last good checkpoint. Afterwards the
+model is scored on a fresh simulated stack (DeepSTORM alone, fast) beside the Cramér-Rao bound, and the
+model file appears in the prediction widget's list.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import napari
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                            QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget)
+
+from ..models import registry
+from ..training import Progress, TrainSettings
+from . import _models
+from ._layers import camera_settings
+from ._qt import LayerCombo, ModelCombo, RangeBox, describe_error, spin
+from ._workers import Notice, eta, start_worker, train_and_validate_job
+
+TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
+ARCHITECTURES = {"full": registry.default_config, "tiny": registry.tiny_config}
+PLOT_SECONDS = 0.5
+
+
+def default_out_dir() -> str:
+    return str(Path.home() / "smlm-uq-models" / datetime.now().strftime("model-%Y%m%d-%H%M%S"))
+
+
+class LossPlot(QWidget):
+    """Training and validation loss per stage on a log scale; matplotlib if installed, else text."""
+
+    def __init__(self):
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.history: dict[str, dict[str, list]] = {}
+        self.canvas = self.axes = None
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # matplotlib is optional
+            self.text = QLabel("loss: (install matplotlib for a plot)")
+            layout.addWidget(self.text)
+            return
+        figure = Figure(figsize=(3.6, 2.0), dpi=90, facecolor="#262930", layout="constrained")
+        self.axes = figure.add_subplot()
+        self.canvas = FigureCanvasQTAgg(figure)
+        self.canvas.setMinimumHeight(150)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        layout.addWidget(self.canvas)
+        self.text = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.history = {}
+        if self.axes is not None:
+            self._style()
+            self.canvas.draw_idle()
+
+    def _style(self) -> None:
+        ax = self.axes
+        ax.clear()
+        ax.set_facecolor("#262930")
+        ax.tick_params(colors="#d0d0d0", labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_color("#808080")
+        ax.set_xlabel("iteration", color="#d0d0d0", fontsize=8)
+        ax.set_ylabel("loss", color="#d0d0d0", fontsize=8)
+
+    def add(self, p: Progress) -> None:
+        h = self.history.setdefault(p.stage, {"it": [], "loss": [], "val_it": [], "val": []})
+        h["it"].append(p.iteration)
+        h["loss"].append(p.loss)
+        if p.val_loss is not None:
+            h["val_it"].append(p.iteration)
+            h["val"].append(p.val_loss)
+
+    def draw(self) -> None:
+        if self.axes is None:
+            self.text.setText("   ".join(f"{stage}: loss {h['loss'][-1]:.4g}" + (f", validation {h['val'][-1]:.4g}"
+                                                                                   if h["val"] else "")
+                                         for stage, h in self.history.items()))
+            return
+        self._style()
+        colours = {"phi": "#4fc3f7", "psi": "#ffb74d"}
+        for stage, h in self.history.items():
+            c = colours.get(stage, "white")
+            self.axes.plot(h["it"], h["loss"], color=c, lw=0.8, alpha=0.7, label=f"{stage} train")
+            if h["val"]:
+                self.axes.plot(h["val_it"], h["val"], "o-", color=c, ms=3, lw=1.2, label=f"{stage} validation")
+        if self.history:
+            self.axes.set_yscale("log")
+            legend = self.axes.legend(fontsize=7, facecolor="#262930", edgecolor="#808080")
+            for text in legend.get_texts():
+                text.set_color("#d0d0d0")
+        self.canvas.draw_idle()
+
+
+class TrainWidget(QWidget):
+    """Simulation and training settings; Train / Stop; progress, loss plot, validation metrics."""
+
+    worker_started = Signal(object)   # the worker, before it starts (tests connect errored here)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.model_path: Path | None = None
+        self.metrics: dict | None = None
+        self._stop = threading.Event()
+        self._t0 = self._last_plot = 0.0
+        self._stages: list[str] = []
+
+        d = TrainSettings()
+        self.layer_combo = LayerCombo(napari_viewer, lambda layer: isinstance(layer, Image) and not layer.rgb,
+                                      none_label="(none)")
+        self.psf_sigma = RangeBox(*d.psf_sigma, 0.1, 20.0, " px", 2, "PSF standard deviation in raw pixels")
+        self.photons = RangeBox(*d.photons, 1.0, 1e7, " ph", 0, "photons per emitter (drawn log-uniformly)")
+        self.background = RangeBox(*d.background, 0.0, 1e5, " ph/px", 1, "background photons per pixel")
+        self.density = RangeBox(*d.density, 0.0, 100.0, " /µm²", 2, "emitters per µm² in each frame")
+        self.read_noise = RangeBox(*d.read_noise, 0.0, 1000.0, " e⁻", 2, "camera read noise, photo-electrons rms")
+        self.pixel_size = spin(d.pixel_size, 1.0, 100000.0, " nm", 2, tip="camera pixel size in the sample plane")
+        self.target = QComboBox()
+        for key, text in TARGETS.items():
+            self.target.addItem(text, key)
+        self.start_model = ModelCombo(scratch=True)
+        if registry.DEFAULT_MODEL in _models.bundled():
+            self.start_model.select(registry.DEFAULT_MODEL)
+        self.architecture = QComboBox()
+        self.architecture.addItem("full size", "full")
+        self.architecture.addItem("tiny (quick trials)", "tiny")
+        self.iterations = spin(d.iterations, 1, 10_000_000, tip="optimiser steps per network")
+        self.batch_size = spin(d.batch_size, 1, 4096, tip="simulated 16x16 patches per step")
+        self.lr = spin(d.lr, 1e-6, 0.5, "", 6, 1e-4, tip="peak learning rate (cosine schedule with warm-up)")
+        self.checkpoint_every = spin(d.checkpoint_every, 1, 1_000_000, tip="validate and save every N iterations")
+        self.val_size = spin(d.val_size, 1, 100_000, tip="simulated patches in the validation set")
+        self.out_dir = QLineEdit(default_out_dir())
+        self.out_button = QPushButton("…")
+        self.out_button.setMaximumWidth(30)
+        self.train_button = QPushButton("Train")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+        self.results = QLabel("")
+        self.results.setWordWrap(True)
+
+        sim = QGroupBox("Simulated training data")
+        f1 = QFormLayout(sim)
+        f1.addRow("prefill from", self.layer_combo)
+        f1.addRow("PSF sigma", self.psf_sigma)
+        f1.addRow("photons", self.photons)
+        f1.addRow("background", self.background)
+        f1.addRow("density", self.density)
+        f1.addRow("read noise", self.read_noise)
+        f1.addRow("pixel size", self.pixel_size)
+        opt = QGroupBox("Training")
+        f2 = QFormLayout(opt)
+        f2.addRow("train", self.target)
+        f2.addRow("start from", self.start_model)
+        f2.addRow("new network size", self.architecture)
+        f2.addRow("iterations", self.iterations)
+        f2.addRow("batch size", self.batch_size)
+        f2.addRow("learning rate", self.lr)
+        f2.addRow("save every", self.checkpoint_every)
+        f2.addRow("validation patches", self.val_size)
+        out = QHBoxLayout()
+        out.addWidget(self.out_dir)
+        out.addWidget(self.out_button)
+        f2.addRow("output folder", out)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        for w in (sim, opt):
+            layout.addWidget(w)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.results)
+        layout.addStretch()
+
+        self.layer_combo.layer_changed.connect(self._prefill)
+        self.start_model.currentIndexChanged.connect(lambda _: self._start_changed())
+        self.out_button.clicked.connect(lambda: self._choose_folder())
+        self.train_button.clicked.connect(lambda: self.run())
+        self.stop_button.clicked.connect(lambda: self.stop())
+        self._start_changed()
+
+    # --- controls ------------------------------------------------------------------------------
+
+    def _prefill(self, layer) -> None:
+        if layer is None:
+            return
+        meta = layer.metadata
+        cam = camera_settings(meta)
+        if "pixel_size" in cam["found"]:
+            self.pixel_size.setValue(cam["pixel_size"])
+        if "read_noise" in cam["found"]:
+            r = cam["read_noise"]
+            self.read_noise.set_value(0.8 * r, 1.2 * r)
+        sim = meta.get("simulation") or {}
+        for key, box in (("psf_sigma (px)", self.psf_sigma), ("photons", self.photons),
+                         ("background (photons/px)", self.background), ("density (/um^2)", self.density)):
+            value = sim.get(key, meta.get(key.split(" ")[0]))
+            if value is None:
+                continue
+            lo, hi = (value, value) if not isinstance(value, (tuple, list)) else value
+            box.set_value(float(lo), float(hi))
+
+    def _start_changed(self) -> None:
+        self.architecture.setEnabled(self.start_model.value() == _models.SCRATCH)
+
+    def _choose_folder(self) -> None:
+        start = str(Path(self.out_dir.text()).parent)
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the new model", start)
+        if folder:
+            self.out_dir.setText(folder)
+
+    def settings(self) -> TrainSettings:
+        start = self.start_model.value()
+        if start is None:
+            raise ValueError("choose a model to start from, or 'from scratch'")
+        scratch = start == _models.SCRATCH
+        config = ARCHITECTURES[self.architecture.currentData()]()
+        return TrainSettings(target=self.target.currentData(), iterations=self.iterations.value(),
+                             batch_size=self.batch_size.value(), lr=self.lr.value(), photons=self.photons.value(),
+                             background=self.background.value(), psf_sigma=self.psf_sigma.value(),
+                             density=self.density.value(), read_noise=self.read_noise.value(),
+                             pixel_size=self.pixel_size.value(), out_dir=self.out_dir.text().strip(),
+                             init=None if scratch else start, checkpoint_every=self.checkpoint_every.value(),
+                             val_size=self.val_size.value(), config=config).validate()
+
+    # --- running -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self):
+        """Start training; returns the worker (None if the settings are refused)."""
+        if self.worker is not None:
+            return None
+        try:
+            s = self.settings()
+        except ValueError as exc:
+            show_error(f"Check the training settings: {exc}")
+            return None
+        resumes = any(Path(s.out_dir).glob("train_state_*.pt"))
+        self._stages = ["phi", "psi"] if s.target == "both" else [s.target]
+        self._stop = threading.Event()
+        self.model_path, self.metrics = None, None
+        self.plot.clear()
+        self.results.setText("")
+        worker = start_worker(train_and_validate_job, s, self._stop.is_set)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.progress.setRange(0, s.iterations * len(self._stages))
+        self.progress.setValue(0)
+        self.train_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText(("continuing the run saved in " if resumes else "training into ") + s.out_dir)
+        self._t0 = self._last_plot = time.perf_counter()
+        self._settings = s
+        self.worker_started.emit(worker)
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current iteration; the last saved model is kept (and validated)."""
+        if self.worker is not None:
+            self._stop.set()
+            self.status.setText("stopping…")
+
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, Progress):
+            done = self._stages.index(item.stage) * item.iterations + item.iteration
+            self.progress.setValue(done)
+            self.plot.add(item)
+            if not self._stop.is_set():
+                self.status.setText(f"{item.stage}: iteration {item.iteration}/{item.iterations}, loss {item.loss:.4g}"
+                                    f" · {eta(time.perf_counter() - self._t0, done, self.progress.maximum())}")
+            now = time.perf_counter()
+            if now - self._last_plot > PLOT_SECONDS:
+                self.plot.draw()
+                self._last_plot = now
+        elif isinstance(item, Notice):
+            self.status.setText(f"{item.text}…")
+        elif isinstance(item, dict):
+            self.metrics = item
+            self.results.setText(format_metrics(item, self._settings.pixel_size))
+
+    def _on_returned(self, path) -> None:
+        if path is not None:
+            self.model_path = _models.register(path)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        show_error(f"Training stopped: {describe_error(exc)}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.train_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.plot.draw()
+        stopped = self._stop.is_set()
+        if self.model_path is None:
+            self.status.setText("stopped before the first checkpoint: no model saved" if stopped else
+                                "no model saved")
+            if stopped:
+                show_warning("Training stopped before the first checkpoint; lower 'save every' to keep one sooner.")
+        else:
+            self.status.setText(("stopped; kept the last checkpoint " if stopped else "saved ") + str(self.model_path)
+                                + " (now listed in 'Super-resolve with uncertainty')")
+            show_info(f"Model saved: {self.model_path}")
+            self.out_dir.setText(default_out_dir())  # the next run starts fresh instead of resuming this one
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.stop()
+        super().closeEvent(event)
+
+
+def format_metrics(m: dict, pixel_size: float) -> str:
+    rmse = "n/a" if m["rmse"] != m["rmse"] else f"{m['rmse']:.1f} nm"
+    return (f"Validation on {m['frames']} new simulated frames of {m['size']}×{m['size']} px "
+            f"({m['emitters']} emitters, DeepSTORM alone): JAC {m['jaccard']:.1f} %, RMSE {rmse} "
+            f"(Cramér-Rao bound {m['crlb']:.1f} nm at {m['photons']:.0f} photons, {m['background']:.1f} photons/px "
+            f"background), efficiency E {m['efficiency']:.1f}, recall {m['recall']:.0f} %, precision "
+            f"{m['precision']:.0f} %.")

@@ -1,0 +1,86 @@
+"""The widgets' non-Qt parts: layer geometry, result accumulation, worker jobs (OOM retry, validation)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from napari_helpers import tiny_model, tiny_stack
+
+from napari_smlm_uq import pipeline
+from napari_smlm_uq._napari import _layers, _workers
+from napari_smlm_uq.kde import sr_to_raw
+from napari_smlm_uq.training import TrainSettings
+
+
+@pytest.mark.parametrize("p", [100.0, 107.0, 65.5])
+def test_sr_geometry_puts_sr_centres_on_the_raw_grid(p):
+    geo = _layers.sr_geometry(p, ndim=3, first_frame=5)
+    raw = _layers.raw_geometry(p)["scale"]
+    m = np.arange(0, 40, 3, dtype=float)
+    sr_world = m * geo["scale"][-1] + geo["translate"][-1]
+    raw_world = sr_to_raw(m) * raw[-1]
+    np.testing.assert_allclose(sr_world, raw_world, atol=1e-9)
+    assert geo["scale"][0] == 1.0 and geo["translate"][0] == 5.0
+    # the SR image covers exactly the raw image: edge of SR pixel 0 == edge of raw pixel 0
+    assert geo["translate"][-1] - geo["scale"][-1] / 2 == pytest.approx(-p / 2)
+
+
+def test_world_to_index_round_trip():
+    geo = _layers.sr_geometry(80.0, 3, first_frame=2)
+    idx = np.array([[0, 0, 0], [1, 10, 63], [2, 63, 5]])
+    world = idx * np.asarray(geo["scale"]) + np.asarray(geo["translate"])
+    got, inside = _layers.world_to_index(world, geo["scale"], geo["translate"], (3, 64, 64))
+    np.testing.assert_array_equal(got, idx)
+    assert inside.all()
+    _, inside = _layers.world_to_index(world + [[5, 0, 0]] * 3, geo["scale"], geo["translate"], (3, 64, 64))
+    assert not inside.any()
+
+
+def test_camera_settings_defaults_and_found():
+    cam = _layers.camera_settings({"pixel_size": 65, "gain": "bad", "offset": 0})
+    assert cam["pixel_size"] == 65 and cam["offset"] == 0 and cam["gain"] == 1.0
+    assert cam["found"] == ["pixel_size", "offset"]
+
+
+def test_predict_job_retries_with_smaller_batches_on_cuda_oom(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path / "m.pt")
+    frames = tiny_stack(4, 16)
+    real, calls = pipeline.predict, []
+
+    def flaky(frames_, models, settings, should_stop, first_index):
+        calls.append((settings.tile_batch, settings.frame_batch, first_index, len(frames_)))
+        for i, r in enumerate(real(frames_, models, settings, should_stop, first_index)):
+            if len(calls) == 1 and i == 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            yield r
+
+    monkeypatch.setattr(pipeline, "predict", flaky)
+    settings = pipeline.PredictSettings(samples=0, device="cpu", frame_batch=4, tile_batch=8)
+    items = list(_workers.predict_job(frames, str(model), settings, lambda: False, 10))
+    notices = [i for i in items if isinstance(i, _workers.Notice)]
+    results = [i for i in items if isinstance(i, pipeline.FrameResult)]
+    assert len(notices) == 1 and "tile batch 4" in notices[0].text
+    assert [r.index for r in results] == [10, 11, 12, 13]
+    assert calls == [(8, 4, 10, 4), (4, 2, 12, 2)]
+
+
+def test_predict_job_gives_up_at_batch_one(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path / "m.pt")
+
+    def always(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        yield
+
+    monkeypatch.setattr(pipeline, "predict", always)
+    settings = pipeline.PredictSettings(samples=0, device="cpu", frame_batch=2, tile_batch=2)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(_workers.predict_job(tiny_stack(2, 16), str(model), settings, lambda: False))
+
+
+def test_validation_reports_scores_beside_the_crlb(tmp_path):
+    model = tiny_model(tmp_path / "m.pt")
+    s = TrainSettings(photons=(1000.0, 4000.0), background=(10.0, 40.0), pixel_size=100.0, out_dir=str(tmp_path))
+    m = _workers.validate_model(model, s, frames=2, size=16)
+    assert m["photons"] == pytest.approx(2000.0) and m["background"] == pytest.approx(20.0)
+    assert 0 < m["crlb"] < 50 and 0 <= m["jaccard"] <= 100 and m["frames"] == 2
+    assert _workers.eta(10.0, 2, 4) == "0:10 left" and _workers.eta(1.0, 0, 4) == ""

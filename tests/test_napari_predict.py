@@ -1,0 +1,189 @@
+"""The prediction dock widget, end to end with a tiny random model on a tiny stack."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, choose_file, tiny_model, tiny_stack, watch
+
+from napari_smlm_uq._napari import _models
+from napari_smlm_uq._napari._layers import world_to_data, world_to_index
+from napari_smlm_uq.kde import sr_to_raw
+from napari_smlm_uq.localize import DEFAULT_THRESHOLD, find_peaks
+
+SUFFIXES = (" SR mean", " SR sample", " SR std", " SR sum", " localizations")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("models") / "tiny.pt")
+
+
+def open_widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    return widget
+
+
+def run_and_wait(widget, qtbot, errors, timeout=60_000):
+    workers = []
+    widget.worker_started.connect(workers.append)
+    widget.worker_started.connect(lambda w: watch(w, errors))
+    widget.run_button.click()
+    assert workers, "Run did not start a worker"
+    qtbot.waitUntil(lambda: not widget.running and not workers[0].is_running, timeout=timeout)
+    return workers[0]
+
+
+def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file, monkeypatch):
+    viewer = make_napari_viewer()
+    raw = add_raw(viewer)
+    widget = open_widget(viewer)
+    # camera settings come from the layer's metadata
+    assert widget.layer_combo.currentText() == "raw"
+    assert widget.pixel_size.value() == CAMERA["pixel_size"]
+    assert widget.read_noise.value() == CAMERA["read_noise"]
+    assert (widget.start_frame.value(), widget.stop_frame.value()) == (0, 3)
+    choose_file(widget.model_combo, monkeypatch, model_file)
+    assert widget.model_combo.value() == str(model_file.resolve())
+    widget.samples.setValue(2)
+    widget.steps.setValue(2)
+    widget.device.setCurrentIndex(widget.device.findData("cpu"))
+    errors: list = []
+    run_and_wait(widget, qtbot, errors)
+    assert not errors
+
+    p = CAMERA["pixel_size"]
+    layers = {s: viewer.layers["raw" + s] for s in SUFFIXES}
+    for s in (" SR mean", " SR sample", " SR std"):
+        assert layers[s].data.shape == (3, 64, 64)
+        assert layers[s].metadata["partial"] is False
+    assert layers[" SR sum"].data.shape == (64, 64)
+    np.testing.assert_allclose(layers[" SR sum"].data, layers[" SR mean"].data.sum(0), rtol=1e-5, atol=1e-5)
+    assert float(layers[" SR std"].data.max()) > 0  # two samples differ
+
+    # SR pixel centres in world coordinates sit where DESIGN.md 1 puts them on the raw grid
+    m = np.array([0, 1, 5, 63])
+    for s in (" SR mean", " SR sample", " SR std"):
+        for t in (0, 2):
+            sr = np.array([layers[s].data_to_world((t, mi, mi)) for mi in m])
+            rw = np.array([raw.data_to_world((t, ri, ri)) for ri in sr_to_raw(m)])
+            np.testing.assert_allclose(sr, rw, atol=1e-9)
+    sr2 = np.array([layers[" SR sum"].data_to_world((mi, mi)) for mi in m])
+    np.testing.assert_allclose(sr2, np.array([raw.data_to_world((0, ri, ri)) for ri in sr_to_raw(m)])[:, 1:], atol=1e-9)
+
+    # localizations: world coordinates (frame, row nm, col nm), each on a peak of its frame's mean KDE
+    pts = layers[" localizations"]
+    assert len(pts.data) > 0 and pts.data.shape[1] == 3
+    for col in ("frame", "x [nm]", "y [nm]", "uncertainty [nm]", "detection"):
+        assert col in pts.features.columns
+    np.testing.assert_allclose(pts.features["x [nm]"], pts.data[:, 2] + p / 2)
+    np.testing.assert_array_equal(pts.features["frame"], pts.data[:, 0] + 1)
+    mean = layers[" SR mean"]
+    idx, inside = world_to_index(pts.data, mean.scale, mean.translate, mean.data.shape)
+    assert inside.all()
+    sr = world_to_data(pts.data, mean.scale, mean.translate)
+    for t in range(3):
+        peaks = find_peaks(mean.data[t], DEFAULT_THRESHOLD)
+        here = sr[sr[:, 0] == t][:, 1:]
+        np.testing.assert_allclose(np.sort(here, axis=0), np.sort(peaks, axis=0), atol=1e-9)
+
+
+def test_predict_cancel_keeps_partial_results(make_napari_viewer, qtbot, model_file, monkeypatch):
+    viewer = make_napari_viewer()
+    add_raw(viewer, frames=6)
+    widget = open_widget(viewer)
+    widget.model_combo.add_file(model_file)
+    widget.samples.setValue(2)
+    widget.steps.setValue(50)
+    widget.device.setCurrentIndex(widget.device.findData("cpu"))
+    errors: list = []
+    workers = []
+    widget.worker_started.connect(workers.append)
+    widget.worker_started.connect(lambda w: watch(w, errors))
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.results.done >= 1, timeout=60_000)
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.running and not workers[0].is_running, timeout=30_000)
+    assert not errors
+    done = widget.results.done
+    assert 1 <= done < 6
+    mean = viewer.layers["raw SR mean (partial)"]
+    assert mean.data.shape == (done, 64, 64)
+    assert mean.metadata["partial"] is True and mean.metadata["frames"] == (0, done)
+    for s in (" SR sample", " SR std", " SR sum", " localizations"):
+        assert "raw" + s + " (partial)" in viewer.layers
+    assert "raw SR mean" not in viewer.layers
+    assert "stopped" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer, qtbot, model_file):
+    """A layer placed otherwise (another reader: scale 1 px; a translate) still gets aligned results."""
+    viewer = make_napari_viewer()
+    raw = viewer.add_image(tiny_stack(4, 16), name="moved", scale=(2.0, 1.0, 1.0), translate=(10.0, 5.0, -3.0))
+    widget = open_widget(viewer)
+    assert "defaults for pixel size" in widget.camera_note.text()
+    widget.model_combo.add_file(model_file)
+    widget.samples.setValue(0)  # DeepSTORM alone
+    widget.start_frame.setValue(2)
+    widget.stop_frame.setValue(4)
+    errors: list = []
+    run_and_wait(widget, qtbot, errors)
+    assert not errors
+    mean = viewer.layers["moved SR mean"]
+    assert mean.data.shape == (2, 64, 64)
+    for t, m in ((0, 0), (1, 37), (1, 63)):
+        np.testing.assert_allclose(mean.data_to_world((t, m, m)), raw.data_to_world((t + 2, *sr_to_raw([m, m]))))
+    pts = viewer.layers["moved localizations"]
+    frames = raw.world_to_data(pts.data[0])[0] if len(pts.data) else 2
+    assert frames in (2.0, 3.0)
+    assert np.isnan(pts.features["uncertainty [nm]"]).all()  # no samples, no uncertainty
+    sr = world_to_data(pts.data, mean.scale, mean.translate)
+    peaks = find_peaks(mean.data[0], DEFAULT_THRESHOLD)
+    np.testing.assert_allclose(np.sort(sr[sr[:, 0] == 0][:, 1:], axis=0), np.sort(peaks, axis=0), atol=1e-9)
+
+
+def test_predict_errors_are_notifications(make_napari_viewer, qtbot, model_file, monkeypatch, tmp_path):
+    from napari_smlm_uq._napari import predict_widget
+
+    shown: list[str] = []
+    monkeypatch.setattr(predict_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.run_button.click()  # no layer at all
+    assert "No image layer" in shown[-1] and not widget.running
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="rgb", rgb=True)
+    widget.layer_combo.select("rgb")
+    widget.model_combo.add_file(model_file)
+    widget.run_button.click()
+    assert "RGB" in shown[-1] and not widget.running
+    # a model file that is not one: reported from the worker as a notification, not a traceback
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    add_raw(viewer)
+    widget.layer_combo.select("raw")
+    widget.model_combo.add_file(bad)
+    errors: list = []
+    run_and_wait(widget, qtbot, errors)
+    assert len(errors) == 1 and "not a napari-smlm-uq model file" in shown[-1]
+    assert widget.status.text().startswith("failed after 0 of 3 frames")
+    assert "raw SR mean" not in viewer.layers
+
+
+def test_model_list_follows_registrations_and_closing_is_clean(make_napari_viewer, qtbot, tmp_path, model_file):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    other = tmp_path / "trained" / "model.pt"
+    other.parent.mkdir()
+    other.write_bytes(model_file.read_bytes())
+    _models.register(other)
+    assert widget.model_combo.findData(str(other.resolve())) >= 0
+    add_raw(viewer, name="first")
+    assert widget.layer_combo.currentText() == "first"
+    # after the dock widget is removed, later viewer events and registrations still work
+    viewer.window.remove_dock_widget(dock)
+    del widget, dock
+    qtbot.wait(50)
+    add_raw(viewer, name="second")
+    viewer.layers["first"].name = "renamed"
+    viewer.layers.remove("second")
+    _models.register(model_file)
