@@ -14,7 +14,6 @@ import numpy as np
 from .io import InputError
 
 EXIT_USAGE = 2
-DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_START, DEFAULT_THRESHOLD = 8, 10, 0.5, 0.3
 
 
 class UsageError(Exception):
@@ -214,13 +213,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
         writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
                    for k in ("mean", "std", "sample")}
         view = stack.data[frames.start:frames.stop] if isinstance(stack.data, np.ndarray) else _Offset(stack.data, frames)
-        for result in predict(view, models, settings, first_index=frames.start):
-            for key, writer in writers.items():
-                writer.write(getattr(result, key)[None])
-            total.add(result)
-            locs.append(result.localizations)
-            bar.update()
-        bar.close()
+        try:
+            for result in predict(view, models, settings, first_index=frames.start):
+                for key, writer in writers.items():
+                    writer.write(getattr(result, key)[None])
+                total.add(result)
+                locs.append(result.localizations)
+                bar.update()
+        finally:
+            bar.close()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
     write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
@@ -293,7 +294,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .io import atomic_path, write_json
     from .pipeline import PredictSettings
 
-    settings = PredictSettings(samples=a.samples, steps=a.steps, start=DEFAULT_START, device=a.device)
+    settings = PredictSettings(samples=a.samples, steps=a.steps, device=a.device)
     try:
         settings.validate()
     except ValueError as exc:
@@ -312,6 +313,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import PredictSettings as D  # the defaults live with the settings
+
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -345,16 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="super-resolved mean, std, sample and localizations of a TIFF stack")
     p.add_argument("input", help="TIFF stack of camera frames (ADU)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="diffusion samples per frame (0: phi alone)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="diffusion inference steps")
-    p.add_argument("--start", type=float, default=DEFAULT_START,
+    p.add_argument("--samples", type=int, default=D.samples, help="diffusion samples per frame (0: phi alone)")
+    p.add_argument("--steps", type=int, default=D.steps, help="diffusion inference steps")
+    p.add_argument("--start", type=float, default=D.start,
                    help="preconditioned start, fraction of the noise schedule (1: pure noise)")
     p.add_argument("--schedule", default=None, help="inference noise levels from a named schedule "
                    "(default: the model's training schedule; 'paper' for the paper's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--model", default="default", help="bundled model name or model file")
     p.add_argument("--frames", default=None, help="frame range a:b (0-based, b exclusive)")
-    p.add_argument("--threshold", type=_positive(), default=DEFAULT_THRESHOLD, help="KDE peak threshold")
+    p.add_argument("--threshold", type=_positive(), default=D.threshold, help="KDE peak threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fp32", action="store_true", help="full precision instead of bf16 autocast")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -387,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate, predict with the bundled model, score, draw a figure")
     p.add_argument("--out", default="smlm-uq-demo", help="folder for demo.png and demo.json")
     p.add_argument("--model", default="default", help="bundled model name or model file")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--samples", type=int, default=D.samples)
+    p.add_argument("--steps", type=int, default=D.steps)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
     return parser

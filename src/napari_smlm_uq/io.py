@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import threading
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,10 +43,13 @@ class Stack:
 
 
 class PageReader:
-    """Array-like over the pages of a TIFF that cannot be memory-mapped (compressed, tiled)."""
+    """Array-like over the pages of a TIFF that cannot be memory-mapped (compressed, tiled). One file
+    handle is kept open (reads are serialised by a lock, so napari's threads can share it)."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype):
         self.path, self.shape, self.dtype, self.ndim = path, shape, np.dtype(dtype), 3
+        self._tif: tifffile.TiffFile | None = None
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -53,11 +57,22 @@ class PageReader:
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         frames = np.arange(self.shape[0])[key[0]]
-        with tifffile.TiffFile(self.path) as tif:
-            pages = tif.series[0].pages
+        with self._lock:
+            if self._tif is None:
+                self._tif = tifffile.TiffFile(self.path)
+            pages = self._tif.series[0].pages
             out = np.stack([pages[int(i)].asarray() for i in np.atleast_1d(frames)]).reshape(-1, *self.shape[1:])
         out = out[0] if np.ndim(frames) == 0 else out
         return out[(slice(None),) * (np.ndim(frames) > 0) + key[1:]] if len(key) > 1 else out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._tif is not None:
+                self._tif.close()
+                self._tif = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def __array__(self, dtype=None, copy=None):
         arr = self[:]

@@ -1,0 +1,185 @@
+"""The evaluation benchmark (docs/benchmarks.md): everything through ``smlm-uq predict`` / ``evaluate``.
+
+    python benchmarks/run_benchmarks.py [--frames 200] [--study-frames 8] [--parts accuracy,schedule,finetune]
+
+Writes ``benchmarks/results/*.json`` and ``docs/img/bench_*.png``. Movies go to ``benchmarks/movies/``
+(not committed). Picasso runs from ``.venv-bench`` (see picasso_baseline.py) when it exists.
+Settings (issue 5): 64x64 px, pixel 100 nm, PSF sigma 100 nm, 2000 photons, background 20 photons/px,
+read noise 1.5 e-, offset 100 ADU, gain 1; densities 0.5 and 3 /um^2; seeds never used in training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_smlm_uq import metrics
+from napari_smlm_uq.evaluation import localization_report, pixel_report
+from napari_smlm_uq.io import open_stack, read_localizations
+from napari_smlm_uq.kde import render_kde
+from napari_smlm_uq.localizations import nm_to_px, table_xy
+from napari_smlm_uq.physics.crlb import crlb_nm
+
+ROOT = Path(__file__).resolve().parents[1]
+MOVIES, RESULTS, IMG = ROOT / "benchmarks" / "movies", ROOT / "benchmarks" / "results", ROOT / "docs" / "img"
+BIN = Path(sys.executable).parent
+CAMERA = ["--pixel-size", "100", "--offset", "100", "--gain", "1", "--read-noise", "1.5"]
+SIM = ["--size", "64", "--photons", "2000", "--background", "20", "--psf-sigma", "1.0", *CAMERA]
+DENSITIES = {"0.5": 9105, "3": 9130}          # density -> test seed
+TUNE_SEEDS = {"0.5": 7005, "3": 7030}         # Picasso's tuning movies
+PICASSO = ROOT / ".venv-bench" / "bin" / "python"
+
+
+def run(cmd: list[str]) -> tuple[str, float, float]:
+    """Run a command; returns (stdout, wall seconds, peak RSS in GB of that process)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+    return out, wall, _peak_rss_gb(proc.pid)
+
+
+_RSS: dict[int, float] = {}
+
+
+def _peak_rss_gb(pid: int) -> float:
+    return _RSS.pop(pid, float("nan"))
+
+
+def _patch_popen_rss() -> None:
+    """Record each child's own peak RSS (os.wait4) instead of Popen's plain wait."""
+    original = subprocess.Popen._try_wait
+
+    def _try_wait(self, wait_flags):
+        try:
+            pid, status, usage = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            return original(self, wait_flags)
+        if pid == self.pid:
+            _RSS[pid] = usage.ru_maxrss / 2**20
+        return pid, status
+
+    subprocess.Popen._try_wait = _try_wait
+
+
+def movie(density: str, seed: int, frames: int, tag: str) -> Path:
+    path = MOVIES / f"{tag}_d{density}_s{seed}_f{frames}.tif"
+    if not path.exists():
+        run([str(BIN / "smlm-uq"), "simulate", str(path), "--frames", str(frames), "--density", density,
+             "--seed", str(seed), *SIM])
+    return path
+
+
+def predict(stack: Path, name: str, *options: str) -> dict:
+    """``smlm-uq predict`` then ``smlm-uq evaluate`` and the uncertainty figures."""
+    out = MOVIES / "runs" / f"{stack.stem}_{name}"
+    _, wall, rss = run([str(BIN / "smlm-uq"), "predict", str(stack), "--out", str(out), "--overwrite", *options])
+    text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(out / "localizations.csv"), str(stack.with_suffix(".csv")), "--json"])
+    summary = json.loads((out / "summary.json").read_text())
+    result = {"name": name, "options": list(options), "evaluate": json.loads(text),
+              "seconds_per_frame": summary["timing"]["seconds_per_frame"], "wall_s": wall, "peak_rss_gb": rss}
+    locs, gt = read_localizations(out / "localizations.csv"), read_localizations(stack.with_suffix(".csv"))
+    result["localization"] = localization_report(locs, gt)
+    result["curves"] = filtering_curves(locs, gt)
+    if "--samples" not in options or options[options.index("--samples") + 1] != "0":
+        result["pixels"], result["sparsification"] = pixel_figures(out, gt, stack)
+    return result
+
+
+def filtering_curves(locs: dict, gt: dict) -> dict:
+    """Precision of the kept localizations as the uncertainty / detection thresholds tighten."""
+    m = metrics.match(locs["frame"], table_xy(locs), gt["frame"], table_xy(gt))
+    is_tp = np.zeros(len(locs["frame"]), bool)
+    is_tp[m.loc_idx] = True
+    f = np.linspace(0, 0.9, 19)
+    curves = {"dropped": f.tolist()}
+    if np.isfinite(locs.get("uncertainty [nm]", np.array([np.nan]))).any():
+        curves["precision_by_uncertainty"] = metrics.precision_when_filtering(is_tp, locs["uncertainty [nm]"], f).tolist()
+        curves["precision_by_detection"] = metrics.precision_when_filtering(is_tp, -locs["detection"], f).tolist()
+    return curves
+
+
+def pixel_figures(out: Path, gt: dict, stack: Path) -> tuple[dict, dict]:
+    mean, std = np.asarray(open_stack(out / "mean.tif").data), np.asarray(open_stack(out / "std.tif").data)
+    h, w = mean.shape[1] // 4, mean.shape[2] // 4
+    truth = np.stack([render_kde(nm_to_px(gt["y [nm]"][gt["frame"] == t + 1], 100), nm_to_px(gt["x [nm]"][gt["frame"] == t + 1], 100), (h, w))
+                      for t in range(len(mean))])
+    err = np.abs(mean - truth)
+    frac, model, oracle = metrics.sparsification(std, err)
+    return pixel_report(mean, std, truth), {"fraction": frac.tolist(), "model": model.tolist(), "oracle": oracle.tolist()}
+
+
+def picasso(density: str, frames: int, stack: Path) -> dict | None:
+    if not PICASSO.exists():
+        return None
+    script = str(ROOT / "benchmarks" / "picasso_baseline.py")
+    tune = movie(density, TUNE_SEEDS[density], 50, "tune")
+    out = {}
+    for box in ("7", "5"):
+        text, _, _ = run([str(PICASSO), script, "tune", str(tune), str(tune.with_suffix(".csv")), "--box", box,
+                          "--grid", "250", "500", "1000", "1500", "2000", "3000", "5000"])
+        ng = json.loads(text.strip().splitlines()[-1])["best_ng"]
+        csv = MOVIES / "runs" / f"{stack.stem}_picasso_box{box}.csv"
+        _, wall, _ = run([str(PICASSO), script, "localize", str(stack), str(csv), "--ng", str(ng), "--box", box, *CAMERA])
+        text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(csv), str(stack.with_suffix(".csv")), "--json"])
+        out[f"box{box}"] = {"ng": ng, "evaluate": json.loads(text), "wall_s": wall}
+    return out
+
+
+def accuracy(frames: int) -> dict:
+    res = {"crlb_nm": crlb_nm(2000, 20, 1.0, 100, 1.5), "frames": frames}
+    for density, seed in DENSITIES.items():
+        stack = movie(density, seed, frames, "test")
+        res[density] = {"phi": predict(stack, "phi", "--samples", "0"),
+                        "pipeline": predict(stack, "default"),
+                        "picasso": picasso(density, frames, stack)}
+        print(json.dumps({density: {k: v and (v.get("evaluate") or v) for k, v in res[density].items()}}, default=str)[:600], flush=True)
+    return res
+
+
+def schedule_study(frames: int) -> dict:
+    """Steps, samples, start, schedule and precision variants on the first frames of each test movie."""
+    variants = [("steps100_paper", "--steps", "100", "--schedule", "paper", "--start", "1")]
+    variants += [(f"steps{k}", "--steps", str(k)) for k in (50, 20, 10, 5)]
+    variants += [(f"samples{n}", "--samples", str(n)) for n in (4, 16)]
+    variants += [("pure_noise_start_steps10", "--start", "1"), ("fp32", "--fp32")]
+    res = {"frames": frames}
+    for density, seed in DENSITIES.items():
+        stack = movie(density, seed, frames, "study")
+        res[density] = [predict(stack, "default")] + [predict(stack, v[0], *v[1:]) for v in variants]
+        res[density].append(predict(stack, "phi", "--samples", "0"))
+        res[density].append(predict(stack, "phi_fp32", "--samples", "0", "--fp32"))
+        print(density, [(r["name"], round(r["evaluate"]["efficiency"], 1), round(r["seconds_per_frame"], 2)) for r in res[density]], flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--study-frames", type=int, default=8)
+    ap.add_argument("--parts", default="accuracy,schedule")
+    a = ap.parse_args()
+    _patch_popen_rss()
+    for d in (MOVIES / "runs", RESULTS, IMG):
+        d.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    for part in a.parts.split(","):
+        t0 = time.perf_counter()
+        res = {"accuracy": lambda: accuracy(a.frames), "schedule": lambda: schedule_study(a.study_frames)}[part]()
+        res["machine"], res["benchmark_seconds"] = machine, time.perf_counter() - t0
+        (RESULTS / f"{part}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        print(f"{part}: {res['benchmark_seconds']:.0f} s -> {RESULTS / f'{part}.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
