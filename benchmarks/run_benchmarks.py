@@ -118,7 +118,7 @@ def pixel_figures(out: Path, gt: dict, stack: Path) -> tuple[dict, dict]:
     return pixel_report(mean, std, truth), {"fraction": frac.tolist(), "model": model.tolist(), "oracle": oracle.tolist()}
 
 
-def picasso(density: str, frames: int, stack: Path) -> dict | None:
+def picasso(density: str, stack: Path) -> dict | None:
     if not PICASSO.exists():
         return None
     script = str(ROOT / "benchmarks" / "picasso_baseline.py")
@@ -139,10 +139,41 @@ def accuracy(frames: int) -> dict:
     res = {"crlb_nm": crlb_nm(2000, 20, 1.0, 100, 1.5), "frames": frames}
     for density, seed in DENSITIES.items():
         stack = movie(density, seed, frames, "test")
-        res[density] = {"phi": predict(stack, "phi", "--samples", "0"),
-                        "pipeline": predict(stack, "default"),
-                        "picasso": picasso(density, frames, stack)}
+        res[density] = {"phi": predict(stack, "phi", "--samples", "0"), "pipeline": predict(stack, "default")}
         print(json.dumps({density: {k: v and (v.get("evaluate") or v) for k, v in res[density].items()}}, default=str)[:600], flush=True)
+    return res
+
+
+def picasso_part(frames: int) -> dict:
+    return {density: picasso(density, movie(density, seed, frames, "test")) for density, seed in DENSITIES.items()}
+
+
+FINETUNE_SIM = ["--size", "64", "--photons", "800", "--background", "20", "--psf-sigma", "1.8", *CAMERA]
+
+
+def finetune(frames: int) -> dict:
+    """E before and after fine-tuning on PSF sigma 1.8 px, 800 photons (outside the bundled range)."""
+    res = {"frames": frames, "crlb_nm": crlb_nm(800, 20, 1.8, 100, 1.5)}
+    stacks = {}
+    for density, seed in (("0.5", 9205), ("2", 9220)):
+        stacks[density] = MOVIES / f"finetune_d{density}_s{seed}_f{frames}.tif"
+        if not stacks[density].exists():
+            run([str(BIN / "smlm-uq"), "simulate", str(stacks[density]), "--frames", str(frames), "--density", density,
+                 "--seed", str(seed), *FINETUNE_SIM])
+    out = MOVIES / "runs" / "finetuned"
+    cmd = [str(BIN / "smlm-uq"), "train", "--init", "default", "--out", str(out), "--target", "both",
+           "--iterations", "1500", "--psi-iterations", "500", "--psf-sigma", "1.6", "2.0", "--photons", "500", "1300",
+           "--background", "5", "60", "--density", "0", "4", "--seed", "11", "--fp32"]
+    if (out / "model.pt").exists():
+        import shutil
+        shutil.rmtree(out)
+    _, wall, _ = run(cmd)
+    res["train"] = {"command": " ".join(["smlm-uq", *cmd[1:]]).replace(str(out), "finetuned"), "minutes": wall / 60}
+    for density, stack in stacks.items():
+        res[density] = {f"{when}_{kind}": predict(stack, f"{when}_{kind}", *(["--samples", "0"] if kind == "phi" else []),
+                                                   *(["--model", str(out / "model.pt")] if when == "after" else []))
+                        for when in ("before", "after") for kind in ("phi", "pipeline")}
+        print(density, {k: round(v["evaluate"]["efficiency"], 1) for k, v in res[density].items()}, flush=True)
     return res
 
 
@@ -151,7 +182,9 @@ def schedule_study(frames: int) -> dict:
     variants = [("steps100_paper", "--steps", "100", "--schedule", "paper", "--start", "1")]
     variants += [(f"steps{k}", "--steps", str(k)) for k in (50, 20, 10, 5)]
     variants += [(f"samples{n}", "--samples", str(n)) for n in (4, 16)]
-    variants += [("pure_noise_start_steps10", "--start", "1"), ("fp32", "--fp32")]
+    variants += [("samples4_steps5", "--samples", "4", "--steps", "5"), ("steps5_samples16", "--steps", "5", "--samples", "16")]
+    variants += [("start0.3", "--start", "0.3"), ("start0.7", "--start", "0.7"), ("pure_noise_start", "--start", "1"),
+                 ("pure_noise_start_steps50", "--start", "1", "--steps", "50"), ("fp32", "--fp32")]
     res = {"frames": frames}
     for density, seed in DENSITIES.items():
         stack = movie(density, seed, frames, "study")
@@ -166,7 +199,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--study-frames", type=int, default=8)
-    ap.add_argument("--parts", default="accuracy,schedule")
+    ap.add_argument("--finetune-frames", type=int, default=20)
+    ap.add_argument("--parts", default="picasso,accuracy,schedule,finetune")
     a = ap.parse_args()
     _patch_popen_rss()
     for d in (MOVIES / "runs", RESULTS, IMG):
@@ -175,7 +209,9 @@ def main() -> None:
                "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
     for part in a.parts.split(","):
         t0 = time.perf_counter()
-        res = {"accuracy": lambda: accuracy(a.frames), "schedule": lambda: schedule_study(a.study_frames)}[part]()
+        res = {"accuracy": lambda: accuracy(a.frames), "picasso": lambda: picasso_part(a.frames),
+               "finetune": lambda: finetune(a.finetune_frames),
+               "schedule": lambda: schedule_study(a.study_frames)}[part]()
         res["machine"], res["benchmark_seconds"] = machine, time.perf_counter() - t0
         (RESULTS / f"{part}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
         print(f"{part}: {res['benchmark_seconds']:.0f} s -> {RESULTS / f'{part}.json'}", flush=True)

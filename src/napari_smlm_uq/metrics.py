@@ -130,8 +130,11 @@ def precision_when_filtering(is_tp: np.ndarray, score: np.ndarray, fractions: np
 
 
 def false_positives_removed(is_tp: np.ndarray, score: np.ndarray, drop: float = 0.1) -> float:
-    """Fraction (%) of all false positives among the ``drop`` fraction with the highest ``score``."""
+    """Fraction (%) of all false positives among the ``drop`` fraction with the highest ``score``
+    (NaN when there are no false positives to remove)."""
     order = np.argsort(-np.nan_to_num(np.asarray(score, float), nan=np.inf), kind="stable")
     fp = ~np.asarray(is_tp, bool)[order]
+    if not fp.any():
+        return float("nan")
     n_drop = int(round(drop * len(fp)))
-    return float(100.0 * fp[:n_drop].sum() / max(fp.sum(), 1))
+    return float(100.0 * fp[:n_drop].sum() / fp.sum())

@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Callable
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLayout,
+                            QSpinBox, QWidget)
 
 from . import _models
 
@@ -180,6 +181,23 @@ class RangeBox(QWidget):
     def set_value(self, lo: float, hi: float) -> None:
         self.low.setValue(lo)
         self.high.setValue(hi)
+
+
+def form_group(title: str, rows: list[tuple[str, QWidget | QLayout] | QWidget]) -> QGroupBox:
+    """A titled box of labelled rows (a bare widget spans the row)."""
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    for row in rows:
+        form.addRow(*row) if isinstance(row, tuple) else form.addRow(row)
+    return box
+
+
+def hbox(*widgets: QWidget) -> QHBoxLayout:
+    """Widgets side by side."""
+    layout = QHBoxLayout()
+    for w in widgets:
+        layout.addWidget(w)
+    return layout
 
 
 def describe_error(exc: BaseException) -> str:

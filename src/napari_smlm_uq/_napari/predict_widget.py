@@ -13,14 +13,13 @@ import napari
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from ..pipeline import FrameResult, PredictSettings, available_devices
 from ..physics.camera import Camera
 from . import _models
 from ._layers import PredictionResults, RawGrid, camera_settings
-from ._qt import LayerCombo, ModelCombo, describe_error, spin
+from ._qt import LayerCombo, ModelCombo, describe_error, form_group, hbox, spin
 from ._workers import Notice, as_frames, eta, predict_job, start_worker
 
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
@@ -84,28 +83,13 @@ class PredictWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        input_box = QGroupBox("Camera frames")
-        form = QFormLayout(input_box)
-        form.addRow("image layer", self.layer_combo)
-        form.addRow("pixel size", self.pixel_size)
-        form.addRow("offset", self.offset)
-        form.addRow("gain", self.gain)
-        form.addRow("read noise", self.read_noise)
-        form.addRow(self.camera_note)
-        frames = QHBoxLayout()
-        frames.addWidget(self.start_frame)
-        frames.addWidget(QLabel("to"))
-        frames.addWidget(self.stop_frame)
-        form.addRow("frames", frames)
-        model_box = QGroupBox("Model")
-        form2 = QFormLayout(model_box)
-        form2.addRow("model", self.model_combo)
-        form2.addRow("samples", self.samples)
-        form2.addRow("steps", self.steps)
-        form2.addRow("device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        input_box = form_group("Camera frames", [
+            ("image layer", self.layer_combo), ("pixel size", self.pixel_size), ("offset", self.offset),
+            ("gain", self.gain), ("read noise", self.read_noise), self.camera_note,
+            ("frames", hbox(self.start_frame, QLabel("to"), self.stop_frame))])
+        model_box = form_group("Model", [("model", self.model_combo), ("samples", self.samples),
+                                         ("steps", self.steps), ("device", self.device)])
+        buttons = hbox(self.run_button, self.cancel_button)
         layout = QVBoxLayout(self)
         for w in (input_box, model_box):
             layout.addWidget(w)

@@ -17,14 +17,14 @@ import napari
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                            QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy,
+                            QVBoxLayout, QWidget)
 
 from ..models import registry
 from ..training import Progress, TrainSettings
 from . import _models
 from ._layers import camera_settings
-from ._qt import LayerCombo, ModelCombo, RangeBox, describe_error, spin
+from ._qt import LayerCombo, ModelCombo, RangeBox, describe_error, form_group, hbox, spin
 from ._workers import Notice, eta, start_worker, train_and_validate_job
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
@@ -158,32 +158,16 @@ class TrainWidget(QWidget):
         self.results = QLabel("")
         self.results.setWordWrap(True)
 
-        sim = QGroupBox("Simulated training data")
-        f1 = QFormLayout(sim)
-        f1.addRow("prefill from", self.layer_combo)
-        f1.addRow("PSF sigma", self.psf_sigma)
-        f1.addRow("photons", self.photons)
-        f1.addRow("background", self.background)
-        f1.addRow("density", self.density)
-        f1.addRow("read noise", self.read_noise)
-        f1.addRow("pixel size", self.pixel_size)
-        opt = QGroupBox("Training")
-        f2 = QFormLayout(opt)
-        f2.addRow("train", self.target)
-        f2.addRow("start from", self.start_model)
-        f2.addRow("new network size", self.architecture)
-        f2.addRow("iterations", self.iterations)
-        f2.addRow("batch size", self.batch_size)
-        f2.addRow("learning rate", self.lr)
-        f2.addRow("save every", self.checkpoint_every)
-        f2.addRow("validation patches", self.val_size)
-        out = QHBoxLayout()
-        out.addWidget(self.out_dir)
-        out.addWidget(self.out_button)
-        f2.addRow("output folder", out)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.stop_button)
+        sim = form_group("Simulated training data", [
+            ("prefill from", self.layer_combo), ("PSF sigma", self.psf_sigma), ("photons", self.photons),
+            ("background", self.background), ("density", self.density), ("read noise", self.read_noise),
+            ("pixel size", self.pixel_size)])
+        opt = form_group("Training", [
+            ("train", self.target), ("start from", self.start_model), ("new network size", self.architecture),
+            ("iterations", self.iterations), ("batch size", self.batch_size), ("learning rate", self.lr),
+            ("save every", self.checkpoint_every), ("validation patches", self.val_size),
+            ("output folder", hbox(self.out_dir, self.out_button))])
+        buttons = hbox(self.train_button, self.stop_button)
         layout = QVBoxLayout(self)
         for w in (sim, opt):
             layout.addWidget(w)

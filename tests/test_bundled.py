@@ -1,0 +1,75 @@
+"""The bundled weights, tested for real on simulated data (fixed seeds, never used in training)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_smlm_uq.evaluation import localization_report
+from napari_smlm_uq.kde import raw_to_sr
+from napari_smlm_uq.localize import Localizations
+from napari_smlm_uq.localizations import emitters_table, localizations_table
+from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.camera import Camera
+from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate
+from napari_smlm_uq.pipeline import PredictSettings, predict
+
+SIM = SimulationSettings(frames=6, size=32, density=0.5, photons=2000.0, background=20.0, psf_sigma=1.0, seed=31337)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return registry.load("default")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return simulate(SIM)
+
+
+def _report(models, stack, samples: int) -> dict:
+    results = list(predict(stack.adu, models, PredictSettings(samples=samples)))
+    locs = localizations_table(Localizations.concat([r.localizations for r in results]), SIM.pixel_size)
+    return localization_report(locs, emitters_table(stack.emitters, SIM.pixel_size))
+
+
+def test_bundled_model_is_registered_and_verified():
+    assert registry.DEFAULT_MODEL in registry.bundled_names()
+    path, digest = registry.resolve(registry.DEFAULT_MODEL)
+    assert registry.sha256(path) == digest
+    assert path.stat().st_size < 10e6  # a few MB in the package
+
+
+@pytest.mark.parametrize("samples", [0, PredictSettings.samples])
+def test_bundled_pipeline_localizes_accurately(models, stack, samples):
+    report = _report(models, stack, samples)
+    assert report["jaccard"] >= 90.0, report
+    assert report["rmse"] <= 30.0, report
+
+
+def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
+    """Emitters 60-80 nm apart (unresolvable at 100 nm pixels) must be more uncertain than isolated ones."""
+    rng = np.random.default_rng(4)
+    n_frames, shape = 4, (32, 32)
+    rows, cols, frames, pair = [], [], [], []
+    for t in range(n_frames):
+        for r0, c0 in ((6, 6), (6, 24), (24, 6), (24, 24)):  # isolated emitters
+            rows.append(r0 + rng.uniform(-0.5, 0.5)); cols.append(c0 + rng.uniform(-0.5, 0.5)); frames.append(t); pair.append(False)
+        for r0, c0 in ((15, 8), (15, 22)):  # close pairs: 0.6-0.8 px apart
+            d, a = rng.uniform(0.6, 0.8), rng.uniform(0, np.pi)
+            for s in (-0.5, 0.5):
+                rows.append(r0 + s * d * np.sin(a)); cols.append(c0 + s * d * np.cos(a)); frames.append(t); pair.append(True)
+    em = Emitters(np.array(frames), np.array(rows), np.array(cols), np.full(len(rows), 2000.0))
+    omega = expected_photons(em, n_frames, shape, np.full(n_frames, 1.0), np.full(n_frames, 20.0))
+    camera = Camera()
+    adu = camera.expose(omega, rng)
+    results = list(predict(adu, models, PredictSettings(camera=camera)))
+    pair = np.array(pair)
+
+    def local_std(sel):
+        values = []
+        for t, r, c in zip(em.frame[sel], em.row[sel], em.col[sel]):
+            rr, cc = int(round(float(raw_to_sr(r)))), int(round(float(raw_to_sr(c))))
+            values.append(results[t].std[rr - 3:rr + 4, cc - 3:cc + 4].mean())
+        return np.mean(values)
+
+    assert local_std(pair) > 1.3 * local_std(~pair)
