@@ -50,7 +50,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def predict_args(inputs, out, *extra) -> list:
     return ["predict", inputs["stack"], "--out", out, "--model", inputs["model"], "--samples", "2", "--steps", "2",
-            "--device", "cpu", "--fp32", *extra]
+            "--device", "cpu", *extra]
 
 
 def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
@@ -207,7 +207,7 @@ def test_predict_bad_input(case, inputs, tmp_path, capsys):
     before, before_inputs = tree(src), tree(inputs["folder"])
     out = tmp_path / "out"
     args = ["predict", stack, "--out", out, "--model", inputs["model"], "--samples", "2", "--steps", "2",
-            "--device", "cpu", "--fp32", *extra]
+            "--device", "cpu", *extra]
     code, stdout, err = run_main(capsys, *args)
     assert code == 2
     assert stdout == ""
@@ -288,7 +288,7 @@ def test_interrupted_predict_leaves_nothing_complete(interrupt, existing, inputs
 def test_train_then_predict(inputs, tmp_path, capsys):
     out = tmp_path / "trained"
     code, stdout, err = run_main(capsys, "train", "--out", out, "--tiny", "--iterations", "2", "--batch-size", "2",
-                                 "--fp32", "--seed", "3")
+                                 "--seed", "3")
     assert code == 0, err
     assert "model written to" in stdout and "phi 2/2" in stdout and "psi 2/2" in stdout
     model = out / "model.pt"
@@ -299,7 +299,7 @@ def test_train_then_predict(inputs, tmp_path, capsys):
 
     pred = tmp_path / "pred"
     code, _, err = run_main(capsys, "predict", inputs["stack"], "--out", pred, "--model", model, "--samples", "2",
-                            "--steps", "2", "--device", "cpu", "--fp32")
+                            "--steps", "2", "--device", "cpu")
     assert code == 0, err
     assert tifffile.imread(pred / "mean.tif").shape == (FRAMES, 4 * SIZE, 4 * SIZE)
     assert json.loads((pred / "summary.json").read_text())["model"] == "trained"

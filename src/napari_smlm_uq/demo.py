@@ -14,7 +14,7 @@ from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate
 from .pipeline import PredictSettings, predict
 
-DEMO_SIM = SimulationSettings(frames=12, size=32, density=1.5, photons=2000.0, background=20.0, psf_sigma=1.0,
+DEMO_SIM = SimulationSettings(frames=10, size=32, density=1.5, photons=2000.0, background=20.0, psf_sigma=1.0,
                               pixel_size=100.0, seed=2026)
 
 

@@ -37,12 +37,12 @@ class PredictSettings:
     fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
 
     samples: int = 8
-    steps: int = 10
+    steps: int = 5
     start: float = 0.5
     camera: Camera = field(default_factory=Camera)
     pixel_size: float = 100.0
     device: str = "auto"
-    bf16: bool = True
+    bf16: bool = False   # bf16 autocast: slower than fp32 on the 2-core CPU measured (benchmarks.md)
     frame_batch: int = 8
     tile_batch: int = 16
     threshold: float = DEFAULT_THRESHOLD

@@ -49,7 +49,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 250
     val_size: int = 128
-    bf16: bool = True
+    bf16: bool = False   # bf16 autocast trained psi slower than fp32 on the 2-core CPU measured
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
