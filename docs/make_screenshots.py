@@ -80,12 +80,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="smlm-uq-shots-"))
     bundled = registry.DEFAULT_MODEL in _models.bundled()
     trained = bool(args.model) or bundled
+    from napari_smlm_uq.pipeline import PredictSettings
+
     if args.model:
         model = str(_models.register(args.model))
-        samples, steps, frames = 8, 10, 20
+        samples, steps, frames = PredictSettings.samples, PredictSettings.steps, 4
     elif bundled:
         model = registry.DEFAULT_MODEL
-        samples, steps, frames = 8, 10, 20
+        samples, steps, frames = PredictSettings.samples, PredictSettings.steps, 4
     else:
         model = str(work / "tiny-random.pt")
         registry.save(registry.build(registry.tiny_config(), name="tiny-random"), model)

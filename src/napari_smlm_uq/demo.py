@@ -48,9 +48,11 @@ def figure(out: dict, path: Path, frame: int = 0) -> None:
     r = out["pipeline"]["results"][frame]
     h, w = stack.adu.shape[1:]
     raw_ext = (0, w * p / 1000, h * p / 1000, 0)  # um, pixel edges
-    keep = r.std <= np.quantile(r.std[r.mean > 0.05], 0.8) if (r.mean > 0.05).any() else np.ones_like(r.std, bool)
+    signal = r.mean > 0.05
+    relative = r.std / np.maximum(r.mean, 1e-6)
+    keep = ~signal | (relative <= np.quantile(relative[signal], 0.8)) if signal.any() else np.ones_like(r.std, bool)
     panels = [("raw frame (ADU)", stack.adu[frame], "gray"), ("SR mean (KDE)", r.mean, "magma"),
-              ("SR std", r.std, "viridis"), ("mean, 20% most uncertain removed", np.where(keep, r.mean, 0), "magma")]
+              ("SR std", r.std, "viridis"), ("mean, 20% most uncertain (std/mean) removed", np.where(keep, r.mean, 0), "magma")]
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.4), constrained_layout=True)
     for ax, (title, img, cmap) in zip(axes, panels):
         im = ax.imshow(img, cmap=cmap, extent=raw_ext)
@@ -72,7 +74,7 @@ def figure(out: dict, path: Path, frame: int = 0) -> None:
     for ax in axes:
         ax.set_xlabel("x (um)")
     axes[0].set_ylabel("y (um)")
-    fig.savefig(path, dpi=80, format="png")
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
 
 
@@ -85,9 +87,11 @@ def summary_lines(out: dict) -> list[str]:
                      f"({out[key]['seconds_per_frame']:.2f} s/frame)")
     rep, pix = out["pipeline"]["report"], out["pipeline"]["pixels"]
     if "error_over_uncertainty_std" in rep:
+        fp = rep["fp_removed_by_uncertainty_10pct"]
+        removed = (f"dropping the 10% most uncertain removes {fp:.0f}% of the {rep['fp']} false positives"
+                   if np.isfinite(fp) else "no false positives")
         lines.append(f"uncertainty: median {rep['median_uncertainty_nm']:.1f} nm, std(error/uncertainty) "
-                     f"{rep['error_over_uncertainty_std']:.2f} (1 = calibrated), dropping the 10% most uncertain removes "
-                     f"{rep['fp_removed_by_uncertainty_10pct']:.0f}% of false positives")
+                     f"{rep['error_over_uncertainty_std']:.2f} (1 = calibrated); {removed}")
     lines.append(f"per-pixel std vs |error|: Spearman {pix['spearman']:.2f}, AUSE {pix['ause']:.3f}, "
                  f"coverage of mean +/- 2 std {100 * pix['coverage_2std']:.1f}%")
     return lines
