@@ -52,7 +52,7 @@ def figure(out: dict, path: Path, frame: int = 0) -> None:
     relative = r.std / np.maximum(r.mean, 1e-6)
     keep = ~signal | (relative <= np.quantile(relative[signal], 0.8)) if signal.any() else np.ones_like(r.std, bool)
     panels = [("raw frame (ADU)", stack.adu[frame], "gray"), ("SR mean (KDE)", r.mean, "magma"),
-              ("SR std", r.std, "viridis"), ("mean, 20% most uncertain (std/mean) removed", np.where(keep, r.mean, 0), "magma")]
+              ("SR std", r.std, "viridis"), ("mean, 20% least certain removed", np.where(keep, r.mean, 0), "magma")]
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.4), constrained_layout=True)
     for ax, (title, img, cmap) in zip(axes, panels):
         im = ax.imshow(img, cmap=cmap, extent=raw_ext)
