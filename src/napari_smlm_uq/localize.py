@@ -7,6 +7,7 @@ fraction of samples that hold a peak within ``match_radius`` SR pixels.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,23 +80,11 @@ def localize(mean: np.ndarray, samples: np.ndarray | None, frame: int, threshold
                 positions[i, ok] = found[idx[ok]]
         held = np.isfinite(positions[..., 0])
         det = held.mean(axis=0)
-        with np.errstate(invalid="ignore"), _quiet():
+        with warnings.catch_warnings():  # peaks held by fewer than two samples: NaN, set below
+            warnings.simplefilter("ignore", RuntimeWarning)
             var = np.nanvar(positions, axis=0, ddof=1).mean(axis=1)  # per-axis variance, SR px^2
         unc = scale * np.sqrt(var) / 4.0
         unc[held.sum(axis=0) < 2] = np.nan
     rows, cols = sr_to_raw(peaks[:, 0]), sr_to_raw(peaks[:, 1])
     return Localizations(np.full(n, frame), rows, cols, unc, det)
 
-
-class _quiet:
-    """Silence numpy's 'degrees of freedom <= 0' warning for peaks held by fewer than two samples."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)

@@ -21,7 +21,7 @@ from .io import InputError, atomic_path
 from .kde import render_kde, to_model
 from .models import registry
 from .models.registry import Models
-from .physics.simulate import _draw, draw_emitters, expected_photons
+from .physics.simulate import draw_values, draw_emitters, expected_photons
 from .preprocessing import normalise, psi_condition
 
 PATCH = 16          # raw pixels (64 SR pixels)
@@ -89,7 +89,7 @@ def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tupl
     shape = (PATCH, PATCH)
     density_px = tuple(np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2)
     emitters = draw_emitters(rng, n, shape, density_px, s.photons, disc_radius=DISC_RADIUS)
-    sigma, background = _draw(rng, s.psf_sigma, n), _draw(rng, s.background, n)
+    sigma, background = draw_values(rng, s.psf_sigma, n), draw_values(rng, s.background, n)
     read = rng.uniform(*s.read_noise, n)[:, None, None]
     omega = expected_photons(emitters, n, shape, sigma, background)
     e_shifted = rng.poisson(omega) + rng.standard_normal(omega.shape) * read + read**2
@@ -167,9 +167,7 @@ class _Stage:
 def initial_models(s: TrainSettings) -> Models:
     if s.init:
         return registry.load(s.init)
-    models = registry.build(s.config, name=Path(s.out_dir).name)
-    models.info["trained_on"] = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir")}
-    return models
+    return registry.build(s.config, name=Path(s.out_dir).name)
 
 
 def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: False,

@@ -56,13 +56,16 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _kwargs(section: dict) -> dict:
+    """A config section (JSON lists) as constructor keywords (tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
 def build(config: dict, name: str = "untitled") -> Models:
     """Fresh (randomly initialised) networks from a config."""
-    psi = UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["psi"].items()}) if config.get("psi") else None
-    phi_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in config["phi"].items()}
-    phi = DeepSTORM(**phi_kw)
-    return Models(phi, psi, Schedule(**config["schedule"]), name, dict(config.get("calibration") or {}),
-                  dict(config.get("info") or {}))
+    psi = UNet(**_kwargs(config["psi"])) if config.get("psi") else None
+    return Models(DeepSTORM(**_kwargs(config["phi"])), psi, Schedule(**config["schedule"]), name,
+                  dict(config.get("calibration") or {}), dict(config.get("info") or {}))
 
 
 def save(models: Models, path: str | os.PathLike) -> str:

@@ -15,7 +15,7 @@ from .psf import render_emitters
 Range = float | tuple[float, float]
 
 
-def _draw(rng: np.random.Generator, value: Range, n: int) -> np.ndarray:
+def draw_values(rng: np.random.Generator, value: Range, n: int) -> np.ndarray:
     """``n`` values: a constant, or log-uniform over ``(lo, hi)`` (uniform when ``lo == 0``)."""
     if np.isscalar(value):
         return np.full(n, float(value))
@@ -100,7 +100,7 @@ def draw_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int
     over the field, or over a centred disc of ``disc_radius`` pixels (the training patches, paper 4)."""
     h, w = shape
     area = np.pi * disc_radius**2 if disc_radius else h * w
-    counts = rng.poisson(_draw(rng, density_px, n_frames) * area)
+    counts = rng.poisson(draw_values(rng, density_px, n_frames) * area)
     n = int(counts.sum())
     frame = np.repeat(np.arange(n_frames), counts)
     if disc_radius:
@@ -109,7 +109,7 @@ def draw_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int
         row, col = (h - 1) / 2 + rad * np.sin(ang), (w - 1) / 2 + rad * np.cos(ang)
     else:
         row, col = rng.uniform(-0.5, h - 0.5, n), rng.uniform(-0.5, w - 0.5, n)
-    return Emitters(frame, row, col, _draw(rng, photons, n))
+    return Emitters(frame, row, col, draw_values(rng, photons, n))
 
 
 def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], sigma: np.ndarray,
@@ -132,7 +132,7 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
     emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
-    sigma = _draw(rng, s.psf_sigma, s.frames)
-    background = _draw(rng, s.background, s.frames)
+    sigma = draw_values(rng, s.psf_sigma, s.frames)
+    background = draw_values(rng, s.background, s.frames)
     omega = expected_photons(emitters, s.frames, s.shape, sigma, background)
     return SimulatedStack(s.camera.expose(omega, rng), omega, emitters, s)
