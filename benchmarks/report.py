@@ -32,7 +32,7 @@ def calibration_error(run: dict) -> float:
     return abs(np.log(z)) if z else np.inf
 
 
-def accuracy_table(acc: dict, pic: dict | None, scale: float) -> list[str]:
+def accuracy_table(acc: dict, pic: dict | None) -> list[str]:
     rows = ["| density (/um²) | method | JAC % | RMSE nm | E | precision % | recall % | s/frame | peak RAM GB |",
             "|---|---|---|---|---|---|---|---|---|"]
     for d in ("0.5", "3"):
@@ -50,15 +50,15 @@ def accuracy_table(acc: dict, pic: dict | None, scale: float) -> list[str]:
     return rows
 
 
-def uncertainty_table(acc: dict, scale: float) -> list[str]:
+def uncertainty_table(acc: dict) -> list[str]:
     rows = ["| density | Spearman(std, \\|err\\|) | AUSE | coverage ±2 std | std(err/σ) raw | std(err/σ) calibrated | "
             "median σ nm | FP removed, 10% most uncertain | FP removed, 10% least detected |", "|---|---|---|---|---|---|---|---|---|"]
     for d in ("0.5", "3"):
         r = acc[d]["pipeline"]
         px, lo = r["pixels"], r["localization"]
-        z = lo.get("error_over_uncertainty_std")
+        z, raw = lo.get("error_over_uncertainty_std"), lo.get("error_over_raw_uncertainty_std")
         rows.append(f"| {d} | {fmt(px['spearman'], 2)} | {fmt(px['ause'], 3)} | {fmt(100 * px['coverage_2std'])} % | "
-                    f"{fmt(z * scale if z else None, 2)} | **{fmt(z, 2)}** | {fmt(lo.get('median_uncertainty_nm'))} | "
+                    f"{fmt(raw, 2)} | **{fmt(z, 2)}** | {fmt(lo.get('median_uncertainty_nm'))} | "
                     f"{fmt(lo.get('fp_removed_by_uncertainty_10pct'))} % (of {lo['fp']}) | {fmt(lo.get('fp_removed_by_detection_10pct'))} % |")
     return rows
 
@@ -86,19 +86,23 @@ def plots(acc: dict) -> None:
 
 
 def schedule_table(study: dict) -> tuple[list[str], dict]:
-    rows = ["| variant | E (0.5) | E (3) | std(err/σ) (0.5) | std(err/σ) (3) | s/frame | peak RAM GB |", "|---|---|---|---|---|---|---|"]
+    rows = ["| variant | options | frames | E (0.5) | E (3) | std(err/σ) (0.5) | std(err/σ) (3) | s/frame | frames/s | peak RAM GB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     runs = {r["name"]: {d: next(x for x in study[d] if x["name"] == r["name"]) for d in ("0.5", "3")} for r in study["0.5"]}
     for name, by_d in runs.items():
         e = [by_d[d]["evaluate"]["efficiency"] for d in ("0.5", "3")]
         z = [by_d[d]["localization"].get("error_over_uncertainty_std") for d in ("0.5", "3")]
         t = np.mean([by_d[d]["seconds_per_frame"] for d in ("0.5", "3")])
         m = max(by_d[d]["peak_rss_gb"] for d in ("0.5", "3"))
-        rows.append(f"| {name} | {fmt(e[0])} | {fmt(e[1])} | {fmt(z[0], 2)} | {fmt(z[1], 2)} | {fmt(t, 2)} | {fmt(m, 2)} |")
-    return rows, runs
+        frames = by_d["0.5"].get("frames", study["frames"])
+        rows.append(f"| {name} | `{' '.join(by_d['0.5']['options']) or '(defaults)'}` | {frames} | {fmt(e[0])} | {fmt(e[1])} | "
+                    f"{fmt(z[0], 2)} | {fmt(z[1], 2)} | {fmt(t, 2)} | {fmt(1 / t)} | {fmt(m, 2)} |")
+    return rows, {n: r for n, r in runs.items() if "frames" not in r["0.5"]}
 
 
 def choose_default(runs: dict) -> str:
-    """The cheapest variant within 1 point of the best mean E and 5% of the best calibration."""
+    """The cheapest variant within 1 point of the best mean E and 5% of the best calibration (variants
+    run on the full study movies; phi alone, without samples, is not a candidate)."""
     cands = {n: r for n, r in runs.items() if not n.startswith("phi")}
     e = {n: np.mean([r[d]["evaluate"]["efficiency"] for d in r]) for n, r in cands.items()}
     c = {n: np.mean([calibration_error(r[d]) for d in r]) for n, r in cands.items()}
@@ -108,12 +112,9 @@ def choose_default(runs: dict) -> str:
 
 def main() -> None:
     acc, pic, study, ft = load("accuracy"), load("picasso"), load("schedule"), load("finetune")
-    from napari_smlm_uq.models import registry
-
-    scale = float(registry.load("default").calibration.get("uncertainty_scale", 1.0))
     if acc:
-        print("\n".join(accuracy_table(acc, pic, scale)), "\n")
-        print("\n".join(uncertainty_table(acc, scale)), "\n")
+        print("\n".join(accuracy_table(acc, pic)), "\n")
+        print("\n".join(uncertainty_table(acc)), "\n")
         plots(acc)
     if study:
         rows, runs = schedule_table(study)

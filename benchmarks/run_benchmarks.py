@@ -1,6 +1,6 @@
 """The evaluation benchmark (docs/benchmarks.md): everything through ``smlm-uq predict`` / ``evaluate``.
 
-    python benchmarks/run_benchmarks.py [--frames 200] [--study-frames 8] [--parts accuracy,schedule,finetune]
+    python benchmarks/run_benchmarks.py [--frames 200] [--study-frames 20] [--parts accuracy,schedule,finetune]
 
 Writes ``benchmarks/results/*.json`` and ``docs/img/bench_*.png``. Movies go to ``benchmarks/movies/``
 (not committed). Picasso runs from ``.venv-bench`` (see picasso_baseline.py) when it exists.
@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_smlm_uq import metrics
+from napari_smlm_uq.calibration import Calibration
 from napari_smlm_uq.evaluation import localization_report, pixel_report
 from napari_smlm_uq.io import open_stack, read_localizations
 from napari_smlm_uq.kde import render_kde
 from napari_smlm_uq.localizations import nm_to_px, table_xy
+from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.crlb import crlb_nm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +91,20 @@ def predict(stack: Path, name: str, *options: str) -> dict:
               "seconds_per_frame": summary["timing"]["seconds_per_frame"], "wall_s": wall, "peak_rss_gb": rss}
     locs, gt = read_localizations(out / "localizations.csv"), read_localizations(stack.with_suffix(".csv"))
     result["localization"] = localization_report(locs, gt)
+    if "uncertainty [nm]" in locs and np.isfinite(locs["uncertainty [nm]"]).any():
+        raw = dict(locs, **{"uncertainty [nm]": locs["uncertainty [nm]"] / calibration_factors(locs, options)})
+        result["localization"]["error_over_raw_uncertainty_std"] = localization_report(raw, gt)["error_over_uncertainty_std"]
     result["curves"] = filtering_curves(locs, gt)
     if "--samples" not in options or options[options.index("--samples") + 1] != "0":
         result["pixels"], result["sparsification"] = pixel_figures(out, gt, stack)
     return result
+
+
+def calibration_factors(locs: dict, options: tuple[str, ...]) -> np.ndarray:
+    """The calibration factor ``smlm-uq predict`` applied to each localization (to report raw spreads)."""
+    model = options[options.index("--model") + 1] if "--model" in options else registry.DEFAULT_MODEL
+    cal = Calibration.from_dict(registry.load(model).calibration)
+    return cal.factors(locs["frame"], nm_to_px(locs["y [nm]"], 100), nm_to_px(locs["x [nm]"], 100), locs["peak snr"], (64, 64))
 
 
 def filtering_curves(locs: dict, gt: dict) -> dict:
@@ -177,27 +189,30 @@ def finetune(frames: int) -> dict:
     return res
 
 
-def schedule_study(frames: int) -> dict:
-    """Steps, samples, start, schedule and precision variants on the first frames of each test movie."""
-    variants = [("steps100_paper", "--steps", "100", "--schedule", "paper", "--start", "1")]
-    variants += [(f"steps{k}", "--steps", str(k)) for k in (20, 10, 3)]
+def schedule_study(frames: int, long_frames: int) -> dict:
+    """Steps, samples, start, schedule and precision variants on the test settings (own seeds); the
+    50- and 100-step variants on a ``long_frames`` movie only (they cost 17-33x the default)."""
+    variants = [(f"steps{k}", "--steps", str(k)) for k in (5, 10, 20)]
     variants += [(f"samples{n}", "--samples", str(n)) for n in (4, 16)]
-    variants += [("start0.3", "--start", "0.3"), ("start0.7", "--start", "0.7"), ("pure_noise_start", "--start", "1"),
-                 ("pure_noise_start_steps20", "--start", "1", "--steps", "20"), ("bf16", "--bf16")]
-    res = {"frames": frames}
+    variants += [("pure_noise_start_steps10", "--start", "1", "--steps", "10"), ("bf16", "--bf16")]
+    long = [("steps50", "--steps", "50"), ("steps100_paper", "--steps", "100", "--schedule", "paper", "--start", "1")]
+    res = {"frames": frames, "long_frames": long_frames}
     for density, seed in DENSITIES.items():
-        stack = movie(density, seed, frames, "study")
-        res[density] = [predict(stack, "default")] + [predict(stack, v[0], *v[1:]) for v in variants]
-        res[density].append(predict(stack, "phi", "--samples", "0"))
-        res[density].append(predict(stack, "phi_bf16", "--samples", "0", "--bf16"))
-        print(density, [(r["name"], round(r["evaluate"]["efficiency"], 1), round(r["seconds_per_frame"], 2)) for r in res[density]], flush=True)
+        stack = movie(density, seed + 1, frames, "study")
+        runs = [predict(stack, "default")] + [predict(stack, v[0], *v[1:]) for v in variants]
+        runs += [predict(stack, "phi", "--samples", "0"), predict(stack, "phi_bf16", "--samples", "0", "--bf16")]
+        short = movie(density, seed + 1, long_frames, "study")
+        runs += [dict(predict(short, v[0], *v[1:]), frames=long_frames) for v in long]
+        res[density] = runs
+        print(density, [(r["name"], round(r["evaluate"]["efficiency"], 1), round(r["seconds_per_frame"], 2)) for r in runs], flush=True)
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
-    ap.add_argument("--study-frames", type=int, default=2)
+    ap.add_argument("--study-frames", type=int, default=20)
+    ap.add_argument("--study-long-frames", type=int, default=2)
     ap.add_argument("--finetune-frames", type=int, default=10)
     ap.add_argument("--parts", default="picasso,accuracy,schedule,finetune")  # each writes results/PART.json
     a = ap.parse_args()
@@ -210,7 +225,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = {"accuracy": lambda: accuracy(a.frames), "picasso": lambda: picasso_part(a.frames),
                "finetune": lambda: finetune(a.finetune_frames),
-               "schedule": lambda: schedule_study(a.study_frames)}[part]()
+               "schedule": lambda: schedule_study(a.study_frames, a.study_long_frames)}[part]()
         res["machine"], res["benchmark_seconds"] = machine, time.perf_counter() - t0
         (RESULTS / f"{part}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
         print(f"{part}: {res['benchmark_seconds']:.0f} s -> {RESULTS / f'{part}.json'}", flush=True)

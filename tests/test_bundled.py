@@ -46,6 +46,16 @@ def test_bundled_pipeline_localizes_accurately(models, stack, samples):
     assert report["rmse"] <= 30.0, report
 
 
+def test_peak_snr_of_localizations_matches_the_closed_form(models, stack):
+    """2000 photons, sigma 1 px, background 20 + read noise 1.5^2: the brightest pixel holds 11.6-14.7 %
+    of the photons (emitter on a pixel corner / centre), so its SNR over the background's shot noise,
+    0.116..0.147 * 2000 / sqrt(22.25), lies between 49 and 62."""
+    results = list(predict(stack.adu, models, PredictSettings(samples=0)))
+    snr = np.concatenate([r.localizations.snr for r in results])
+    assert len(snr) > 20
+    assert 49 * 0.95 < np.median(snr) < 62 * 1.05
+
+
 def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
     """Emitters 100-130 nm apart (about one PSF sigma: one or two?) must be more uncertain than isolated
     ones. Measured: 2.5x (60-80 nm pairs, which the model sees confidently as one blob: 1.15x)."""

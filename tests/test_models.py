@@ -107,6 +107,22 @@ def test_noise_level_embedding_distinguishes_gamma():
 
 
 # ================================================================================================
+@pytest.mark.parametrize("hw", [(16, 16), (9, 13)])
+def test_fused_phi_computes_the_same_function(hw):
+    """Folded BatchNorm and transposed convolutions: same output, and really a different network."""
+    phi = tiny(seed=3).phi
+    fused = phi.fused()
+    x = torch.randn(2, 1, *hw, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y, y_fused = phi(x), fused(x)
+    assert y.abs().mean() > 0.05  # a non-trivial output to compare
+    assert (y_fused - y).abs().max() < 1e-5
+    kinds = {type(m).__name__ for m in fused.modules()}
+    assert "BatchNorm2d" not in kinds and "Upsample" not in kinds and "ConvTranspose2d" in kinds
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in phi.modules())  # the original is untouched
+    assert fused.receptive_radius == phi.receptive_radius
+
+
 # Tiling
 # ================================================================================================
 
@@ -532,6 +548,19 @@ def test_train_stop_before_first_checkpoint_leaves_no_model(tmp_path):
     assert not (out / "model.pt").exists()
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_training_patches_put_that_fraction_of_emitters_up_to_the_edge(tmp_path, fraction):
+    """Disc patches (paper 4) hold no emitter in the corners; edge patches do, as a frame's edge does."""
+    s = settings(tmp_path, density=(20.0, 20.0), edge_patches=fraction)
+    _, kde = training.simulate_patches(np.random.default_rng(2), 40, s)
+    y = (kde[:, 0].numpy() + 1) / 2  # KDE units
+    r = np.hypot(*np.meshgrid(np.arange(64) - 31.5, np.arange(64) - 31.5, indexing="ij"))
+    corner_mass = (y * (r > 4 * (training.DISC_RADIUS + 1.5))).sum(axis=(1, 2))  # beyond the disc and its kernels
+    n_disc = 40 - int(round(40 * fraction))
+    assert not (corner_mass[:n_disc] > 0.5).any()
+    assert np.all(corner_mass[n_disc:] > 0.5)  # 20/um^2: about 9 emitters per patch corner area
+
+
 @pytest.mark.parametrize("change, word", [
     (dict(target="all"), "target"),
     (dict(iterations=0), "iterations"),
@@ -548,6 +577,7 @@ def test_train_stop_before_first_checkpoint_leaves_no_model(tmp_path):
     (dict(density=(1.0, float("inf"))), "density"),
     (dict(read_noise=(-0.5, 1.0)), "read_noise"),
     (dict(target="psi"), "init"),
+    (dict(edge_patches=1.5), "edge patches"),
 ])
 def test_train_settings_rejects_bad_values(tmp_path, change, word):
     with pytest.raises(ValueError, match=word):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_smlm_uq.calibration import Calibration
 from napari_smlm_uq import kde, localize, pipeline
 from napari_smlm_uq.io import open_stack, write_stack
 from napari_smlm_uq.models import registry
@@ -227,7 +228,7 @@ def test_uncertainty_matches_sample_spread():
     assert len(locs) == len(rows) and np.all(locs.detection > 0.99)
     np.testing.assert_allclose(locs.uncertainty, s_sr / 4, rtol=0.15)
     assert abs(np.mean(locs.uncertainty) / (s_sr / 4) - 1) < 0.06
-    doubled = localize.localize(mean, samples, 0, scale=2.0)
+    doubled = localize.localize(mean, samples, 0, calibration=Calibration.uniform(2.0))
     np.testing.assert_allclose(doubled.uncertainty, 2 * locs.uncertainty)
 
 

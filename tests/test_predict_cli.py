@@ -84,7 +84,7 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     np.testing.assert_array_equal(images["std"], np.stack([r.std for r in expected]))
 
     table = read_localizations(out / "localizations.csv")
-    assert list(table) == ["id", "frame", "x [nm]", "y [nm]", "uncertainty [nm]", "detection"]
+    assert list(table) == ["id", "frame", "x [nm]", "y [nm]", "uncertainty [nm]", "detection", "peak snr"]
     n = sum(len(r.localizations) for r in expected)
     assert n > 0 and len(table["id"]) == n
     np.testing.assert_array_equal(table["id"], np.arange(1, n + 1))
@@ -96,6 +96,7 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     np.testing.assert_allclose(table["x [nm]"], (locs.col + 0.5) * pixel, atol=1e-3)
     finite = np.isfinite(locs.uncertainty)
     np.testing.assert_allclose(table["uncertainty [nm]"][finite], locs.uncertainty[finite] * pixel, atol=1e-3)
+    np.testing.assert_allclose(table["peak snr"], locs.snr, atol=1e-4)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["localizations"] == n and summary["frames"] == [0, FRAMES]

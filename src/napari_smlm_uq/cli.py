@@ -266,7 +266,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     settings = TrainSettings(target=a.target, iterations=a.iterations, psi_iterations=a.psi_iterations,
                              batch_size=a.batch_size, lr=a.lr, photons=tuple(a.photons), background=tuple(a.background),
                              psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
-                             pixel_size=a.pixel_size, out_dir=a.out, init=a.init, seed=a.seed,
+                             pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
                              checkpoint_every=a.checkpoint_every, bf16=a.bf16,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
@@ -314,6 +314,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import PredictSettings as D  # the defaults live with the settings
+    from .training import TrainSettings as TRAIN_DEFAULTS
 
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     rng("density", 0.0, 6.0, "emitters/um^2")
     rng("read-noise", 0.0, 3.0, "read noise (e- rms)")
     p.add_argument("--pixel-size", type=_positive(), default=100.0, help="nm (sets the density scale)")
+    p.add_argument("--edge-patches", type=float, default=TRAIN_DEFAULTS.edge_patches,
+                   help="fraction of patches with emitters up to the patch edge (the rest: centred disc)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=50)

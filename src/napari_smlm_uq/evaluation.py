@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import metrics
+from .calibration import Calibration, frame_context
 from .kde import render_kde
 from .localizations import table_xy
 from .physics.simulate import Emitters
@@ -47,28 +48,39 @@ def pixel_report(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
-    """Fit the uncertainty scale on simulated validation stacks: ``scale = std(error / raw uncertainty)``
-    over matched localizations, so that calibrated ``error / uncertainty`` has unit spread. ``sims``
-    is a list of :class:`SimulationSettings` (never the test seeds); returns the scale and the spread
-    per stack (for the model card)."""
+    """Fit the uncertainty calibration (calibration.py) on simulated validation stacks: per context
+    (distance to the frame edge, close neighbours, peak SNR), the spread of ``error / raw uncertainty`` over
+    matched localizations. ``sims`` is a list of :class:`SimulationSettings` (never the test seeds).
+    Returns the calibration (``to_dict`` form) and, for the model card, the counts and raw spread per
+    context and the raw and calibrated spread per stack."""
     from .localize import Localizations
-    from .localizations import emitters_table, localizations_table
     from .physics.simulate import simulate
     from .pipeline import predict
 
-    models.calibration.pop("uncertainty_scale", None)
-    pooled, per_stack = [], []
-    for sim in sims:
+    models.calibration = {}
+    z, bins, stack_of = [], [], []
+    for k, sim in enumerate(sims):
         stack = simulate(sim)
-        results = [r.localizations for r in predict(stack.adu, models, settings, should_stop)]
-        locs = localizations_table(Localizations.concat(results), sim.pixel_size)
-        gt = emitters_table(stack.emitters, sim.pixel_size)
-        m = metrics.match(locs["frame"], table_xy(locs), gt["frame"], table_xy(gt))
-        z = metrics.normalised_errors(table_xy(locs)[m.loc_idx], table_xy(gt)[m.gt_idx], locs["uncertainty [nm]"][m.loc_idx])
-        pooled.append(z)
-        per_stack.append({"photons": sim.photons, "background": sim.background, "density": sim.density,
-                          "psf_sigma": sim.psf_sigma, "raw_spread": float(np.std(z)), "n": int(len(z) // 2)})
-    z = np.concatenate(pooled)
-    return {"uncertainty_scale": float(np.std(z)), "raw_spread_std": float(np.std(z)),
-            "raw_spread_robust": float(1.4826 * np.median(np.abs(z - np.median(z)))), "stacks": per_stack,
+        locs = Localizations.concat([r.localizations for r in predict(stack.adu, models, settings, should_stop)])
+        gt = stack.emitters
+        m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
+                          tolerance=250.0 / sim.pixel_size)
+        bins_of = frame_context(locs.frame, locs.row, locs.col, locs.snr, sim.shape)
+        err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
+        z.append(err / locs.uncertainty[m.loc_idx, None])
+        bins.append(np.stack(bins_of)[:, m.loc_idx])
+        stack_of.append(np.full(len(m.loc_idx), k))
+    z, bins, stack_of = np.concatenate(z), tuple(np.concatenate(bins, axis=1)), np.concatenate(stack_of)
+    cal = Calibration.fit(z, bins)
+    calibrated = z / cal.scales[bins][:, None]
+    ok = np.isfinite(z).all(axis=1)
+    spread = lambda v, sel: float(np.std(v[sel & ok])) if (sel & ok).any() else float("nan")  # noqa: E731
+    per_context = {f"edge {e} neighbours {n} snr {k}": {"n": int((sel & ok).sum()), "raw_spread": spread(z, sel)}
+                   for (e, n, k) in np.ndindex(cal.scales.shape)
+                   for sel in [(bins[0] == e) & (bins[1] == n) & (bins[2] == k)]}
+    per_stack = [{"photons": sim.photons, "background": sim.background, "density": sim.density, "psf_sigma": sim.psf_sigma,
+                  "n": int(((stack_of == k) & ok).sum()), "raw_spread": spread(z, stack_of == k),
+                  "calibrated_spread": spread(calibrated, stack_of == k)} for k, sim in enumerate(sims)]
+    return {"calibration": cal.to_dict(), "raw_spread": spread(z, ok), "calibrated_spread": spread(calibrated, ok),
+            "contexts": per_context, "stacks": per_stack,
             "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start}}

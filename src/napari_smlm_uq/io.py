@@ -254,9 +254,8 @@ def write_localizations(path: str | os.PathLike, columns: dict[str, np.ndarray])
         writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)
         writer.writerow(list(cols))
         ints = {"id", "frame"}
-        rows = zip(*[np.asarray(v, dtype=int if k in ints else float) for k, v in cols.items()])
-        for row in rows:
-            writer.writerow([int(v) if isinstance(v, np.integer) else round(float(v), 4) for v in row])
+        table = np.column_stack([np.asarray(v, dtype=float) for v in cols.values()]).reshape(n, len(cols))
+        np.savetxt(fh, table, fmt=["%d" if k in ints else "%.4f" for k in cols], delimiter=",")
 
 
 def read_localizations(path: str | os.PathLike) -> dict[str, np.ndarray]:

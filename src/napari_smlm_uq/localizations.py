@@ -28,7 +28,7 @@ def table_xy(table: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.ndarray]:
-    """Predicted localizations as ThunderSTORM columns, with ``uncertainty [nm]`` (per axis) and
-    ``detection`` (fraction of diffusion samples holding the peak)."""
+    """Predicted localizations as ThunderSTORM columns, with ``uncertainty [nm]`` (per axis),
+    ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``."""
     return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
-            "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection}
+            "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}

@@ -2,7 +2,8 @@
 
 Positions are in SR pixels (integer centres) internally; :class:`Localizations` holds raw-pixel rows
 and columns. A localization's uncertainty is the per-axis standard deviation of the matching peaks
-across the diffusion samples (times the model's calibration scale); its detection frequency is the
+across the diffusion samples, times the model's calibration scale for its context (calibration.py);
+its detection frequency is the
 fraction of samples that hold a peak within ``match_radius`` SR pixels.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
-from .kde import sr_to_raw
+from .calibration import Calibration
+from .kde import UPSAMPLING, sr_to_raw
 
 DEFAULT_THRESHOLD = 0.3     # KDE units (the continuous kernel's peak is 1)
 MATCH_RADIUS = 2.0          # SR pixels
@@ -23,25 +25,27 @@ MATCH_RADIUS = 2.0          # SR pixels
 @dataclass
 class Localizations:
     """Raw-pixel ``row``/``col``, ``uncertainty`` (raw px, per axis; NaN without samples),
-    ``detection`` (fraction of samples), ``frame`` (0-based)."""
+    ``detection`` (fraction of samples), ``snr`` (peak pixel SNR, preprocessing.pixel_snr; NaN
+    without a frame), ``frame`` (0-based)."""
 
     frame: np.ndarray
     row: np.ndarray
     col: np.ndarray
     uncertainty: np.ndarray
     detection: np.ndarray
+    snr: np.ndarray
 
     @classmethod
     def empty(cls) -> "Localizations":
         z = np.zeros(0)
-        return cls(z.astype(int), z, z, z, z)
+        return cls(z.astype(int), z, z, z, z, z)
 
     @classmethod
     def concat(cls, parts: list["Localizations"]) -> "Localizations":
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("frame", "row", "col", "uncertainty", "detection")))
+                     ("frame", "row", "col", "uncertainty", "detection", "snr")))
 
     def __len__(self) -> int:
         return len(self.row)
@@ -50,23 +54,36 @@ class Localizations:
 def find_peaks(kde: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Local maxima (3x3) above ``threshold``, refined by a log-parabola (exact for a sampled Gaussian).
     Returns ``(n, 2)`` (row, col) in SR pixels."""
-    kde = np.asarray(kde, dtype=np.float64)
+    kde = np.asarray(kde)
     peaks = np.argwhere((kde == maximum_filter(kde, size=3, mode="constant")) & (kde > threshold))
     if len(peaks) == 0:
         return np.zeros((0, 2))
-    logk = np.log(np.clip(np.pad(kde, 1, mode="edge"), 1e-4, None))
+    padded = np.pad(kde, 1, mode="edge")
     r, c = peaks[:, 0] + 1, peaks[:, 1] + 1
+    logk = lambda rows, cols: np.log(np.clip(padded[rows, cols].astype(np.float64), 1e-4, None))  # noqa: E731
     offsets = []
     for (dr, dc) in ((1, 0), (0, 1)):
-        lo, mid, hi = logk[r - dr, c - dc], logk[r, c], logk[r + dr, c + dc]
+        lo, mid, hi = logk(r - dr, c - dc), logk(r, c), logk(r + dr, c + dc)
         curv = lo - 2 * mid + hi
         offsets.append(np.where(curv < 0, 0.5 * (lo - hi) / np.where(curv < 0, curv, -1), 0.0).clip(-0.5, 0.5))
     return peaks + np.stack(offsets, axis=1)
 
 
+def peak_snr(snr: np.ndarray | None, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Highest pixel SNR in the 3x3 raw pixels around each localization (NaN without an SNR map)."""
+    if snr is None:
+        return np.full(len(rows), np.nan)
+    h, w = snr.shape
+    r, c = np.clip(np.rint(rows).astype(int), 0, h - 1), np.clip(np.rint(cols).astype(int), 0, w - 1)
+    return maximum_filter(np.asarray(snr, float), size=3, mode="nearest")[r, c]
+
+
 def localize(mean: np.ndarray, samples: np.ndarray | None, frame: int, threshold: float = DEFAULT_THRESHOLD,
-             scale: float = 1.0, match_radius: float = MATCH_RADIUS) -> Localizations:
-    """Localizations of one frame from its mean KDE and its ``(n, 4H, 4W)`` samples (or None)."""
+             calibration: Calibration | None = None, snr: np.ndarray | None = None,
+             match_radius: float = MATCH_RADIUS) -> Localizations:
+    """Localizations of one frame from its mean KDE and its ``(n, 4H, 4W)`` samples (or None);
+    uncertainties calibrated by ``calibration`` (None: raw) using the raw frame's pixel ``snr`` map
+    ``(H, W)`` (None: the highest SNR bin)."""
     peaks = find_peaks(mean, threshold)
     n = len(peaks)
     unc, det = np.full(n, np.nan), np.ones(n)
@@ -83,8 +100,12 @@ def localize(mean: np.ndarray, samples: np.ndarray | None, frame: int, threshold
         with warnings.catch_warnings():  # peaks held by fewer than two samples: NaN, set below
             warnings.simplefilter("ignore", RuntimeWarning)
             var = np.nanvar(positions, axis=0, ddof=1).mean(axis=1)  # per-axis variance, SR px^2
-        unc = scale * np.sqrt(var) / 4.0
+        unc = np.sqrt(var) / UPSAMPLING
         unc[held.sum(axis=0) < 2] = np.nan
     rows, cols = sr_to_raw(peaks[:, 0]), sr_to_raw(peaks[:, 1])
-    return Localizations(np.full(n, frame), rows, cols, unc, det)
+    snr_at = peak_snr(snr, rows, cols)
+    if calibration is not None and n:
+        shape = (mean.shape[0] // UPSAMPLING, mean.shape[1] // UPSAMPLING)
+        unc = unc * calibration.factors(np.full(n, frame), rows, cols, snr_at, shape)
+    return Localizations(np.full(n, frame), rows, cols, unc, det, snr_at)
 

@@ -6,6 +6,8 @@ memory-mapped TIFF) and checks ``should_stop`` between diffusion steps.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,12 +16,14 @@ from typing import Callable, Generator
 import numpy as np
 import torch
 
+from .calibration import Calibration
 from .diffusion import Schedule, ancestral_sampler
 from .kde import from_model
 from .localize import DEFAULT_THRESHOLD, Localizations, localize
+from .models.deepstorm import DeepSTORM
 from .models.registry import Models
 from .physics.camera import Camera
-from .preprocessing import normalise, psi_condition, shifted_photoelectrons
+from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .tiling import TileGrid, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
@@ -37,7 +41,7 @@ class PredictSettings:
     fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
 
     samples: int = 8
-    steps: int = 5
+    steps: int = 3
     start: float = 0.5
     camera: Camera = field(default_factory=Camera)
     pixel_size: float = 100.0
@@ -112,15 +116,31 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def keep_freed_buffers() -> None:
+    """Keep freed activation buffers (a few MB to tens of MB) in the process instead of returning them to
+    the OS and page-faulting them back for the next frame: glibc only, at most 256 MB kept; phi 47 -> 63
+    frames/s on the benchmark CPU (benchmarks.md). A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD (also stops its dynamic adjustment)
+
+
 def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def run_phi(models: Models, frames: np.ndarray, s: PredictSettings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised inputs ``(B, 1, H, W)`` and phi's model-space KDEs ``(B, 1, 4H, 4W)`` (float32)."""
+def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised inputs ``(B, 1, H, W)`` and phi's model-space KDEs ``(B, 1, 4H, 4W)`` (float32).
+    On CPU one frame at a time: larger batches leave the cache and run 1.4x slower (benchmarks.md)."""
     x = normalise(shifted_photoelectrons(frames, s.camera)).to(device)
     with _autocast(device, s.bf16):
-        z = phi_tiled(models.phi, x, PHI_TILE, models.phi.receptive_radius)
+        z = chunked(lambda t: phi_tiled(phi, t, PHI_TILE, phi.receptive_radius), x,
+                    max_batch=1 if device.type == "cpu" else s.frame_batch)
     return x, z.float()
 
 
@@ -160,7 +180,9 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
     models.to(device)
     if s.samples and models.psi is None:
         raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
-    scale = float(models.calibration.get("uncertainty_scale", 1.0))
+    keep_freed_buffers()
+    phi = models.phi.fused()
+    calibration = Calibration.from_dict(models.calibration)
     generator = torch.Generator(device=device).manual_seed(s.seed)
     n = len(frames)
     with torch.inference_mode():
@@ -169,7 +191,8 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
                 return
             t0 = time.perf_counter()
             batch = np.asarray(frames[b0:b0 + s.frame_batch])
-            x, z_phi = run_phi(models, batch, s, device)
+            x, z_phi = run_phi(phi, batch, s, device)
+            snr = pixel_snr(x).cpu().numpy()
             per_frame_phi = (time.perf_counter() - t0) / len(batch)
             for i in range(len(batch)):
                 if i and should_stop():  # between frames of a batch too (phi alone never checks mid-frame)
@@ -186,6 +209,6 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
                 else:
                     y, mean = None, from_model(mean_z[0, 0]).cpu().numpy()
                     std, sample = np.zeros_like(mean), mean
-                locs = localize(mean, y, b0 + i + first_index, s.threshold, scale)
+                locs = localize(mean, y, b0 + i + first_index, s.threshold, calibration, snr[i, 0])
                 yield FrameResult(b0 + i + first_index, mean.astype(np.float32), std.astype(np.float32),
                                   sample.astype(np.float32), locs, per_frame_phi + time.perf_counter() - t1)

@@ -29,6 +29,12 @@ def normalise(e_shifted: torch.Tensor) -> torch.Tensor:
     return torch.asinh((e_shifted - med) / med.sqrt() / ASINH_SCALE)
 
 
+def pixel_snr(x: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`normalise`'s compression: per pixel ``(e' - median) / sqrt(median)``, the signal over
+    the background's shot noise (dimensionless)."""
+    return ASINH_SCALE * torch.sinh(x)
+
+
 def psi_condition(x_in: torch.Tensor, phi_out: torch.Tensor) -> torch.Tensor:
     """psi's conditioning channels ``(B, 2, 4H, 4W)``: ``phi(x)`` and the bicubic-upsampled input."""
     up = F.interpolate(x_in, scale_factor=UPSAMPLING, mode="bicubic", align_corners=False)

@@ -106,7 +106,7 @@ def camera_settings(metadata: dict | None) -> dict:
 
 def points_data(locs: Localizations, pixel_size: float, grid: RawGrid | None = None) -> tuple[np.ndarray, dict]:
     """World coordinates ``(n, 3)`` (frame, row, col: nm with the default grid) and features
-    (ThunderSTORM columns: frame 1-based, x/y/uncertainty in nm, detection)."""
+    (ThunderSTORM columns: frame 1-based, x/y/uncertainty in nm, detection, peak snr)."""
     grid = grid or RawGrid.for_pixel_size(pixel_size)
     return grid.world(locs.frame, locs.row, locs.col), localizations_table(locs, float(pixel_size))
 

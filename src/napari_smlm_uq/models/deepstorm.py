@@ -3,11 +3,20 @@
 Context aggregation with dilated convolutions, two 2x nearest-neighbour resize-convolutions, a
 three-block prediction module and HardTanh. Fully convolutional (BatchNorm only), so tiles give
 the same result as whole frames once the margin exceeds :attr:`DeepSTORM.receptive_radius`.
+:meth:`DeepSTORM.fused` gives the same function with fewer operations for inference.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+# A 3x3 convolution after 2x nearest upsampling, along one axis: output 2i+a sees input rows
+# i-1, i, i (a = 0) or i, i, i+1 (a = 1). As a stride-2 transposed convolution, tap k of 4 sums
+# the 3x3 taps j with TAPS[k, j] = 1.
+_TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
 def _block(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
@@ -32,3 +41,31 @@ class DeepSTORM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(self.upsample(self.context(x)))
+
+    def fused(self) -> "DeepSTORM":
+        """An inference copy computing the same function (to float rounding): BatchNorm folded into the
+        convolutions, and each nearest-upsample + 3x3 convolution replaced by one stride-2 4x4
+        transposed convolution (4/9 of the multiply-adds at the upsampled size). 2.5x faster on CPU
+        (64x64 frames: 26 -> 64 frames/s, benchmarks.md)."""
+        net = copy.deepcopy(self).eval()
+        for block in net.modules():
+            if isinstance(block, nn.Sequential) and len(block) > 1 and isinstance(block[1], nn.BatchNorm2d):
+                block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), nn.Identity()
+        layers, blocks = list(net.upsample), []
+        for prev, block in zip([None, *layers], layers):
+            if isinstance(prev, nn.Upsample):
+                block[0] = _as_transposed(block[0])
+            if not isinstance(block, nn.Upsample):
+                blocks.append(block)
+        net.upsample = nn.Sequential(*blocks)
+        return net
+
+
+def _as_transposed(conv: nn.Conv2d) -> nn.ConvTranspose2d:
+    """The stride-2 transposed convolution equal to 2x nearest upsampling followed by ``conv`` (3x3, pad 1)."""
+    taps = _TRANSPOSED_TAPS.to(conv.weight)
+    t = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=conv.bias is not None)
+    t.weight.data = torch.einsum("ka,lb,oiab->iokl", taps, taps, conv.weight.data).contiguous()
+    if conv.bias is not None:
+        t.bias.data = conv.bias.data.clone()
+    return t.to(conv.weight.device)
