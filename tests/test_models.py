@@ -548,6 +548,33 @@ def test_train_stop_before_first_checkpoint_leaves_no_model(tmp_path):
     assert not (out / "model.pt").exists()
 
 
+def test_calibration_stacks_span_the_training_ranges(tmp_path):
+    s = settings(tmp_path, photons=(500.0, 2000.0), background=(10.0, 40.0), psf_sigma=(1.6, 2.0),
+                 density=(0.0, 4.0), read_noise=(1.0, 3.0), pixel_size=110.0, calibration_frames=5)
+    stacks = training.calibration_stacks(s)
+    assert sorted({st.photons for st in stacks}) == pytest.approx([500.0, 1000.0, 2000.0])
+    assert sorted({st.density for st in stacks}) == pytest.approx([0.4, 2.0])
+    for st in stacks:
+        assert (st.background, st.psf_sigma, st.camera.read_noise) == pytest.approx((20.0, 1.8, 2.0))
+        assert (st.frames, st.pixel_size) == (5, 110.0)
+    assert len({st.seed for st in stacks}) == 6
+
+
+def test_training_refits_the_calibration_when_asked(tmp_path):
+    """A short run with ``calibration_frames``: the model file gets a per-context table fitted on the
+    stacks, and the last progress item reports the raw and calibrated spreads."""
+    s = settings(tmp_path / "out", init=None, calibration_frames=2, density=(2.0, 4.0))
+    items, path = drain(training.train(s))
+    assert items[-1].stage == "calibration" and items[-1].model_path == path
+    loaded = registry.load(path)
+    assert np.array(loaded.calibration["scales"]).shape == (3, 3, 3)
+    report = loaded.info["calibration"]
+    assert len(report["stacks"]) == 6 and sum(st["n"] for st in report["stacks"]) > 0
+    assert items[-1].loss == pytest.approx(report["calibrated_spread"])
+    assert items[-1].val_loss == pytest.approx(report["raw_spread"])
+    assert abs(report["calibrated_spread"] - 1) < abs(report["raw_spread"] - 1) or abs(report["raw_spread"] - 1) < 0.05
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
 def test_training_patches_put_that_fraction_of_emitters_up_to_the_edge(tmp_path, fraction):
     """Disc patches (paper 4) hold no emitter in the corners; edge patches do, as a frame's edge does."""
@@ -578,6 +605,7 @@ def test_training_patches_put_that_fraction_of_emitters_up_to_the_edge(tmp_path,
     (dict(read_noise=(-0.5, 1.0)), "read_noise"),
     (dict(target="psi"), "init"),
     (dict(edge_patches=1.5), "edge patches"),
+    (dict(calibration_frames=-1), "calibration frames"),
 ])
 def test_train_settings_rejects_bad_values(tmp_path, change, word):
     with pytest.raises(ValueError, match=word):

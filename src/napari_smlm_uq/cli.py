@@ -261,13 +261,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     import dataclasses
 
     from .models import registry
-    from .training import TrainSettings, train
+    from .training import TrainSettings, calibration_stacks, train
 
     settings = TrainSettings(target=a.target, iterations=a.iterations, psi_iterations=a.psi_iterations,
                              batch_size=a.batch_size, lr=a.lr, photons=tuple(a.photons), background=tuple(a.background),
                              psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
-                             checkpoint_every=a.checkpoint_every, bf16=a.bf16,
+                             checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
         settings.validate()
@@ -280,7 +280,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     model_path = None
     for p in train(settings):
         model_path = p.model_path
-        if p.iteration % a.log_every == 0 or p.val_loss is not None:
+        if p.stage == "calibration":
+            print(f"calibration refitted on {len(calibration_stacks(settings))} simulated stacks: "
+                  f"std(error/uncertainty) {p.val_loss:.2f} raw -> {p.loss:.2f} calibrated  {p.elapsed:.0f} s")
+        elif p.iteration % a.log_every == 0 or p.val_loss is not None:
             val = f"  validation {p.val_loss:.5f}" if p.val_loss is not None else ""
             print(f"{p.stage} {p.iteration}/{p.iterations}  loss {p.loss:.5f}{val}  {p.elapsed:.0f} s", flush=True)
     print(f"model written to {model_path}")
@@ -384,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-patches", type=float, default=TRAIN_DEFAULTS.edge_patches,
                    help="fraction of patches with emitters up to the patch edge (the rest: centred disc)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrate", type=int, default=0, metavar="FRAMES",
+                   help="afterwards, refit the uncertainty calibration on 6 simulated stacks of FRAMES frames "
+                        "spanning the training ranges (0: keep the calibration of --init)")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on the CPU measured)")

@@ -3,6 +3,8 @@ whether the uncertainty predicts error (DESIGN.md 7). Shared by the demo, the tr
 benchmarks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from . import metrics
@@ -61,7 +63,8 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     z, bins, stack_of = [], [], []
     for k, sim in enumerate(sims):
         stack = simulate(sim)
-        locs = Localizations.concat([r.localizations for r in predict(stack.adu, models, settings, should_stop)])
+        sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
+        locs = Localizations.concat([r.localizations for r in predict(stack.adu, models, sim_settings, should_stop)])
         gt = stack.emitters
         m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
                           tolerance=250.0 / sim.pixel_size)

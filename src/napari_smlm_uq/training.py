@@ -21,7 +21,10 @@ from .io import InputError, atomic_path
 from .kde import render_kde, to_model
 from .models import registry
 from .models.registry import Models
-from .physics.simulate import Emitters, draw_emitters, draw_values, expected_photons
+from .evaluation import calibrate
+from .physics.camera import Camera
+from .physics.simulate import Emitters, SimulationSettings, draw_emitters, draw_values, expected_photons
+from .pipeline import PredictSettings
 from .preprocessing import normalise, psi_condition
 
 PATCH = 16          # raw pixels (64 SR pixels)
@@ -50,12 +53,15 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 250
     val_size: int = 128
+    calibration_frames: int = 0   # > 0: refit the uncertainty calibration afterwards on stacks of this length
     bf16: bool = False   # bf16 autocast trained psi slower than fp32 on the 2-core CPU measured
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
         if self.target not in ("phi", "psi", "both"):
             raise ValueError(f"target must be phi, psi or both (got {self.target!r})")
+        if int(self.calibration_frames) < 0:
+            raise ValueError(f"calibration frames must be >= 0 (got {self.calibration_frames})")
         for name in ("iterations", "batch_size", "checkpoint_every", "val_size", "psi_iterations"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -78,7 +84,7 @@ class TrainSettings:
 
 @dataclass
 class Progress:
-    stage: str            # "phi" or "psi"
+    stage: str            # "phi", "psi", or "calibration" (loss: calibrated, val_loss: raw std(error/uncertainty))
     iteration: int
     iterations: int
     loss: float
@@ -174,6 +180,35 @@ class _Stage:
         return True
 
 
+def calibration_stacks(s: TrainSettings) -> list[SimulationSettings]:
+    """Stacks for refitting the calibration after training (evaluation.calibrate): three photon levels
+    spanning the training range (log-spaced) at two densities (10 % and 50 % into its range), middle
+    background, PSF sigma and read noise, 32x32 px, ``s.calibration_frames`` frames, seeds 5500+."""
+    photons = np.geomspace(*s.photons, 3)
+    density = [s.density[0] + f * (s.density[1] - s.density[0]) for f in (0.1, 0.5)]
+    low, high = s.background
+    background = float(np.sqrt(low * high)) if low > 0 else (low + high) / 2
+    return [SimulationSettings(frames=s.calibration_frames, size=32, density=d, photons=float(p), background=background,
+                               psf_sigma=float(np.mean(s.psf_sigma)), pixel_size=s.pixel_size,
+                               camera=Camera(read_noise=float(np.mean(s.read_noise))), seed=5500 + i)
+            for i, (p, d) in enumerate((p, d) for p in photons for d in density)]
+
+
+def _recalibrate(models: Models, s: TrainSettings, should_stop: Callable[[], bool]) -> dict | None:
+    """Refit ``models.calibration`` on :func:`calibration_stacks`; None (calibration unchanged) when
+    stopped or when nothing matched."""
+    previous = models.calibration
+    try:
+        report = calibrate(models, PredictSettings(pixel_size=s.pixel_size), calibration_stacks(s), should_stop)
+    except ValueError:
+        report = None
+    if report is None or should_stop():
+        models.calibration = previous
+        return None
+    models.calibration, models.info["calibration"] = report["calibration"], report
+    return report
+
+
 def initial_models(s: TrainSettings) -> Models:
     if s.init:
         return registry.load(s.init)
@@ -228,4 +263,11 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             yield Progress(name, stage.iteration, total, loss.item(), val, time.perf_counter() - start, good)
         stage.net.eval()
     models.to("cpu")
+    if s.calibration_frames and models.psi is not None and good is not None:
+        start = time.perf_counter()
+        report = _recalibrate(models, s, should_stop)
+        if report is not None:
+            registry.save(models, model_path)
+            yield Progress("calibration", 1, 1, report["calibrated_spread"], report["raw_spread"],
+                           time.perf_counter() - start, good)
     return good
