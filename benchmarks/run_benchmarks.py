@@ -10,6 +10,7 @@ read noise 1.5 e-, offset 100 ADU, gain 1; densities 0.5 and 3 /um^2; seeds neve
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -100,11 +101,15 @@ def predict(stack: Path, name: str, *options: str) -> dict:
     return result
 
 
+@functools.cache
+def model_calibration(model: str) -> Calibration:
+    return Calibration.from_dict(registry.load(model).calibration)
+
+
 def calibration_factors(locs: dict, options: tuple[str, ...]) -> np.ndarray:
     """The calibration factor ``smlm-uq predict`` applied to each localization (to report raw spreads)."""
     model = options[options.index("--model") + 1] if "--model" in options else registry.DEFAULT_MODEL
-    cal = Calibration.from_dict(registry.load(model).calibration)
-    return cal.factors(locs["frame"], nm_to_px(locs["y [nm]"], 100), nm_to_px(locs["x [nm]"], 100), locs["peak snr"], (64, 64))
+    return model_calibration(model).factors(locs["frame"], nm_to_px(locs["y [nm]"], 100), nm_to_px(locs["x [nm]"], 100), locs["peak snr"], (64, 64))
 
 
 def filtering_curves(locs: dict, gt: dict) -> dict:

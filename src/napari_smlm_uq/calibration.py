@@ -18,7 +18,7 @@ EDGE_BINS = (1.0, 2.0)         # raw pixels from the frame edge: [0, 1), [1, 2),
 NEIGHBOUR_RADIUS = 8.0         # raw pixels: the local density around a localization
 NEIGHBOUR_BINS = (2, 4)        # other localizations within the radius: 0-1, 2-3, >= 4 (~2/um^2 at 100 nm px)
 SNR_BINS = (25.0, 50.0)        # peak pixel SNR (preprocessing.pixel_snr): < 25, 25-50, >= 50
-MIN_COUNT = 40                 # localizations a context needs for its own scale (else the pooled one)
+MIN_COUNT = 40                 # localizations a context needs for its own scale (else a coarser one: fit)
 
 
 def context(rows: np.ndarray, cols: np.ndarray, snr: np.ndarray, shape: tuple[int, int], edge_bins=EDGE_BINS,
@@ -27,7 +27,7 @@ def context(rows: np.ndarray, cols: np.ndarray, snr: np.ndarray, shape: tuple[in
     pixel centres at integers; peak ``snr``; frame ``shape`` in raw pixels)."""
     rows, cols = np.asarray(rows, float), np.asarray(cols, float)
     h, w = shape
-    edge = np.minimum.reduce([rows + 0.5, cols + 0.5, h - 0.5 - rows, w - 0.5 - cols]) if len(rows) else rows
+    edge = np.minimum.reduce([rows + 0.5, cols + 0.5, h - 0.5 - rows, w - 0.5 - cols])
     counts = np.zeros(len(rows), int)
     if len(rows) > 1:
         tree = cKDTree(np.column_stack([rows, cols]))

@@ -49,22 +49,31 @@ def pixel_report(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict:
             "std_scale_for_95pct": float(np.quantile(ratio, 0.95) / 2.0)}
 
 
+def _raw_localizations(models, adu: np.ndarray, settings, should_stop) -> list:
+    """Per-frame localizations of ``adu`` with uncalibrated (raw) uncertainties."""
+    from .pipeline import predict
+
+    calibration, models.calibration = models.calibration, {}
+    try:
+        return [r.localizations for r in predict(adu, models, settings, should_stop)]
+    finally:
+        models.calibration = calibration
+
+
 def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     """Fit the uncertainty calibration (calibration.py) on simulated validation stacks: per context
     (distance to the frame edge, close neighbours, peak SNR), the spread of ``error / raw uncertainty`` over
     matched localizations. ``sims`` is a list of :class:`SimulationSettings` (never the test seeds).
     Returns the calibration (``to_dict`` form) and, for the model card, the counts and raw spread per
-    context and the raw and calibrated spread per stack."""
+    context and the raw and calibrated spread per stack. ``models.calibration`` is left as it was."""
     from .localize import Localizations
     from .physics.simulate import simulate
-    from .pipeline import predict
 
-    models.calibration = {}
     z, bins, stack_of = [], [], []
     for k, sim in enumerate(sims):
         stack = simulate(sim)
         sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
-        locs = Localizations.concat([r.localizations for r in predict(stack.adu, models, sim_settings, should_stop)])
+        locs = Localizations.concat(_raw_localizations(models, stack.adu, sim_settings, should_stop))
         gt = stack.emitters
         m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
                           tolerance=250.0 / sim.pixel_size)

@@ -3,8 +3,7 @@
 Positions are in SR pixels (integer centres) internally; :class:`Localizations` holds raw-pixel rows
 and columns. A localization's uncertainty is the per-axis standard deviation of the matching peaks
 across the diffusion samples, times the model's calibration scale for its context (calibration.py);
-its detection frequency is the
-fraction of samples that hold a peak within ``match_radius`` SR pixels.
+its detection frequency is the fraction of samples that hold a peak within ``match_radius`` SR pixels.
 """
 from __future__ import annotations
 
@@ -60,10 +59,13 @@ def find_peaks(kde: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndar
         return np.zeros((0, 2))
     padded = np.pad(kde, 1, mode="edge")
     r, c = peaks[:, 0] + 1, peaks[:, 1] + 1
-    logk = lambda rows, cols: np.log(np.clip(padded[rows, cols].astype(np.float64), 1e-4, None))  # noqa: E731
-    offsets = []
+
+    def logk(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # log KDE at the peaks' neighbours only
+        return np.log(np.clip(padded[rows, cols].astype(np.float64), 1e-4, None))
+
+    mid, offsets = logk(r, c), []
     for (dr, dc) in ((1, 0), (0, 1)):
-        lo, mid, hi = logk(r - dr, c - dc), logk(r, c), logk(r + dr, c + dc)
+        lo, hi = logk(r - dr, c - dc), logk(r + dr, c + dc)
         curv = lo - 2 * mid + hi
         offsets.append(np.where(curv < 0, 0.5 * (lo - hi) / np.where(curv < 0, curv, -1), 0.0).clip(-0.5, 0.5))
     return peaks + np.stack(offsets, axis=1)

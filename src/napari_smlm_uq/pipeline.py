@@ -7,6 +7,7 @@ memory-mapped TIFF) and checks ``should_stop`` between diffusion steps.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import time
 from contextlib import nullcontext
@@ -116,10 +117,11 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@functools.cache
 def keep_freed_buffers() -> None:
     """Keep freed activation buffers (a few MB to tens of MB) in the process instead of returning them to
     the OS and page-faulting them back for the next frame: glibc only, at most 256 MB kept; phi 47 -> 63
-    frames/s on the benchmark CPU (benchmarks.md). A no-op elsewhere."""
+    frames/s on the benchmark CPU (benchmarks.md). Once per process; a no-op elsewhere."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -197,13 +197,11 @@ def calibration_stacks(s: TrainSettings) -> list[SimulationSettings]:
 def _recalibrate(models: Models, s: TrainSettings, should_stop: Callable[[], bool]) -> dict | None:
     """Refit ``models.calibration`` on :func:`calibration_stacks`; None (calibration unchanged) when
     stopped or when nothing matched."""
-    previous = models.calibration
     try:
         report = calibrate(models, PredictSettings(pixel_size=s.pixel_size), calibration_stacks(s), should_stop)
     except ValueError:
-        report = None
-    if report is None or should_stop():
-        models.calibration = previous
+        return None
+    if should_stop():
         return None
     models.calibration, models.info["calibration"] = report["calibration"], report
     return report
