@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from napari_smlm_uq.evaluation import calibrate
+from napari_smlm_uq.analysis.evaluation import calibrate
+from napari_smlm_uq.inference.pipeline import PredictSettings
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.simulate import SimulationSettings
-from napari_smlm_uq.pipeline import PredictSettings
 
 
 def validation_stacks(frames: int) -> list[SimulationSettings]:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_smlm_uq import metrics
-from napari_smlm_uq.calibration import Calibration
-from napari_smlm_uq.evaluation import localization_report, pixel_report
-from napari_smlm_uq.io import open_stack, read_localizations
-from napari_smlm_uq.kde import render_kde
-from napari_smlm_uq.localizations import nm_to_px, table_xy
+from napari_smlm_uq.analysis import metrics
+from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report
+from napari_smlm_uq.inference.calibration import Calibration
+from napari_smlm_uq.io.tables import nm_to_px, read_localizations, table_xy
+from napari_smlm_uq.io.tiff import open_stack
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.crlb import crlb_nm
+from napari_smlm_uq.physics.kde import render_kde
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIES, RESULTS, IMG = ROOT / "benchmarks" / "movies", ROOT / "benchmarks" / "results", ROOT / "docs" / "img"

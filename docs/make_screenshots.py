@@ -80,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="smlm-uq-shots-"))
     bundled = registry.DEFAULT_MODEL in _models.bundled()
     trained = bool(args.model) or bundled
-    from napari_smlm_uq.pipeline import PredictSettings
+    from napari_smlm_uq.inference.pipeline import PredictSettings
 
     if args.model:
         model = str(_models.register(args.model))

@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_smlm_uq.evaluation import localization_report
-from napari_smlm_uq.kde import raw_to_sr
-from napari_smlm_uq.localize import Localizations
-from napari_smlm_uq.localizations import emitters_table, localizations_table
+from napari_smlm_uq.analysis.evaluation import localization_report
+from napari_smlm_uq.inference.pipeline import PredictSettings, predict
+from napari_smlm_uq.io.tables import emitters_table, localizations_table
+from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
+from napari_smlm_uq.physics.kde import raw_to_sr
 from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate
-from napari_smlm_uq.pipeline import PredictSettings, predict
 
 SIM = SimulationSettings(frames=6, size=32, density=0.5, photons=2000.0, background=20.0, psf_sigma=1.0, seed=31337)
 

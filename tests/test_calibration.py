@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_smlm_uq import kde, localize
-from napari_smlm_uq.calibration import Calibration, context, frame_context
+from napari_smlm_uq.inference import localize
+from napari_smlm_uq.inference.calibration import Calibration, context, frame_context
+from napari_smlm_uq.physics import kde
 
 
 def test_context_bins_edge_distance_neighbours_and_snr():

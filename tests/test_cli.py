@@ -12,7 +12,9 @@ import pytest
 import tifffile
 
 from napari_smlm_uq import cli
-from napari_smlm_uq.io import InputError, open_stack, read_localizations, write_stack
+from napari_smlm_uq.io.files import InputError
+from napari_smlm_uq.io.tables import read_localizations
+from napari_smlm_uq.io.tiff import open_stack, write_stack
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -89,7 +91,7 @@ def test_simulate_pixel_size_and_camera_metadata(tmp_path, capsys):
 
 
 def test_evaluate_shifted_localizations(tmp_path, capsys):
-    from napari_smlm_uq.io import write_localizations
+    from napari_smlm_uq.io.tables import write_localizations
 
     gt, locs = tmp_path / "gt.csv", tmp_path / "locs.csv"
     xy = np.array([[1000.0, 1000.0], [2000.0, 500.0], [3000.0, 3000.0]])

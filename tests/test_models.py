@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_smlm_uq import tiling, training
-from napari_smlm_uq.diffusion import Schedule, ancestral_sampler
-from napari_smlm_uq.io import InputError
+from napari_smlm_uq import training
+from napari_smlm_uq.inference import tiling
+from napari_smlm_uq.io.files import InputError
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.models.diffusion import Schedule, ancestral_sampler
 from napari_smlm_uq.models.unet import noise_level_embedding
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from napari_helpers import tiny_model, tiny_stack
 
-from napari_smlm_uq import pipeline
 from napari_smlm_uq._napari import _layers, _workers
-from napari_smlm_uq.kde import sr_to_raw
+from napari_smlm_uq.inference import pipeline
+from napari_smlm_uq.physics.kde import sr_to_raw
 from napari_smlm_uq.training import TrainSettings
 
 

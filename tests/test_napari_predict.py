@@ -7,8 +7,8 @@ from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, choose_file, tiny_m
 
 from napari_smlm_uq._napari import _models
 from napari_smlm_uq._napari._layers import world_to_data, world_to_index
-from napari_smlm_uq.kde import sr_to_raw
-from napari_smlm_uq.localize import DEFAULT_THRESHOLD, find_peaks
+from napari_smlm_uq.inference.localize import DEFAULT_THRESHOLD, find_peaks
+from napari_smlm_uq.physics.kde import sr_to_raw
 
 SUFFIXES = (" SR mean", " SR sample", " SR std", " SR sum", " localizations")
 

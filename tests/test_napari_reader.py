@@ -8,7 +8,7 @@ from napari_helpers import PLUGIN
 
 from napari_smlm_uq._napari._reader import napari_get_reader
 from napari_smlm_uq._napari._sample_data import simulated_stack
-from napari_smlm_uq.io import InputError
+from napari_smlm_uq.io.files import InputError
 
 
 def test_manifest_validates_and_points_into_napari_subpackage():
@@ -28,7 +28,7 @@ def test_core_does_not_import_napari_or_qt():
     import subprocess
     import sys
 
-    code = ("import sys, napari_smlm_uq.cli, napari_smlm_uq.pipeline, napari_smlm_uq.training; "
+    code = ("import sys, napari_smlm_uq.cli, napari_smlm_uq.inference.pipeline, napari_smlm_uq.training; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'superqt')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from napari_helpers import CAMERA, PLUGIN, THRESHOLD, tiny_model, tiny_stack
 
-from napari_smlm_uq import pipeline
 from napari_smlm_uq._napari._layers import PredictionResults
+from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 

@@ -10,7 +10,8 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import erf
 
-from napari_smlm_uq import kde, metrics
+from napari_smlm_uq.analysis import metrics
+from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_nm, fisher_information
 from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate

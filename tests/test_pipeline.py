@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_smlm_uq.calibration import Calibration
-from napari_smlm_uq import kde, localize, pipeline
-from napari_smlm_uq.io import open_stack, write_stack
+from napari_smlm_uq.inference import localize, pipeline
+from napari_smlm_uq.inference.calibration import Calibration
+from napari_smlm_uq.inference.pipeline import FrameResult, PredictSettings, StackSum
+from napari_smlm_uq.inference.preprocessing import normalise, shifted_photoelectrons
+from napari_smlm_uq.io.tiff import open_stack, write_stack
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
-from napari_smlm_uq.pipeline import FrameResult, PredictSettings, StackSum
-from napari_smlm_uq.preprocessing import normalise, shifted_photoelectrons
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,10 @@ import pytest
 import tifffile
 import torch
 
-from napari_smlm_uq import cli, pipeline
-from napari_smlm_uq.io import open_stack, read_localizations, write_stack
+from napari_smlm_uq import cli
+from napari_smlm_uq.inference import pipeline
+from napari_smlm_uq.io.tables import read_localizations
+from napari_smlm_uq.io.tiff import open_stack, write_stack
 from napari_smlm_uq.models import registry
 
 FRAMES, SIZE = 3, 16

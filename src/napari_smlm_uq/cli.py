@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError
+from .io.files import InputError
 
 EXIT_USAGE = 2
 
@@ -50,8 +50,8 @@ def add_camera_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
 # --- simulate -----------------------------------------------------------------------------------
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from .io import write_localizations, write_stack
-    from .localizations import emitters_table
+    from .io.tables import emitters_table, write_localizations
+    from .io.tiff import write_stack
     from .physics.camera import Camera
     from .physics.simulate import SimulationSettings, simulate
 
@@ -96,9 +96,8 @@ def cmd_crlb(a: argparse.Namespace) -> int:
 # --- evaluate -----------------------------------------------------------------------------------
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .io import read_localizations
-    from .localizations import table_xy
-    from .metrics import score
+    from .analysis.metrics import score
+    from .io.tables import read_localizations, table_xy
 
     locs, gt = read_localizations(a.locs), read_localizations(a.gt)
     s = score(locs["frame"], table_xy(locs), gt["frame"], table_xy(gt), a.tolerance)
@@ -140,10 +139,10 @@ OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", 
 
 def prepare_predict(a: argparse.Namespace):
     """Check everything before any work: the stack, the frame range, the settings, the model, the folder."""
-    from .io import open_stack
+    from .inference.pipeline import PredictSettings
+    from .io.tiff import open_stack
     from .models import registry
     from .physics.camera import Camera
-    from .pipeline import PredictSettings
 
     stack = open_stack(a.input)
     frames = parse_frames(a.frames, stack.shape[0])
@@ -196,11 +195,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import time
     from contextlib import ExitStack
 
-    from .io import StackWriter, write_json, write_localizations, write_stack
-    from .kde import UPSAMPLING
-    from .localize import Localizations
-    from .localizations import localizations_table
-    from .pipeline import StackSum, predict
+    from .inference.pipeline import StackSum, predict
+    from .io.files import write_json
+    from .io.tables import localizations_table, write_localizations
+    from .io.tiff import StackWriter, write_stack
+    from .localizations import Localizations
+    from .physics.kde import UPSAMPLING
 
     stack, frames, settings, models, out = prepare_predict(a)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,8 +294,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from . import demo
-    from .io import atomic_path, write_json
-    from .pipeline import PredictSettings
+    from .inference.pipeline import PredictSettings
+    from .io.files import atomic_path, write_json
 
     settings = PredictSettings(samples=a.samples, steps=a.steps, device=a.device)
     try:
@@ -316,7 +316,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import PredictSettings as D  # the defaults live with the settings
+    from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
     from .training import TrainSettings as TRAIN_DEFAULTS
 
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import localization_report, pixel_report, true_kdes
-from .localize import Localizations
-from .localizations import emitters_table, localizations_table
+from .analysis.evaluation import localization_report, pixel_report, true_kdes
+from .inference.pipeline import PredictSettings, predict
+from .io.tables import emitters_table, localizations_table
+from .localizations import Localizations
 from .models import registry
 from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate
-from .pipeline import PredictSettings, predict
 
 DEMO_SIM = SimulationSettings(frames=10, size=32, density=1.5, photons=2000.0, background=20.0, psf_sigma=1.0,
                               pixel_size=100.0, seed=2026)

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import InputError, atomic_path
-from .kde import render_kde, to_model
+from .analysis.evaluation import calibrate
+from .inference.pipeline import PredictSettings
+from .inference.preprocessing import normalise, psi_condition
+from .io.files import InputError, atomic_path
 from .models import registry
 from .models.registry import Models
-from .evaluation import calibrate
 from .physics.camera import Camera
+from .physics.kde import render_kde, to_model
 from .physics.simulate import Emitters, SimulationSettings, draw_emitters, draw_values, expected_photons
-from .pipeline import PredictSettings
-from .preprocessing import normalise, psi_condition
 
 PATCH = 16          # raw pixels (64 SR pixels)
 DISC_RADIUS = 7.0   # raw pixels (paper section 4)

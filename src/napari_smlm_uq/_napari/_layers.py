@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kde import UPSAMPLING
-from ..localize import Localizations
-from ..localizations import localizations_table
+from ..inference.pipeline import FrameResult, StackSum
+from ..io.tables import localizations_table
+from ..localizations import Localizations
 from ..physics.camera import Camera
-from ..pipeline import FrameResult, StackSum
+from ..physics.kde import UPSAMPLING
 
 F = UPSAMPLING
 DEFAULT_PIXEL_SIZE = 100.0

@@ -5,8 +5,17 @@ from pathlib import Path
 from typing import Callable
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLayout,
-                            QSpinBox, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLayout,
+    QSpinBox,
+    QWidget,
+)
 
 from . import _models
 

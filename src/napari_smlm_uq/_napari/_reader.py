@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, PageReader, open_stack
+from ..io.files import InputError
+from ..io.tiff import PageReader, open_stack
 from ._layers import DEFAULT_PIXEL_SIZE, raw_geometry
 
 SUFFIXES = (".tif", ".tiff")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..localizations import emitters_table
+from ..io.tables import emitters_table
 from ..physics.camera import Camera
 from ..physics.simulate import SimulationSettings, simulate
 from ._layers import RawGrid, raw_geometry

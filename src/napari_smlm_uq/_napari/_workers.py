@@ -12,10 +12,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import pipeline, training
-from ..localize import Localizations
-from ..localizations import emitters_table, localizations_table, table_xy
-from ..metrics import score
+from .. import training
+from ..analysis.metrics import score
+from ..inference import pipeline
+from ..io.tables import emitters_table, localizations_table, table_xy
+from ..localizations import Localizations
 from ..models import registry
 from ..physics.camera import Camera
 from ..physics.crlb import crlb_nm

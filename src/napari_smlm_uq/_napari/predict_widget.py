@@ -13,9 +13,9 @@ import napari
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..pipeline import FrameResult, PredictSettings, available_devices
+from ..inference.pipeline import FrameResult, PredictSettings, available_devices
 from ..physics.camera import Camera
 from . import _models
 from ._layers import PredictionResults, RawGrid, camera_settings

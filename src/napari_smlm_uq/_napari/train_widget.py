@@ -17,8 +17,17 @@ import napari
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..models import registry
 from ..training import Progress, TrainSettings

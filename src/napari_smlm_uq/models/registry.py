@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion import Schedule
-from ..io import InputError, atomic_path
+from ..io.files import InputError, atomic_path
 from .deepstorm import DeepSTORM
+from .diffusion import Schedule
 from .unet import UNet
 
 FORMAT = "napari-smlm-uq/1"

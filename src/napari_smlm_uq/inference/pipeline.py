@@ -17,13 +17,14 @@ from typing import Callable, Generator
 import numpy as np
 import torch
 
+from ..localizations import Localizations
+from ..models.deepstorm import DeepSTORM
+from ..models.diffusion import Schedule, ancestral_sampler
+from ..models.registry import Models
+from ..physics.camera import Camera
+from ..physics.kde import from_model
 from .calibration import Calibration
-from .diffusion import Schedule, ancestral_sampler
-from .kde import from_model
-from .localize import DEFAULT_THRESHOLD, Localizations, localize
-from .models.deepstorm import DeepSTORM
-from .models.registry import Models
-from .physics.camera import Camera
+from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .tiling import TileGrid, chunked, phi_tiled
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..inference.calibration import Calibration, frame_context
+from ..io.tables import table_xy
+from ..physics.kde import render_kde
+from ..physics.simulate import Emitters
 from . import metrics
-from .calibration import Calibration, frame_context
-from .kde import render_kde
-from .localizations import table_xy
-from .physics.simulate import Emitters
 
 
 def localization_report(locs: dict[str, np.ndarray], gt: dict[str, np.ndarray], tolerance: float = 250.0) -> dict:
@@ -51,7 +51,7 @@ def pixel_report(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict:
 
 def _raw_localizations(models, adu: np.ndarray, settings, should_stop) -> list:
     """Per-frame localizations of ``adu`` with uncalibrated (raw) uncertainties."""
-    from .pipeline import predict
+    from ..inference.pipeline import predict
 
     calibration, models.calibration = models.calibration, {}
     try:
@@ -66,8 +66,8 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     matched localizations. ``sims`` is a list of :class:`SimulationSettings` (never the test seeds).
     Returns the calibration (``to_dict`` form) and, for the model card, the counts and raw spread per
     context and the raw and calibrated spread per stack. ``models.calibration`` is left as it was."""
-    from .localize import Localizations
-    from .physics.simulate import simulate
+    from ..localizations import Localizations
+    from ..physics.simulate import simulate
 
     z, bins, stack_of = [], [], []
     for k, sim in enumerate(sims):

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .kde import UPSAMPLING
-from .physics.camera import Camera
+from ..physics.camera import Camera
+from ..physics.kde import UPSAMPLING
 
 ASINH_SCALE = 3.0
 

@@ -1,15 +1,11 @@
-"""Files: TIFF stacks in (memory-mapped or page by page, with metadata), TIFF/CSV/JSON out, atomically.
-
-Writers produce ``NAME.partial`` and rename it into place when complete, so an interrupted run never
-leaves a file that looks finished. Localization tables follow ThunderSTORM's CSV conventions.
+"""TIFF stacks in (memory-mapped or page by page, with metadata) and out, atomically.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import threading
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +14,11 @@ from typing import Iterator
 import numpy as np
 import tifffile
 
-LOC_COLUMNS = ("id", "frame", "x [nm]", "y [nm]")
+from .files import InputError, atomic_path, partial_path
+
 CAMERA_KEYS = ("offset", "gain", "read_noise")
 _UNIT_TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1000.0, "µm": 1000.0, "\\u00B5m": 1000.0, "micron": 1000.0,
                "micrometer": 1000.0, "mm": 1e6, "cm": 1e7}
-
-
-class InputError(ValueError):
-    """Input that cannot be used, with a message a user can act on."""
 
 
 @dataclass
@@ -181,23 +174,6 @@ def open_stack(path: str | os.PathLike) -> Stack:
     return Stack(path, data, meta)
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block completes."""
-    path = Path(path)
-    tmp = partial_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def imagej_kwargs(pixel_size_nm: float, **extra) -> dict:
     """tifffile keywords that store the pixel size (and extra metadata) ImageJ-style."""
     um = pixel_size_nm / 1000.0
@@ -241,47 +217,3 @@ class StackWriter:
 
     def __exit__(self, exc_type, *_) -> None:
         self.discard() if exc_type else self.close()
-
-
-# --- localization tables ----------------------------------------------------------------------
-
-def write_localizations(path: str | os.PathLike, columns: dict[str, np.ndarray]) -> None:
-    """Write a ThunderSTORM-style CSV (quoted headers), atomically. ``columns`` maps header -> values;
-    ``frame`` is 1-based. The ``id`` column is added (1-based) when absent."""
-    n = len(next(iter(columns.values()))) if columns else 0
-    cols = {"id": np.arange(1, n + 1), **columns}
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)
-        writer.writerow(list(cols))
-        ints = {"id", "frame"}
-        table = np.column_stack([np.asarray(v, dtype=float) for v in cols.values()]).reshape(n, len(cols))
-        np.savetxt(fh, table, fmt=["%d" if k in ints else "%.4f" for k in cols], delimiter=",")
-
-
-def read_localizations(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ThunderSTORM-style CSV into ``header -> float array``; checks the required columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: not a CSV text file ({exc})") from None
-    if not rows:
-        raise InputError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in LOC_COLUMNS[1:] if c not in header]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; "
-                         f"ThunderSTORM columns 'frame', 'x [nm]', 'y [nm]' are required")
-    try:
-        data = np.array([[float(v) for v in r] for r in rows[1:] if r], dtype=float).reshape(-1, len(header))
-    except ValueError as exc:
-        raise InputError(f"{path}: non-numeric value ({exc})") from None
-    return {h: data[:, i] for i, h in enumerate(header)}
-
-
-def write_json(path: str | os.PathLike, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
-from .physics.psf import render_emitters
+from .psf import render_emitters
 
 UPSAMPLING = 4
 KERNEL_SIGMA = 1.0

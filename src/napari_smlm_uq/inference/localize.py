@@ -8,46 +8,17 @@ its detection frequency is the fraction of samples that hold a peak within ``mat
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
+from ..localizations import Localizations
+from ..physics.kde import UPSAMPLING, sr_to_raw
 from .calibration import Calibration
-from .kde import UPSAMPLING, sr_to_raw
 
 DEFAULT_THRESHOLD = 0.3     # KDE units (the continuous kernel's peak is 1)
 MATCH_RADIUS = 2.0          # SR pixels
-
-
-@dataclass
-class Localizations:
-    """Raw-pixel ``row``/``col``, ``uncertainty`` (raw px, per axis; NaN without samples),
-    ``detection`` (fraction of samples), ``snr`` (peak pixel SNR, preprocessing.pixel_snr; NaN
-    without a frame), ``frame`` (0-based)."""
-
-    frame: np.ndarray
-    row: np.ndarray
-    col: np.ndarray
-    uncertainty: np.ndarray
-    detection: np.ndarray
-    snr: np.ndarray
-
-    @classmethod
-    def empty(cls) -> "Localizations":
-        z = np.zeros(0)
-        return cls(z.astype(int), z, z, z, z, z)
-
-    @classmethod
-    def concat(cls, parts: list["Localizations"]) -> "Localizations":
-        if not parts:
-            return cls.empty()
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("frame", "row", "col", "uncertainty", "detection", "snr")))
-
-    def __len__(self) -> int:
-        return len(self.row)
 
 
 def find_peaks(kde: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Analysis: metrics against ground truth, evaluation reports and uncertainty calibration fits."""

@@ -1,0 +1,1 @@
+"""Inference: preprocessing, phi and psi over tiles, the pipeline, localization, calibration."""

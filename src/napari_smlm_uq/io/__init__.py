@@ -1,0 +1,1 @@
+"""Input and output: TIFF stacks, localization tables, atomic files."""

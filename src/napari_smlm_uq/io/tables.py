@@ -1,0 +1,80 @@
+"""Localization tables: ThunderSTORM's CSV conventions (nm, 1-based frames), read and written atomically,
+and conversions from pixel coordinates.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..localizations import Localizations
+from ..physics.simulate import Emitters
+from .files import InputError, atomic_path
+
+LOC_COLUMNS = ("id", "frame", "x [nm]", "y [nm]")
+
+
+def write_localizations(path: str | os.PathLike, columns: dict[str, np.ndarray]) -> None:
+    """Write a ThunderSTORM-style CSV (quoted headers), atomically. ``columns`` maps header -> values;
+    ``frame`` is 1-based. The ``id`` column is added (1-based) when absent."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    cols = {"id": np.arange(1, n + 1), **columns}
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(list(cols))
+        ints = {"id", "frame"}
+        table = np.column_stack([np.asarray(v, dtype=float) for v in cols.values()]).reshape(n, len(cols))
+        np.savetxt(fh, table, fmt=["%d" if k in ints else "%.4f" for k in cols], delimiter=",")
+
+
+def read_localizations(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ThunderSTORM-style CSV into ``header -> float array``; checks the required columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a CSV text file ({exc})") from None
+    if not rows:
+        raise InputError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in LOC_COLUMNS[1:] if c not in header]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; "
+                         f"ThunderSTORM columns 'frame', 'x [nm]', 'y [nm]' are required")
+    try:
+        data = np.array([[float(v) for v in r] for r in rows[1:] if r], dtype=float).reshape(-1, len(header))
+    except ValueError as exc:
+        raise InputError(f"{path}: non-numeric value ({exc})") from None
+    return {h: data[:, i] for i, h in enumerate(header)}
+
+
+def px_to_nm(coord: np.ndarray, pixel_size: float) -> np.ndarray:
+    """Raw-pixel coordinate (pixel centres at integers) -> nm from the top-left corner of pixel (0, 0)."""
+    return (np.asarray(coord, dtype=np.float64) + 0.5) * pixel_size
+
+
+def nm_to_px(coord: np.ndarray, pixel_size: float) -> np.ndarray:
+    return np.asarray(coord, dtype=np.float64) / pixel_size - 0.5
+
+
+def emitters_table(emitters: Emitters, pixel_size: float) -> dict[str, np.ndarray]:
+    """Ground-truth table: frame (1-based), x [nm] (columns), y [nm] (rows), intensity [photon]."""
+    return {"frame": emitters.frame + 1, "x [nm]": px_to_nm(emitters.col, pixel_size),
+            "y [nm]": px_to_nm(emitters.row, pixel_size), "intensity [photon]": emitters.photons}
+
+
+def table_xy(table: dict[str, np.ndarray]) -> np.ndarray:
+    """``(n, 2)`` array of (x, y) in nm."""
+    return np.stack([table["x [nm]"], table["y [nm]"]], axis=1)
+
+
+def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.ndarray]:
+    """Predicted localizations as ThunderSTORM columns, with ``uncertainty [nm]`` (per axis),
+    ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``."""
+    return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
+            "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}
