@@ -24,7 +24,7 @@ import numpy as np
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report
 from napari_smlm_uq.inference.calibration import Calibration
-from napari_smlm_uq.io.tables import nm_to_px, read_localizations, table_xy
+from napari_smlm_uq.io.tables import nm_to_px, read_localizations, table_emitters, table_localizations, table_xy
 from napari_smlm_uq.io.tiff import open_stack
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.crlb import crlb_nm
@@ -33,6 +33,7 @@ from napari_smlm_uq.physics.kde import render_kde
 ROOT = Path(__file__).resolve().parents[1]
 MOVIES, RESULTS, IMG = ROOT / "benchmarks" / "movies", ROOT / "benchmarks" / "results", ROOT / "docs" / "img"
 BIN = Path(sys.executable).parent
+PIXEL_NM = 100.0
 CAMERA = ["--pixel-size", "100", "--offset", "100", "--gain", "1", "--read-noise", "1.5"]
 SIM = ["--size", "64", "--photons", "2000", "--background", "20", "--psf-sigma", "1.0", *CAMERA]
 DENSITIES = {"0.5": 9105, "3": 9130}          # density -> test seed
@@ -91,10 +92,12 @@ def predict(stack: Path, name: str, *options: str) -> dict:
     result = {"name": name, "options": list(options), "evaluate": json.loads(text),
               "seconds_per_frame": summary["timing"]["seconds_per_frame"], "wall_s": wall, "peak_rss_gb": rss}
     locs, gt = read_localizations(out / "localizations.csv"), read_localizations(stack.with_suffix(".csv"))
-    result["localization"] = localization_report(locs, gt)
+    truth = table_emitters(gt, PIXEL_NM)
+    result["localization"] = localization_report(table_localizations(locs, PIXEL_NM), truth, PIXEL_NM)
     if "uncertainty [nm]" in locs and np.isfinite(locs["uncertainty [nm]"]).any():
         raw = dict(locs, **{"uncertainty [nm]": locs["uncertainty [nm]"] / calibration_factors(locs, options)})
-        result["localization"]["error_over_raw_uncertainty_std"] = localization_report(raw, gt)["error_over_uncertainty_std"]
+        result["localization"]["error_over_raw_uncertainty_std"] = localization_report(
+            table_localizations(raw, PIXEL_NM), truth, PIXEL_NM)["error_over_uncertainty_std"]
     result["curves"] = filtering_curves(locs, gt)
     if "--samples" not in options or options[options.index("--samples") + 1] != "0":
         result["pixels"], result["sparsification"] = pixel_figures(out, gt, stack)

@@ -13,3 +13,17 @@ import torch  # noqa: E402
 def _one_torch_thread():
     torch.set_num_threads(1)
     yield
+
+
+class OutOfMemoryOnce(torch.nn.Module):
+    """psi that raises a CUDA out-of-memory error the first time it sees more than ``limit`` tiles."""
+
+    def __init__(self, psi: torch.nn.Module, limit: int):
+        super().__init__()
+        self.psi, self.limit, self.raised = psi, limit, 0
+
+    def forward(self, y, cond, sqrt_gamma):
+        if len(y) > self.limit and not self.raised:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.psi(y, cond, sqrt_gamma)

@@ -6,7 +6,6 @@ import pytest
 
 from napari_smlm_uq.analysis.evaluation import localization_report
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.io.tables import emitters_table, localizations_table
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
@@ -28,8 +27,8 @@ def stack():
 
 def _report(models, stack, samples: int) -> dict:
     results = list(predict(stack.adu, models, PredictSettings(samples=samples)))
-    locs = localizations_table(Localizations.concat([r.localizations for r in results]), SIM.pixel_size)
-    return localization_report(locs, emitters_table(stack.emitters, SIM.pixel_size))
+    locs = Localizations.concat([r.localizations for r in results])
+    return localization_report(locs, stack.emitters, SIM.pixel_size)
 
 
 def test_bundled_model_is_registered_and_verified():

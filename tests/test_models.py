@@ -208,7 +208,7 @@ def test_tile_blending_is_smooth_across_tiles():
 
 def test_named_schedules():
     paper, default = Schedule.named("paper"), Schedule.named("default")
-    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # DESIGN.md 5: not ~0
+    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # docs/method.md: not ~0
     assert default.gammas[-1] < 1e-4
     for s in (paper, default):
         g = s.gammas
@@ -263,7 +263,7 @@ def _y0(shape=(3, 1, 16, 16), seed=6) -> torch.Tensor:
     return torch.empty(shape).uniform_(-0.95, 0.95, generator=torch.Generator().manual_seed(seed))
 
 
-def test_sampler_yields_each_step_and_returns_model_range():
+def test_sampler_calls_each_step_and_returns_model_range():
     s = Schedule.named("default")
     calls = []
 
@@ -273,13 +273,13 @@ def test_sampler_yields_each_step_and_returns_model_range():
         return torch.randn(y.shape, generator=torch.Generator().manual_seed(len(calls)))
 
     gammas = s.inference_gammas(7, 1.0)
-    steps, y0 = drain(ancestral_sampler(eps_fn, torch.zeros(2, 1, 8, 8), gammas, torch.Generator().manual_seed(0)))
-    assert steps == list(range(1, 8)) and len(calls) == 7
+    y0 = ancestral_sampler(eps_fn, torch.zeros(2, 1, 8, 8), gammas, torch.Generator().manual_seed(0))
+    assert len(calls) == 7
     np.testing.assert_allclose([c[0].item() for c in calls], np.sqrt(gammas[:-1]), rtol=1e-6)
     assert y0.shape == (2, 1, 8, 8) and y0.min() >= -1 and y0.max() <= 1
 
 
-def test_sampler_closed_early_stops_stepping():
+def test_sampler_stops_itself_between_steps():
     calls = []
 
     def eps_fn(y, sg):
@@ -287,16 +287,12 @@ def test_sampler_closed_early_stops_stepping():
         return torch.zeros_like(y)
 
     gammas = Schedule.named("default").inference_gammas(10, 1.0)
-    sampler = ancestral_sampler(eps_fn, torch.zeros(1, 1, 8, 8), gammas)
-    assert next(sampler) == 1 and next(sampler) == 2 and next(sampler) == 3
-    sampler.close()
+    assert ancestral_sampler(eps_fn, torch.zeros(1, 1, 8, 8), gammas, should_stop=lambda: len(calls) == 3) is None
     assert len(calls) == 3
-    with pytest.raises(StopIteration):
-        next(sampler)
+    assert ancestral_sampler(eps_fn, torch.zeros(1, 1, 8, 8), gammas, should_stop=lambda: True) is None
     assert len(calls) == 3
-    untouched = ancestral_sampler(eps_fn, torch.zeros(1, 1, 8, 8), gammas)
-    untouched.close()
-    assert len(calls) == 3
+    assert ancestral_sampler(eps_fn, torch.zeros(1, 1, 8, 8), gammas).shape == (1, 1, 8, 8)
+    assert len(calls) == 13
 
 
 def oracle(y0: torch.Tensor):
@@ -310,14 +306,13 @@ def oracle(y0: torch.Tensor):
 @pytest.mark.parametrize("name", ["paper", "default"])
 @pytest.mark.parametrize("start, steps", [(1.0, 10), (1.0, 3), (0.5, 10), (0.3, 1)])
 def test_sampler_with_oracle_noise_returns_y0(name, start, steps):
-    """DESIGN.md 5: the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
+    """docs/method.md: the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
     noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
     y0 = _y0()
     gen = torch.Generator().manual_seed(7)
     start_mean = torch.zeros_like(y0) if start == 1.0 else (y0 + 0.2 * torch.randn(y0.shape, generator=gen)).clamp(-1, 1)
     gammas = Schedule.named(name).inference_gammas(steps, start)
-    steps_done, out = drain(ancestral_sampler(oracle(y0), start_mean, gammas, gen))
-    assert steps_done == list(range(1, steps + 1))
+    out = ancestral_sampler(oracle(y0), start_mean, gammas, gen)
     assert (out - y0).abs().max() < 1e-4
 
 
@@ -331,7 +326,7 @@ def test_sampler_intermediate_states_follow_the_forward_marginals():
         seen.append(y.clone())
         return oracle(y0)(y, sg)
 
-    drain(ancestral_sampler(eps_fn, torch.zeros_like(y0), gammas, torch.Generator().manual_seed(8)))
+    ancestral_sampler(eps_fn, torch.zeros_like(y0), gammas, torch.Generator().manual_seed(8))
     for y, g in zip(seen, gammas[:-1]):
         resid = (y - math.sqrt(g) * y0) / math.sqrt(1 - g)
         assert abs(resid.mean().item()) < 0.02 and resid.std().item() == pytest.approx(1.0, abs=0.02)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from napari_helpers import tiny_model, tiny_stack
 
 from napari_smlm_uq._napari import _layers, _workers
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.physics.kde import sr_to_raw
-from napari_smlm_uq.training import TrainSettings
+from napari_smlm_uq.training import TrainSettings, validate_model
 
 
 @pytest.mark.parametrize("p", [100.0, 107.0, 65.5])
@@ -42,45 +41,26 @@ def test_camera_settings_defaults_and_found():
     assert cam["found"] == ["pixel_size", "offset"]
 
 
-def test_predict_job_retries_with_smaller_batches_on_cuda_oom(tmp_path, monkeypatch):
+def test_predict_job_turns_notes_into_notices(tmp_path, monkeypatch):
     model = tiny_model(tmp_path / "m.pt")
-    frames = tiny_stack(4, 16)
-    real, calls = pipeline.predict, []
+    real = pipeline.predict
 
-    def flaky(frames_, models, settings, should_stop, first_index):
-        calls.append((settings.tile_batch, settings.frame_batch, first_index, len(frames_)))
-        for i, r in enumerate(real(frames_, models, settings, should_stop, first_index)):
-            if len(calls) == 1 and i == 2:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    def noted(*args, **kwargs):
+        for i, r in enumerate(real(*args, **kwargs)):
+            r.notes = ("retried",) if i == 1 else ()
             yield r
 
-    monkeypatch.setattr(pipeline, "predict", flaky)
-    settings = pipeline.PredictSettings(samples=0, device="cpu", frame_batch=4, tile_batch=8)
-    items = list(_workers.predict_job(frames, str(model), settings, lambda: False, 10))
-    notices = [i for i in items if isinstance(i, _workers.Notice)]
-    results = [i for i in items if isinstance(i, pipeline.FrameResult)]
-    assert len(notices) == 1 and "tile batch 4" in notices[0].text
-    assert [r.index for r in results] == [10, 11, 12, 13]
-    assert calls == [(8, 4, 10, 4), (4, 2, 12, 2)]
-
-
-def test_predict_job_gives_up_at_batch_one(tmp_path, monkeypatch):
-    model = tiny_model(tmp_path / "m.pt")
-
-    def always(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        yield
-
-    monkeypatch.setattr(pipeline, "predict", always)
-    settings = pipeline.PredictSettings(samples=0, device="cpu", frame_batch=2, tile_batch=2)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        list(_workers.predict_job(tiny_stack(2, 16), str(model), settings, lambda: False))
+    monkeypatch.setattr(pipeline, "predict", noted)
+    settings = pipeline.PredictSettings(samples=0, device="cpu")
+    items = list(_workers.predict_job(tiny_stack(4, 16), str(model), settings, range(1, 4), lambda: False))
+    kinds = [type(i).__name__ if isinstance(i, _workers.Notice) else i.index for i in items]
+    assert kinds == [1, "Notice", 2, 3] and items[1].text == "retried"
 
 
 def test_validation_reports_scores_beside_the_crlb(tmp_path):
     model = tiny_model(tmp_path / "m.pt")
     s = TrainSettings(photons=(1000.0, 4000.0), background=(10.0, 40.0), pixel_size=100.0, out_dir=str(tmp_path))
-    m = _workers.validate_model(model, s, frames=2, size=16)
+    m = validate_model(model, s, frames=2, size=16)
     assert m["photons"] == pytest.approx(2000.0) and m["background"] == pytest.approx(20.0)
     assert 0 < m["crlb"] < 50 and 0 <= m["jaccard"] <= 100 and m["frames"] == 2
     assert _workers.eta(10.0, 2, 4) == "0:10 left" and _workers.eta(1.0, 0, 4) == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import OutOfMemoryOnce
 
 from napari_smlm_uq.inference import localize, pipeline
 from napari_smlm_uq.inference.calibration import Calibration
@@ -42,8 +43,8 @@ def cpu(**kw) -> PredictSettings:
 # ================================================================================================
 
 def test_predict_one_result_per_frame(models, frames):
-    results = list(pipeline.predict(frames, models, cpu(samples=3), first_index=5))
-    assert [r.index for r in results] == [5, 6, 7]
+    results = list(pipeline.predict(frames, models, cpu(samples=3)))
+    assert [r.index for r in results] == [0, 1, 2]
     for r in results:
         assert isinstance(r, FrameResult)
         for a in (r.mean, r.std, r.sample):
@@ -53,6 +54,33 @@ def test_predict_one_result_per_frame(models, frames):
         assert not np.array_equal(r.sample, r.mean)
         assert np.all(r.localizations.frame == r.index) and r.seconds > 0
     assert not np.array_equal(results[0].mean, results[1].mean)
+
+
+def test_predict_a_range_of_frames(models, frames):
+    full = list(pipeline.predict(frames, models, cpu(samples=0)))
+    part = list(pipeline.predict(frames, models, cpu(samples=0), range(1, 3)))
+    assert [r.index for r in part] == [1, 2]
+    for a, b in zip(part, full[1:]):
+        assert np.array_equal(a.mean, b.mean) and np.all(a.localizations.frame == a.index)
+    for bad in (range(2, 5), range(0, 3, 2), range(-1, 2)):
+        with pytest.raises(ValueError, match="contiguous range"):
+            next(pipeline.predict(frames, models, cpu(), bad))
+
+
+def test_out_of_memory_retries_with_smaller_batches_from_the_failed_frame(models, frames):
+    flaky = registry.Models(models.phi, OutOfMemoryOnce(models.psi, limit=1), models.schedule, "flaky",
+                            models.calibration)
+    results = list(pipeline.predict(frames, flaky, cpu(samples=2, tile_batch=4, frame_batch=2)))
+    assert [r.index for r in results] == [0, 1, 2] and flaky.psi.raised == 1
+    assert results[0].notes == ("Out of GPU memory: retrying with tile batch 2, frame batch 1.",)
+    assert results[1].notes == results[2].notes == ()
+    assert all(np.isfinite(r.mean).all() and r.std.max() > 0 for r in results)
+
+
+def test_out_of_memory_at_batch_one_is_raised(models, frames):
+    flaky = registry.Models(models.phi, OutOfMemoryOnce(models.psi, limit=0), models.schedule, "flaky")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        next(pipeline.predict(frames, flaky, cpu(samples=2, tile_batch=1, frame_batch=1)))
 
 
 def test_two_samples_mean_std_sample_are_consistent(models, frames):

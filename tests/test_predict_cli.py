@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import OutOfMemoryOnce
 
 from napari_smlm_uq import cli
 from napari_smlm_uq.inference import pipeline
@@ -128,6 +129,22 @@ def test_predict_samples_zero_and_frame_range(inputs, tmp_path, capsys):
     assert set(np.unique(part_table["frame"])) <= {2, 3}  # 1-based frame numbers of the original stack
     assert len(part_table["frame"]) == int(np.isin(table["frame"], [2, 3]).sum())
     assert json.loads((part / "summary.json").read_text())["frames"] == [1, 3]
+
+
+def test_predict_retries_on_gpu_out_of_memory(inputs, tmp_path, capsys, monkeypatch):
+    """A CUDA out-of-memory error (simulated by a psi that raises it once) is retried with smaller batches."""
+    real_load = registry.load
+
+    def load(name):
+        models = real_load(name)
+        models.psi = OutOfMemoryOnce(models.psi, limit=1)
+        return models
+
+    monkeypatch.setattr(registry, "load", load)
+    code, _, err = run_main(capsys, *predict_args(inputs, tmp_path / "out"))
+    assert code == 0, err
+    assert "Out of GPU memory: retrying with tile batch 8, frame batch 4." in err and "Traceback" not in err
+    assert open_stack(tmp_path / "out" / "mean.tif").shape[0] == FRAMES
 
 
 def test_predict_overwrite(inputs, tmp_path, capsys):
@@ -258,16 +275,19 @@ def _interrupt_after_first_frame(monkeypatch):
 
 
 def _interrupt_in_sampler(monkeypatch):
-    """Ctrl-C inside the second frame's diffusion (in the real pipeline code)."""
-    real, calls = pipeline.ancestral_sampler, []
+    """Ctrl-C inside the second frame's diffusion, at its second network call (in the real pipeline code)."""
+    real, frames_started = pipeline.ancestral_sampler, []
 
-    def sampler(*args, **kwargs):
-        calls.append(1)
-        inner = real(*args, **kwargs)
-        if len(calls) >= 2:
-            next(inner)
-            raise KeyboardInterrupt
-        return (yield from inner)
+    def sampler(eps_fn, *args, **kwargs):
+        frames_started.append(1)
+        calls = []
+
+        def interrupted(y, sqrt_gamma):
+            calls.append(1)
+            if len(frames_started) >= 2 and len(calls) >= 2:
+                raise KeyboardInterrupt
+            return eps_fn(y, sqrt_gamma)
+        return real(interrupted, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "ancestral_sampler", sampler)
 

@@ -39,12 +39,16 @@ def _positive(kind=float, allow_zero: bool = False):
 
 
 def add_camera_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """Camera options shared by every command (DESIGN.md 2 units)."""
-    d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument("--pixel-size", type=_positive(), default=d(100.0), help="raw pixel size, nm")
-    p.add_argument("--offset", type=float, default=d(100.0), help="camera offset, ADU")
-    p.add_argument("--gain", type=_positive(), default=d(1.0), help="ADU per photo-electron")
-    p.add_argument("--read-noise", type=_positive(allow_zero=True), default=d(1.5), help="read noise, e- rms")
+    """Camera options shared by every command (units of docs/physics.md); defaults from :class:`Camera` and
+    :class:`SimulationSettings`, or None (``defaults=False``: taken from the file later)."""
+    from .physics.camera import Camera
+    from .physics.simulate import SimulationSettings
+
+    cam, d = Camera(), (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument("--pixel-size", type=_positive(), default=d(SimulationSettings.pixel_size), help="raw pixel size, nm")
+    p.add_argument("--offset", type=float, default=d(cam.offset), help="camera offset, ADU")
+    p.add_argument("--gain", type=_positive(), default=d(cam.gain), help="ADU per photo-electron")
+    p.add_argument("--read-noise", type=_positive(allow_zero=True), default=d(cam.read_noise), help="read noise, e- rms")
 
 
 # --- simulate -----------------------------------------------------------------------------------
@@ -111,10 +115,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 # --- predict ------------------------------------------------------------------------------------
 
-def parse_frames(text: str | None, n: int) -> slice:
-    """``a:b`` (0-based, b exclusive, either may be empty) -> a slice inside ``[0, n)``."""
+def parse_frames(text: str | None, n: int) -> range:
+    """``a:b`` (0-based, b exclusive, either may be empty) -> a range inside ``[0, n)``."""
     if not text:
-        return slice(0, n)
+        return range(0, n)
     try:
         a, b = (int(v) if v.strip() else None for v in text.split(":"))
     except ValueError:
@@ -122,10 +126,10 @@ def parse_frames(text: str | None, n: int) -> slice:
     a, b = 0 if a is None else a, n if b is None else b
     if not 0 <= a < b <= n:
         raise UsageError(f"smlm-uq predict: --frames {text} is outside the stack's {n} frames (0:{n})")
-    return slice(a, b)
+    return range(a, b)
 
 
-def _check_finite(data, frames: slice, chunk: int = 64) -> None:
+def _check_finite(data, frames: range, chunk: int = 64) -> None:
     if np.dtype(data.dtype).kind != "f":
         return
     for i in range(frames.start, frames.stop, chunk):
@@ -146,11 +150,12 @@ def prepare_predict(a: argparse.Namespace):
 
     stack = open_stack(a.input)
     frames = parse_frames(a.frames, stack.shape[0])
-    meta = stack.metadata
+    meta, cam = stack.metadata, Camera()
     pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
-    camera = Camera(pick(a.offset, "offset", 100.0), pick(a.gain, "gain", 1.0), pick(a.read_noise, "read_noise", 1.5))
+    camera = Camera(pick(a.offset, "offset", cam.offset), pick(a.gain, "gain", cam.gain),
+                    pick(a.read_noise, "read_noise", cam.read_noise))
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
-                               pixel_size=pick(a.pixel_size, "pixel_size", 100.0), device=a.device,
+                               pixel_size=pick(a.pixel_size, "pixel_size", PredictSettings.pixel_size), device=a.device,
                                bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule)
     try:
         settings.validate()
@@ -170,32 +175,13 @@ def prepare_predict(a: argparse.Namespace):
     return stack, frames, settings, models, out
 
 
-class _ProgressBar:
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream, self.done = total, stream, 0
-        import time
-        self._clock, self._start = time.perf_counter, time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        elapsed = self._clock() - self._start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate else float("nan")
-        width = 30
-        fill = int(width * self.done / max(self.total, 1))
-        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} frames "
-                          f"{rate:.2f} frames/s, {left:.0f} s left ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-
-
 def cmd_predict(a: argparse.Namespace) -> int:
     import time
     from contextlib import ExitStack
 
-    from .inference.pipeline import StackSum, predict
+    from tqdm import tqdm
+
+    from .inference.pipeline import StackSum, keep_freed_buffers, predict
     from .io.files import write_json
     from .io.tables import localizations_table, write_localizations
     from .io.tiff import StackWriter, write_stack
@@ -207,21 +193,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     sr = settings.pixel_size / UPSAMPLING
-    n = frames.stop - frames.start
-    total, locs, bar, t0 = StackSum(), [], _ProgressBar(n), time.perf_counter()
+    n = len(frames)
+    keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
+    total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
         writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
                    for k in ("mean", "std", "sample")}
-        view = stack.data[frames.start:frames.stop] if isinstance(stack.data, np.ndarray) else _Offset(stack.data, frames)
-        try:
-            for result in predict(view, models, settings, first_index=frames.start):
-                for key, writer in writers.items():
-                    writer.write(getattr(result, key)[None])
-                total.add(result)
-                locs.append(result.localizations)
-                bar.update()
-        finally:
-            bar.close()
+        bar = files.enter_context(tqdm(total=n, unit="frame", file=sys.stderr, dynamic_ncols=True))
+        for result in predict(stack.data, models, settings, frames):
+            for note in result.notes:
+                bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
+            for key, writer in writers.items():
+                writer.write(getattr(result, key)[None])
+            total.add(result)
+            locs.append(result.localizations)
+            bar.update()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
     write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
@@ -240,28 +226,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-class _Offset:
-    """Frames ``[start, stop)`` of a lazily read stack, indexable from 0."""
-
-    def __init__(self, data, frames: slice):
-        self.data, self.frames = data, frames
-
-    def __len__(self) -> int:
-        return self.frames.stop - self.frames.start
-
-    def __getitem__(self, key: slice):
-        start = self.frames.start + (key.start or 0)
-        stop = min(self.frames.start + (key.stop if key.stop is not None else len(self)), self.frames.stop)
-        return self.data[start:stop]
-
-
 # --- train --------------------------------------------------------------------------------------
 
 def cmd_train(a: argparse.Namespace) -> int:
     import dataclasses
 
     from .models import registry
-    from .training import TrainSettings, calibration_stacks, train
+    from .training import TrainSettings, calibration_stacks, train, validate_model
 
     settings = TrainSettings(target=a.target, iterations=a.iterations, psi_iterations=a.psi_iterations,
                              batch_size=a.batch_size, lr=a.lr, photons=tuple(a.photons), background=tuple(a.background),
@@ -287,6 +258,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             val = f"  validation {p.val_loss:.5f}" if p.val_loss is not None else ""
             print(f"{p.stage} {p.iteration}/{p.iterations}  loss {p.loss:.5f}{val}  {p.elapsed:.0f} s", flush=True)
     print(f"model written to {model_path}")
+    if model_path is not None:
+        v = validate_model(model_path, settings)
+        print(f"validation ({v['frames']} simulated frames of {v['size']} px, {v['emitters']} emitters, phi alone): "
+              f"JAC {v['jaccard']:.1f} %  RMSE {v['rmse']:.1f} nm  E {v['efficiency']:.1f}  "
+              f"(CRLB {v['crlb']:.1f} nm per axis at {v['photons']:.0f} photons, background {v['background']:.0f})")
     return 0
 
 
@@ -317,27 +293,28 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
-    from .training import TrainSettings as TRAIN_DEFAULTS
+    from .physics.simulate import SimulationSettings as SIM
+    from .training import TrainSettings as T
 
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("simulate", help="simulate a camera stack (TIFF) and its ground truth (CSV)")
     p.add_argument("out", help="output TIFF; the ground truth goes beside it as .csv")
-    p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--size", type=int, default=64, help="frame size, pixels")
-    p.add_argument("--density", type=float, default=1.0, help="emitters per um^2")
-    p.add_argument("--photons", type=float, default=2000.0, help="photons per emitter")
-    p.add_argument("--background", type=float, default=20.0, help="photons per pixel")
-    p.add_argument("--psf-sigma", type=float, default=1.0, help="PSF standard deviation, raw pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=SIM.frames)
+    p.add_argument("--size", type=int, default=SIM.size, help="frame size, pixels")
+    p.add_argument("--density", type=float, default=SIM.density, help="emitters per um^2")
+    p.add_argument("--photons", type=float, default=SIM.photons, help="photons per emitter")
+    p.add_argument("--background", type=float, default=SIM.background, help="photons per pixel")
+    p.add_argument("--psf-sigma", type=float, default=SIM.psf_sigma, help="PSF standard deviation, raw pixels")
+    p.add_argument("--seed", type=int, default=SIM.seed)
     add_camera_args(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("crlb", help="Cramer-Rao lower bound of the localization precision")
-    p.add_argument("--photons", type=float, default=2000.0)
-    p.add_argument("--background", type=_positive(allow_zero=True), default=20.0, help="photons per pixel")
-    p.add_argument("--psf-sigma", type=_positive(), default=1.0, help="raw pixels")
+    p.add_argument("--photons", type=float, default=SIM.photons)
+    p.add_argument("--background", type=_positive(allow_zero=True), default=SIM.background, help="photons per pixel")
+    p.add_argument("--psf-sigma", type=_positive(), default=SIM.psf_sigma, help="raw pixels")
     p.add_argument("--json", action="store_true")
     add_camera_args(p)
     p.set_defaults(func=cmd_crlb)
@@ -358,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preconditioned start, fraction of the noise schedule (1: pure noise)")
     p.add_argument("--schedule", default=None, help="inference noise levels from a named schedule "
                    "(default: the model's training schedule; 'paper' for the paper's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default=D.device, help="auto, cpu or cuda")
     p.add_argument("--model", default="default", help="bundled model name or model file")
     p.add_argument("--frames", default=None, help="frame range a:b (0-based, b exclusive)")
     p.add_argument("--threshold", type=_positive(), default=D.threshold, help="KDE peak threshold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     add_camera_args(p, defaults=False)
@@ -370,27 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train or fine-tune phi and psi on simulated data")
     p.add_argument("--out", required=True, help="output folder (model.pt and resumable checkpoints)")
-    p.add_argument("--target", choices=("phi", "psi", "both"), default="both")
-    p.add_argument("--init", default=None, help="bundled model name or model file to fine-tune")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--psi-iterations", type=int, default=None, help="psi's iterations with --target both")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate")
-    rng = lambda name, lo, hi, unit: p.add_argument(  # noqa: E731
-        f"--{name}", type=float, nargs=2, default=(lo, hi), metavar=("LOW", "HIGH"), help=f"{unit} range")
-    rng("photons", 500.0, 10000.0, "photons per emitter")
-    rng("background", 5.0, 100.0, "background photons/pixel")
-    rng("psf-sigma", 0.8, 1.5, "PSF sigma (raw pixels)")
-    rng("density", 0.0, 6.0, "emitters/um^2")
-    rng("read-noise", 0.0, 3.0, "read noise (e- rms)")
-    p.add_argument("--pixel-size", type=_positive(), default=100.0, help="nm (sets the density scale)")
-    p.add_argument("--edge-patches", type=float, default=TRAIN_DEFAULTS.edge_patches,
+    p.add_argument("--target", choices=("phi", "psi", "both"), default=T.target)
+    p.add_argument("--init", default=T.init, help="bundled model name or model file to fine-tune")
+    p.add_argument("--iterations", type=int, default=T.iterations)
+    p.add_argument("--psi-iterations", type=int, default=T.psi_iterations, help="psi's iterations with --target both")
+    p.add_argument("--batch-size", type=int, default=T.batch_size)
+    p.add_argument("--lr", type=float, default=T.lr, help="learning rate")
+    rng = lambda name, unit: p.add_argument(  # noqa: E731
+        f"--{name}", type=float, nargs=2, default=getattr(T, name.replace("-", "_")), metavar=("LOW", "HIGH"),
+        help=f"{unit} range")
+    rng("photons", "photons per emitter")
+    rng("background", "background photons/pixel")
+    rng("psf-sigma", "PSF sigma (raw pixels)")
+    rng("density", "emitters/um^2")
+    rng("read-noise", "read noise (e- rms)")
+    p.add_argument("--pixel-size", type=_positive(), default=T.pixel_size, help="nm (sets the density scale)")
+    p.add_argument("--edge-patches", type=float, default=T.edge_patches,
                    help="fraction of patches with emitters up to the patch edge (the rest: centred disc)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=T.seed)
     p.add_argument("--calibrate", type=int, default=0, metavar="FRAMES",
                    help="afterwards, refit the uncertainty calibration on 6 simulated stacks of FRAMES frames "
                         "spanning the training ranges (0: keep the calibration of --init)")
-    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on the CPU measured)")
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
@@ -401,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="bundled model name or model file")
     p.add_argument("--samples", type=int, default=D.samples)
     p.add_argument("--steps", type=int, default=D.steps)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=D.device)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .analysis.evaluation import localization_report, pixel_report, true_kdes
 from .inference.pipeline import PredictSettings, predict
-from .io.tables import emitters_table, localizations_table
+from .io.tables import px_to_nm
 from .localizations import Localizations
 from .models import registry
 from .physics.crlb import crlb_nm
@@ -22,14 +22,13 @@ def run(settings: PredictSettings, model: str = registry.DEFAULT_MODEL, sim: Sim
     """Scores of phi alone and of the diffusion pipeline on a fresh simulated stack, plus arrays to plot."""
     stack = simulate(sim)
     models = registry.load(model)
-    gt = emitters_table(stack.emitters, sim.pixel_size)
-    out = {"stack": stack, "gt": gt, "crlb_nm": crlb_nm(sim.photons, sim.background, sim.psf_sigma, sim.pixel_size,
+    out = {"stack": stack, "crlb_nm": crlb_nm(sim.photons, sim.background, sim.psf_sigma, sim.pixel_size,
                                                       float(sim.camera.read_noise))}
     for key, s in (("phi", PredictSettings(samples=0, camera=sim.camera, pixel_size=sim.pixel_size)), ("pipeline", settings)):
         t0 = time.perf_counter()
         results = list(predict(stack.adu, models, s))
-        locs = localizations_table(Localizations.concat([r.localizations for r in results]), sim.pixel_size)
-        out[key] = {"report": localization_report(locs, gt), "results": results, "locs": locs,
+        locs = Localizations.concat([r.localizations for r in results])
+        out[key] = {"report": localization_report(locs, stack.emitters, sim.pixel_size), "results": results, "locs": locs,
                     "seconds_per_frame": (time.perf_counter() - t0) / sim.frames}
     res = out["pipeline"]["results"]
     mean, std = np.stack([r.mean for r in res]), np.stack([r.std for r in res])
@@ -58,14 +57,14 @@ def figure(out: dict, path: Path, frame: int = 0) -> None:
         im = ax.imshow(img, cmap=cmap, extent=raw_ext)
         ax.set_title(title)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    locs, gt = out["pipeline"]["locs"], out["gt"]
+    locs, gt = out["pipeline"]["locs"], stack.emitters.in_frame(frame)
     ax = axes[4]
     ax.imshow(r.mean, cmap="gray_r", extent=raw_ext, alpha=0.5)
-    sel, gsel = locs["frame"] == frame + 1, gt["frame"] == frame + 1
-    ax.scatter(gt["x [nm]"][gsel] / 1000, gt["y [nm]"][gsel] / 1000, s=70, facecolors="none", edgecolors="k",
-               label="ground truth")
-    sc = ax.scatter(locs["x [nm]"][sel] / 1000, locs["y [nm]"][sel] / 1000, c=locs["uncertainty [nm]"][sel], s=18,
-                    cmap="plasma", label="localizations")
+    sel = locs.frame == frame
+    um = lambda coord: px_to_nm(coord, p) / 1000  # noqa: E731
+    ax.scatter(um(gt.col), um(gt.row), s=70, facecolors="none", edgecolors="k", label="ground truth")
+    sc = ax.scatter(um(locs.col[sel]), um(locs.row[sel]), c=locs.uncertainty[sel] * p, s=18, cmap="plasma",
+                    label="localizations")
     fig.colorbar(sc, ax=ax, shrink=0.8, label="uncertainty (nm)")
     ax.set_xlim(raw_ext[:2])
     ax.set_ylim(raw_ext[2:])

@@ -186,7 +186,7 @@ class PredictWidget(QWidget):
                                          grid=RawGrid.of_layer(layer))
         self._layers, self._error = {}, None
         self._stop = threading.Event()
-        worker = start_worker(predict_job, frames[start:stop], model, settings, self._stop.is_set, start)
+        worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)

@@ -1,5 +1,5 @@
 """Quality of predictions against simulated ground truth: localization scores beside the CRLB, and
-whether the uncertainty predicts error (DESIGN.md 7). Shared by the demo, the training widget and the
+whether the uncertainty predicts error (docs/physics.md, section 7). Shared by the demo, the training widget and the
 benchmarks."""
 from __future__ import annotations
 
@@ -8,21 +8,28 @@ from dataclasses import replace
 import numpy as np
 
 from ..inference.calibration import Calibration, frame_context
-from ..io.tables import table_xy
+from ..io.tables import px_to_nm
+from ..localizations import Localizations
 from ..physics.kde import render_kde
 from ..physics.simulate import Emitters
 from . import metrics
 
 
-def localization_report(locs: dict[str, np.ndarray], gt: dict[str, np.ndarray], tolerance: float = 250.0) -> dict:
-    """JAC/RMSE/E/precision/recall, and for the uncertainty: the std of error/uncertainty over matched
+def _xy_nm(points: Localizations | Emitters, pixel_size: float) -> np.ndarray:
+    """``(n, 2)`` (x, y) in nm from the top-left corner of the first pixel."""
+    return np.stack([px_to_nm(points.col, pixel_size), px_to_nm(points.row, pixel_size)], axis=1)
+
+
+def localization_report(locs: Localizations, truth: Emitters, pixel_size: float, tolerance: float = 250.0) -> dict:
+    """JAC/RMSE/E/precision/recall of ``locs`` against ``truth`` (raw pixels of ``pixel_size`` nm; matching
+    within ``tolerance`` nm), and for the uncertainty: the std of error/uncertainty over matched
     localizations, the false positives removed by dropping the 10% most uncertain (and least detected)."""
-    loc_xy, gt_xy = table_xy(locs), table_xy(gt)
-    s = metrics.score(locs["frame"], loc_xy, gt["frame"], gt_xy, tolerance)
-    m = metrics.match(locs["frame"], loc_xy, gt["frame"], gt_xy, tolerance)
+    loc_xy, gt_xy = _xy_nm(locs, pixel_size), _xy_nm(truth, pixel_size)
+    s = metrics.score(locs.frame, loc_xy, truth.frame, gt_xy, tolerance)
+    m = metrics.match(locs.frame, loc_xy, truth.frame, gt_xy, tolerance)
     report = s.as_dict()
-    unc = locs.get("uncertainty [nm]")
-    if unc is not None and np.isfinite(unc).any() and len(m.loc_idx):
+    unc = locs.uncertainty * pixel_size
+    if np.isfinite(unc).any() and len(m.loc_idx):
         z = metrics.normalised_errors(loc_xy[m.loc_idx], gt_xy[m.gt_idx], unc[m.loc_idx])
         is_tp = np.zeros(len(loc_xy), bool)
         is_tp[m.loc_idx] = True
@@ -30,7 +37,7 @@ def localization_report(locs: dict[str, np.ndarray], gt: dict[str, np.ndarray], 
             "error_over_uncertainty_std": float(np.std(z)) if len(z) else float("nan"),
             "median_uncertainty_nm": float(np.nanmedian(unc)),
             "fp_removed_by_uncertainty_10pct": metrics.false_positives_removed(is_tp, unc),
-            "fp_removed_by_detection_10pct": metrics.false_positives_removed(is_tp, -locs["detection"]),
+            "fp_removed_by_detection_10pct": metrics.false_positives_removed(is_tp, -locs.detection),
         })
     return report
 
@@ -55,7 +62,7 @@ def _raw_localizations(models, adu: np.ndarray, settings, should_stop) -> list:
 
     calibration, models.calibration = models.calibration, {}
     try:
-        return [r.localizations for r in predict(adu, models, settings, should_stop)]
+        return [r.localizations for r in predict(adu, models, settings, should_stop=should_stop)]
     finally:
         models.calibration = calibration
 
@@ -66,7 +73,6 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     matched localizations. ``sims`` is a list of :class:`SimulationSettings` (never the test seeds).
     Returns the calibration (``to_dict`` form) and, for the model card, the counts and raw spread per
     context and the raw and calibrated spread per stack. ``models.calibration`` is left as it was."""
-    from ..localizations import Localizations
     from ..physics.simulate import simulate
 
     z, bins, stack_of = [], [], []

@@ -11,7 +11,7 @@ import functools
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Generator
 
 import numpy as np
@@ -33,8 +33,9 @@ PSI_OVERLAP = 16     # SR pixels
 PHI_TILE = 128       # raw pixels
 
 
-class Stopped(Exception):
-    """Raised inside :func:`predict` when ``should_stop`` turns true mid-frame."""
+def never() -> bool:
+    """The default ``should_stop``: run to the end."""
+    return False
 
 
 @dataclass
@@ -92,6 +93,7 @@ class FrameResult:
     sample: np.ndarray
     localizations: Localizations
     seconds: float
+    notes: tuple[str, ...] = ()   # messages for the user (an out-of-memory retry before this frame)
 
 
 class StackSum:
@@ -148,8 +150,9 @@ def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torc
 
 
 def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: PredictSettings, device: torch.device,
-                 generator: torch.Generator, should_stop: Callable[[], bool]) -> torch.Tensor:
-    """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``)."""
+                 generator: torch.Generator, should_stop: Callable[[], bool] = never) -> torch.Tensor | None:
+    """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``),
+    or None when ``should_stop()`` turned true between diffusion steps."""
     grid = TileGrid(tuple(z_phi.shape[-2:]), PSI_TILE, PSI_OVERLAP)
     cond_tiles = grid.split(psi_condition(x, z_phi)).repeat(s.samples, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
@@ -163,55 +166,86 @@ def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predic
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
     gammas = schedule.inference_gammas(s.steps, s.start)
     start = z_phi.expand(s.samples, -1, -1, -1) if s.start < 1 else torch.zeros_like(z_phi).expand(s.samples, -1, -1, -1)
-    sampler = ancestral_sampler(eps_fn, start.contiguous(), gammas, generator)
-    while True:
-        try:
-            next(sampler)
-        except StopIteration as done:
-            return done.value
-        if should_stop():
-            sampler.close()
-            raise Stopped
+    return ancestral_sampler(eps_fn, start.contiguous(), gammas, generator, should_stop)
 
 
-def predict(frames, models: Models, settings: PredictSettings, should_stop: Callable[[], bool] = lambda: False,
-            first_index: int = 0) -> Generator[FrameResult, None, None]:
-    """Yield a :class:`FrameResult` per frame of ``frames`` (``(T, H, W)`` ADU, any array-like).
-    Stops cleanly (no partial frame) when ``should_stop()`` becomes true."""
-    s = settings.validate()
-    device = s.torch_device()
-    models.to(device)
-    if s.samples and models.psi is None:
-        raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
-    keep_freed_buffers()
+def _frame_result(index: int, x: torch.Tensor, z_phi: torch.Tensor, snr: np.ndarray, models: Models,
+                  s: PredictSettings, device: torch.device, generator: torch.Generator, calibration: Calibration,
+                  should_stop: Callable[[], bool]) -> FrameResult | None:
+    """One frame's result from its normalised input and phi's output (None when stopped mid-frame)."""
+    t0 = time.perf_counter()
+    if s.samples:
+        z = sample_frame(models, x, z_phi, s, device, generator, should_stop)
+        if z is None:
+            return None
+        y = from_model(z[:, 0]).cpu().numpy()
+        mean, std, sample = y.mean(0), y.std(0, ddof=1), y[0]
+    else:
+        y, mean = None, from_model(z_phi[0, 0]).cpu().numpy()
+        std, sample = np.zeros_like(mean), mean
+    locs = localize(mean, y, index, s.threshold, calibration, snr)
+    return FrameResult(index, mean.astype(np.float32), std.astype(np.float32), sample.astype(np.float32), locs,
+                       time.perf_counter() - t0)
+
+
+def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, device: torch.device,
+                    should_stop: Callable[[], bool]) -> Generator[FrameResult, None, None]:
+    """:func:`predict` without the out-of-memory retry."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     generator = torch.Generator(device=device).manual_seed(s.seed)
-    n = len(frames)
     with torch.inference_mode():
-        for b0 in range(0, n, s.frame_batch):
+        for b0 in range(frames.start, frames.stop, s.frame_batch):
             if should_stop():
                 return
             t0 = time.perf_counter()
-            batch = np.asarray(frames[b0:b0 + s.frame_batch])
+            batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
             x, z_phi = run_phi(phi, batch, s, device)
             snr = pixel_snr(x).cpu().numpy()
             per_frame_phi = (time.perf_counter() - t0) / len(batch)
             for i in range(len(batch)):
                 if i and should_stop():  # between frames of a batch too (phi alone never checks mid-frame)
                     return
-                t1 = time.perf_counter()
-                mean_z = z_phi[i:i + 1]
-                if s.samples:
-                    try:
-                        z = sample_frame(models, x[i:i + 1], z_phi[i:i + 1], s, device, generator, should_stop)
-                    except Stopped:
-                        return
-                    y = from_model(z[:, 0]).cpu().numpy()
-                    mean, std, sample = y.mean(0), y.std(0, ddof=1), y[0]
-                else:
-                    y, mean = None, from_model(mean_z[0, 0]).cpu().numpy()
-                    std, sample = np.zeros_like(mean), mean
-                locs = localize(mean, y, b0 + i + first_index, s.threshold, calibration, snr[i, 0])
-                yield FrameResult(b0 + i + first_index, mean.astype(np.float32), std.astype(np.float32),
-                                  sample.astype(np.float32), locs, per_frame_phi + time.perf_counter() - t1)
+                r = _frame_result(b0 + i, x[i:i + 1], z_phi[i:i + 1], snr[i, 0], models, s, device, generator,
+                                  calibration, should_stop)
+                if r is None:
+                    return
+                r.seconds += per_frame_phi
+                yield r
+
+
+def smaller_batches(s: PredictSettings) -> PredictSettings | None:
+    """Settings with halved tile and frame batches, or None when both are already 1."""
+    if s.tile_batch == 1 and s.frame_batch == 1:
+        return None
+    return replace(s, tile_batch=max(1, s.tile_batch // 2), frame_batch=max(1, s.frame_batch // 2))
+
+
+def predict(stack, models: Models, settings: PredictSettings, frames: range | None = None,
+            should_stop: Callable[[], bool] = never) -> Generator[FrameResult, None, None]:
+    """Yield a :class:`FrameResult` per frame of ``frames`` (default: all) of ``stack`` (``(T, H, W)`` ADU, any
+    array-like: frames are read batch by batch). Stops cleanly (no partial frame) when ``should_stop()`` turns
+    true. On a GPU out-of-memory error, halves the tile and frame batches and goes on from the frame that
+    failed; the next result's ``notes`` say so."""
+    s = settings.validate()
+    frames = range(len(stack)) if frames is None else frames
+    if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
+        raise ValueError(f"frames must be a contiguous range within 0..{len(stack)} (got {frames})")
+    device = s.torch_device()
+    models.to(device)
+    if s.samples and models.psi is None:
+        raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
+    notes: list[str] = []
+    while len(frames):
+        try:
+            for r in _predict_frames(stack, frames, models, s, device, should_stop):
+                frames = range(r.index + 1, frames.stop)
+                r.notes, notes = tuple(notes), []
+                yield r
+            return
+        except torch.cuda.OutOfMemoryError:
+            s = smaller_batches(s)
+            if s is None:
+                raise
+            torch.cuda.empty_cache()
+            notes.append(f"Out of GPU memory: retrying with tile batch {s.tile_batch}, frame batch {s.frame_batch}.")

@@ -1,10 +1,10 @@
 """Camera frames -> network inputs, shared by training and inference.
 
-ADU -> photo-electrons with the Poisson-Normal shift (``e + r^2``, DESIGN.md 2), then a per-frame
+ADU -> photo-electrons with the Poisson-Normal shift (``e + r^2``, docs/physics.md section 3), then a per-frame
 variance-stabilising normalisation: background-subtracted (the frame median), divided by the shot-noise
 scale ``sqrt(median)``, compressed with ``asinh(v / 3)`` so that photon counts from hundreds to tens of
 thousands share one input range. phi's input is that frame; psi is conditioned on ``phi(x)`` and the
-bicubic-upsampled frame (align_corners=False matches the SR grid of DESIGN.md 1).
+bicubic-upsampled frame (align_corners=False matches the SR grid of docs/physics.md section 4).
 """
 from __future__ import annotations
 

@@ -78,3 +78,20 @@ def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.
     ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``."""
     return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
             "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}
+
+
+def table_localizations(table: dict[str, np.ndarray], pixel_size: float) -> Localizations:
+    """Inverse of :func:`localizations_table`; absent uncertainty, detection or peak SNR columns become NaN."""
+    n = len(table["frame"])
+    col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)  # noqa: E731
+    return Localizations(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
+                         nm_to_px(table["x [nm]"], pixel_size), col("uncertainty [nm]") / pixel_size,
+                         col("detection"), col("peak snr"))
+
+
+def table_emitters(table: dict[str, np.ndarray], pixel_size: float) -> Emitters:
+    """Inverse of :func:`emitters_table` (photons NaN when the table has no intensity)."""
+    n = len(table["frame"])
+    return Emitters(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
+                    nm_to_px(table["x [nm]"], pixel_size),
+                    np.asarray(table.get("intensity [photon]", np.full(n, np.nan)), dtype=np.float64))

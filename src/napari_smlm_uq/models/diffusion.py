@@ -1,6 +1,6 @@
 """Gaussian diffusion on KDEs: schedules, the training noise-level sampler, the ancestral sampler.
 
-Conventions (DESIGN.md 5): ``gamma_t = prod_{s<=t} (1 - beta_s)`` with ``gamma_0 = 1``;
+Conventions (docs/method.md, "Diffusion, and two corrections to the paper"): ``gamma_t = prod_{s<=t} (1 - beta_s)`` with ``gamma_0 = 1``;
 ``y_t = sqrt(gamma) y_0 + sqrt(1 - gamma) eps``; the network predicts ``eps`` and is conditioned on the
 continuous ``sqrt(gamma)``, so any inference schedule can be used. The paper's eq. 8 is replaced by the
 noise-prediction ancestral step
@@ -11,7 +11,7 @@ posterior-mean form with the implied ``y_0`` clipped to the data range ``[-1, 1]
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class Schedule:
 
     def inference_gammas(self, steps: int, start: float = 1.0) -> np.ndarray:
         """``steps + 1`` decreasing noise levels from ``gamma(start * T)`` down to 1 (``gamma_0``), evenly
-        respaced in ``t`` on this schedule. ``start < 1`` is the preconditioned start (DESIGN.md 5)."""
+        respaced in ``t`` on this schedule. ``start < 1`` is the preconditioned start (docs/method.md)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         if not 0 < start <= 1:
@@ -72,18 +72,23 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ancestral_sampler(eps_fn: EpsFn, start_mean: torch.Tensor, gammas: np.ndarray,
-                      generator: torch.Generator | None = None) -> Generator[int, None, torch.Tensor]:
+                      generator: torch.Generator | None = None,
+                      should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor | None:
     """Reverse diffusion from ``y_K ~ N(sqrt(gamma_K) start_mean, (1 - gamma_K) I)`` down to ``y_0``.
 
     ``start_mean`` is zeros for the pure-noise start or ``phi(x)`` for the preconditioned start;
-    ``eps_fn(y_t, sqrt_gamma)`` predicts the noise. Yields the step number (1..K) after each step and
-    returns ``y_0``; stop early by closing the generator."""
+    ``eps_fn(y_t, sqrt_gamma)`` predicts the noise; noise is drawn from ``generator`` on its own device.
+    Returns ``y_0`` in ``[-1, 1]``, or None when ``should_stop()`` turns true between two steps."""
     def noise() -> torch.Tensor:
-        return torch.randn(start_mean.shape, generator=generator, dtype=start_mean.dtype).to(start_mean.device)
+        device = generator.device if generator is not None else start_mean.device
+        return torch.randn(start_mean.shape, generator=generator, dtype=start_mean.dtype,
+                           device=device).to(start_mean.device)
 
     g = [float(v) for v in gammas]
     y = np.sqrt(g[0]) * start_mean + np.sqrt(1.0 - g[0]) * noise()
     for k in range(len(g) - 1):
+        if should_stop():
+            return None
         g_t, g_prev = g[k], g[k + 1]
         alpha = g_t / g_prev
         beta = 1.0 - alpha
@@ -93,5 +98,4 @@ def ancestral_sampler(eps_fn: EpsFn, start_mean: torch.Tensor, gammas: np.ndarra
         y = (np.sqrt(g_prev) * beta * y0 + np.sqrt(alpha) * (1.0 - g_prev) * y) / (1.0 - g_t)
         if k < len(g) - 2:
             y = y + np.sqrt(beta * (1.0 - g_prev) / (1.0 - g_t)) * noise()
-        yield k + 1
     return y.clamp(-1.0, 1.0)
