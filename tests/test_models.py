@@ -534,6 +534,23 @@ def test_train_stop_keeps_last_good_model_and_resumes(tmp_path):
     assert again == []
 
 
+def test_train_with_data_workers(tmp_path):
+    """Patches simulated by a worker process: fresh batches every iteration, a loadable model."""
+    progress, path = drain(training.train(settings(tmp_path / "w", iterations=3, target="phi", data_workers=1)))
+    losses = [p.loss for p in progress]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and len(set(losses)) == 3
+    assert registry.load(path).phi is not None
+
+
+def test_train_device_is_checked(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        settings(tmp_path, device="cuda").validate()
+    with pytest.raises(ValueError, match="data workers"):
+        settings(tmp_path, data_workers=-1).validate()
+
+
 def test_train_stop_before_first_checkpoint_leaves_no_model(tmp_path):
     out = tmp_path / "run"
     seen = []

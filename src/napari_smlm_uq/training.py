@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -57,6 +57,8 @@ class TrainSettings:
     val_size: int = 128
     calibration_frames: int = 0   # > 0: refit the uncertainty calibration afterwards on stacks of this length
     bf16: bool = False   # bf16 autocast trained psi slower than fp32 on the 2-core CPU measured
+    device: str = "auto"   # auto: CUDA when present
+    data_workers: int = 0  # processes simulating training patches beside the optimiser (0: in line)
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
@@ -76,6 +78,9 @@ class TrainSettings:
             lo, hi = getattr(self, name)
             if not (lo > low and hi >= lo and math.isfinite(hi)):
                 raise ValueError(f"{name} range must satisfy {max(low, 0):g} {'<' if low == 0 else '<='} low <= high (got {lo}, {hi})")
+        if self.data_workers < 0:
+            raise ValueError(f"data workers must be >= 0 (got {self.data_workers})")
+        PredictSettings(device=self.device).torch_device()  # the same device rules as inference
         if self.target == "psi" and not self.init:
             raise ValueError("training psi alone needs a model to start from (init): its phi conditions psi")
         out = Path(self.out_dir).resolve()
@@ -125,8 +130,8 @@ def _lr(it: int, total: int, base: float, warmup: int = 200) -> float:
 class _Stage:
     """One model's optimisation: loss function, optimiser, validation set, checkpoints."""
 
-    def __init__(self, name: str, models: Models, s: TrainSettings, out: Path):
-        self.name, self.models, self.s, self.out = name, models, s, out
+    def __init__(self, name: str, models: Models, s: TrainSettings, out: Path, device: torch.device):
+        self.name, self.models, self.s, self.out, self.device = name, models, s, out, device
         self.net = models.phi if name == "phi" else models.psi
         for net in (models.phi, models.psi):
             net.to(memory_format=torch.channels_last)
@@ -136,20 +141,22 @@ class _Stage:
         self.rng = np.random.default_rng([s.seed, 0 if name == "phi" else 1])
         self.torch_gen = torch.Generator().manual_seed(s.seed + (0 if name == "phi" else 1))
         vrng = np.random.default_rng([s.seed, 99])
-        self.val = simulate_patches(vrng, s.val_size, s)
+        self.val = tuple(t.to(device) for t in simulate_patches(vrng, s.val_size, s))
         vgen = torch.Generator().manual_seed(12345)
-        self.val_gamma = models.schedule.sample_training_gamma(s.val_size, vgen)
-        self.val_noise = torch.randn(self.val[1].shape, generator=vgen)
+        self.val_gamma = models.schedule.sample_training_gamma(s.val_size, vgen).to(device)
+        self.val_noise = torch.randn(self.val[1].shape, generator=vgen).to(device)
 
     def loss(self, x: torch.Tensor, z0: torch.Tensor, gamma: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.s.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16):
             if self.name == "phi":
                 return F.mse_loss(self.models.phi(x).float(), z0)
             with torch.no_grad():
                 cond = psi_condition(x, self.models.phi(x))
-            gamma = self.models.schedule.sample_training_gamma(len(x), self.torch_gen) if gamma is None else gamma
-            noise = torch.randn(z0.shape, generator=self.torch_gen) if noise is None else noise
+            if gamma is None:
+                gamma = self.models.schedule.sample_training_gamma(len(x), self.torch_gen).to(self.device)
+            if noise is None:
+                noise = torch.randn(z0.shape, generator=self.torch_gen).to(self.device)
             g = gamma[:, None, None, None]
             y_t = g.sqrt() * z0 + (1 - g).sqrt() * noise
             return F.mse_loss(self.models.psi(y_t, cond, gamma.sqrt()).float(), noise)
@@ -161,6 +168,20 @@ class _Stage:
             value = float(self.loss(x, z0, self.val_gamma, self.val_noise))
         self.net.train()
         return value
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Fresh training batches on the device, simulated in line or by ``s.data_workers`` processes."""
+        if not self.s.data_workers:
+            while True:
+                yield self._to_device(simulate_patches(self.rng, self.s.batch_size, self.s))
+        seeds = self.rng.integers(2**63, size=self.s.data_workers)
+        loader = torch.utils.data.DataLoader(_Patches(self.s, seeds), batch_size=None,
+                                             num_workers=self.s.data_workers, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield self._to_device(batch)
+
+    def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last) for t in batch)
 
     def save(self, model_path: Path) -> None:
         registry.save(self.models, model_path)
@@ -180,6 +201,19 @@ class _Stage:
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
         return True
+
+
+class _Patches(torch.utils.data.IterableDataset):
+    """Endless training batches, each data-loader worker drawing from its own seed."""
+
+    def __init__(self, s: TrainSettings, seeds: np.ndarray):
+        self.s, self.seeds = s, seeds
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(int(self.seeds[info.id if info else 0]))
+        while True:
+            yield simulate_patches(rng, self.s.batch_size, self.s)
 
 
 def calibration_stacks(s: TrainSettings) -> list[SimulationSettings]:
@@ -220,6 +254,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     """Train (or fine-tune) the models of ``settings``; yields :class:`Progress` every iteration.
     Returns the path of the last good model file (``out_dir/model.pt``)."""
     s = settings.validate()
+    device = PredictSettings(device=s.device).torch_device()
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)  # before the networks are initialised, so a seed reproduces a run
@@ -233,19 +268,21 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
         raise InputError("this model has no psi to train")
     for name in stages:
         total = s.psi_iterations if name == "psi" and s.psi_iterations else s.iterations
-        stage = _Stage(name, models, s, out)
+        models.to(device)
+        stage = _Stage(name, models, s, out, device)
         stage.resume()
         other = models.psi if name == "phi" else models.phi
         if other is not None:
             other.eval().requires_grad_(False)
         stage.net.train().requires_grad_(True)
-        start = time.perf_counter()
+        start, batches = time.perf_counter(), stage.batches()
         while stage.iteration < total:
             if should_stop():
+                models.to("cpu")
                 return good
             for group in stage.opt.param_groups:
                 group["lr"] = _lr(stage.iteration, total, s.lr)
-            x, z0 = (t.contiguous(memory_format=torch.channels_last) for t in simulate_patches(stage.rng, s.batch_size, s))
+            x, z0 = next(batches)
             loss = stage.loss(x, z0)
             stage.opt.zero_grad(set_to_none=True)
             loss.backward()
