@@ -239,7 +239,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
                              checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
-                             device=a.device, data_workers=a.data_workers,
+                             device=a.device, data_workers=a.data_workers, stage_seconds=a.stage_seconds,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
         settings.validate()
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=T.device, help="auto, cpu or cuda")
     p.add_argument("--data-workers", type=int, default=T.data_workers,
                    help="processes simulating training patches beside the optimiser (0: in line)")
+    p.add_argument("--stage-seconds", type=_positive(), default=T.stage_seconds,
+                   help="time budget per stage (phi, psi): the iteration count is cut to fit it after 50 iterations")
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
     p.set_defaults(func=cmd_train)
 

@@ -59,6 +59,7 @@ class TrainSettings:
     bf16: bool = False   # bf16 autocast trained psi slower than fp32 on the 2-core CPU measured
     device: str = "auto"   # auto: CUDA when present
     data_workers: int = 0  # processes simulating training patches beside the optimiser (0: in line)
+    stage_seconds: float | None = None  # a time budget per stage: the iteration count is cut to fit it
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
@@ -78,6 +79,8 @@ class TrainSettings:
             lo, hi = getattr(self, name)
             if not (lo > low and hi >= lo and math.isfinite(hi)):
                 raise ValueError(f"{name} range must satisfy {max(low, 0):g} {'<' if low == 0 else '<='} low <= high (got {lo}, {hi})")
+        if self.stage_seconds is not None and not self.stage_seconds > 0:
+            raise ValueError(f"stage seconds must be > 0 (got {self.stage_seconds})")
         if self.data_workers < 0:
             raise ValueError(f"data workers must be >= 0 (got {self.data_workers})")
         PredictSettings(device=self.device).torch_device()  # the same device rules as inference
@@ -203,6 +206,14 @@ class _Stage:
         return True
 
 
+PACE_ITERATIONS = 50   # iterations timed before a stage's count is fitted to its time budget
+
+
+def fit_budget(total: int, done: int, elapsed: float, budget: float) -> int:
+    """The iteration count that fits ``budget`` seconds at the pace of the first ``done`` iterations."""
+    return max(done, min(total, int(done * budget / max(elapsed, 1e-9))))
+
+
 class _Patches(torch.utils.data.IterableDataset):
     """Endless training batches, each data-loader worker drawing from its own seed."""
 
@@ -289,6 +300,8 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             torch.nn.utils.clip_grad_norm_(stage.net.parameters(), 1.0)
             stage.opt.step()
             stage.iteration += 1
+            if s.stage_seconds and stage.iteration == PACE_ITERATIONS:
+                total = fit_budget(total, stage.iteration, time.perf_counter() - start, s.stage_seconds)
             val = None
             if stage.iteration % s.checkpoint_every == 0 or stage.iteration == total:
                 val = stage.validate()
