@@ -78,3 +78,20 @@ def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.
     ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``."""
     return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
             "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}
+
+
+UNCERTAINTY_ALIASES = ("uncertainty_xy [nm]",)  # ThunderSTORM's newer name of "uncertainty [nm]"
+
+
+def read_table(path: str | os.PathLike, pixel_size: float | None = None) -> dict[str, np.ndarray]:
+    """Our or ThunderSTORM's CSV, or a Picasso HDF5 (``.hdf5``/``.h5``; ``pixel_size`` nm when its metadata
+    lacks one), as ThunderSTORM columns; ThunderSTORM's ``uncertainty_xy [nm]`` is read as ``uncertainty [nm]``."""
+    if Path(path).suffix.lower() in (".hdf5", ".h5"):
+        from .picasso import read_locs
+
+        return read_locs(path, pixel_size)
+    table = read_localizations(path)
+    for alias in UNCERTAINTY_ALIASES:
+        if alias in table and "uncertainty [nm]" not in table:
+            table["uncertainty [nm]"] = table.pop(alias)
+    return table

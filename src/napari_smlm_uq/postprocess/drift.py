@@ -4,7 +4,7 @@ spirit of AIM (Ma et al. 2024): each localization is paired with its nearest nei
 segments and each segment is moved to the inverse-variance weighted consensus. Or from fiducial markers.
 
 A :class:`Drift` holds the drift (nm, x and y) of every frame and its standard error; the drift is
-defined up to a constant (the first segment is the origin) and is subtracted from the positions."""
+defined up to a constant (frame 0 is the origin) and is subtracted from the positions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,9 +69,11 @@ def _check_counts(seg: np.ndarray, n_seg: int) -> None:
 
 def per_frame(centre: np.ndarray, xy: np.ndarray, se: np.ndarray, n_frames: int, method: str) -> Drift:
     """Interpolate per-segment drift ``xy`` (n, 2) and errors ``se`` (n, 2) at ``centre`` frames to every
-    frame (monotone cubic; beyond the first/last centre the end segments' polynomials continue)."""
+    frame (monotone cubic; beyond the first/last centre the end segments' polynomials continue), with
+    the drift of frame 0 as the origin."""
     f = np.arange(n_frames)
     curve = PchipInterpolator(centre, xy, axis=0, extrapolate=True)(f)
+    xy, curve = xy - curve[0], curve - curve[0]
     err = np.stack([np.interp(f, centre, se[:, k]) for k in range(2)], axis=1)
     return Drift(curve[:, 0], curve[:, 1], err[:, 0], err[:, 1], method, centre, xy)
 
@@ -88,7 +90,6 @@ def _peak(cc: np.ndarray) -> np.ndarray:
     out = []
     for axis, (i, n) in enumerate(((r, cc.shape[0]), (c, cc.shape[1]))):
         if 0 < i < n - 1:
-            idx = [(r, c)] * 3
             idx = [(i + k, c) if axis == 0 else (r, i + k) for k in (-1, 0, 1)]
             lm, l0, lp = (np.log(max(cc[j], 1e-12)) for j in idx)
             den = lm - 2 * l0 + lp
