@@ -78,7 +78,7 @@ def write_locs(path: str | os.PathLike, table: dict[str, np.ndarray], pixel_nm: 
     path = Path(path)
     locs, names = locs_array(table, pixel_nm, psf_sigma_px)
     if shape_px is None:
-        shape_px = tuple(int(np.ceil(locs[k].max(initial=0) + 1)) for k in ("y", "x"))
+        shape_px = tuple(int(np.floor(locs[k].max(initial=0))) + 1 for k in ("y", "x"))
     n_frames = int(locs["frame"].max(initial=0)) + 1 if n_frames is None else n_frames
     info = metadata(n_frames, shape_px, pixel_nm, names, source)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
