@@ -77,6 +77,19 @@ def frc_case(sim: simulation.SimulatedLocalizations) -> tuple[dict, dict]:
     return out, curves
 
 
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def corrected_events(sim, fine: drift.Drift) -> merge.Events:
+    x, y, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
+    return merge.merge(sim.frame, x, y, sigma, sim.photons)
+
+
 def plot_drift(sim, coarse, fine, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -93,9 +106,7 @@ def plot_drift(sim, coarse, fine, path: Path) -> None:
         ax.set_xlabel("frame")
         ax.set_ylabel(f"drift {name} [nm]")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_frc(curves: dict, path: Path) -> None:
@@ -111,16 +122,13 @@ def plot_frc(curves: dict, path: Path) -> None:
     ax.set_xlabel("spatial frequency [1/nm]")
     ax.set_ylabel("FRC")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_renders(sim, fine, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    x, y, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
-    ev = merge.merge(sim.frame, x, y, sigma, sim.photons)
+    ev = corrected_events(sim, fine)
     x0, y0 = np.median(sim.x_true) - 1000, np.median(sim.y_true) - 1000
     panels = (("before: drifted localizations", sim.x, sim.y, sim.sigma),
               ("after: drift-corrected, blinks merged", ev.x, ev.y, ev.sigma))
@@ -130,15 +138,12 @@ def plot_renders(sim, fine, path: Path) -> None:
         ax.imshow(image, cmap="hot", vmax=np.quantile(image, 0.999), extent=(0, 2000, 2000, 0))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("nm")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
-def picasso_case(sim, fine, out: dict) -> dict:
+def picasso_case(sim, fine) -> dict:
     """Export merged events to Picasso's format, re-import (every column kept?), open with Picasso."""
-    x, y, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
-    ev = merge.merge(sim.frame, x, y, sigma, sim.photons)
+    ev = corrected_events(sim, fine)
     table = {"frame": ev.first + 1.0, "x [nm]": ev.x, "y [nm]": ev.y, "uncertainty [nm]": ev.sigma,
              "frames": ev.frames.astype(float), "intensity [photon]": ev.photons}
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +194,7 @@ def main() -> None:
                                                 photon_spread=1.2, drift_nm=0.0, seed=4)
     out["frc"], curves = frc_case(frc_sim)
     plot_frc(curves, IMG / "postprocess_frc.png")
-    out["picasso_export"] = picasso_case(dense, fine, out)
+    out["picasso_export"] = picasso_case(dense, fine)
     if a.million:
         out["million"] = million(a.frames)
     (RESULTS / "postprocess.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -134,6 +134,17 @@ def _check_finite(data, frames: slice, chunk: int = 64) -> None:
             raise UsageError(f"smlm-uq predict: the stack holds NaN or infinite values (frames {i}..{i + len(block) - 1})")
 
 
+def output_folder(command: str, path: str, outputs: tuple[str, ...], overwrite: bool) -> Path:
+    """``--out`` as a folder that is not one, or that holds ``outputs`` already without ``--overwrite``: exit 2."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"smlm-uq {command}: --out {out} exists and is not a folder")
+    existing = [f for f in outputs if (out / f).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"smlm-uq {command}: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    return out
+
+
 OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
 
 
@@ -157,12 +168,7 @@ def prepare_predict(a: argparse.Namespace):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"smlm-uq predict: --out {out} exists and is not a folder")
-    existing = [f for f in OUTPUTS if (out / f).exists()]
-    if existing and not a.overwrite:
-        raise UsageError(f"smlm-uq predict: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    out = output_folder("predict", a.out, OUTPUTS, a.overwrite)
     models = registry.load(a.model)
     if settings.samples and models.psi is None:
         raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
@@ -330,12 +336,7 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
         settings.validate()
     except ValueError as exc:
         raise UsageError(f"smlm-uq postprocess: {exc}") from None
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"smlm-uq postprocess: --out {out} exists and is not a folder")
-    existing = [f for f in workflow.OUTPUTS if (out / f).exists()]
-    if existing and not a.overwrite:
-        raise UsageError(f"smlm-uq postprocess: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    out = output_folder("postprocess", a.out, workflow.OUTPUTS, a.overwrite)
     table = read_table(a.locs, a.pixel_size)
     result = workflow.run(table, settings)
     for name in workflow.OUTPUTS:
