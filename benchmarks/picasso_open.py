@@ -4,7 +4,7 @@
 
 Loads with ``picasso.io.load_locs`` (which applies Picasso's sanity checks), renders with
 ``picasso.render.render`` (``blur_method="gaussian"``: each localization blurred by its lpx, lpy) at 10 nm
-display pixels, saves the image and writes {"picasso": version, "loaded": n, "columns": [...], ...}.
+display pixels, saves a 2 um crop rendered at 5 nm and writes {"picasso": version, "loaded": n, "columns": [...], ...}.
 """
 from __future__ import annotations
 
@@ -22,14 +22,18 @@ def main(path: str, png: str, out: str) -> None:
     import matplotlib.pyplot as plt
     from importlib.metadata import version
 
+    import numpy as np
     from picasso import io, render
 
     locs, info = io.load_locs(path)
     n, image = render.render(locs, info, disp_px_size=10.0, blur_method="gaussian")
+    cy, cx = float(locs["y"].median()), float(locs["x"].median())
+    view = ((cy - 10, cx - 10), (cy + 10, cx + 10))  # 2 x 2 um around the centre, camera pixels
+    _, crop = render.render(locs, info, disp_px_size=5.0, viewport=view, blur_method="gaussian")
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.imshow(image, cmap="hot", vmax=float(image.max()) * 0.3)
-    ax.set_title(f"Picasso {version('picassosr')} render of locs.hdf5 ({n} localizations)", fontsize=9)
-    ax.axis("off")
+    ax.imshow(crop, cmap="hot", vmax=float(np.quantile(crop[crop > 0], 0.99)), extent=(0, 2000, 2000, 0))
+    ax.set_title(f"Picasso {version('picassosr')}: load_locs + render (2 um of {n} localizations)", fontsize=9)
+    ax.set_xlabel("nm")
     fig.savefig(png, dpi=110, bbox_inches="tight")
     pixel = [d["Pixelsize"] for d in info if "Pixelsize" in d][-1]
     with open(out, "w") as fh:
