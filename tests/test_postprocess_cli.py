@@ -120,3 +120,21 @@ def test_postprocess_drift_that_cannot_be_estimated(tmp_path, capsys):
     code, _, err = run_main(capsys, "postprocess", path, "--drift", "--rcc-segment", 100, "--out", tmp_path / "out")
     assert code == 2 and "drift cannot be estimated" in err
     assert not (tmp_path / "out" / "localizations.csv").exists()
+
+
+def test_postprocess_with_fiducial_markers(tmp_path, capsys):
+    rng = np.random.default_rng(13)
+    frames, markers = 300, np.array([[800.0, 900.0], [2500.0, 1800.0]])
+    truth = simulation.smooth_drift(frames, 120.0)
+    f = np.repeat(np.arange(frames), 2)
+    xy = markers[np.tile([0, 1], frames)] + truth[f] + 2.0 * rng.standard_normal((2 * frames, 2))
+    path = tmp_path / "fiducials.csv"
+    write_localizations(path, {"frame": f + 1, "x [nm]": xy[:, 0], "y [nm]": xy[:, 1],
+                               "uncertainty [nm]": np.full(2 * frames, 2.0)})
+    code, out, err = run_main(capsys, "postprocess", path, "--drift", "--fiducial", 790, 910, "--fiducial", 2510, 1790,
+                              "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "drift (fiducial)" in out
+    drift = read_localizations(tmp_path / "out" / "drift.csv")
+    err_x = drift["x [nm]"] - truth[:, 0]
+    assert np.std(err_x) < 2.0 and drift["x se [nm]"] == pytest.approx(np.full(frames, np.sqrt(2.0)), rel=1e-3)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
+from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from ..io.files import InputError
@@ -18,6 +19,7 @@ from .render import histogram
 
 MIN_PER_SEGMENT = 20  # localizations a segment needs before its drift is estimated
 MAX_IMAGE = 1024  # RCC image side at most, pixels (the pixel grows on large fields)
+REJECT_NM = 30.0  # RCC drops pair shifts whose least-squares residual exceeds this
 FLOOR_SIGMAS = 5.0  # the refinement radius never falls below this many combined uncertainties
 
 
@@ -117,8 +119,8 @@ def pair_shifts(images: list[np.ndarray], window: int) -> tuple[np.ndarray, np.n
 
 def solve_positions(pairs: np.ndarray, shifts: np.ndarray, n: int, reject: float) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares positions (n, 2) of n segments from redundant pair shifts (segment 0 at the origin),
-    dropping pairs whose residual exceeds ``reject`` while the system stays connected; standard errors
-    from the residual scatter."""
+    dropping the worst pair while its residual exceeds ``reject`` and more pairs than segments remain;
+    standard errors from the residual scatter of the pairs kept."""
     keep = np.ones(len(pairs), bool)
     while True:
         a = np.zeros((keep.sum() + 1, n))
@@ -143,8 +145,6 @@ def rcc(frame: np.ndarray, x: np.ndarray, y: np.ndarray, n_frames: int, segment_
         pixel_nm: float = 20.0, max_drift_nm: float = 1000.0, blur_px: float = 1.0) -> Drift:
     """Drift by redundant cross-correlation of histogram images (``pixel_nm``, blurred by ``blur_px``)
     of consecutive segments of ``segment_frames`` frames; shifts beyond ``max_drift_nm`` are not searched."""
-    from scipy.ndimage import gaussian_filter
-
     seg, n_seg = segment_index(frame, n_frames, segment_frames)
     _check_counts(seg, n_seg)
     x0, y0 = x.min() - max_drift_nm, y.min() - max_drift_nm
@@ -154,7 +154,7 @@ def rcc(frame: np.ndarray, x: np.ndarray, y: np.ndarray, n_frames: int, segment_
               for s in range(n_seg)]
     window = int(min(np.ceil(max_drift_nm / pixel), min(images[0].shape) // 2 - 1))
     pairs, shifts = pair_shifts(images, window)
-    pos, se = solve_positions(pairs, shifts, n_seg, reject=max(1.0, 3 * 10.0 / pixel))
+    pos, se = solve_positions(pairs, shifts, n_seg, reject=max(1.0, REJECT_NM / pixel))
     xy, err = pos[:, ::-1] * pixel, se * pixel
     return per_frame(_centres(frame, seg, n_seg), xy, err, n_frames, "rcc")
 
