@@ -20,7 +20,7 @@ def test_manifest_validates_and_points_into_napari_subpackage():
     python_names = [c.python_name for c in pm.contributions.commands]
     assert python_names and all(n.startswith("napari_smlm_uq._napari.") for n in python_names)
     assert {w.display_name for w in pm.contributions.widgets} == {
-        "Super-resolve with uncertainty", "Filter by uncertainty", "Train on simulated data"}
+        "Super-resolve with uncertainty", "Filter by uncertainty", "Train on simulated data", "Post-process"}
     assert [s.display_name for s in pm.contributions.sample_data] == ["Simulated SMLM stack"]
 
 
@@ -28,7 +28,8 @@ def test_core_does_not_import_napari_or_qt():
     import subprocess
     import sys
 
-    code = ("import sys, napari_smlm_uq.cli, napari_smlm_uq.inference.pipeline, napari_smlm_uq.training; "
+    code = ("import sys, napari_smlm_uq.cli, napari_smlm_uq.inference.pipeline, napari_smlm_uq.training, "
+            "napari_smlm_uq.postprocess.workflow, napari_smlm_uq.io.picasso; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'superqt')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -1,4 +1,4 @@
-"""The ``smlm-uq`` command line: simulate | crlb | evaluate | predict | train | demo.
+"""The ``smlm-uq`` command line: simulate | crlb | evaluate | predict | train | demo | postprocess.
 
 Every user mistake ends in one line on stderr and exit status 2, before any output is written.
 """
@@ -138,6 +138,17 @@ def _check_finite(data, frames: range, chunk: int = 64) -> None:
             raise UsageError(f"smlm-uq predict: the stack holds NaN or infinite values (frames {i}..{i + len(block) - 1})")
 
 
+def output_folder(command: str, path: str, outputs: tuple[str, ...], overwrite: bool) -> Path:
+    """``--out`` as a folder that is not one, or that holds ``outputs`` already without ``--overwrite``: exit 2."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"smlm-uq {command}: --out {out} exists and is not a folder")
+    existing = [f for f in outputs if (out / f).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"smlm-uq {command}: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    return out
+
+
 OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
 
 
@@ -162,12 +173,7 @@ def prepare_predict(a: argparse.Namespace):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"smlm-uq predict: --out {out} exists and is not a folder")
-    existing = [f for f in OUTPUTS if (out / f).exists()]
-    if existing and not a.overwrite:
-        raise UsageError(f"smlm-uq predict: {out} already holds results ({', '.join(existing)}); use --overwrite")
+    out = output_folder("predict", a.out, OUTPUTS, a.overwrite)
     models = registry.load(a.model)
     if settings.samples and models.psi is None:
         raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
@@ -292,6 +298,34 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- postprocess --------------------------------------------------------------------------------
+
+def cmd_postprocess(a: argparse.Namespace) -> int:
+    from .io.tables import read_table
+    from .postprocess import workflow
+
+    settings = workflow.Settings(drift=a.drift, merge=a.merge, frc=a.frc, rcc_segment=a.rcc_segment,
+                                 segment=a.segment, max_gap=a.max_gap, max_sigmas=a.max_sigmas,
+                                 frc_pixel=a.frc_pixel, frc_split=a.frc_split, frc_block=a.frc_block,
+                                 max_uncertainty=a.max_uncertainty,
+                                 fiducials=np.array(a.fiducial, float) if a.fiducial else None)
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise UsageError(f"smlm-uq postprocess: {exc}") from None
+    out = output_folder("postprocess", a.out, workflow.OUTPUTS, a.overwrite)
+    table = read_table(a.locs, a.pixel_size)
+    result = workflow.run(table, settings)
+    for name in workflow.OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    written = workflow.write(result, out, picasso=a.picasso, pixel_nm=a.pixel_size or 100.0,
+                             source=str(Path(a.locs).resolve()))
+    for line in workflow.summary_lines(len(table["frame"]), result):
+        print(line)
+    print(f"wrote {', '.join(p.name for p in written)} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
     from .physics.simulate import SimulationSettings as SIM
@@ -387,6 +421,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=D.steps)
     p.add_argument("--device", default=D.device)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("postprocess", help="drift correction, merging of blinks, FRC resolution, Picasso export")
+    p.add_argument("locs", help="localization table: our CSV, a ThunderSTORM CSV or a Picasso HDF5 (.hdf5)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--drift", action="store_true", help="estimate the drift (RCC + intersection) and subtract it")
+    p.add_argument("--merge", action="store_true", help="merge localizations of one blink into one event")
+    p.add_argument("--frc", action="store_true", help="FRC resolution of all and of the filtered localizations")
+    p.add_argument("--picasso", action="store_true", help="also write locs.hdf5 + locs.yaml for Picasso")
+    p.add_argument("--rcc-segment", type=int, default=1000, help="frames per RCC segment")
+    p.add_argument("--segment", type=int, default=200, help="frames per segment of the intersection refinement")
+    p.add_argument("--fiducial", type=float, nargs=2, action="append", metavar=("X", "Y"),
+                   help="a fiducial marker near x, y (nm); repeat for several: drift from the markers instead")
+    p.add_argument("--max-gap", type=int, default=1, help="missing frames allowed inside one blink")
+    p.add_argument("--max-sigmas", type=_positive(), default=3.0,
+                   help="linking radius, combined uncertainties")
+    p.add_argument("--frc-pixel", type=_positive(), default=5.0, help="FRC histogram pixel, nm")
+    p.add_argument("--frc-split", choices=("blocks", "random"), default="blocks", help="how the halves are drawn")
+    p.add_argument("--frc-block", type=int, default=100, help="frames per block of the 'blocks' split")
+    p.add_argument("--max-uncertainty", type=_positive(), default=None,
+                   help="uncertainty filter, nm (default: 1.5 x the median uncertainty)")
+    p.add_argument("--pixel-size", type=_positive(), default=None,
+                   help="camera pixel size, nm, for Picasso files (default: the file's, else 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.set_defaults(func=cmd_postprocess)
     return parser
 
 

@@ -95,3 +95,20 @@ def table_emitters(table: dict[str, np.ndarray], pixel_size: float) -> Emitters:
     return Emitters(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
                     nm_to_px(table["x [nm]"], pixel_size),
                     np.asarray(table.get("intensity [photon]", np.full(n, np.nan)), dtype=np.float64))
+
+
+UNCERTAINTY_ALIASES = ("uncertainty_xy [nm]",)  # ThunderSTORM's newer name of "uncertainty [nm]"
+
+
+def read_table(path: str | os.PathLike, pixel_size: float | None = None) -> dict[str, np.ndarray]:
+    """Our or ThunderSTORM's CSV, or a Picasso HDF5 (``.hdf5``/``.h5``; ``pixel_size`` nm when its metadata
+    lacks one), as ThunderSTORM columns; ThunderSTORM's ``uncertainty_xy [nm]`` is read as ``uncertainty [nm]``."""
+    if Path(path).suffix.lower() in (".hdf5", ".h5"):
+        from .picasso import read_locs
+
+        return read_locs(path, pixel_size)
+    table = read_localizations(path)
+    for alias in UNCERTAINTY_ALIASES:
+        if alias in table and "uncertainty [nm]" not in table:
+            table["uncertainty [nm]"] = table.pop(alias)
+    return table
