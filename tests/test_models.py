@@ -405,7 +405,7 @@ def bundled(tmp_path, monkeypatch):
     models = tiny(14)
     digest = registry.save(models, weights / "tiny.pt")
     (weights / "registry.json").write_text(json.dumps(
-        {"tiny": {"file": "tiny.pt", "sha256": digest, "config": registry.tiny_config()}}))
+        {"tiny": {"file": "tiny.pt", "sha256": digest}}))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(registry, "REGISTRY", weights / "registry.json")
     return weights, models
@@ -416,6 +416,14 @@ def test_bundled_model_loads_by_name(bundled):
     assert registry.bundled_names() == ["tiny"]
     assert registry.resolve("tiny") == (weights / "tiny.pt", registry.sha256(weights / "tiny.pt"))
     assert torch.equal(outputs(registry.load("tiny"))[1], outputs(models)[1])
+
+
+def test_registry_names_file_and_hash_only_and_the_config_comes_from_the_file():
+    entries = json.loads(registry.REGISTRY.read_text())
+    assert entries and all(set(entry) == {"file", "sha256"} for entry in entries.values())
+    models = registry.load(registry.DEFAULT_MODEL)
+    assert models.phi.config == registry.default_config()["phi"]
+    assert np.shape(models.calibration["scales"]) == (3, 3, 3)  # the per-context table, read from default.pt
 
 
 def test_corrupted_bundled_file_is_refused(bundled):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from napari_helpers import tiny_model, tiny_stack
+from napari_helpers import tiny_stack
 
 from napari_smlm_uq._napari import _layers, _workers
 from napari_smlm_uq.inference import pipeline
@@ -14,7 +14,7 @@ from napari_smlm_uq.training import TrainSettings
 
 @pytest.mark.parametrize("p", [100.0, 107.0, 65.5])
 def test_sr_geometry_puts_sr_centres_on_the_raw_grid(p):
-    geo = _layers.sr_geometry(p, ndim=3, first_frame=5)
+    geo = _layers.RawGrid.for_pixel_size(p).sr(3, first_frame=5)
     raw = _layers.raw_geometry(p)["scale"]
     m = np.arange(0, 40, 3, dtype=float)
     sr_world = m * geo["scale"][-1] + geo["translate"][-1]
@@ -26,7 +26,7 @@ def test_sr_geometry_puts_sr_centres_on_the_raw_grid(p):
 
 
 def test_world_to_index_round_trip():
-    geo = _layers.sr_geometry(80.0, 3, first_frame=2)
+    geo = _layers.RawGrid.for_pixel_size(80.0).sr(3, first_frame=2)
     idx = np.array([[0, 0, 0], [1, 10, 63], [2, 63, 5]])
     world = idx * np.asarray(geo["scale"]) + np.asarray(geo["translate"])
     got, inside = _layers.world_to_index(world, geo["scale"], geo["translate"], (3, 64, 64))
@@ -42,8 +42,8 @@ def test_camera_settings_defaults_and_found():
     assert cam["found"] == ["pixel_size", "offset"]
 
 
-def test_predict_job_retries_with_smaller_batches_on_cuda_oom(tmp_path, monkeypatch):
-    model = tiny_model(tmp_path / "m.pt")
+def test_predict_job_retries_with_smaller_batches_on_cuda_oom(tiny_model_file, monkeypatch):
+    model = tiny_model_file
     frames = tiny_stack(4, 16)
     real, calls = pipeline.predict, []
 
@@ -64,8 +64,8 @@ def test_predict_job_retries_with_smaller_batches_on_cuda_oom(tmp_path, monkeypa
     assert calls == [(8, 4, 10, 4), (4, 2, 12, 2)]
 
 
-def test_predict_job_gives_up_at_batch_one(tmp_path, monkeypatch):
-    model = tiny_model(tmp_path / "m.pt")
+def test_predict_job_gives_up_at_batch_one(tiny_model_file, monkeypatch):
+    model = tiny_model_file
 
     def always(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -77,8 +77,8 @@ def test_predict_job_gives_up_at_batch_one(tmp_path, monkeypatch):
         list(_workers.predict_job(tiny_stack(2, 16), str(model), settings, lambda: False))
 
 
-def test_validation_reports_scores_beside_the_crlb(tmp_path):
-    model = tiny_model(tmp_path / "m.pt")
+def test_validation_reports_scores_beside_the_crlb(tiny_model_file, tmp_path):
+    model = tiny_model_file
     s = TrainSettings(photons=(1000.0, 4000.0), background=(10.0, 40.0), pixel_size=100.0, out_dir=str(tmp_path))
     m = _workers.validate_model(model, s, frames=2, size=16)
     assert m["photons"] == pytest.approx(2000.0) and m["background"] == pytest.approx(20.0)

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari_helpers import CAMERA, PLUGIN, THRESHOLD, tiny_model, tiny_stack
+from napari_helpers import CAMERA, PLUGIN, THRESHOLD, tiny_stack
 
 from napari_smlm_uq._napari._layers import PredictionResults
 from napari_smlm_uq.inference import pipeline
-from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 
 
-def add_prediction(viewer, tmp_path, name="raw"):
+def add_prediction(viewer, models, name="raw"):
     frames = tiny_stack(3, 16)
     p = CAMERA["pixel_size"]
     viewer.add_image(frames, name=name, scale=(1, p, p), metadata=dict(CAMERA))
-    models = registry.load(tiny_model(tmp_path / "tiny.pt"))
     settings = pipeline.PredictSettings(samples=3, steps=2, camera=Camera(100.0, 1.0, 1.5), pixel_size=p, device="cpu")
     results = PredictionResults(3, (16, 16), p)
     for r in pipeline.predict(frames, models, settings):

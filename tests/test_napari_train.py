@@ -17,10 +17,10 @@ def tiny_settings(widget, out_dir, iterations=3, save_every=3, target="both"):
     widget.start_model.setCurrentIndex(widget.start_model.findData(_models.SCRATCH))
     widget.architecture.setCurrentIndex(widget.architecture.findData("tiny"))
     widget.target.setCurrentIndex(widget.target.findData(target))
-    widget.iterations.setValue(iterations)
-    widget.batch_size.setValue(2)
-    widget.checkpoint_every.setValue(save_every)
-    widget.val_size.setValue(2)
+    widget.iterations.value = iterations
+    widget.batch_size.value = 2
+    widget.checkpoint_every.value = save_every
+    widget.val_size.value = 2
     widget.out_dir.setText(str(out_dir))
 
 
@@ -63,13 +63,13 @@ def test_train_then_predict_with_the_new_model(make_napari_viewer, qtbot, tmp_pa
     assert index >= 0
     predict.model_combo.setCurrentIndex(index)
     add_raw(viewer)
-    predict.layer_combo.select("raw")
-    predict.samples.setValue(2)
-    predict.steps.setValue(2)
+    predict.layer.value = viewer.layers["raw"]
+    predict.samples.value = 2
+    predict.steps.value = 2
     pworkers = []
     predict.worker_started.connect(pworkers.append)
     predict.worker_started.connect(lambda w: watch(w, errors))
-    predict.run_button.click()
+    predict.run_button.native.click()
     qtbot.waitUntil(lambda: not predict.running and not pworkers[0].is_running, timeout=60_000)
     assert not errors
     mean = viewer.layers["raw SR mean"]

@@ -14,7 +14,12 @@ from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_nm, fisher_information
-from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate
+from napari_smlm_uq.physics.simulate import (
+    Emitters,
+    SimulationSettings,
+    expected_photons,
+    simulate,
+)
 
 SQRT2 = np.sqrt(2.0)
 

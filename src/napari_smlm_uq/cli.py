@@ -316,7 +316,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
+    from .inference.pipeline import (
+        PredictSettings as D,  # the defaults live with the settings
+    )
     from .training import TrainSettings as TRAIN_DEFAULTS
 
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])

@@ -25,7 +25,13 @@ from .models import registry
 from .models.registry import Models
 from .physics.camera import Camera
 from .physics.kde import render_kde, to_model
-from .physics.simulate import Emitters, SimulationSettings, draw_emitters, draw_values, expected_photons
+from .physics.simulate import (
+    Emitters,
+    SimulationSettings,
+    draw_emitters,
+    draw_values,
+    expected_photons,
+)
 
 PATCH = 16          # raw pixels (64 SR pixels)
 DISC_RADIUS = 7.0   # raw pixels (paper section 4)

@@ -33,7 +33,15 @@ from ..models import registry
 from ..training import Progress, TrainSettings
 from . import _models
 from ._layers import camera_settings
-from ._qt import LayerCombo, ModelCombo, RangeBox, describe_error, form_group, hbox, spin
+from ._qt import (
+    LayerCombo,
+    ModelCombo,
+    RangeBox,
+    describe_error,
+    form_group,
+    hbox,
+    spin,
+)
 from ._workers import Notice, eta, start_worker, train_and_validate_job
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
