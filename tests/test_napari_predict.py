@@ -9,7 +9,11 @@ import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, tiny_stack, watch
 
 from napari_smlm_uq._napari import _models
-from napari_smlm_uq._napari._layers import PredictionResults, world_to_data, world_to_index
+from napari_smlm_uq._napari._layers import (
+    PredictionResults,
+    world_to_data,
+    world_to_index,
+)
 from napari_smlm_uq.inference.localize import DEFAULT_THRESHOLD, find_peaks
 from napari_smlm_uq.inference.pipeline import FrameResult
 from napari_smlm_uq.localizations import Localizations
