@@ -208,7 +208,7 @@ def test_tile_blending_is_smooth_across_tiles():
 
 def test_named_schedules():
     paper, default = Schedule.named("paper"), Schedule.named("default")
-    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # DESIGN.md 5: not ~0
+    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # docs/method.md (terminal noise level): not ~0
     assert default.gammas[-1] < 1e-4
     for s in (paper, default):
         g = s.gammas
@@ -310,7 +310,7 @@ def oracle(y0: torch.Tensor):
 @pytest.mark.parametrize("name", ["paper", "default"])
 @pytest.mark.parametrize("start, steps", [(1.0, 10), (1.0, 3), (0.5, 10), (0.3, 1)])
 def test_sampler_with_oracle_noise_returns_y0(name, start, steps):
-    """DESIGN.md 5: the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
+    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
     noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
     y0 = _y0()
     gen = torch.Generator().manual_seed(7)

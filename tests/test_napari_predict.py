@@ -69,7 +69,7 @@ def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file
     np.testing.assert_allclose(layers[" SR sum"].data, layers[" SR mean"].data.sum(0), rtol=1e-5, atol=1e-5)
     assert float(layers[" SR std"].data.max()) > 0  # two samples differ
 
-    # SR pixel centres in world coordinates sit where DESIGN.md 1 puts them on the raw grid
+    # SR pixel centres in world coordinates sit where docs/physics.md (section 4) puts them on the raw grid
     m = np.array([0, 1, 5, 63])
     for s in (" SR mean", " SR sample", " SR std"):
         for t in (0, 2):

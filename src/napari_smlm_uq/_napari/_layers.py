@@ -1,4 +1,4 @@
-"""Layer geometry (DESIGN.md 1) and result accumulation for the widgets; numpy only, no Qt.
+"""Layer geometry (docs/physics.md, sections 1 and 4) and result accumulation for the widgets; numpy only, no Qt.
 
 World coordinates are nm with raw pixel centres at ``index * p``: the raw layer has ``scale = (1, p, p)``
 on ``(frame, row, col)``; SR layers have ``scale = (1, p/f, p/f)`` and ``translate = (first frame,
