@@ -227,3 +227,28 @@ def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot,
     widget.layer.value = viewer.layers["counts"]
     assert (widget.start_frame.value, widget.stop_frame.value) == (0, 2)
     assert "pixel size" in widget.camera_note.value and widget.camera_note.native.wordWrap()
+
+
+def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napari_viewer, qtbot, model_file):
+    """An empty run (flat frames, bundled model: no localizations) and a full one; the user removes the
+    result layers (one by one: removing several image layers at once crashes napari's OpenGL drawing under
+    Xvfb even for plain layers, see docs/napari.md), then runs again."""
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.samples.value, widget.steps.value, widget.device.value = 0, 1, "cpu"
+    viewer.add_image(np.full((2, 16, 16), 100, np.uint16), name="flat", metadata=dict(CAMERA))
+    for name, model in (("flat", "default"), ("full", str(model_file)), ("flat", "default")):
+        if name not in viewer.layers:
+            add_raw(viewer, frames=2, name=name)
+        widget.layer.value = viewer.layers[name]
+        widget.model.select(model) if model == "default" else widget.model.add_file(model)
+        errors: list = []
+        run_and_wait(widget, qtbot, errors)
+        assert not errors
+        results = [viewer.layers[name + s] for s in SUFFIXES]
+        assert results[0].data.shape == (2, 64, 64)
+        assert (len(results[-1].data) == 0) == (name == "flat")
+        for layer in results:
+            viewer.layers.remove(layer)
+            qtbot.wait(10)
+        assert [layer.name for layer in viewer.layers] == ["flat", "full"][: len(viewer.layers)]
