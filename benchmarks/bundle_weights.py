@@ -38,7 +38,7 @@ def main() -> None:
     path = registry.WEIGHTS_DIR / f"{a.name}.pt"
     digest = registry.save(models, path)
     entries = json.loads(registry.REGISTRY.read_text()) if registry.REGISTRY.exists() else {}
-    entries[a.name] = {"file": path.name, "sha256": digest, "config": models.config()}
+    entries[a.name] = {"file": path.name, "sha256": digest}  # the config lives in the file
     registry.REGISTRY.write_text(json.dumps(entries, indent=1) + "\n")
     print(json.dumps(report, indent=1), f"-> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 

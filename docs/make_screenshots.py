@@ -106,14 +106,14 @@ def main() -> None:
 
     # --- prediction -----------------------------------------------------------------------------
     dock, predict = viewer.window.add_plugin_dock_widget("napari-smlm-uq", "Super-resolve with uncertainty")
-    predict.layer_combo.select("simulated stack")
+    predict.layer.value = viewer.layers["simulated stack"]
     if trained and not args.model:
-        predict.model_combo.select(model)
+        predict.model.select(model)
     else:
-        predict.model_combo.add_file(model)
-    predict.samples.setValue(samples)
-    predict.steps.setValue(steps)
-    predict.stop_frame.setValue(frames)
+        predict.model.add_file(model)
+    predict.samples.value = samples
+    predict.steps.value = steps
+    predict.stop_frame.value = frames
     predict.run()
     wait(app, lambda: not predict.running)
     viewer.layers["ground truth"].visible = False
@@ -127,7 +127,7 @@ def main() -> None:
 
     # --- uncertainty threshold ------------------------------------------------------------------
     dock, threshold = viewer.window.add_plugin_dock_widget("napari-smlm-uq", "Filter by uncertainty")
-    threshold.slider.setValue(0.3 * threshold.slider.maximum())
+    threshold.slider.value = 0.3 * threshold.slider.max
     wait(app, lambda: "simulated stack SR mean filtered" in viewer.layers
          and viewer.layers["simulated stack SR mean filtered"].metadata.get("threshold") == threshold.threshold())
     viewer.layers["simulated stack SR mean"].visible = False
@@ -139,27 +139,27 @@ def main() -> None:
     for layer in list(viewer.layers):
         layer.visible = layer.name in ("simulated stack", "ground truth")
     dock, train = viewer.window.add_plugin_dock_widget("napari-smlm-uq", "Train on simulated data")
-    train.layer_combo.select("simulated stack")
+    train.layer.value = viewer.layers["simulated stack"]
     viewer.reset_view()
     viewer.layers.selection.active = viewer.layers["simulated stack"]
     if trained:
         train.start_model.select(model)
-        train.target.setCurrentIndex(train.target.findData("phi"))
-        train.iterations.setValue(40)
-        train.batch_size.setValue(8)
-        train.checkpoint_every.setValue(10)
+        train.target.value = "phi"
+        train.iterations.value = 40
+        train.batch_size.value = 8
+        train.checkpoint_every.value = 10
     else:
-        train.start_model.setCurrentIndex(train.start_model.findData(_models.SCRATCH))
-        train.architecture.setCurrentIndex(train.architecture.findData("tiny"))
-        train.iterations.setValue(60)
-        train.batch_size.setValue(4)
-        train.checkpoint_every.setValue(15)
-    train.val_size.setValue(16)
+        train.start_model.select(_models.SCRATCH)
+        train.architecture.value = "tiny"
+        train.iterations.value = 60
+        train.batch_size.value = 4
+        train.checkpoint_every.value = 15
+    train.val_size.value = 16
     out = work / "trained"
-    train.out_dir.setText(str(out))
+    train.out_dir.value = out
     train.run()
     wait(app, lambda: not train.running)
-    train.out_dir.setText(str(out))  # show where the model went, not the next run's fresh folder
+    train.out_dir.value = out  # show where the model went, not the next run's fresh folder
     shoot(viewer, app, "napari_train.png")
 
     (IMG / "napari_screenshots.json").write_text(json.dumps({

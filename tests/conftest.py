@@ -1,4 +1,5 @@
-"""Shared test setup: one torch thread (the machines running the tests are small and busy)."""
+"""Shared test setup: one torch thread (the machines running the tests are small and busy) and the one
+tiny model every test uses (random weights, psi nudged off its zero-initialised output layer)."""
 from __future__ import annotations
 
 import os
@@ -8,11 +9,38 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from napari_smlm_uq.models import registry  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     torch.set_num_threads(1)
     yield
+
+
+def build_tiny() -> registry.Models:
+    """The tiny architecture with fixed random weights; psi's output layer starts at zero, so every psi
+    weight is nudged to give the sampler something to say."""
+    torch.manual_seed(0)
+    models = registry.build(registry.tiny_config(), name="tiny")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in models.psi.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return models.to("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_models() -> registry.Models:
+    return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory):
+    """The tiny model saved as a model file (shared by the whole session: never write to it)."""
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    registry.save(build_tiny(), path)
+    return path
 
 
 class OutOfMemoryOnce(torch.nn.Module):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 PLUGIN = "napari-smlm-uq"
@@ -11,18 +10,6 @@ PREDICT = "Super-resolve with uncertainty"
 THRESHOLD = "Filter by uncertainty"
 TRAIN = "Train on simulated data"
 CAMERA = {"pixel_size": 80.0, "offset": 100.0, "gain": 1.0, "read_noise": 1.5}
-
-
-def tiny_model(path):
-    torch_seed()
-    registry.save(registry.build(registry.tiny_config(), name="tiny"), path)
-    return path
-
-
-def torch_seed(seed: int = 0) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def tiny_stack(frames: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -38,15 +25,3 @@ def add_raw(viewer, frames: int = 3, size: int = 16, name: str = "raw"):
 def watch(worker, errors: list) -> None:
     """Record a worker's exceptions so the test can fail on them."""
     worker.errored.connect(errors.append)
-
-
-def choose_file(combo, monkeypatch, path) -> None:
-    """Pick ``path`` through the combo's "Browse…" entry, with the file dialog answered."""
-    from qtpy.QtWidgets import QFileDialog
-
-    from napari_smlm_uq._napari import _models
-
-    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path), "")))
-    index = combo.findData(_models.BROWSE)
-    combo.setCurrentIndex(index)
-    combo.activated.emit(index)

@@ -10,7 +10,12 @@ from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.kde import raw_to_sr
-from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate
+from napari_smlm_uq.physics.simulate import (
+    Emitters,
+    SimulationSettings,
+    expected_photons,
+    simulate,
+)
 
 SIM = SimulationSettings(frames=6, size=32, density=0.5, photons=2000.0, background=20.0, psf_sigma=1.0, seed=31337)
 

@@ -208,7 +208,7 @@ def test_tile_blending_is_smooth_across_tiles():
 
 def test_named_schedules():
     paper, default = Schedule.named("paper"), Schedule.named("default")
-    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # docs/method.md: not ~0
+    assert paper.gammas[-1] == pytest.approx(0.6025, abs=5e-4)     # docs/method.md (terminal noise level): not ~0
     assert default.gammas[-1] < 1e-4
     for s in (paper, default):
         g = s.gammas
@@ -306,7 +306,7 @@ def oracle(y0: torch.Tensor):
 @pytest.mark.parametrize("name", ["paper", "default"])
 @pytest.mark.parametrize("start, steps", [(1.0, 10), (1.0, 3), (0.5, 10), (0.3, 1)])
 def test_sampler_with_oracle_noise_returns_y0(name, start, steps):
-    """docs/method.md: the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
+    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
     noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
     y0 = _y0()
     gen = torch.Generator().manual_seed(7)
@@ -400,7 +400,7 @@ def bundled(tmp_path, monkeypatch):
     models = tiny(14)
     digest = registry.save(models, weights / "tiny.pt")
     (weights / "registry.json").write_text(json.dumps(
-        {"tiny": {"file": "tiny.pt", "sha256": digest, "config": registry.tiny_config()}}))
+        {"tiny": {"file": "tiny.pt", "sha256": digest}}))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(registry, "REGISTRY", weights / "registry.json")
     return weights, models
@@ -411,6 +411,14 @@ def test_bundled_model_loads_by_name(bundled):
     assert registry.bundled_names() == ["tiny"]
     assert registry.resolve("tiny") == (weights / "tiny.pt", registry.sha256(weights / "tiny.pt"))
     assert torch.equal(outputs(registry.load("tiny"))[1], outputs(models)[1])
+
+
+def test_registry_names_file_and_hash_only_and_the_config_comes_from_the_file():
+    entries = json.loads(registry.REGISTRY.read_text())
+    assert entries and all(set(entry) == {"file", "sha256"} for entry in entries.values())
+    models = registry.load(registry.DEFAULT_MODEL)
+    assert models.phi.config == registry.default_config()["phi"]
+    assert np.shape(models.calibration["scales"]) == (3, 3, 3)  # the per-context table, read from default.pt
 
 
 def test_corrupted_bundled_file_is_refused(bundled):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari_helpers import tiny_model, tiny_stack
+from napari_helpers import tiny_stack
 
 from napari_smlm_uq._napari import _layers, _workers
 from napari_smlm_uq.inference import pipeline
@@ -13,7 +13,7 @@ from napari_smlm_uq.training import TrainSettings, validate_model
 
 @pytest.mark.parametrize("p", [100.0, 107.0, 65.5])
 def test_sr_geometry_puts_sr_centres_on_the_raw_grid(p):
-    geo = _layers.sr_geometry(p, ndim=3, first_frame=5)
+    geo = _layers.RawGrid.for_pixel_size(p).sr(3, first_frame=5)
     raw = _layers.raw_geometry(p)["scale"]
     m = np.arange(0, 40, 3, dtype=float)
     sr_world = m * geo["scale"][-1] + geo["translate"][-1]
@@ -25,7 +25,7 @@ def test_sr_geometry_puts_sr_centres_on_the_raw_grid(p):
 
 
 def test_world_to_index_round_trip():
-    geo = _layers.sr_geometry(80.0, 3, first_frame=2)
+    geo = _layers.RawGrid.for_pixel_size(80.0).sr(3, first_frame=2)
     idx = np.array([[0, 0, 0], [1, 10, 63], [2, 63, 5]])
     world = idx * np.asarray(geo["scale"]) + np.asarray(geo["translate"])
     got, inside = _layers.world_to_index(world, geo["scale"], geo["translate"], (3, 64, 64))
@@ -41,8 +41,8 @@ def test_camera_settings_defaults_and_found():
     assert cam["found"] == ["pixel_size", "offset"]
 
 
-def test_predict_job_turns_notes_into_notices(tmp_path, monkeypatch):
-    model = tiny_model(tmp_path / "m.pt")
+def test_predict_job_turns_notes_into_notices(tiny_model_file, monkeypatch):
+    model = tiny_model_file
     real = pipeline.predict
 
     def noted(*args, **kwargs):
@@ -57,8 +57,8 @@ def test_predict_job_turns_notes_into_notices(tmp_path, monkeypatch):
     assert kinds == [1, "Notice", 2, 3] and items[1].text == "retried"
 
 
-def test_validation_reports_scores_beside_the_crlb(tmp_path):
-    model = tiny_model(tmp_path / "m.pt")
+def test_validation_reports_scores_beside_the_crlb(tiny_model_file, tmp_path):
+    model = tiny_model_file
     s = TrainSettings(photons=(1000.0, 4000.0), background=(10.0, 40.0), pixel_size=100.0, out_dir=str(tmp_path))
     m = validate_model(model, s, frames=2, size=16)
     assert m["photons"] == pytest.approx(2000.0) and m["background"] == pytest.approx(20.0)

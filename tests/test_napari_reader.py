@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from napari_helpers import PLUGIN
 
-from napari_smlm_uq._napari._reader import napari_get_reader
+from napari_smlm_uq._napari._reader import napari_get_reader, read_stacks
 from napari_smlm_uq._napari._sample_data import simulated_stack
 from napari_smlm_uq.io.files import InputError
 
@@ -133,3 +133,33 @@ def test_sample_data_aligns_truth_with_image(make_napari_viewer):
     t, r, c = int(t), int(round(r)), int(round(c))
     patch = data[t, max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].astype(float)
     assert patch.max() - data[t, r, c] < 0.35 * (patch.max() - np.median(data[t]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_three_frame_stack_saved_as_planar_colour_is_read_as_frames(tmp_path, dtype):
+    """tifffile stores a (3, H, W) array as one page of 3 planar samples; 16-bit and float are frames."""
+    stack = (np.arange(3 * 16 * 20).reshape(3, 16, 20) % 1000 + 100).astype(dtype)
+    path = tmp_path / "three.tif"
+    # what `tifffile.imwrite(path, stack)` writes today (it warns that the default will change)
+    tifffile.imwrite(path, stack, photometric="rgb", planarconfig="separate")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].samplesperpixel == 3  # the case this test is about
+    data, kwargs, kind = read_stacks(str(path))[0]
+    assert kind == "image" and data.shape == (3, 16, 20)
+    np.testing.assert_array_equal(np.asarray(data), stack)
+    assert "3 samples per page" in kwargs["metadata"]["note"]
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 20), (16, 20, 3), (16, 20, 4)])
+def test_eight_bit_colour_is_refused(tmp_path, shape):
+    path = tmp_path / "colour.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), photometric="rgb")
+    with pytest.raises(InputError, match="colour"):
+        read_stacks(str(path))
+
+
+def test_interleaved_sixteen_bit_samples_are_refused(tmp_path):
+    path = tmp_path / "interleaved.tif"
+    tifffile.imwrite(path, np.zeros((16, 20, 3), np.uint16), photometric="rgb", planarconfig="contig")
+    with pytest.raises(InputError, match="interleaved"):
+        read_stacks(str(path))

@@ -1,7 +1,7 @@
 """Numerical checks of the physics (simulation, camera, KDE targets, CRLB) and of the metrics.
 
 Every test compares against an independent number: a closed form, a statistical bound, or a
-computation written here from DESIGN.md sections 1-3 and 7 rather than taken from the package.
+computation written here from docs/physics.md rather than taken from the package.
 """
 from __future__ import annotations
 
@@ -14,19 +14,24 @@ from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_nm, fisher_information
-from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, expected_photons, simulate
+from napari_smlm_uq.physics.simulate import (
+    Emitters,
+    SimulationSettings,
+    expected_photons,
+    simulate,
+)
 
 SQRT2 = np.sqrt(2.0)
 
 
 def pixel_fractions(n_pixels: int, mu: float, sigma: float) -> np.ndarray:
-    """Independent pixel-integrated 1D Gaussian: pixel k covers [k - 1/2, k + 1/2] (DESIGN.md 1-2)."""
+    """Independent pixel-integrated 1D Gaussian: pixel k covers [k - 1/2, k + 1/2] (docs/physics.md, sections 1-2)."""
     k = np.arange(n_pixels, dtype=np.float64)
     return 0.5 * (erf((k + 0.5 - mu) / (SQRT2 * sigma)) - erf((k - 0.5 - mu) / (SQRT2 * sigma)))
 
 
 def omega_model(shape, rows, cols, photons, sigma, background) -> np.ndarray:
-    """omega[r, c] = b + sum_j N_j D(r; row_j) D(c; col_j), written from the DESIGN.md equation."""
+    """omega[r, c] = b + sum_j N_j D(r; row_j) D(c; col_j), written from the equation of docs/physics.md (section 2)."""
     out = np.full(shape, float(background))
     for r, c, n in zip(rows, cols, photons):
         out += n * np.outer(pixel_fractions(shape[0], r, sigma), pixel_fractions(shape[1], c, sigma))
@@ -66,7 +71,7 @@ CAMERAS = {
 
 @pytest.mark.parametrize("camera_name", list(CAMERAS))
 def test_camera_noise_statistics(camera_name):
-    """Mean of ``e`` is omega and the variance of ``e + r^2`` is ``omega + r^2`` (DESIGN.md 2), pixel by pixel."""
+    """Mean of ``e`` is omega and the variance of ``e + r^2`` is ``omega + r^2`` (docs/physics.md, section 3), pixel by pixel."""
     rng = np.random.default_rng(42)
     shape, frames = (16, 16), 4000
     cam = CAMERAS[camera_name](rng, shape).validate()

@@ -19,14 +19,8 @@ from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 
 @pytest.fixture(scope="module")
-def models() -> registry.Models:
-    torch.manual_seed(0)
-    m = registry.build(registry.tiny_config(), name="tiny")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # psi's output layer starts at zero; give it something to say
-        for p in m.psi.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return m.to("cpu")
+def models(tiny_models) -> registry.Models:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +173,8 @@ def test_predict_settings_validate(change, word, models, frames):
 
 def test_predict_settings_accepts_good_values():
     for kw in (dict(samples=0), dict(samples=2, steps=1, start=1.0), dict(device="auto"), dict(device="cpu")):
-        assert cpu(**kw).validate() is not None
+        settings = cpu(**kw)
+        assert settings.validate() is settings and settings == cpu(**kw)  # chains, changes nothing
     assert str(cpu(device="cpu").torch_device()) == "cpu"
 
 

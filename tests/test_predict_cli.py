@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from conftest import OutOfMemoryOnce
 
 from napari_smlm_uq import cli
@@ -35,20 +34,13 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
+def inputs(tmp_path_factory, tiny_model_file) -> dict[str, Path]:
     """A simulated stack (through the CLI) and a tiny model file with a non-trivial psi."""
     folder = tmp_path_factory.mktemp("inputs")
     stack = folder / "sim.tif"
     assert cli.main(["simulate", str(stack), "--frames", str(FRAMES), "--size", str(SIZE), "--density", "3",
                      "--pixel-size", "120", "--seed", "4"]) == 0
-    torch.manual_seed(0)
-    models = registry.build(registry.tiny_config(), name="tiny")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in models.psi.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    registry.save(models, folder / "tiny.pt")
-    return {"folder": folder, "stack": stack, "model": folder / "tiny.pt"}
+    return {"folder": folder, "stack": stack, "model": tiny_model_file}
 
 
 def predict_args(inputs, out, *extra) -> list:

@@ -1,4 +1,4 @@
-"""Layer geometry (DESIGN.md 1) and result accumulation for the widgets; numpy only, no Qt.
+"""Layer geometry (docs/physics.md, sections 1 and 4) and result accumulation for the widgets; numpy only, no Qt.
 
 World coordinates are nm with raw pixel centres at ``index * p``: the raw layer has ``scale = (1, p, p)``
 on ``(frame, row, col)``; SR layers have ``scale = (1, p/f, p/f)`` and ``translate = (first frame,
@@ -25,6 +25,8 @@ CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in ("offset", "gain", "r
 SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum": " SR sum",
             "localizations": " localizations"}
 PARTIAL = " (partial)"
+TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
+#                  "localizations", "ground truth", "filtered", "uncertain"
 AXIS_LABELS = ("frame", "y", "x")
 UNITS = ("pixel", "nm", "nm")
 
@@ -75,14 +77,23 @@ class RawGrid:
         return (data * np.asarray(self.scale) + np.asarray(self.translate)).reshape(-1, 3)
 
 
+def layer_kind(layer) -> str | None:
+    """What a napari layer holds: its :data:`TAG` when we made it (reader, sample, results); else
+    ``"raw"`` for an untagged grayscale image of integer data (camera counts from another reader), else
+    None (an RGB image, float data of unknown meaning, other layer types)."""
+    tag = layer.metadata.get(TAG)
+    if tag is not None:
+        return str(tag)
+    from napari.layers import Image
+
+    if isinstance(layer, Image) and not layer.rgb and np.issubdtype(np.dtype(layer.dtype), np.integer):
+        return "raw"
+    return None
+
+
 def raw_geometry(pixel_size: float, ndim: int = 3) -> dict:
     """Layer keywords (scale, axis labels, units) of a raw ``(T, H, W)`` (or ``(H, W)``) layer."""
     return RawGrid.for_pixel_size(pixel_size).raw(ndim)
-
-
-def sr_geometry(pixel_size: float, ndim: int = 3, first_frame: int = 0, f: int = F) -> dict:
-    """``scale`` and ``translate`` (and axis labels, units) of an SR layer over a raw layer of ``raw_geometry``."""
-    return RawGrid.for_pixel_size(pixel_size).sr(ndim, first_frame, f)
 
 
 def camera_settings(metadata: dict | None) -> dict:
@@ -169,9 +180,6 @@ class PredictionResults:
         self.done += 1
         self.seconds += result.seconds
 
-    def seconds_left(self) -> float | None:
-        return None if not self.done else self.seconds / self.done * (self.n_frames - self.done)
-
     def names(self, source: str, partial: bool | None = None) -> dict[str, str]:
         partial = (not self.complete) if partial is None else partial
         return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in SUFFIXES.items()}
@@ -201,5 +209,5 @@ class PredictionResults:
                                          **self.grid.axes(3)}, "points")
         for kind, (_, kwargs, _) in out.items():
             kwargs["name"] = names[kind]
-            kwargs["metadata"] = {**meta, "kind": kind}
+            kwargs["metadata"] = {**meta, TAG: kind}
         return out

@@ -26,11 +26,6 @@ def bundled() -> list[str]:
         return []
 
 
-def files() -> list[Path]:
-    """Model files registered in this session, most recent first."""
-    return list(_files)
-
-
 def register(path: str | Path) -> Path:
     """Add a model file to the lists of every open widget (most recent first); returns its path."""
     path = Path(path).expanduser().resolve()

@@ -4,7 +4,7 @@ Plain multi-page TIFF, ImageJ hyperstacks (leading axes become frames) and OME-T
 files are memory-mapped; compressed or tiled ones become a dask array of per-frame reads, so a stack of
 many gigabytes is never read into memory. The pixel size (nm) comes from the file (100 nm when the file
 does not say, noted in ``metadata["pixel_size_source"]``); camera settings found in the file are kept
-in ``layer.metadata`` for the prediction widget.
+in ``layer.metadata`` for the prediction widget, tagged as camera frames (``metadata["smlm_uq"] = "raw"``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io.files import InputError
 from ..io.tiff import PageReader, open_stack
-from ._layers import DEFAULT_PIXEL_SIZE, raw_geometry
+from ._layers import DEFAULT_PIXEL_SIZE, TAG, raw_geometry
 
 SUFFIXES = (".tif", ".tiff")
 
@@ -67,6 +67,7 @@ def stack_layer(path: str) -> tuple:
         meta["pixel_size"] = DEFAULT_PIXEL_SIZE
         meta["pixel_size_source"] = f"default ({DEFAULT_PIXEL_SIZE:g} nm): the file does not give a pixel size"
     meta["path"] = str(stack.path)
+    meta[TAG] = "raw"
     data = _lazy(stack.data)
     try:
         first = np.asarray(stack.data[0])

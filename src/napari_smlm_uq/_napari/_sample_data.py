@@ -6,7 +6,7 @@ import numpy as np
 from ..io.tables import emitters_table
 from ..physics.camera import Camera
 from ..physics.simulate import SimulationSettings, simulate
-from ._layers import RawGrid, raw_geometry
+from ._layers import TAG, RawGrid, raw_geometry
 
 SAMPLE = SimulationSettings(frames=20, size=64, density=1.0, photons=(1000.0, 5000.0), background=20.0,
                             psf_sigma=1.0, pixel_size=100.0, camera=Camera(offset=100.0, gain=1.0, read_noise=1.5),
@@ -24,7 +24,7 @@ def simulated_stack(settings: SimulationSettings = SAMPLE) -> list[tuple]:
     truth = sim.emitters
     sim_info = {"frames": s.frames, "size": s.shape, "density (/um^2)": s.density, "photons": s.photons,
                 "background (photons/px)": s.background, "psf_sigma (px)": s.psf_sigma}
-    image = (adu, {"name": "simulated stack", "metadata": {**camera, "simulation": sim_info},
+    image = (adu, {"name": "simulated stack", "metadata": {**camera, "simulation": sim_info, TAG: "raw"},
                    "contrast_limits": (float(adu.min()), float(np.percentile(adu, 99.9))),
                    **raw_geometry(p, 3)}, "image")
     grid = RawGrid.for_pixel_size(p)
@@ -32,6 +32,6 @@ def simulated_stack(settings: SimulationSettings = SAMPLE) -> list[tuple]:
     table = emitters_table(truth, p)
     points = (coords, {"name": "ground truth", "features": {"frame": table["frame"], "photons": truth.photons},
                        "size": 0.6 * p, "symbol": "cross", "face_color": "lime", "border_width": 0.0,
-                       "metadata": {"pixel_size": p, "kind": "ground truth"}, "ndim": 3,
+                       "metadata": {"pixel_size": p, TAG: "ground truth"}, "ndim": 3,
                        **grid.axes(3)}, "points")
     return [image, points]

@@ -10,25 +10,25 @@ import threading
 import time
 
 import napari
-from napari.layers import Image
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from psygnal import Signal
 
 from ..inference.pipeline import FrameResult, PredictSettings, available_devices
 from ..physics.camera import Camera
 from . import _models
-from ._layers import PredictionResults, RawGrid, camera_settings
-from ._qt import LayerCombo, ModelCombo, describe_error, form_group, hbox, spin
+from ._layers import DEFAULT_PIXEL_SIZE, PredictionResults, RawGrid, camera_settings
+from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import Notice, as_frames, eta, predict_job, start_worker
 
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
-
-
-def is_input_image(layer) -> bool:
-    """Image layers that can be camera frames (not our own results)."""
-    return isinstance(layer, Image) and layer.metadata.get("kind") not in ("mean", "sample", "std", "sum", "filtered",
-                                                                           "uncertain")
 
 
 def available_memory() -> int | None:
@@ -40,14 +40,13 @@ def available_memory() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
-class PredictWidget(QWidget):
-    """Choose an image layer, camera and model settings; Run / Cancel; progress with time left."""
+class PredictWidget(Container):
+    """Choose the camera frames, camera and model settings; Run / Cancel; progress with time left."""
 
     worker_started = Signal(object)   # the worker, before it starts (tests connect errored here)
     run_finished = Signal(object)     # the PredictionResults, after the layers are final
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
         self.viewer = napari_viewer
         self.worker = None
         self.results: PredictionResults | None = None
@@ -56,86 +55,82 @@ class PredictWidget(QWidget):
         self._error: str | None = None
         self._source = ""
         self._t0 = self._last_draw = 0.0
+        d, cam = PredictSettings(), Camera()
 
-        self.layer_combo = LayerCombo(napari_viewer, is_input_image)
-        self.pixel_size = spin(100.0, 1.0, 100000.0, " nm", 2, tip="raw camera pixel size in the sample plane")
-        self.offset = spin(100.0, -1e6, 1e6, " ADU", 2, tip="camera offset (baseline), ADU")
-        self.gain = spin(1.0, 1e-4, 1e4, " ADU/e⁻", 4, 0.1, tip="camera gain, ADU per photo-electron")
-        self.read_noise = spin(1.5, 0.0, 1000.0, " e⁻", 2, 0.1, tip="read noise, photo-electrons rms")
-        self.camera_note = QLabel()
-        self.camera_note.setWordWrap(True)
-        self.model_combo = ModelCombo()
-        self.samples = spin(PredictSettings.samples, 0, 64, tip="diffusion samples per frame (0: DeepSTORM alone, no uncertainty)")
-        self.steps = spin(PredictSettings.steps, 1, 1000, tip="diffusion steps per sample (fewer is faster)")
-        self.start_frame = spin(0, 0, 0, tip="first frame (napari numbers frames from 0)")
-        self.stop_frame = spin(1, 1, 1, tip="stop before this frame")
-        self.device = QComboBox()
+        self.layer = layer_chooser(napari_viewer, ("raw",), "camera frames")
+        self.layer.tooltip = ("image layers of raw camera counts: opened with napari-smlm-uq, the sample, or "
+                              "any grayscale integer image")
+        self.pixel_size = FloatSpinBox(value=DEFAULT_PIXEL_SIZE, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
+                                       tooltip="raw camera pixel size in the sample plane")
+        self.offset = FloatSpinBox(value=cam.offset, min=-1e6, max=1e6, step=0.01, label="offset (ADU)",
+                                   tooltip="camera offset (baseline)")
+        self.gain = FloatSpinBox(value=cam.gain, min=1e-4, max=1e4, step=0.0001, label="gain (ADU/e⁻)",
+                                 tooltip="camera gain, ADU per photo-electron")
+        self.read_noise = FloatSpinBox(value=cam.read_noise, min=0.0, max=1000.0, step=0.01, label="read noise (e⁻)",
+                                       tooltip="read noise, photo-electrons rms")
+        self.camera_note = note()
+        self.model = ModelChooser()
+        self.samples = SpinBox(value=d.samples, min=0, max=64, label="samples",
+                               tooltip="diffusion samples per frame (0: DeepSTORM alone, no uncertainty)")
+        self.steps = SpinBox(value=d.steps, min=1, max=1000, label="steps",
+                             tooltip="diffusion steps per sample (fewer is faster)")
+        self.start_frame = SpinBox(value=0, min=0, max=0, label="first frame",
+                                   tooltip="first frame (napari numbers frames from 0)")
+        self.stop_frame = SpinBox(value=1, min=1, max=1, label="stop before", tooltip="stop before this frame")
         devices = available_devices()
-        self.device.addItem(f"auto ({devices[-1]})", "auto")
-        for name in devices:
-            self.device.addItem(name, name)
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m frames")
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.device = ComboBox(choices=[(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices],
+                               label="device")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.progress.native.setFormat("%v / %m frames")
+        self.status = note()
+        super().__init__(widgets=[
+            self.layer, self.pixel_size, self.offset, self.gain, self.read_noise, self.camera_note,
+            Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
+            self.model, self.samples, self.steps, self.device,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
+            self.progress, self.status])
+        self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
-        input_box = form_group("Camera frames", [
-            ("image layer", self.layer_combo), ("pixel size", self.pixel_size), ("offset", self.offset),
-            ("gain", self.gain), ("read noise", self.read_noise), self.camera_note,
-            ("frames", hbox(self.start_frame, QLabel("to"), self.stop_frame))])
-        model_box = form_group("Model", [("model", self.model_combo), ("samples", self.samples),
-                                         ("steps", self.steps), ("device", self.device)])
-        buttons = hbox(self.run_button, self.cancel_button)
-        layout = QVBoxLayout(self)
-        for w in (input_box, model_box):
-            layout.addWidget(w)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch()
-
-        self.layer_combo.layer_changed.connect(self._layer_changed)
-        self.samples.valueChanged.connect(self._samples_changed)
-        self.start_frame.valueChanged.connect(lambda v: self.stop_frame.setMinimum(v + 1))
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button.clicked.connect(lambda: self.cancel())
-        self._samples_previous = self.samples.value()
-        self._layer_changed(self.layer_combo.layer())
+        self.layer.changed.connect(self._layer_changed)
+        self.samples.changed.connect(self._samples_changed)
+        self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(lambda: self.cancel())
+        self._samples_previous = self.samples.value
+        self._layer_changed(self.layer.value)
 
     # --- controls ------------------------------------------------------------------------------
 
     def _layer_changed(self, layer) -> None:
         if layer is None:
-            self.camera_note.setText("Open a camera stack (File > Open) or a sample (File > Open Sample).")
+            self.camera_note.value = ("Open a camera stack (File > Open) or a sample (File > Open Sample): "
+                                      "layers of camera counts are listed here.")
             return
         cam = camera_settings(layer.metadata)
-        for key, box in (("pixel_size", self.pixel_size), ("offset", self.offset), ("gain", self.gain),
-                         ("read_noise", self.read_noise)):
-            box.setValue(cam[key])
+        for key in ("pixel_size", "offset", "gain", "read_noise"):
+            getattr(self, key).value = cam[key]
         found = cam["found"]
         missing = [k.replace("_", " ") for k in ("pixel_size", "offset", "gain", "read_noise") if k not in found]
-        note = "from the layer: " + (", ".join(k.replace("_", " ") for k in found) or "nothing")
-        self.camera_note.setText(note + ("; defaults for " + ", ".join(missing) + ": check them" if missing else ""))
+        note_text = "from the layer: " + (", ".join(k.replace("_", " ") for k in found) or "nothing")
+        note_text += "; defaults for " + ", ".join(missing) + ": check them" if missing else ""
+        extra = layer.metadata.get("note")
+        self.camera_note.value = note_text + (f". {extra}" if extra else "")
         n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
-        self.start_frame.setRange(0, max(n - 1, 0))
-        self.stop_frame.setRange(1, max(n, 1))
-        self.start_frame.setValue(0)
-        self.stop_frame.setValue(n)
+        self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
+        self.start_frame.value, self.stop_frame.value = 0, n
 
     def _samples_changed(self, value: int) -> None:
         if value == 1:  # 1 sample has no spread: jump over it
-            self.samples.setValue(2 if self._samples_previous == 0 else 0)
+            self.samples.value = 2 if self._samples_previous == 0 else 0
             return
         self._samples_previous = value
 
     def settings(self) -> PredictSettings:
-        camera = Camera(self.offset.value(), self.gain.value(), self.read_noise.value())
-        return PredictSettings(samples=self.samples.value(), steps=self.steps.value(), camera=camera,
-                               pixel_size=self.pixel_size.value(), device=self.device.currentData()).validate()
+        camera = Camera(self.offset.value, self.gain.value, self.read_noise.value)
+        return PredictSettings(samples=self.samples.value, steps=self.steps.value, camera=camera,
+                               pixel_size=self.pixel_size.value, device=self.device.value).validate()
 
     # --- running -------------------------------------------------------------------------------
 
@@ -147,7 +142,7 @@ class PredictWidget(QWidget):
         """Start a prediction on the chosen layer; returns the worker (None if nothing started)."""
         if self.worker is not None:
             return None
-        layer = self.layer_combo.layer()
+        layer = self.layer.value
         if layer is None:
             show_error("No image layer to super-resolve. Open a camera stack (File > Open) or a sample "
                        "(File > Open Sample > Simulated SMLM stack), then choose it here.")
@@ -157,9 +152,9 @@ class PredictWidget(QWidget):
             show_error(f"Layer '{layer.name}' is {kind}; a stack of grayscale camera frames (frame, row, column) "
                        "is needed. Open the raw camera TIFF with napari-smlm-uq.")
             return None
-        model = self.model_combo.value()
+        model = self.model.model
         if not model:
-            show_error("No model chosen. Use 'Browse…' to pick a model file, or train one with "
+            show_error("No model chosen. Choose a model file, or train one with "
                        "'Train on simulated data'.")
             return None
         try:
@@ -168,7 +163,7 @@ class PredictWidget(QWidget):
             show_error(f"Check the settings: {exc}")
             return None
         frames = as_frames(layer.data)
-        start, stop = self.start_frame.value(), min(self.stop_frame.value(), len(frames))
+        start, stop = self.start_frame.value, min(self.stop_frame.value, len(frames))
         if stop <= start:
             show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
             return None
@@ -191,11 +186,10 @@ class PredictWidget(QWidget):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, stop - start)
-        self.progress.setValue(0)
-        self.status.setText(f"loading model {_models.label(model)}…")
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.max, self.progress.value = stop - start, 0
+        self._say(f"loading model {_models.label(model)}…")
         self._t0 = self._last_draw = time.perf_counter()
         self.worker_started.emit(worker)
         worker.start()
@@ -207,7 +201,7 @@ class PredictWidget(QWidget):
             return
         self._stop.set()
         self.worker.quit()
-        self.status.setText("cancelling…")
+        self._say("cancelling…")
 
     def _remove_previous(self) -> None:
         """Remove result layers of an earlier run on the same input (so names do not pile up)."""
@@ -223,8 +217,8 @@ class PredictWidget(QWidget):
             return
         self.results.add(item)
         done, total = self.results.done, self.results.n_frames
-        self.progress.setValue(done)
-        self.status.setText(f"frame {item.index}: {len(item.localizations)} localizations · "
+        self.progress.value = done
+        self._say(f"frame {item.index}: {len(item.localizations)} localizations · "
                             f"{eta(time.perf_counter() - self._t0, done, total)}")
         now = time.perf_counter()
         if not self._layers or now - self._last_draw > REFRESH_SECONDS:
@@ -259,8 +253,8 @@ class PredictWidget(QWidget):
 
     def _on_finished(self) -> None:
         results, self.worker = self.results, None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
         if results is None:
             return
         partial = not results.complete
@@ -269,15 +263,14 @@ class PredictWidget(QWidget):
         seconds = time.perf_counter() - self._t0
         n_locs = sum(len(x) for x in results.locs)
         if self._error:
-            self.status.setText(f"failed after {results.done} of {results.n_frames} frames: {self._error}")
+            self._say(f"failed after {results.done} of {results.n_frames} frames: {self._error}")
         elif partial:
-            self.status.setText(f"stopped: {results.done} of {results.n_frames} frames kept (layers marked "
+            self._say(f"stopped: {results.done} of {results.n_frames} frames kept (layers marked "
                                 f"'partial'), {n_locs} localizations")
         else:
-            self.status.setText(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations")
+            self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
         self.run_finished.emit(results)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
-        self.cancel()
-        super().closeEvent(event)
+    def _say(self, text: str) -> None:
+        self.status.value = text

@@ -1,6 +1,7 @@
 """Dock widget "Filter by uncertainty": hide what the model is unsure about.
 
-Pick a mean and a std layer (and optionally the localizations). A slider on the std, absolute or
+Pick an SR mean and SR std layer of a prediction (and optionally its localizations): only layers that
+the prediction widget made are offered (``metadata["smlm_uq"]``), so raw frames never are. A slider on the std, absolute or
 relative to the mean (``std / (mean + eps)``), marks the uncertain SR pixels; the widget shows the mean
 with those pixels zeroed (``<mean> filtered``), the uncertain region (``<mean> uncertain``), hides the
 localizations that fall in it and reports the fractions of signal and localizations kept.
@@ -9,102 +10,86 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from napari.layers import Image, Points
+from magicgui.widgets import ComboBox, Container, FloatSlider
+from napari.layers import Image
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
-from superqt import QLabeledDoubleSlider
+from superqt.utils import qdebounced
 
-from ._layers import world_to_index
-from ._qt import LayerCombo
+from ._layers import TAG, world_to_index
+from ._widgets import layer_chooser, note
 
 EPS = 0.01          # KDE units (a kernel's peak is 1): keeps std / (mean + eps) finite on empty background
-MODES = {"absolute": "std (KDE units)", "relative": "std / mean"}
+MODES = {"std (KDE units)": "absolute", "std / mean": "relative"}
 STEPS = 1000
+NO_RESULTS = "No results yet: run 'Super-resolve with uncertainty' first; its mean and std layers are listed here."
 
 
-def is_sr_image(layer) -> bool:
-    """Grayscale image layers other than this widget's own outputs."""
-    return isinstance(layer, Image) and not layer.rgb and layer.metadata.get("kind") not in ("filtered", "uncertain")
-
-
-class ThresholdWidget(QWidget):
-    """Threshold the per-pixel uncertainty of a prediction; live filtered image and kept fractions."""
+class ThresholdWidget(Container):
+    """Threshold the per-pixel uncertainty of a prediction; live filtered image and kept fractions.
+    Only our SR mean, SR std and localization layers are offered; without them it does nothing."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
         self.viewer = napari_viewer
-        self.mean_combo = LayerCombo(napari_viewer, is_sr_image)
-        self.std_combo = LayerCombo(napari_viewer, is_sr_image)
-        self.points_combo = LayerCombo(napari_viewer, lambda layer: isinstance(layer, Points), none_label="(none)")
-        self.mode = QComboBox()
-        for key, text in MODES.items():
-            self.mode.addItem(text, key)
-        self.slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-        self.slider.setToolTip("SR pixels whose uncertainty is above this value are removed")
-        self.kept = QLabel("")
-        self.kept.setWordWrap(True)
-        form = QFormLayout()
-        form.addRow("mean", self.mean_combo)
-        form.addRow("std", self.std_combo)
-        form.addRow("localizations", self.points_combo)
-        form.addRow("threshold on", self.mode)
-        form.addRow("max uncertainty", self.slider)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.kept)
-        layout.addStretch()
+        self.mean = layer_chooser(napari_viewer, ("mean",), "mean")
+        self.std = layer_chooser(napari_viewer, ("std",), "std")
+        self.points = layer_chooser(napari_viewer, ("localizations",), "localizations", nullable=True)
+        self.mode = ComboBox(choices=list(MODES.items()), value="absolute", label="threshold on")
+        self.slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=1.0 / STEPS, label="max uncertainty",
+                                  tooltip="SR pixels whose uncertainty is above this value are removed")
+        self.kept = note(NO_RESULTS)
+        super().__init__(widgets=[self.mean, self.std, self.points, self.mode, self.slider, self.kept])
 
         self.signal_fraction = float("nan")
         self.points_fraction = float("nan")
         self._cache: tuple | None = None
         self._points_layer = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(30)
-        self._timer.timeout.connect(self.apply)
+        self._schedule = qdebounced(self.apply, timeout=30, parent=self.native)  # deleted with the widget
 
-        self.mean_combo.layer_changed.connect(self._mean_changed)
-        self.std_combo.layer_changed.connect(lambda _: self._reset_range())
-        self.points_combo.layer_changed.connect(lambda _: self._schedule())
-        self.mode.currentIndexChanged.connect(lambda _: self._reset_range())
-        self.slider.valueChanged.connect(lambda _: self._schedule())
-        self._pick_defaults()
+        self.mean.changed.connect(self._mean_changed)
+        self.std.changed.connect(lambda _: self._reset_range())
+        self.points.changed.connect(lambda _: self._schedule())
+        self.mode.changed.connect(lambda _: self._reset_range())
+        self.slider.changed.connect(lambda _: self._schedule())
+        self._mean_changed(self.mean.value)
 
     # --- choosing layers -----------------------------------------------------------------------
-
-    def _pick_defaults(self) -> None:
-        """Prefer the most recent prediction's mean, its std and its localizations."""
-        means = [layer for layer in self.viewer.layers[::-1] if layer.metadata.get("kind") == "mean"
-                 and isinstance(layer, Image)]
-        if means:
-            self.mean_combo.select(means[0].name)
-        self._mean_changed(self.mean_combo.layer())
 
     def _partner(self, mean, kind: str):
         source, partial = mean.metadata.get("source"), mean.metadata.get("partial")
         for layer in self.viewer.layers[::-1]:
             meta = layer.metadata
-            if meta.get("kind") == kind and meta.get("source") == source and meta.get("partial") == partial:
+            if meta.get(TAG) == kind and meta.get("source") == source and meta.get("partial") == partial:
                 return layer
         return None
 
+    def _pair(self, mean, skip: tuple = ()) -> None:
+        """Choose the std and localizations of the same prediction as ``mean`` (except layers in ``skip``)."""
+        if mean is None:
+            return
+        for chooser, kind in ((self.std, "std"), (self.points, "localizations")):
+            partner = self._partner(mean, kind)
+            if partner is not None and not any(partner is layer for layer in skip):
+                chooser.value = partner
+
     def _mean_changed(self, mean) -> None:
-        if mean is not None:
-            for combo, kind in ((self.std_combo, "std"), (self.points_combo, "localizations")):
-                partner = self._partner(mean, kind)
-                if partner is not None:
-                    combo.select(partner.name)
+        self._pair(mean)
         self._reset_range()
+
+    def reset_choices(self, *_) -> None:
+        """napari calls this on every layer change: partners of the chosen mean that just appeared (a
+        prediction adds its layers one by one) are chosen; the user's other choices are kept."""
+        offered = self.std.choices + self.points.choices
+        super().reset_choices()
+        self._pair(self.mean.value, skip=offered)
 
     # --- computing -----------------------------------------------------------------------------
 
     def _arrays(self):
         """``(mean, metric)`` arrays of the chosen layers (cached), or None with a reason."""
-        mean, std = self.mean_combo.layer(), self.std_combo.layer()
+        mean, std = self.mean.value, self.std.value
         if mean is None or std is None:
-            return None, "Choose a mean and a std layer (from 'Super-resolve with uncertainty')."
-        mode = self.mode.currentData()
+            return None, NO_RESULTS
+        mode = self.mode.value
         key = (id(mean), id(std), id(mean.data), id(std.data), np.shape(mean.data), np.shape(std.data), mode)
         if self._cache is None or self._cache[0] != key:
             m, s = np.asarray(mean.data, dtype=np.float32), np.asarray(std.data, dtype=np.float32)
@@ -115,41 +100,37 @@ class ThresholdWidget(QWidget):
         return self._cache[1:], ""
 
     def _reset_range(self) -> None:
-        arrays, why = self._arrays()
+        arrays, _ = self._arrays()
         top = 1.0
         if arrays is not None:
             metric = arrays[1]
             top = float(np.max(metric)) if metric.size else 1.0
             top = top if top > 0 else 1.0
-        self.slider.blockSignals(True)
-        self.slider.setRange(0.0, top)
-        self.slider.setSingleStep(top / STEPS)
-        self.slider.setDecimals(max(2, int(np.ceil(-np.log10(top / STEPS)))))
-        self.slider.setValue(top)
-        self.slider.blockSignals(False)
+        decimals = max(2, int(np.ceil(-np.log10(top / STEPS))))
+        top = float(np.ceil(top * 10**decimals) / 10**decimals)  # the slider's top keeps every pixel
+        with self.slider.changed.blocked():
+            self.slider.min, self.slider.max, self.slider.step = 0.0, top, top / STEPS
+            self.slider.value = top
         self._schedule()
 
-    def _schedule(self) -> None:
-        self._timer.start()
-
     def threshold(self) -> float:
-        return float(self.slider.value())
+        return float(self.slider.value)
 
     def apply(self) -> None:
         """Update the filtered and uncertain layers, the localizations shown and the kept fractions."""
         arrays, why = self._arrays()
         if arrays is None:
-            self.kept.setText(why)
+            self.kept.value = why
             return
         mean_arr, metric, total = arrays
-        mean = self.mean_combo.layer()
+        mean = self.mean.value
         uncertain = metric > self.threshold()
         filtered = np.where(uncertain, 0.0, mean_arr).astype(np.float32)
         self.signal_fraction = float(np.clip(filtered, 0, None).sum() / total) if total > 0 else 1.0
         geometry = {"scale": mean.scale, "translate": mean.translate, "units": mean.units,
                     "axis_labels": mean.axis_labels, "metadata": {
             **{k: v for k, v in mean.metadata.items() if k in ("source", "pixel_size", "frames", "partial")},
-            "threshold": self.threshold(), "mode": self.mode.currentData()}}
+            "threshold": self.threshold(), "mode": self.mode.value}}
         self._show(f"{mean.name} filtered", filtered, "filtered", mean,
                    {"colormap": mean.colormap.name, "contrast_limits": mean.contrast_limits, **geometry})
         self._show(f"{mean.name} uncertain", uncertain.astype(np.uint8), "uncertain", mean,
@@ -160,11 +141,11 @@ class ThresholdWidget(QWidget):
             n = len(self._points_layer.data)
             text += f" · localizations kept: {int(round(self.points_fraction * n))} / {n}"
             text += f" ({100 * self.points_fraction:.1f} %)" if n else ""
-        self.kept.setText(text)
+        self.kept.value = text
 
     def _show(self, name: str, data: np.ndarray, kind: str, mean, kwargs: dict) -> None:
         """Update layer ``name`` or add it just above ``mean`` (so localizations above stay visible)."""
-        kwargs["metadata"]["kind"] = kind
+        kwargs["metadata"][TAG] = kind
         layers = self.viewer.layers
         if name in layers and isinstance(layers[name], Image):
             layer = layers[name]
@@ -176,7 +157,7 @@ class ThresholdWidget(QWidget):
             layers.move(layers.index(layer), layers.index(mean) + 1)
 
     def _filter_points(self, mean, uncertain: np.ndarray) -> None:
-        points = self.points_combo.layer()
+        points = self.points.value
         old = self._points_layer
         if old is not None and old is not points and old in self.viewer.layers:
             old.shown = np.ones(len(old.data), bool)  # release the previous layer

@@ -14,26 +14,25 @@ from datetime import datetime
 from pathlib import Path
 
 import napari
-from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    TupleEdit,
 )
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from ..models import registry
 from ..training import Progress, TrainSettings
 from . import _models
 from ._layers import camera_settings
-from ._qt import LayerCombo, ModelCombo, RangeBox, describe_error, form_group, hbox, spin
+from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import Notice, eta, start_worker, train_and_validate_job
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
@@ -115,13 +114,18 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainWidget(QWidget):
+def range_edit(value: tuple[float, float], lo: float, hi: float, label: str, step: float, tip: str) -> TupleEdit:
+    """Two spin boxes for a ``(low, high)`` range."""
+    return TupleEdit(value=tuple(float(v) for v in value), label=label, tooltip=tip,
+                     options={"min": lo, "max": hi, "step": step})
+
+
+class TrainWidget(Container):
     """Simulation and training settings; Train / Stop; progress, loss plot, validation metrics."""
 
     worker_started = Signal(object)   # the worker, before it starts (tests connect errored here)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
         self.viewer = napari_viewer
         self.worker = None
         self.model_path: Path | None = None
@@ -131,67 +135,52 @@ class TrainWidget(QWidget):
         self._stages: list[str] = []
 
         d = TrainSettings()
-        self.layer_combo = LayerCombo(napari_viewer, lambda layer: isinstance(layer, Image) and not layer.rgb,
-                                      none_label="(none)")
-        self.psf_sigma = RangeBox(*d.psf_sigma, 0.1, 20.0, " px", 2, "PSF standard deviation in raw pixels")
-        self.photons = RangeBox(*d.photons, 1.0, 1e7, " ph", 0, "photons per emitter (drawn log-uniformly)")
-        self.background = RangeBox(*d.background, 0.0, 1e5, " ph/px", 1, "background photons per pixel")
-        self.density = RangeBox(*d.density, 0.0, 100.0, " /µm²", 2, "emitters per µm² in each frame")
-        self.read_noise = RangeBox(*d.read_noise, 0.0, 1000.0, " e⁻", 2, "camera read noise, photo-electrons rms")
-        self.pixel_size = spin(d.pixel_size, 1.0, 100000.0, " nm", 2, tip="camera pixel size in the sample plane")
-        self.target = QComboBox()
-        for key, text in TARGETS.items():
-            self.target.addItem(text, key)
-        self.start_model = ModelCombo(scratch=True)
+        self.layer = layer_chooser(napari_viewer, ("raw",), "prefill from", nullable=True)
+        self.psf_sigma = range_edit(d.psf_sigma, 0.1, 20.0, "PSF sigma (px)", 0.01, "PSF standard deviation, raw pixels")
+        self.photons = range_edit(d.photons, 1.0, 1e7, "photons", 1.0, "photons per emitter (drawn log-uniformly)")
+        self.background = range_edit(d.background, 0.0, 1e5, "background (ph/px)", 0.1, "background photons per pixel")
+        self.density = range_edit(d.density, 0.0, 100.0, "density (/µm²)", 0.01, "emitters per µm² in each frame")
+        self.read_noise = range_edit(d.read_noise, 0.0, 1000.0, "read noise (e⁻)", 0.01,
+                                     "camera read noise, photo-electrons rms")
+        self.pixel_size = FloatSpinBox(value=d.pixel_size, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
+                                       tooltip="camera pixel size in the sample plane")
+        self.target = ComboBox(choices=[(text, key) for key, text in TARGETS.items()], value=d.target, label="train")
+        self.start_model = ModelChooser(scratch=True, label="start from")
         if registry.DEFAULT_MODEL in _models.bundled():
             self.start_model.select(registry.DEFAULT_MODEL)
-        self.architecture = QComboBox()
-        self.architecture.addItem("full size", "full")
-        self.architecture.addItem("tiny (quick trials)", "tiny")
-        self.iterations = spin(d.iterations, 1, 10_000_000, tip="optimiser steps per network")
-        self.batch_size = spin(d.batch_size, 1, 4096, tip="simulated 16x16 patches per step")
-        self.lr = spin(d.lr, 1e-6, 0.5, "", 6, 1e-4, tip="peak learning rate (cosine schedule with warm-up)")
-        self.checkpoint_every = spin(d.checkpoint_every, 1, 1_000_000, tip="validate and save every N iterations")
-        self.val_size = spin(d.val_size, 1, 100_000, tip="simulated patches in the validation set")
-        self.out_dir = QLineEdit(default_out_dir())
-        self.out_button = QPushButton("…")
-        self.out_button.setMaximumWidth(30)
-        self.train_button = QPushButton("Train")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.plot = LossPlot()
-        self.results = QLabel("")
-        self.results.setWordWrap(True)
+        self.architecture = ComboBox(choices=[("full size", "full"), ("tiny (quick trials)", "tiny")],
+                                     label="new network size")
+        self.iterations = SpinBox(value=d.iterations, min=1, max=10_000_000, label="iterations",
+                                  tooltip="optimiser steps per network")
+        self.batch_size = SpinBox(value=d.batch_size, min=1, max=4096, label="batch size",
+                                  tooltip="simulated 16x16 patches per step")
+        self.lr = FloatSpinBox(value=d.lr, min=1e-6, max=0.5, step=1e-6, label="learning rate",
+                               tooltip="peak learning rate (cosine schedule with warm-up)")
+        self.checkpoint_every = SpinBox(value=d.checkpoint_every, min=1, max=1_000_000, label="save every",
+                                        tooltip="validate and save every N iterations")
+        self.val_size = SpinBox(value=d.val_size, min=1, max=100_000, label="validation patches",
+                                tooltip="simulated patches in the validation set")
+        self.out_dir = FileEdit(mode="d", value=default_out_dir(), label="output folder")
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = note()
+        self.results = note()
+        super().__init__(widgets=[
+            self.layer, self.psf_sigma, self.photons, self.background, self.density, self.read_noise,
+            self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
+            self.lr, self.checkpoint_every, self.val_size, self.out_dir,
+            Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label=""),
+            self.progress, self.status])
+        self.plot = LossPlot()  # plain Qt: magicgui has no plot widget
+        self.native.layout().addWidget(self.plot)
+        self.append(self.results)
 
-        sim = form_group("Simulated training data", [
-            ("prefill from", self.layer_combo), ("PSF sigma", self.psf_sigma), ("photons", self.photons),
-            ("background", self.background), ("density", self.density), ("read noise", self.read_noise),
-            ("pixel size", self.pixel_size)])
-        opt = form_group("Training", [
-            ("train", self.target), ("start from", self.start_model), ("new network size", self.architecture),
-            ("iterations", self.iterations), ("batch size", self.batch_size), ("learning rate", self.lr),
-            ("save every", self.checkpoint_every), ("validation patches", self.val_size),
-            ("output folder", hbox(self.out_dir, self.out_button))])
-        buttons = hbox(self.train_button, self.stop_button)
-        layout = QVBoxLayout(self)
-        for w in (sim, opt):
-            layout.addWidget(w)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.results)
-        layout.addStretch()
-
-        self.layer_combo.layer_changed.connect(self._prefill)
-        self.start_model.currentIndexChanged.connect(lambda _: self._start_changed())
-        self.out_button.clicked.connect(lambda: self._choose_folder())
-        self.train_button.clicked.connect(lambda: self.run())
-        self.stop_button.clicked.connect(lambda: self.stop())
+        self.layer.changed.connect(self._prefill)
+        self.start_model.choice.changed.connect(lambda _: self._start_changed())
+        self.train_button.changed.connect(lambda: self.run())
+        self.stop_button.changed.connect(lambda: self.stop())
+        self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock stops training
         self._start_changed()
 
     # --- controls ------------------------------------------------------------------------------
@@ -202,10 +191,10 @@ class TrainWidget(QWidget):
         meta = layer.metadata
         cam = camera_settings(meta)
         if "pixel_size" in cam["found"]:
-            self.pixel_size.setValue(cam["pixel_size"])
+            self.pixel_size.value = cam["pixel_size"]
         if "read_noise" in cam["found"]:
             r = cam["read_noise"]
-            self.read_noise.set_value(0.8 * r, 1.2 * r)
+            self.read_noise.value = (0.8 * r, 1.2 * r)
         sim = meta.get("simulation") or {}
         for key, box in (("psf_sigma (px)", self.psf_sigma), ("photons", self.photons),
                          ("background (photons/px)", self.background), ("density (/um^2)", self.density)):
@@ -213,30 +202,24 @@ class TrainWidget(QWidget):
             if value is None:
                 continue
             lo, hi = (value, value) if not isinstance(value, (tuple, list)) else value
-            box.set_value(float(lo), float(hi))
+            box.value = (float(lo), float(hi))
 
     def _start_changed(self) -> None:
-        self.architecture.setEnabled(self.start_model.value() == _models.SCRATCH)
-
-    def _choose_folder(self) -> None:
-        start = str(Path(self.out_dir.text()).parent)
-        folder = QFileDialog.getExistingDirectory(self, "Folder for the new model", start)
-        if folder:
-            self.out_dir.setText(folder)
+        self.architecture.enabled = self.start_model.model == _models.SCRATCH
 
     def settings(self) -> TrainSettings:
-        start = self.start_model.value()
+        start = self.start_model.model
         if start is None:
             raise ValueError("choose a model to start from, or 'from scratch'")
         scratch = start == _models.SCRATCH
-        config = ARCHITECTURES[self.architecture.currentData()]()
-        return TrainSettings(target=self.target.currentData(), iterations=self.iterations.value(),
-                             batch_size=self.batch_size.value(), lr=self.lr.value(), photons=self.photons.value(),
-                             background=self.background.value(), psf_sigma=self.psf_sigma.value(),
-                             density=self.density.value(), read_noise=self.read_noise.value(),
-                             pixel_size=self.pixel_size.value(), out_dir=self.out_dir.text().strip(),
-                             init=None if scratch else start, checkpoint_every=self.checkpoint_every.value(),
-                             val_size=self.val_size.value(), config=config).validate()
+        config = ARCHITECTURES[self.architecture.value]()
+        return TrainSettings(target=self.target.value, iterations=self.iterations.value,
+                             batch_size=self.batch_size.value, lr=self.lr.value, photons=self.photons.value,
+                             background=self.background.value, psf_sigma=self.psf_sigma.value,
+                             density=self.density.value, read_noise=self.read_noise.value,
+                             pixel_size=self.pixel_size.value, out_dir=str(self.out_dir.value),
+                             init=None if scratch else start, checkpoint_every=self.checkpoint_every.value,
+                             val_size=self.val_size.value, config=config).validate()
 
     # --- running -------------------------------------------------------------------------------
 
@@ -258,18 +241,16 @@ class TrainWidget(QWidget):
         self._stop = threading.Event()
         self.model_path, self.metrics = None, None
         self.plot.clear()
-        self.results.setText("")
+        self.results.value = ""
         worker = start_worker(train_and_validate_job, s, self._stop.is_set)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.progress.setRange(0, s.iterations * len(self._stages))
-        self.progress.setValue(0)
-        self.train_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        self.status.setText(("continuing the run saved in " if resumes else "training into ") + s.out_dir)
+        self.progress.max, self.progress.value = s.iterations * len(self._stages), 0
+        self.train_button.enabled, self.stop_button.enabled = False, True
+        self._say(("continuing the run saved in " if resumes else "training into ") + s.out_dir)
         self._t0 = self._last_plot = time.perf_counter()
         self._settings = s
         self.worker_started.emit(worker)
@@ -280,25 +261,25 @@ class TrainWidget(QWidget):
         """Stop after the current iteration; the last saved model is kept (and validated)."""
         if self.worker is not None:
             self._stop.set()
-            self.status.setText("stopping…")
+            self._say("stopping…")
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Progress):
             done = self._stages.index(item.stage) * item.iterations + item.iteration
-            self.progress.setValue(done)
+            self.progress.value = done
             self.plot.add(item)
             if not self._stop.is_set():
-                self.status.setText(f"{item.stage}: iteration {item.iteration}/{item.iterations}, loss {item.loss:.4g}"
-                                    f" · {eta(time.perf_counter() - self._t0, done, self.progress.maximum())}")
+                self._say(f"{item.stage}: iteration {item.iteration}/{item.iterations}, loss {item.loss:.4g}"
+                                    f" · {eta(time.perf_counter() - self._t0, done, self.progress.max)}")
             now = time.perf_counter()
             if now - self._last_plot > PLOT_SECONDS:
                 self.plot.draw()
                 self._last_plot = now
         elif isinstance(item, Notice):
-            self.status.setText(f"{item.text}…")
+            self._say(f"{item.text}…")
         elif isinstance(item, dict):
             self.metrics = item
-            self.results.setText(format_metrics(item, self._settings.pixel_size))
+            self.results.value = format_metrics(item, self._settings.pixel_size)
 
     def _on_returned(self, path) -> None:
         if path is not None:
@@ -309,24 +290,22 @@ class TrainWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self.train_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
+        self.train_button.enabled, self.stop_button.enabled = True, False
         self.plot.draw()
         stopped = self._stop.is_set()
         if self.model_path is None:
-            self.status.setText("stopped before the first checkpoint: no model saved" if stopped else
+            self._say("stopped before the first checkpoint: no model saved" if stopped else
                                 "no model saved")
             if stopped:
                 show_warning("Training stopped before the first checkpoint; lower 'save every' to keep one sooner.")
         else:
-            self.status.setText(("stopped; kept the last checkpoint " if stopped else "saved ") + str(self.model_path)
+            self._say(("stopped; kept the last checkpoint " if stopped else "saved ") + str(self.model_path)
                                 + " (now listed in 'Super-resolve with uncertainty')")
             show_info(f"Model saved: {self.model_path}")
-            self.out_dir.setText(default_out_dir())  # the next run starts fresh instead of resuming this one
+            self.out_dir.value = default_out_dir()  # the next run starts fresh instead of resuming this one
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
-        self.stop()
-        super().closeEvent(event)
+    def _say(self, text: str) -> None:
+        self.status.value = text
 
 
 def format_metrics(m: dict, pixel_size: float) -> str:

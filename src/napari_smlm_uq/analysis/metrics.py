@@ -76,7 +76,7 @@ def score(loc_frame, loc_xy, gt_frame, gt_xy, tolerance: float = 250.0) -> Score
                   100.0 * tp / max(m.n_loc, 1), 100.0 * tp / max(m.n_gt, 1), tp, fp, fn)
 
 
-# --- uncertainty quality (DESIGN.md 7) ---------------------------------------------------------
+# --- uncertainty quality (docs/physics.md, section 7) ---------------------------------------------------------
 
 def spearman(std: np.ndarray, abs_error: np.ndarray) -> float:
     """Per-pixel Spearman rank correlation of predicted std with the absolute error."""

@@ -129,6 +129,21 @@ def _tifffile_complaints() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
+def _samples_as_frames(path: Path, page, series) -> dict:
+    """Pages of several samples: 8-bit RGB(A) is a colour image (refused); 16-bit or float samples
+    stored plane by plane are camera frames (``tifffile.imwrite`` stores a ``(3, H, W)`` stack so), noted
+    in the returned metadata."""
+    samples = page.samplesperpixel
+    if samples == 1:
+        return {}
+    if series.dtype.itemsize == 1 and samples in (3, 4):
+        raise InputError(f"{path}: colour (RGB) image; a stack of grayscale camera frames is needed")
+    if page.planarconfig != tifffile.PLANARCONFIG.SEPARATE:
+        raise InputError(f"{path}: {samples} interleaved samples per pixel; a stack of grayscale camera frames "
+                         "is needed")
+    return {"note": f"{samples} samples per page ({series.dtype}, stored as colour planes) read as camera frames"}
+
+
 def open_stack(path: str | os.PathLike) -> Stack:
     """Open a TIFF stack without reading it: ``(T, H, W)`` (all leading axes become frames).
 
@@ -150,11 +165,10 @@ def open_stack(path: str | os.PathLike) -> Stack:
         raise InputError(f"{path}: truncated or corrupt TIFF ({complaints[0]})")
     with tif:
         shape, dtype = tuple(series.shape), series.dtype
-        if tif.pages[0].samplesperpixel > 1:
-            raise InputError(f"{path}: colour (RGB) image; a stack of grayscale camera frames is needed")
+        meta = _samples_as_frames(path, tif.pages[0], series)
         if len(shape) < 2:
             raise InputError(f"{path}: not an image")
-        meta = read_metadata(tif)
+        meta.update(read_metadata(tif))
         expected = int(np.prod(shape)) * dtype.itemsize
         offset = series.dataoffset
         size_ok = offset is not None and offset + expected <= path.stat().st_size

@@ -2,7 +2,8 @@
 
 A model file is a ``torch.save`` dict ``{"format", "config", "phi", "psi"}`` of plain state dicts,
 loaded with ``torch.load(weights_only=True)`` (no code runs on load). ``weights/registry.json`` names
-each bundled model with its file, sha256 and config; bundled files are verified before loading.
+each bundled model with its file and sha256 (the config is in the file); bundled files are verified
+before loading.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Camera model: photo-electrons <-> ADU, with gain, offset and Gaussian read noise (DESIGN.md 2).
+"""Camera model: photo-electrons <-> ADU, with gain, offset and Gaussian read noise (docs/physics.md, section 2).
 
 Each parameter is a scalar (CCD-style camera) or an ``(H, W)`` map (sCMOS).
 """

@@ -1,4 +1,4 @@
-"""Fisher information and Cramer-Rao lower bound (paper eq. 3, DESIGN.md 2).
+"""Fisher information and Cramer-Rao lower bound (paper eq. 3; docs/physics.md, section 6).
 
 theta = (u0, v0, N0, b): column and row position (pixels), photons, background (photons/pixel).
 Exact pixelated Gaussian model with the Poisson-Normal read-noise term: ``omega'_k = omega_k + r^2``.

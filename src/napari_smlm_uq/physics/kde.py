@@ -1,4 +1,4 @@
-"""Super-resolved kernel density targets on the SR grid (DESIGN.md sections 1 and 3).
+"""Super-resolved kernel density targets on the SR grid (docs/physics.md, sections 4 and 5).
 
 SR pixel ``m`` has its centre at ``(m + 1/2)/f - 1/2`` raw pixels (``f = 4``). Each emitter adds a
 pixel-integrated Gaussian of width ``KERNEL_SIGMA`` SR pixels, scaled by ``2 pi sigma^2`` so the

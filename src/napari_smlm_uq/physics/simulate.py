@@ -1,4 +1,4 @@
-"""Simulated SMLM camera stacks with ground truth (paper section 2.1, DESIGN.md 2).
+"""Simulated SMLM camera stacks with ground truth (paper section 2.1; docs/physics.md, section 2).
 
 Emitters are drawn independently in every frame (a Poisson number at the given density, uniform
 positions), imaged through the pixel-integrated Gaussian PSF on a background, then through the camera.
