@@ -174,6 +174,7 @@ def prepare_predict(a: argparse.Namespace):
 
     stack = open_stack(a.input)
     frames = parse_frames(a.frames, stack.shape[0])
+    _check_finite(stack.data, frames)
     meta = stack.metadata
     pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
     camera_map = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else None
@@ -182,7 +183,8 @@ def prepare_predict(a: argparse.Namespace):
     camera = choice.camera
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", 100.0), device=a.device,
-                               bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule)
+                               bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
+                               background=a.background)
     try:
         settings.validate()
         settings.torch_device()
@@ -197,7 +199,6 @@ def prepare_predict(a: argparse.Namespace):
     models = registry.load(a.model)
     if settings.samples and models.psi is None:
         raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
-    _check_finite(stack.data, frames)
     return stack, frames, settings, models, out, choice
 
 
@@ -303,6 +304,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
                              checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
+                             background_estimate=a.background_estimate, background_maps=a.background_maps,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
         settings.validate()
@@ -417,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--background", choices=("frame", "local"), default=None,
+                   help="background estimate for the normalisation (default: the one the model was trained with)")
     p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map: 3-plane TIFF or .npy (offset ADU, "
                    "variance ADU^2, gain ADU/e-); replaces --offset/--gain/--read-noise")
     add_camera_args(p, defaults=False)
@@ -441,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_positive(), default=100.0, help="nm (sets the density scale)")
     p.add_argument("--edge-patches", type=float, default=TRAIN_DEFAULTS.edge_patches,
                    help="fraction of patches with emitters up to the patch edge (the rest: centred disc)")
+    p.add_argument("--background-estimate", choices=("frame", "local"), default=TRAIN_DEFAULTS.background_estimate,
+                   help="background the input is normalised around: the frame median or a local estimate")
+    p.add_argument("--background-maps", type=float, default=TRAIN_DEFAULTS.background_maps,
+                   help="fraction of patches whose background varies across the patch (gradients, illumination, cells)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibrate", type=int, default=0, metavar="FRAMES",
                    help="afterwards, refit the uncertainty calibration on 6 simulated stacks of FRAMES frames "
