@@ -72,7 +72,8 @@ def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice
     for k in CAMERA_KEYS:
         if k not in sources:
             known[k] = getattr(estimate if estimate else defaults, k)
-            sources[k] = "estimated from the data" if estimate else "default"
+            measured = estimate is not None and np.isfinite(getattr(estimate, f"{k}_se"))
+            sources[k] = "estimated from the data" if measured else "default" if estimate is None else "assumed"
     return CameraChoice(Camera(known["offset"], known["gain"], known["read_noise"], kind), sources, estimate,
                         messages=messages)
 
