@@ -354,6 +354,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
+    from .physics import camera_estimation as estimation
     from .training import TrainSettings as TRAIN_DEFAULTS
 
     parser = _Parser(prog="smlm-uq", description=__doc__.splitlines()[0])
@@ -396,9 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stack", help="TIFF stack of camera frames (ADU), >= 10 frames")
     p.add_argument("--offset", type=float, default=None, help="known offset, ADU (default: from the file, else estimated)")
     p.add_argument("--read-noise", type=_positive(allow_zero=True), default=None, help="known read noise, e- rms")
-    p.add_argument("--method", default="masked-differences",
-                   choices=("plain", "clipped", "masked", "differences", "masked-differences"),
-                   help="how per-pixel statistics resist blinking molecules")
+    p.add_argument("--method", default=estimation.DEFAULT_METHOD, choices=estimation.METHODS, help="how per-pixel statistics resist blinking molecules")
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
     add_camera_kind(p)
     p.set_defaults(func=cmd_camera)
