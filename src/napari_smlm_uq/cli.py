@@ -305,6 +305,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
                              checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
                              background_estimate=a.background_estimate, background_maps=a.background_maps,
+                             camera_kind=a.camera_kind,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
         settings.validate()
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on the CPU measured)")
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
+    add_camera_kind(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="simulate, predict with the bundled model, score, draw a figure")

@@ -58,6 +58,7 @@ class TrainSettings:
     bf16: bool = False   # bf16 autocast trained psi slower than fp32 on the 2-core CPU measured
     background_estimate: str = "frame"   # preprocessing.normalise: "frame" median or "local" estimate
     background_maps: float = 0.0   # fraction of patches whose background varies (cut from 64 px maps, 1-6x)
+    camera_kind: str = "ccd"   # "emccd": EMCCD shot noise (read noise then in effective photo-electrons)
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
@@ -70,6 +71,7 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not 0 <= self.edge_patches <= 1:
             raise ValueError(f"edge patches must be a fraction in [0, 1] (got {self.edge_patches})")
+        Camera(kind=self.camera_kind).validate()
         if not 0 <= self.background_maps <= 1:
             raise ValueError(f"background maps must be a fraction in [0, 1] (got {self.background_maps})")
         if self.background_estimate not in BACKGROUND_ESTIMATES:
@@ -118,7 +120,10 @@ def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tupl
     if s.background_maps:
         background = background[:, None, None] * varying_backgrounds(rng, n, s.background_maps)
     omega = expected_photons(emitters, n, shape, sigma, background)
-    e_shifted = rng.poisson(omega) + rng.standard_normal(omega.shape) * read + read**2
+    counts = rng.poisson(omega).astype(np.float64)
+    if s.camera_kind == "emccd":   # effective photo-electrons: Gamma(n, 1) multiplication over F^2 = 2
+        counts = rng.gamma(counts) / 2.0
+    e_shifted = counts + rng.standard_normal(omega.shape) * read + read**2
     x = normalise(torch.from_numpy(e_shifted.astype(np.float32))[:, None], s.background_estimate)
     kde = np.stack([render_kde(emitters.in_frame(t).row, emitters.in_frame(t).col, shape) for t in range(n)])
     return x, torch.from_numpy(to_model(kde))[:, None]
