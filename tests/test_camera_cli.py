@@ -96,6 +96,7 @@ def test_predict_with_a_camera_map(inputs, tmp_path, capsys):
     code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out", "--model", inputs["model"],
                                  "--samples", "0", "--device", "cpu", "--camera-map", path)
     assert code == 0, err
+    assert f"gain 3 ADU/e- (camera map {path})" in stdout
     camera = json.loads((tmp_path / "out" / "summary.json").read_text())["camera"]
     assert camera["kind"] == "scmos" and camera["read_noise"] == pytest.approx(np.sqrt(20.0) / 3.0)
     assert set(camera["sources"].values()) == {f"camera map {path}"} and camera["warning"] is None

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_smlm_uq.analysis.precision import consecutive_frame_precision, consecutive_pairs, nena
+from napari_smlm_uq.analysis.precision import (
+    consecutive_frame_precision,
+    consecutive_pairs,
+    nena,
+)
 from napari_smlm_uq.inference.preprocessing import background, normalise
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.physics.simulate import SimulationSettings, background_map, simulate

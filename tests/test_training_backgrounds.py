@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_smlm_uq.training import PATCH, TrainSettings, simulate_patches, varying_backgrounds
+from napari_smlm_uq.training import (
+    PATCH,
+    TrainSettings,
+    simulate_patches,
+    varying_backgrounds,
+)
 
 
 def test_varying_backgrounds_fraction_and_range():

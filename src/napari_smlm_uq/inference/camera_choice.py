@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..physics.camera import Camera
-from ..physics.camera_estimation import (MAX_FRAMES, MIN_FRAMES, NOISE_AGREEMENT, CameraEstimate, EstimateError,
-                                         estimate_camera, noise_ratio)
+from ..physics.camera_estimation import (
+    MAX_FRAMES,
+    MIN_FRAMES,
+    NOISE_AGREEMENT,
+    CameraEstimate,
+    EstimateError,
+    estimate_camera,
+    noise_ratio,
+)
 
 CAMERA_KEYS = ("offset", "gain", "read_noise")
 UNITS = {"offset": "ADU", "gain": "ADU/e-", "read_noise": "e- rms"}

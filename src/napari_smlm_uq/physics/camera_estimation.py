@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 from scipy.stats import norm
 
-from .camera import EXCESS_NOISE, Camera
+from .camera import Camera
 
 MIN_FRAMES = 10          # fewer: no estimate (the issue's 20, lowered so that 11-frame real stacks work)
 MAX_FRAMES = 200         # frames used (the first ones): enough for < 1 % statistical error
@@ -203,7 +203,7 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     """Estimate the camera of ``(T, H, W)`` ADU frames (any array-like; the first :data:`MAX_FRAMES` are
     read). ``offset`` (ADU) and ``read_noise`` (e- rms) known from elsewhere fill what the data cannot
     separate. Raises :class:`EstimateError` below :data:`MIN_FRAMES` frames or without background signal."""
-    excess = EXCESS_NOISE[Camera(kind=kind).validate().kind]
+    excess = Camera(kind=kind).validate().excess_noise
     n = len(frames)
     if n < MIN_FRAMES:
         raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
