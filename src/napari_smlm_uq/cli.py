@@ -178,7 +178,7 @@ def prepare_predict(a: argparse.Namespace):
     meta = stack.metadata
     pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
     camera_map = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else None
-    choice = choose_camera(stack.data[frames.start:frames.stop], {"offset": a.offset, "gain": a.gain, "read_noise": a.read_noise},
+    choice = choose_camera(_Offset(stack.data, frames), {"offset": a.offset, "gain": a.gain, "read_noise": a.read_noise},
                            meta, a.camera_kind, camera_map, f"camera map {a.camera_map}")
     camera = choice.camera
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
