@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_smlm_uq.training import (
-    PATCH,
-    TrainSettings,
-    simulate_patches,
-    varying_backgrounds,
-)
+from napari_smlm_uq.inference import pipeline
+from napari_smlm_uq.models import registry
+from napari_smlm_uq.training import PATCH, TrainSettings, simulate_patches, varying_backgrounds
 
 
 def test_varying_backgrounds_fraction_and_range():
@@ -38,3 +35,13 @@ def test_emccd_patches_are_in_effective_photoelectrons():
     assert float(np.sinh(x.numpy()).std() * 3.0) == pytest.approx(1.0, rel=0.1)
     with pytest.raises(ValueError, match="camera kind"):
         TrainSettings(camera_kind="cmos").validate()
+
+
+def test_inference_uses_the_background_estimate_the_model_was_trained_with():
+    models = registry.build(registry.tiny_config(), name="tiny")
+    assert pipeline.background_estimate(models, pipeline.PredictSettings()) == "frame"
+    models.info["trained_on"] = {"background_estimate": "local"}
+    assert pipeline.background_estimate(models, pipeline.PredictSettings()) == "local"
+    assert pipeline.background_estimate(models, pipeline.PredictSettings(background="frame")) == "frame"
+    with pytest.raises(ValueError, match="background must be one of frame, local"):
+        pipeline.PredictSettings(background="temporal").validate()
