@@ -1,4 +1,4 @@
-"""The ``smlm-uq`` command line: simulate | crlb | evaluate | predict | train | demo | postprocess.
+"""The ``smlm-uq`` command line: simulate | crlb | evaluate | camera | predict | train | demo | postprocess.
 
 Every user mistake ends in one line on stderr and exit status 2, before any output is written.
 """
@@ -51,6 +51,11 @@ def add_camera_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--read-noise", type=_positive(allow_zero=True), default=d(cam.read_noise), help="read noise, e- rms")
 
 
+def add_camera_kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--camera-kind", choices=("ccd", "scmos", "emccd"), default="ccd",
+                   help="emccd: excess noise factor F^2 = 2 (gain includes the EM gain)")
+
+
 # --- simulate -----------------------------------------------------------------------------------
 
 def cmd_simulate(a: argparse.Namespace) -> int:
@@ -61,7 +66,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
     settings = SimulationSettings(frames=a.frames, size=a.size, density=a.density, photons=a.photons,
                                   background=a.background, psf_sigma=a.psf_sigma, pixel_size=a.pixel_size,
-                                  camera=Camera(a.offset, a.gain, a.read_noise), seed=a.seed)
+                                  camera=Camera(a.offset, a.gain, a.read_noise, a.camera_kind), seed=a.seed,
+                                  on_time=a.on_time, background_map=a.background_map, background_ratio=a.background_ratio)
     try:
         settings.validate()
     except ValueError as exc:
@@ -113,6 +119,27 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- camera -------------------------------------------------------------------------------------
+
+def cmd_camera(a: argparse.Namespace) -> int:
+    from .io.tiff import open_stack
+    from .physics.camera_estimation import MAX_FRAMES, EstimateError, estimate_camera
+
+    stack = open_stack(a.stack)
+    known = {k: v if v is not None else stack.metadata.get(k) for k, v in (("offset", a.offset), ("read_noise", a.read_noise))}
+    try:
+        estimate = estimate_camera(stack.data[:MAX_FRAMES], a.camera_kind, known["offset"], known["read_noise"], a.method)
+    except EstimateError as exc:
+        raise InputError(f"{a.stack}: {exc}") from None
+    if a.json:
+        print(json.dumps(estimate.as_dict()))
+    else:
+        print(f"{estimate.source}: {estimate.describe()}")
+        for note in estimate.notes:
+            print(f"  {note}")
+    return 0
+
+
 # --- predict ------------------------------------------------------------------------------------
 
 def parse_frames(text: str | None, n: int) -> range:
@@ -154,20 +181,26 @@ OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", 
 
 def prepare_predict(a: argparse.Namespace):
     """Check everything before any work: the stack, the frame range, the settings, the model, the folder."""
+    from .inference.camera_choice import choose_camera
     from .inference.pipeline import PredictSettings
+    from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
     from .models import registry
-    from .physics.camera import Camera
+    from .physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 
     stack = open_stack(a.input)
     frames = parse_frames(a.frames, stack.shape[0])
-    meta, cam = stack.metadata, Camera()
+    _check_finite(stack.data, frames)
+    meta = stack.metadata
     pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
-    camera = Camera(pick(a.offset, "offset", cam.offset), pick(a.gain, "gain", cam.gain),
-                    pick(a.read_noise, "read_noise", cam.read_noise))
-    settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=camera,
+    camera_map = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else None
+    first = stack.data[frames.start:min(frames.stop, frames.start + CAMERA_FRAMES)]  # what the estimate reads
+    choice = choose_camera(first, {"offset": a.offset, "gain": a.gain, "read_noise": a.read_noise},
+                           meta, a.camera_kind, camera_map, f"camera map {a.camera_map}")
+    settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=choice.camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", PredictSettings.pixel_size), device=a.device,
-                               bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule)
+                               bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
+                               background=a.background)
     try:
         settings.validate()
         settings.torch_device()
@@ -177,8 +210,7 @@ def prepare_predict(a: argparse.Namespace):
     models = registry.load(a.model)
     if settings.samples and models.psi is None:
         raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
-    _check_finite(stack.data, frames)
-    return stack, frames, settings, models, out
+    return stack, frames, settings, models, out, choice
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -187,6 +219,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .analysis.precision import consecutive_frame_precision
     from .inference.pipeline import StackSum, keep_freed_buffers, predict
     from .io.files import write_json
     from .io.tables import localizations_table, write_localizations
@@ -194,7 +227,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .localizations import Localizations
     from .physics.kde import UPSAMPLING
 
-    stack, frames, settings, models, out = prepare_predict(a)
+    stack, frames, settings, models, out, camera_choice = prepare_predict(a)
+    print("\n".join(camera_choice.messages))
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
@@ -216,19 +250,20 @@ def cmd_predict(a: argparse.Namespace) -> int:
             bar.update()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
+    precision = consecutive_frame_precision(all_locs, settings.pixel_size)
     write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
     write_localizations(out / "localizations.csv", localizations_table(all_locs, settings.pixel_size))
     summary = {"input": str(Path(a.input).resolve()), "frames": [frames.start, frames.stop], "model": models.name,
                "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
-                            "pixel_size_nm": settings.pixel_size, "offset_adu": float(settings.camera.offset),
-                            "gain": float(settings.camera.gain), "read_noise_e": float(settings.camera.read_noise),
-                            "device": str(settings.torch_device()), "bf16": settings.bf16,
+                            "pixel_size_nm": settings.pixel_size, "device": str(settings.torch_device()), "bf16": settings.bf16,
                             "threshold": settings.threshold, "seed": settings.seed,
                             "schedule": settings.schedule or "model"},
                "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
-               "localizations": len(all_locs), "sr_pixel_size_nm": sr}
+               "localizations": len(all_locs), "sr_pixel_size_nm": sr, "camera": camera_choice.as_dict(),
+               "precision": precision.as_dict()}
     write_json(out / "summary.json", summary)
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
+    print(precision.describe())
     return 0
 
 
@@ -246,6 +281,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
                              checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
                              device=a.device, data_workers=a.data_workers, stage_seconds=a.stage_seconds,
+                             background_estimate=a.background_estimate, background_maps=a.background_maps,
+                             camera_kind=a.camera_kind,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
         settings.validate()
@@ -328,6 +365,7 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
+    from .physics import camera_estimation as estimation
     from .physics.simulate import SimulationSettings as SIM
     from .training import TrainSettings as T
 
@@ -343,7 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", type=float, default=SIM.background, help="photons per pixel")
     p.add_argument("--psf-sigma", type=float, default=SIM.psf_sigma, help="PSF standard deviation, raw pixels")
     p.add_argument("--seed", type=int, default=SIM.seed)
+    p.add_argument("--on-time", type=_positive(), default=None,
+                   help="fixed molecules blinking for this mean number of frames (default: new emitters every frame)")
+    p.add_argument("--background-map", choices=("gradient", "illumination", "cells"), default=None,
+                   help="background varying across the field (mean --background)")
+    p.add_argument("--background-ratio", type=_positive(), default=6.0, help="the map's highest / lowest background")
     add_camera_args(p)
+    add_camera_kind(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("crlb", help="Cramer-Rao lower bound of the localization precision")
@@ -361,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("camera", help="estimate the camera (offset, gain, read noise) from a stack")
+    p.add_argument("stack", help="TIFF stack of camera frames (ADU), >= 10 frames")
+    p.add_argument("--offset", type=float, default=None, help="known offset, ADU (default: from the file, else estimated)")
+    p.add_argument("--read-noise", type=_positive(allow_zero=True), default=None, help="known read noise, e- rms")
+    p.add_argument("--method", default=estimation.DEFAULT_METHOD, choices=estimation.METHODS, help="how per-pixel statistics resist blinking molecules")
+    p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
+    add_camera_kind(p)
+    p.set_defaults(func=cmd_camera)
+
     p = sub.add_parser("predict", help="super-resolved mean, std, sample and localizations of a TIFF stack")
     p.add_argument("input", help="TIFF stack of camera frames (ADU)")
     p.add_argument("--out", required=True, help="output folder")
@@ -377,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--background", choices=("frame", "local"), default=None,
+                   help="background estimate for the normalisation (default: the one the model was trained with)")
+    p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map: 3-plane TIFF or .npy (offset ADU, "
+                   "variance ADU^2, gain ADU/e-); replaces --offset/--gain/--read-noise")
     add_camera_args(p, defaults=False)
+    add_camera_kind(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train or fine-tune phi and psi on simulated data")
@@ -399,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_positive(), default=T.pixel_size, help="nm (sets the density scale)")
     p.add_argument("--edge-patches", type=float, default=T.edge_patches,
                    help="fraction of patches with emitters up to the patch edge (the rest: centred disc)")
+    p.add_argument("--background-estimate", choices=("frame", "local"), default=T.background_estimate,
+                   help="background the input is normalised around: the frame median or a local estimate")
+    p.add_argument("--background-maps", type=float, default=T.background_maps,
+                   help="fraction of patches whose background varies across the patch (gradients, illumination, cells)")
     p.add_argument("--seed", type=int, default=T.seed)
     p.add_argument("--calibrate", type=int, default=0, metavar="FRAMES",
                    help="afterwards, refit the uncertainty calibration on 6 simulated stacks of FRAMES frames "
@@ -412,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-seconds", type=_positive(), default=T.stage_seconds,
                    help="time budget per stage (phi, psi): the iteration count is cut to fit it after 50 iterations")
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
+    add_camera_kind(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="simulate, predict with the bundled model, score, draw a figure")

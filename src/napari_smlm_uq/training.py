@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .analysis.evaluation import calibrate, localization_report
 from .inference.pipeline import PredictSettings, predict
-from .inference.preprocessing import normalise, psi_condition
+from .inference.preprocessing import BACKGROUND_ESTIMATES, normalise, psi_condition
 from .io.files import InputError, atomic_path
 from .localizations import Localizations
 from .models import registry
@@ -27,7 +27,16 @@ from .models.registry import Models
 from .physics.camera import Camera
 from .physics.crlb import crlb_nm
 from .physics.kde import render_kde, to_model
-from .physics.simulate import Emitters, SimulationSettings, draw_emitters, draw_values, expected_photons, simulate
+from .physics.simulate import (
+    BACKGROUND_MAPS,
+    Emitters,
+    SimulationSettings,
+    background_map,
+    draw_emitters,
+    draw_values,
+    expected_photons,
+    simulate,
+)
 
 PATCH = 16          # raw pixels (64 SR pixels)
 DISC_RADIUS = 7.0   # raw pixels (paper section 4)
@@ -60,6 +69,9 @@ class TrainSettings:
     device: str = "auto"   # auto: CUDA when present
     data_workers: int = 0  # processes simulating training patches beside the optimiser (0: in line)
     stage_seconds: float | None = None  # a time budget per stage: the iteration count is cut to fit it
+    background_estimate: str = "frame"   # preprocessing.normalise: "frame" median or "local" estimate
+    background_maps: float = 0.0   # fraction of patches whose background varies (cut from 64 px maps, 1-6x)
+    camera_kind: str = "ccd"   # "emccd": EMCCD shot noise (read noise then in effective photo-electrons)
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
@@ -72,6 +84,12 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not 0 <= self.edge_patches <= 1:
             raise ValueError(f"edge patches must be a fraction in [0, 1] (got {self.edge_patches})")
+        Camera(kind=self.camera_kind).validate()
+        if not 0 <= self.background_maps <= 1:
+            raise ValueError(f"background maps must be a fraction in [0, 1] (got {self.background_maps})")
+        if self.background_estimate not in BACKGROUND_ESTIMATES:
+            raise ValueError(f"background estimate must be one of {', '.join(BACKGROUND_ESTIMATES)} "
+                             f"(got {self.background_estimate!r})")
         if not (0 < self.lr < 1):
             raise ValueError(f"learning rate must be in (0, 1) (got {self.lr})")
         for name, low in (("photons", 0), ("background", -1e-12), ("psf_sigma", 0), ("density", -1e-12),
@@ -117,11 +135,27 @@ def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tupl
                         *(np.concatenate([getattr(p, k) for p in parts]) for k in ("row", "col", "photons")))
     sigma, background = draw_values(rng, s.psf_sigma, n), draw_values(rng, s.background, n)
     read = rng.uniform(*s.read_noise, n)[:, None, None]
+    if s.background_maps:
+        background = background[:, None, None] * varying_backgrounds(rng, n, s.background_maps)
     omega = expected_photons(emitters, n, shape, sigma, background)
-    e_shifted = rng.poisson(omega) + rng.standard_normal(omega.shape) * read + read**2
-    x = normalise(torch.from_numpy(e_shifted.astype(np.float32))[:, None])
+    counts = rng.poisson(omega).astype(np.float64)
+    if s.camera_kind == "emccd":   # effective photo-electrons: Gamma(n, 1) multiplication over F^2 = 2
+        counts = rng.gamma(counts) / 2.0
+    e_shifted = counts + rng.standard_normal(omega.shape) * read + read**2
+    x = normalise(torch.from_numpy(e_shifted.astype(np.float32))[:, None], s.background_estimate)
     kde = np.stack([render_kde(emitters.in_frame(t).row, emitters.in_frame(t).col, shape) for t in range(n)])
     return x, torch.from_numpy(to_model(kde))[:, None]
+
+
+def varying_backgrounds(rng: np.random.Generator, n: int, fraction: float, field: int = 64) -> np.ndarray:
+    """``(n, PATCH, PATCH)`` background shapes: flat (1) but for a ``fraction`` of patches cut at random
+    from a ``field``-pixel background map (simulate.BACKGROUND_MAPS) whose highest / lowest is 1-6x."""
+    shapes = np.ones((n, PATCH, PATCH))
+    for i in np.flatnonzero(rng.uniform(size=n) < fraction):
+        full = background_map(BACKGROUND_MAPS[rng.integers(len(BACKGROUND_MAPS))], (field, field), rng.uniform(1, 6), rng)
+        r, c = rng.integers(0, field - PATCH + 1, 2)
+        shapes[i] = full[r:r + PATCH, c:c + PATCH]
+    return shapes
 
 
 def _lr(it: int, total: int, base: float, warmup: int = 200) -> float:

@@ -25,7 +25,7 @@ from ..physics.camera import Camera
 from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
-from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .tiling import TileGrid, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
@@ -55,6 +55,7 @@ class PredictSettings:
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
+    background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
 
     def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
@@ -67,6 +68,8 @@ class PredictSettings:
             raise ValueError(f"pixel size must be > 0 nm (got {self.pixel_size})")
         if self.schedule is not None:
             Schedule.named(self.schedule)
+        if self.background not in (None, *BACKGROUND_ESTIMATES):
+            raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
         if self.frame_batch < 1 or self.tile_batch < 1:
             raise ValueError("batch sizes must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -139,10 +142,16 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def background_estimate(models: Models, s: PredictSettings) -> str:
+    """The background estimate of preprocessing.normalise: the settings', else the one the model was trained with."""
+    return s.background or models.info.get("trained_on", {}).get("background_estimate", "frame")
+
+
+def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torch.device,
+            estimate: str = "frame") -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised inputs ``(B, 1, H, W)`` and phi's model-space KDEs ``(B, 1, 4H, 4W)`` (float32).
     On CPU one frame at a time: larger batches leave the cache and run 1.4x slower (benchmarks.md)."""
-    x = normalise(shifted_photoelectrons(frames, s.camera)).to(device)
+    x = normalise(shifted_photoelectrons(frames, s.camera), estimate).to(device)
     with _autocast(device, s.bf16):
         z = chunked(lambda t: phi_tiled(phi, t, PHI_TILE, phi.receptive_radius), x,
                     max_batch=1 if device.type == "cpu" else s.frame_batch)
@@ -200,7 +209,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
                 return
             t0 = time.perf_counter()
             batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
-            x, z_phi = run_phi(phi, batch, s, device)
+            x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
             snr = pixel_snr(x).cpu().numpy()
             per_frame_phi = (time.perf_counter() - t0) / len(batch)
             for i in range(len(batch)):

@@ -1,9 +1,11 @@
 """Camera frames -> network inputs, shared by training and inference.
 
-ADU -> photo-electrons with the Poisson-Normal shift (``e + r^2``, docs/physics.md section 3), then a per-frame
-variance-stabilising normalisation: background-subtracted (the frame median), divided by the shot-noise
-scale ``sqrt(median)``, compressed with ``asinh(v / 3)`` so that photon counts from hundreds to tens of
-thousands share one input range. phi's input is that frame; psi is conditioned on ``phi(x)`` and the
+ADU -> (effective) photo-electrons with the Poisson-Normal shift (``e + r^2``, docs/physics.md), then a
+variance-stabilising normalisation: background-subtracted, divided by the shot-noise scale
+``sqrt(background)``, compressed with ``asinh(v / 3)`` so that photon counts from hundreds to tens of
+thousands share one input range. The background is the frame's median (``frame``, the bundled model's) or
+a smooth local estimate (``local``: medians of 8x8-pixel blocks, bilinearly interpolated) that follows
+illumination profiles and cells; a model records which one it was trained with. phi's input is that frame; psi is conditioned on ``phi(x)`` and the
 bicubic-upsampled frame (align_corners=False matches the SR grid of docs/physics.md section 4).
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING
 
 ASINH_SCALE = 3.0
+BACKGROUND_ESTIMATES = ("frame", "local")
+BLOCK = 8   # raw pixels: the local background's block size
 
 
 def shifted_photoelectrons(adu: np.ndarray, camera: Camera) -> torch.Tensor:
@@ -23,15 +27,35 @@ def shifted_photoelectrons(adu: np.ndarray, camera: Camera) -> torch.Tensor:
     return torch.from_numpy(camera.shifted_photoelectrons(np.asarray(adu))).reshape(-1, 1, *np.shape(adu)[-2:])
 
 
-def normalise(e_shifted: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` shifted photo-electrons -> the network input (per-frame statistics)."""
-    med = e_shifted.flatten(1).median(dim=1).values.clamp(min=1.0)[:, None, None, None]
-    return torch.asinh((e_shifted - med) / med.sqrt() / ASINH_SCALE)
+def local_background(e_shifted: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> a smooth background of the same shape: the median of each ``block`` x ``block``
+    tile (edge tiles padded by reflection), bilinearly interpolated between tile centres."""
+    h, w = e_shifted.shape[-2:]
+    ph, pw = -h % block, -w % block
+    padded = F.pad(e_shifted, (0, pw, 0, ph), mode="reflect") if ph or pw else e_shifted
+    b, c, hp, wp = padded.shape
+    tiles = padded.reshape(b, c, hp // block, block, wp // block, block).permute(0, 1, 2, 4, 3, 5).flatten(-2)
+    coarse = tiles.median(dim=-1).values
+    return F.interpolate(coarse, size=(hp, wp), mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def background(e_shifted: torch.Tensor, estimate: str = "frame") -> torch.Tensor:
+    """The background (photo-electrons, >= 1) that :func:`normalise` subtracts: the frame median
+    ``(B, 1, 1, 1)`` or :func:`local_background` ``(B, 1, H, W)``."""
+    if estimate == "local":
+        return local_background(e_shifted).clamp(min=1.0)
+    return e_shifted.flatten(1).median(dim=1).values.clamp(min=1.0)[:, None, None, None]
+
+
+def normalise(e_shifted: torch.Tensor, estimate: str = "frame") -> torch.Tensor:
+    """``(B, 1, H, W)`` shifted photo-electrons -> the network input, around the ``estimate`` background."""
+    bg = background(e_shifted, estimate)
+    return torch.asinh((e_shifted - bg) / bg.sqrt() / ASINH_SCALE)
 
 
 def pixel_snr(x: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`normalise`'s compression: per pixel ``(e' - median) / sqrt(median)``, the signal over
-    the background's shot noise (dimensionless)."""
+    """Undo :func:`normalise`'s compression: per pixel ``(e' - background) / sqrt(background)``, the
+    signal over the background's shot noise (dimensionless)."""
     return ASINH_SCALE * torch.sinh(x)
 
 

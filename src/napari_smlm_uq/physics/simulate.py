@@ -1,13 +1,18 @@
-"""Simulated SMLM camera stacks with ground truth (paper section 2.1; docs/physics.md, section 2).
+"""Simulated SMLM camera stacks with ground truth (paper section 2.1, docs/physics.md).
 
-Emitters are drawn independently in every frame (a Poisson number at the given density, uniform
-positions), imaged through the pixel-integrated Gaussian PSF on a background, then through the camera.
+By default emitters are drawn independently in every frame (a Poisson number at the given density,
+uniform positions). With ``on_time`` set, fixed molecules blink instead: each is on for a geometric number
+of frames (mean ``on_time``) and its photons vary from frame to frame, so one molecule is localized in
+consecutive frames (the precision check of analysis/precision.py). Emitters are imaged through the
+pixel-integrated Gaussian PSF on a background, flat or shaped by a map (a gradient, a Gaussian
+illumination profile or cell-like blobs), then through the camera.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from .camera import Camera
 from .psf import render_emitters
@@ -37,7 +42,12 @@ def _check_range(name: str, value: Range, minimum: float, strict: bool) -> None:
 class SimulationSettings:
     """What to simulate. Units: pixel_size nm, density emitters/um^2, photons per emitter, background
     photons/pixel, psf_sigma raw pixels. ``photons``, ``background`` and ``psf_sigma`` may be ranges
-    ``(lo, hi)``: photons vary per emitter, background and PSF width per frame."""
+    ``(lo, hi)``: photons vary per emitter, background and PSF width per frame.
+
+    ``on_time`` (frames, None: independent emitters per frame) makes fixed molecules blink; ``density`` is
+    then the mean density of molecules that are on, and ``photons`` each molecule's mean brightness.
+    ``background_map`` (:data:`BACKGROUND_MAPS`) shapes the background across the field, its mean staying
+    ``background`` and its highest pixel ``background_ratio`` times its lowest."""
 
     frames: int = 100
     size: int | tuple[int, int] = 64
@@ -48,6 +58,9 @@ class SimulationSettings:
     pixel_size: float = 100.0
     camera: Camera = field(default_factory=Camera)
     seed: int | None = 0
+    on_time: float | None = None
+    background_map: str | None = None
+    background_ratio: float = 6.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,6 +76,11 @@ class SimulationSettings:
         _check_range("background", self.background, 0.0, strict=False)
         _check_range("psf_sigma", self.psf_sigma, 0.0, strict=True)
         _check_range("pixel_size", self.pixel_size, 0.0, strict=True)
+        if self.on_time is not None:
+            _check_range("on_time", self.on_time, 1.0, strict=False)
+        if self.background_map is not None and self.background_map not in BACKGROUND_MAPS:
+            raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} (got {self.background_map!r})")
+        _check_range("background_ratio", self.background_ratio, 1.0, strict=False)
         self.camera.validate()
         return self
 
@@ -116,7 +134,8 @@ def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], 
                      background: np.ndarray) -> np.ndarray:
     """omega (T, H, W): per-frame ``background`` (scalar per frame, or maps) plus the emitters' PSFs."""
     omega = np.empty((n_frames, *shape))
-    omega[:] = np.asarray(background, dtype=np.float64).reshape(n_frames, *([1, 1] if np.ndim(background) == 1 else []))
+    background = np.asarray(background, dtype=np.float64)
+    omega[:] = background.reshape(n_frames, 1, 1) if background.ndim == 1 else background
     order = np.argsort(emitters.frame, kind="stable")
     bounds = np.searchsorted(emitters.frame[order], np.arange(n_frames + 1))
     for t in range(n_frames):
@@ -126,13 +145,63 @@ def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], 
     return omega
 
 
+BLINK_MOLECULES = 5.0   # molecules per molecule that is on at a time (the fraction on is 1/5)
+PHOTON_JITTER = 0.3     # frame-to-frame variation of a molecule's photons (log-normal sigma)
+
+
+def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int], density_px: float,
+                      photons: Range, on_time: float) -> Emitters:
+    """Fixed molecules, ``BLINK_MOLECULES`` times as many as are on at a time (``density_px`` per pixel^2),
+    switching as a two-state Markov chain: on for a mean of ``on_time`` frames, on a fraction
+    ``1 / BLINK_MOLECULES`` of the time; photons per frame a molecule's brightness times a log-normal jitter."""
+    h, w = shape
+    n = rng.poisson(density_px * BLINK_MOLECULES * h * w)
+    row, col = rng.uniform(-0.5, h - 0.5, n), rng.uniform(-0.5, w - 0.5, n)
+    brightness = draw_values(rng, photons, n)
+    p_off = 1.0 / on_time
+    p_on = p_off / (BLINK_MOLECULES - 1)
+    on = np.empty((n_frames, n), bool)
+    on[0] = rng.uniform(size=n) < 1.0 / BLINK_MOLECULES
+    for t in range(1, n_frames):
+        flip = rng.uniform(size=n)
+        on[t] = np.where(on[t - 1], flip >= p_off, flip < p_on)
+    frame, idx = np.nonzero(on)
+    jitter = np.exp(PHOTON_JITTER * rng.standard_normal(len(idx)) - PHOTON_JITTER**2 / 2)
+    return Emitters(frame, row[idx], col[idx], brightness[idx] * jitter)
+
+
+BACKGROUND_MAPS = ("gradient", "illumination", "cells")
+
+
+def background_map(kind: str, shape: tuple[int, int], ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """A background shape ``(H, W)`` with mean 1 and max/min ``ratio``: a left-to-right ``gradient``, a
+    centred Gaussian ``illumination`` profile (sigma a third of the field), or ``cells`` (smoothed random
+    blobs of about 8 px)."""
+    h, w = shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    if kind == "gradient":
+        shape_map = cols / max(w - 1, 1)
+    elif kind == "illumination":
+        shape_map = np.exp(-(((rows - (h - 1) / 2) / (h / 3)) ** 2 + ((cols - (w - 1) / 2) / (w / 3)) ** 2) / 2)
+    else:
+        shape_map = gaussian_filter(rng.standard_normal(shape), 4.0, mode="wrap")
+    unit = (shape_map - shape_map.min()) / np.ptp(shape_map)   # 0..1
+    level = 1.0 + (ratio - 1.0) * unit                           # 1..ratio
+    return level / level.mean()
+
+
 def simulate(settings: SimulationSettings) -> SimulatedStack:
     """Simulate a stack of camera frames in ADU, with its ground truth emitters."""
     s = settings.validate()
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
-    emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
+    if s.on_time is None:
+        emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
+    else:
+        emitters = blinking_emitters(rng, s.frames, s.shape, float(np.mean(density_px)), s.photons, s.on_time)
     sigma = draw_values(rng, s.psf_sigma, s.frames)
     background = draw_values(rng, s.background, s.frames)
+    if s.background_map is not None:
+        background = background[:, None, None] * background_map(s.background_map, s.shape, s.background_ratio, rng)
     omega = expected_photons(emitters, s.frames, s.shape, sigma, background)
     return SimulatedStack(s.camera.expose(omega, rng), omega, emitters, s)
