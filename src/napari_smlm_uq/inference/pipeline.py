@@ -26,7 +26,7 @@ from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
-from .tiling import TileGrid, chunked, phi_tiled
+from .tiling import SampleTiles, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
 PSI_OVERLAP = 16     # SR pixels
@@ -53,6 +53,7 @@ class PredictSettings:
     tile_batch: int = 16
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
+    tile_shift: bool = False  # psi's tile grid moved at random for every step and sample (no seams)
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
 
     def validate(self) -> "PredictSettings":
@@ -150,15 +151,18 @@ def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torc
 def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: PredictSettings, device: torch.device,
                  generator: torch.Generator, should_stop: Callable[[], bool]) -> torch.Tensor:
     """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``)."""
-    grid = TileGrid(tuple(z_phi.shape[-2:]), PSI_TILE, PSI_OVERLAP)
-    cond_tiles = grid.split(psi_condition(x, z_phi)).repeat(s.samples, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    shape, cond = tuple(z_phi.shape[-2:]), psi_condition(x, z_phi)
+    fixed = SampleTiles.fixed(shape, PSI_TILE, PSI_OVERLAP, s.samples)
+    cond_tiles = fixed.split(cond).contiguous(memory_format=torch.channels_last)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        sg = sqrt_gamma[:1].repeat(len(cond_tiles))
+        tiles = SampleTiles.shifted(shape, PSI_TILE, PSI_OVERLAP, s.samples, generator) if s.tile_shift else fixed
+        c = tiles.split(cond).contiguous(memory_format=torch.channels_last) if s.tile_shift else cond_tiles
+        sg = sqrt_gamma[:1].repeat(len(c))
         with _autocast(device, s.bf16):
-            eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond_tiles, sg,
+            eps = chunked(models.psi, tiles.split(y).contiguous(memory_format=torch.channels_last), c, sg,
                           max_batch=s.tile_batch)
-        return grid.merge(eps, s.samples)
+        return tiles.merge(eps)
 
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
     gammas = schedule.inference_gammas(s.steps, s.start)

@@ -78,8 +78,11 @@ def ancestral_sampler(eps_fn: EpsFn, start_mean: torch.Tensor, gammas: np.ndarra
     ``start_mean`` is zeros for the pure-noise start or ``phi(x)`` for the preconditioned start;
     ``eps_fn(y_t, sqrt_gamma)`` predicts the noise. Yields the step number (1..K) after each step and
     returns ``y_0``; stop early by closing the generator."""
+    draw_on = generator.device if generator is not None else start_mean.device  # a CUDA generator draws on the GPU
+
     def noise() -> torch.Tensor:
-        return torch.randn(start_mean.shape, generator=generator, dtype=start_mean.dtype).to(start_mean.device)
+        return torch.randn(start_mean.shape, generator=generator, dtype=start_mean.dtype,
+                           device=draw_on).to(start_mean.device)
 
     g = [float(v) for v in gammas]
     y = np.sqrt(g[0]) * start_mean + np.sqrt(1.0 - g[0]) * noise()
