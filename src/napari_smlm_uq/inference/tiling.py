@@ -88,12 +88,21 @@ class SampleTiles:
         shifts = torch.randint(0, tile - overlap, (batch, 2), generator=generator, device=device).tolist()
         return cls([TileGrid(shape, tile, overlap, tuple(s)) for s in shifts])
 
+    @property
+    def shared(self) -> bool:
+        """Whether every image has the same grid (one split for the whole batch)."""
+        return all(g is self.grids[0] for g in self.grids)
+
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> all tiles, image by image (``B`` may be 1: the same image for every grid)."""
+        if self.shared:
+            return self.grids[0].split(x.expand(len(self.grids), *x.shape[1:]))
         return torch.cat([g.split(x[i:i + 1] if len(x) > 1 else x) for i, g in enumerate(self.grids)])
 
     def merge(self, tiles: torch.Tensor) -> torch.Tensor:
         """All tiles -> ``(B, C, H, W)``."""
+        if self.shared:
+            return self.grids[0].merge(tiles, len(self.grids))
         parts = torch.split(tiles, [len(g.slices) for g in self.grids])
         return torch.cat([g.merge(p, 1) for g, p in zip(self.grids, parts)])
 
