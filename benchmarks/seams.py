@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report, true_kdes
+from napari_smlm_uq.analysis.evaluation import (
+    localization_report,
+    pixel_report,
+    true_kdes,
+)
 from napari_smlm_uq.analysis.seams import tile_seam_ratio
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.io.files import write_json
@@ -100,13 +104,14 @@ def main() -> None:
     models = registry.load()
     out = {"frames": args.frames, "real_frames": args.real_frames, "real_crop": args.real_crop, "variants": {}}
     for name in args.variants.split(","):
-        row = {f"sim_{d}": simulated(models, name, d, args.frames) for d in (0.5, 3.0)}
+        row = out["variants"][name] = {}
+        parts = {f"sim_{d}": (simulated, (d, args.frames)) for d in (0.5, 3.0)}
         if shared_data() is not None and args.real_frames:
-            row["real"] = real(models, name, args.real_frames, args.real_crop)
-        out["variants"][name] = row
-        print(name, {k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in row.items()},
-              flush=True)
-        write_json(args.out, out)
+            parts["real"] = (real, (args.real_frames, args.real_crop))
+        for key, (fn, fn_args) in parts.items():
+            row[key] = fn(models, name, *fn_args)
+            print(name, key, {k: round(v, 3) if isinstance(v, float) else v for k, v in row[key].items()}, flush=True)
+            write_json(args.out, out)
 
 
 if __name__ == "__main__":
