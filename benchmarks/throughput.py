@@ -23,11 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_smlm_uq.analysis.evaluation import (
-    localization_report,
-    pixel_report,
-    true_kdes,
-)
+from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report, true_kdes
+from napari_smlm_uq.analysis.render import render
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.inference.calibration import Calibration
 from napari_smlm_uq.inference.localize import localize
@@ -139,8 +136,9 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
         torch.cuda.reset_peak_memory_stats(device)
     pipeline.PSI_OVERLAP = overlap
     try:
-        run(models, adu[:min(len(adu), s.frame_batch)], s, device)  # warm-up (allocations, cuDNN, compile)
-        sync(device)
+        if device.type == "cuda":  # warm-up: allocations, cuDNN's algorithm search, compilation
+            run(models, adu[:min(len(adu), s.frame_batch)], s, device)
+            sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         locs = run(models, adu, s, device)
         sync(device)
@@ -202,6 +200,16 @@ def store_check(models, stack, device) -> dict:
     return out
 
 
+def render_check(n: int = 10**6, pixel_nm: float = 10.0) -> dict:
+    """Seconds to render ``n`` localizations (uncertainty 5-15 nm) over a 25.6 um field at ``pixel_nm``."""
+    rng = np.random.default_rng(0)
+    x, y, sigma = rng.uniform(0, 25600, n), rng.uniform(0, 25600, n), rng.uniform(5, 15, n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    image = render(x, y, sigma, (25600.0, 25600.0), pixel_nm)
+    return {"localizations": n, "pixel_nm": pixel_nm, "shape": list(image.shape),
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+
+
 def table(rows: list[dict]) -> str:
     head = "| device | frame | lever | frames/s | s/frame | CPU s/frame | peak RSS GB | peak GPU GB | E | z std | holds |"
     lines = [head, "|" + "---|" * 11]
@@ -217,8 +225,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def frames_for(device: torch.device, size: int, lever: str, quick: bool) -> int:
+def frames_for(device: torch.device, size: int, lever: str, quick: bool, cpu_frames: int) -> int:
     """Frames timed per row: enough for a stable rate, little enough for the time cap."""
+    if device.type == "cpu" and lever != "phi alone" and cpu_frames:
+        return cpu_frames
     if device.type == "cuda":
         n = 256 if size == 64 else 32
     elif lever == "phi alone":
@@ -231,12 +241,13 @@ def frames_for(device: torch.device, size: int, lever: str, quick: bool) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped without a GPU")
-    ap.add_argument("--sizes", default="64,256")
+    ap.add_argument("--sizes", default="64,256", help="frame sizes in raw pixels; empty: the store check alone")
     ap.add_argument("--quick", action="store_true", help="fewer frames and levers (a smoke test)")
     ap.add_argument("--cap", type=float, default=280.0, help="total seconds; later rows are skipped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--model", default=registry.DEFAULT_MODEL)
     ap.add_argument("--store-frames", type=int, default=4, help="64x64 frames per density for the store check (0: none)")
+    ap.add_argument("--cpu-frames", type=int, default=0, help="frames per CPU pipeline row (0: 4 at 64x64, 1 at 256x256)")
     args = ap.parse_args()
     clock = Clock(args.cap)
     devices = [torch.device(d) for d in args.devices.split(",") if d != "cuda" or torch.cuda.is_available()]
@@ -244,9 +255,9 @@ def main() -> None:
     rows, stacks = [], {}
     for device in devices:
         models.to(device)
-        for size in (int(v) for v in args.sizes.split(",")):
+        for size in (int(v) for v in args.sizes.split(",") if v):
             for name, run, changes in levers(device, args.quick):
-                n = frames_for(device, size, name, args.quick)
+                n = frames_for(device, size, name, args.quick, args.cpu_frames)
                 if clock.left() <= 0:
                     rows.append({"device": str(device), "size": size, "lever": name, "skipped": "skipped (time cap)"})
                     continue
@@ -260,8 +271,10 @@ def main() -> None:
     result = {"machine": info, "rows": rows}
     if clock.left() > 0 and args.store_frames:
         result["store"] = {d: store_check(models, movie(64, args.store_frames, d), devices[-1]) for d in (0.5, 3.0)}
+    if clock.left() > 0:
+        result["render_1e6"] = render_check()
     print(table(rows))
-    print(json.dumps({"machine": info, "store": result.get("store")}, default=str))
+    print(json.dumps({k: result.get(k) for k in ("machine", "store", "render_1e6")}, default=str))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

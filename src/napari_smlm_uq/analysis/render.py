@@ -11,6 +11,7 @@ In napari, with the raw frame at ``scale = p`` and no translation, a rendering a
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.special import erf
 
 WINDOW_SIGMAS = 3.0
@@ -28,16 +29,16 @@ def _axis_weights(centre_px: np.ndarray, sigma_px: np.ndarray, radius: int) -> t
     return first, weights / weights.sum(axis=1, keepdims=True)
 
 
-def _add_windows(image: np.ndarray, width: int, y: np.ndarray, x: np.ndarray, s: np.ndarray, w: np.ndarray,
+def _add_windows(image: torch.Tensor, width: int, y: np.ndarray, x: np.ndarray, s: np.ndarray, w: np.ndarray,
                  radius: int) -> None:
-    """Add Gaussians (padded-image pixel units) on windows of ``2 radius + 1`` pixels to the flat ``image``
-    of ``width`` columns, whose border of ``MAX_WINDOW + 1`` pixels takes what falls outside."""
+    """Add Gaussians (padded-image pixel units) on windows of ``2 radius + 1`` pixels to the flat float32
+    ``image`` of ``width`` columns, whose border of ``MAX_WINDOW + 1`` pixels takes what falls outside."""
     r0, wr = _axis_weights(y, s, radius)
     c0, wc = _axis_weights(x, s, radius)
-    k = np.arange(2 * radius + 1)
+    k = torch.arange(2 * radius + 1)
     offsets = k[:, None] * width + k[None, :]
-    vals = (w[:, None].astype(np.float32) * wr)[:, :, None] * wc[:, None, :]
-    image += np.bincount(((r0 * width + c0)[:, None, None] + offsets).ravel(), vals.ravel(), minlength=image.size)
+    vals = (torch.from_numpy(wr) * torch.from_numpy(w.astype(np.float32))[:, None])[:, :, None] * torch.from_numpy(wc)[:, None, :]
+    image.index_add_(0, (torch.from_numpy(r0 * width + c0)[:, None, None] + offsets).view(-1), vals.view(-1))
 
 
 def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, extent_nm: tuple[float, float],
@@ -59,7 +60,7 @@ def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, ext
     # what lies (with its window) entirely outside the image is dropped; the rest lands in the padded image
     ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(s) & np.isfinite(w) & (y + radii >= pad)
           & (y - radii < shape[0] + pad) & (x + radii >= pad) & (x - radii < shape[1] + pad))
-    image = np.zeros(padded[0] * padded[1], np.float64)
+    image = torch.zeros(padded[0] * padded[1], dtype=torch.float32)
     # grouped by window size, so the typical (small) sigma does not pay for the widest one; chunked, so the
     # per-window arrays stay near CHUNK_VALUES values
     for radius in np.unique(radii[ok]):
@@ -68,7 +69,7 @@ def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, ext
         for i in range(0, len(idx), step):
             sel = idx[i:i + step]
             _add_windows(image, padded[1], y[sel], x[sel], s[sel], w[sel], radius)
-    return image.reshape(padded)[pad:pad + shape[0], pad:pad + shape[1]].astype(np.float32)
+    return image.numpy().reshape(padded)[pad:pad + shape[0], pad:pad + shape[1]].copy()
 
 
 def napari_translate(pixel_nm: float, raw_pixel_nm: float) -> float:
