@@ -184,16 +184,17 @@ def store_check(models, stack, device) -> dict:
     truth = true_kdes(stack.emitters, range(len(results)), stack.adu.shape[1:])
     gt = emitters_table(stack.emitters, stack.settings.pixel_size)
     out = {"frames": len(results), "raw_shape": list(stack.adu.shape[1:])}
-    for dtype in ("float32", "float16"):
+    for dtype, bits in (("float32", None), ("float16", None), ("float16", 10), ("float16", 7)):
         with tempfile.TemporaryDirectory() as tmp:
-            store = ResultStore.create(tmp, len(results), stack.adu.shape[1:], stack.settings.pixel_size, dtype=dtype)
+            store = ResultStore.create(tmp, len(results), stack.adu.shape[1:], stack.settings.pixel_size, dtype=dtype,
+                                       step_bits=bits)
             for r in results:
                 store.write(r)
             size = sum(p.stat().st_size for name in ("mean", "std", "sample")
                        for p in (store.path / name).rglob("*") if p.is_file())
             mean, std = (store.group[k][:].astype(np.float32) for k in ("mean", "std"))
         locs = Localizations.concat([localize(m, None, i) for i, m in enumerate(mean)])
-        out[dtype] = {"bytes_per_frame": size / len(results), "bytes_per_sr_pixel": size / mean.size / 3,
+        out[dtype + ("" if bits is None else f", step 2^-{bits}")] = {"bytes_per_frame": size / len(results), "bytes_per_sr_pixel": size / mean.size / 3,
                       "E_of_stored_mean": localization_report(localizations_table(locs, stack.settings.pixel_size),
                                                               gt)["efficiency"],
                       "coverage_2std": pixel_report(mean, std, truth)["coverage_2std"]}

@@ -108,3 +108,18 @@ def test_float16_store_error_is_bounded(tmp_path):
 def test_frame_ranges():
     assert frame_ranges(np.array([1, 1, 0, 1, 0, 0, 1], bool)) == [[0, 2], [3, 4], [6, 7]]
     assert frame_ranges(np.zeros(3, bool)) == []
+
+
+def test_quantized_store_rounds_to_its_step_and_compresses(tmp_path):
+    rng = np.random.default_rng(4)
+    noise = rng.gamma(4.0, 1.2e-3, (2, 32, 48)).astype(np.float32)  # a background like psi's (KDE ~0.005)
+    sizes = {}
+    for bits in (None, 7):
+        store = ResultStore.create(tmp_path / str(bits), 2, RAW, 100.0, step_bits=bits)
+        for i in range(2):
+            store.write_frame(i, noise[i], noise[i], noise[i])
+        sizes[bits] = sum(p.stat().st_size for p in (store.path / "std" / "c").rglob("*") if p.is_file())
+        back = store.group["std"][:]
+        assert np.abs(back - noise).max() <= (0 if bits is None else 2.0**-bits / 2 + 1e-9)
+    assert ResultStore.open(tmp_path / "7").meta["quantization_step"] == 2.0**-7
+    assert sizes[7] < sizes[None] / 4

@@ -95,8 +95,10 @@ class ResultStore:
     @classmethod
     def create(cls, directory: str | os.PathLike, frames: int, raw_shape: tuple[int, int], pixel_size: float,
                dtype: str = "float32", frames_per_chunk: int = 1, settings: dict | None = None,
-               check_space: bool = True) -> "ResultStore":
-        """A new, empty (partial) store in ``directory``; refuses to replace an existing one."""
+               check_space: bool = True, step_bits: int | None = None) -> "ResultStore":
+        """A new, empty (partial) store in ``directory``; refuses to replace an existing one. ``step_bits``:
+        round the frame arrays to multiples of ``2**-step_bits`` (KDE units) before compression (lossy,
+        plain float arrays any reader understands; docs/store.md gives the sizes and what it changes)."""
         if frames < 1 or min(raw_shape) < 1 or not pixel_size > 0:
             raise InputError(f"a result store needs frames >= 1, a frame shape and a pixel size > 0 nm "
                              f"(got {frames}, {raw_shape}, {pixel_size})")
@@ -123,6 +125,7 @@ class ResultStore:
         group.attrs["ome"] = {"version": "0.5", "multiscales": ngff_multiscales(pixel_size)}
         group.attrs[FORMAT] = {"version": VERSION, "frames": frames, "raw_shape": list(raw_shape),
                                "pixel_size_nm": pixel_size, "complete": False, "accumulated_frames": 0,
+                               "quantization_step": None if step_bits is None else 2.0**-step_bits,
                                "settings": settings or {}}
         return cls(group, path)
 
@@ -176,8 +179,9 @@ class ResultStore:
         """Store one frame's KDEs ``(4H, 4W)``, then mark it done (a crash in between leaves it missing)."""
         if not 0 <= index < self.frames:
             raise IndexError(f"frame {index} outside the store's 0..{self.frames - 1}")
+        step = self.meta.get("quantization_step")
         for name, image in zip(FRAME_ARRAYS, (mean, std, sample)):
-            self.group[name][index] = image
+            self.group[name][index] = image if step is None else np.round(np.asarray(image) / step) * step
         self.group["done"][index] = 1
 
     def write(self, result) -> None:
