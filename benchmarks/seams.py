@@ -25,6 +25,7 @@ from napari_smlm_uq.analysis.evaluation import (
 )
 from napari_smlm_uq.analysis.seams import tile_seam_ratio
 from napari_smlm_uq.inference import pipeline
+from napari_smlm_uq.inference.tiling import TileGrid
 from napari_smlm_uq.io.files import write_json
 from napari_smlm_uq.io.tables import emitters_table, localizations_table
 from napari_smlm_uq.localizations import Localizations
@@ -39,6 +40,7 @@ VARIANTS = {
     "shift": ({"tile_shift": True}, 64, 16),
     "overlap32": ({}, 64, 32),
     "tile256": ({}, 256, 32),
+    "frame_norm": ({"tile_batch": 1 << 16}, 64, 16),  # GroupNorm statistics pooled over each image's tiles
     "overlap8": ({}, 64, 8),
     "shift_overlap8": ({"tile_shift": True}, 64, 8),
 }
@@ -60,11 +62,13 @@ def real_frames(n: int) -> tuple[np.ndarray, Camera, float]:
     return tifffile.imread(folder / "sample.tif")[:n].astype(np.float64), camera, 160.0
 
 
-def run(models, adu, settings, tile: int, overlap: int) -> tuple[list, float]:
-    pipeline.PSI_TILE = tile
-    pipeline.PSI_OVERLAP = overlap
+def run(models, adu, settings, tile: int, overlap: int, pooled: bool) -> tuple[list, float]:
+    pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, overlap
+    sr = (4 * adu.shape[-2], 4 * adu.shape[-1])
+    models.psi.pool_norm_statistics(len(TileGrid(sr, tile, overlap).slices) if pooled else 1)
     t0 = time.perf_counter()
     results = list(pipeline.predict(adu, models, settings))
+    models.psi.pool_norm_statistics(1)
     return results, (time.perf_counter() - t0) / len(adu)
 
 
@@ -72,7 +76,8 @@ def simulated(models, name: str, density: float, frames: int) -> dict:
     changes, tile, overlap = VARIANTS[name]
     sim = SimulationSettings(frames=frames, size=64, density=density, photons=2000.0, background=20.0, seed=9105)
     stack = simulate(sim)
-    results, spf = run(models, stack.adu, replace(pipeline.PredictSettings(), **changes), tile, overlap)
+    results, spf = run(models, stack.adu, replace(pipeline.PredictSettings(), **changes), tile, overlap,
+                       name == "frame_norm")
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
     locs = localizations_table(Localizations.concat([r.localizations for r in results]), sim.pixel_size)
     rep = localization_report(locs, emitters_table(stack.emitters, sim.pixel_size))
@@ -87,7 +92,7 @@ def real(models, name: str, frames: int, crop: int) -> dict:
     adu, camera, pixel = real_frames(frames)
     adu = adu[:, :crop, :crop]
     s = replace(pipeline.PredictSettings(camera=camera, pixel_size=pixel), **changes)
-    results, spf = run(models, adu, s, tile, overlap)
+    results, spf = run(models, adu, s, tile, overlap, name == "frame_norm")
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
     return {"seam_ratio": tile_seam_ratio(std, mean), "std_mean": float(std.mean()), "s_per_frame": spf,
             "localizations_per_frame": float(np.mean([len(r.localizations) for r in results]))}

@@ -50,3 +50,20 @@ def test_random_shifts_come_from_the_generator():
     b = SampleTiles.shifted((256, 256), 64, 16, 4, torch.Generator().manual_seed(1))
     assert [g.slices for g in a.grids] == [g.slices for g in b.grids]
     assert len({str(g.slices) for g in a.grids}) > 1
+
+
+def test_pooled_group_norm_equals_group_norm_over_the_tiles_side_by_side():
+    from napari_smlm_uq.models.unet import TileGroupNorm
+
+    torch.manual_seed(0)
+    norm = TileGroupNorm(4, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    tiles = torch.randn(6, 8, 5, 5) * torch.arange(1, 7).float()[:, None, None, None]  # 2 images x 3 tiles
+    torch.testing.assert_close(norm(tiles), torch.nn.functional.group_norm(tiles, 4, norm.weight, norm.bias))
+    norm.tiles = 3
+    side_by_side = torch.cat([tiles[0::3], tiles[1::3], tiles[2::3]], dim=-1)  # each image's tiles in a row
+    expected = torch.nn.functional.group_norm(side_by_side, 4, norm.weight, norm.bias)
+    torch.testing.assert_close(norm(tiles)[0::3], expected[..., :5])
+    torch.testing.assert_close(norm(tiles)[2::3], expected[..., 10:])
