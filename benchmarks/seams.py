@@ -1,7 +1,7 @@
 """psi's tile grid in the std map (issue 12, "no seams"): the seam ratio (analysis/seams.py), E and the
 calibration of the localization uncertainty for inference variants that need no retraining.
 
-    PYTHONPATH=src python benchmarks/seams.py [--frames 6] [--variants fixed,shift,...] [--real-frames 2]
+    PYTHONPATH=src python benchmarks/seams.py [--frames 6] [--variants fixed,frame_norm,...] [--real-frames 2]
 
 Simulations: the benchmark movie settings (64x64 px, 2000 photons, background 20, densities 0.5 and 3 /um^2);
 real frames: ../shared/data/real-scmos-storm (camera from the median of its calibration maps). Writes
@@ -25,7 +25,6 @@ from napari_smlm_uq.analysis.evaluation import (
 )
 from napari_smlm_uq.analysis.seams import tile_seam_ratio
 from napari_smlm_uq.inference import pipeline
-from napari_smlm_uq.inference.tiling import TileGrid
 from napari_smlm_uq.io.files import write_json
 from napari_smlm_uq.io.tables import emitters_table, localizations_table
 from napari_smlm_uq.localizations import Localizations
@@ -36,13 +35,11 @@ from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 ROOT = Path(__file__).resolve().parents[1]
 # variant: (PredictSettings changes, psi tile, psi overlap)
 VARIANTS = {
-    "fixed": ({}, 64, 16),
-    "shift": ({"tile_shift": True}, 64, 16),
-    "overlap32": ({}, 64, 32),
-    "tile256": ({}, 256, 32),
-    "frame_norm": ({"tile_batch": 1 << 16}, 64, 16),  # GroupNorm statistics pooled over each image's tiles
-    "overlap8": ({}, 64, 8),
-    "shift_overlap8": ({"tile_shift": True}, 64, 8),
+    "fixed": ({"frame_norm": False}, 64, 16),
+    "shift": ({"tile_shift": True, "frame_norm": False}, 64, 16),
+    "overlap32": ({"frame_norm": False}, 64, 32),
+    "tile256": ({"frame_norm": False}, 256, 32),
+    "frame_norm": ({"frame_norm": True}, 64, 16),  # GroupNorm statistics pooled over each image's tiles
 }
 
 
@@ -62,13 +59,10 @@ def real_frames(n: int) -> tuple[np.ndarray, Camera, float]:
     return tifffile.imread(folder / "sample.tif")[:n].astype(np.float64), camera, 160.0
 
 
-def run(models, adu, settings, tile: int, overlap: int, pooled: bool) -> tuple[list, float]:
+def run(models, adu, settings, tile: int, overlap: int) -> tuple[list, float]:
     pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, overlap
-    sr = (4 * adu.shape[-2], 4 * adu.shape[-1])
-    models.psi.pool_norm_statistics(len(TileGrid(sr, tile, overlap).slices) if pooled else 1)
     t0 = time.perf_counter()
     results = list(pipeline.predict(adu, models, settings))
-    models.psi.pool_norm_statistics(1)
     return results, (time.perf_counter() - t0) / len(adu)
 
 
@@ -76,8 +70,7 @@ def simulated(models, name: str, density: float, frames: int) -> dict:
     changes, tile, overlap = VARIANTS[name]
     sim = SimulationSettings(frames=frames, size=64, density=density, photons=2000.0, background=20.0, seed=9105)
     stack = simulate(sim)
-    results, spf = run(models, stack.adu, replace(pipeline.PredictSettings(), **changes), tile, overlap,
-                       name == "frame_norm")
+    results, spf = run(models, stack.adu, replace(pipeline.PredictSettings(), **changes), tile, overlap)
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
     locs = localizations_table(Localizations.concat([r.localizations for r in results]), sim.pixel_size)
     rep = localization_report(locs, emitters_table(stack.emitters, sim.pixel_size))
@@ -92,7 +85,7 @@ def real(models, name: str, frames: int, crop: int) -> dict:
     adu, camera, pixel = real_frames(frames)
     adu = adu[:, :crop, :crop]
     s = replace(pipeline.PredictSettings(camera=camera, pixel_size=pixel), **changes)
-    results, spf = run(models, adu, s, tile, overlap, name == "frame_norm")
+    results, spf = run(models, adu, s, tile, overlap)
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
     return {"seam_ratio": tile_seam_ratio(std, mean), "std_mean": float(std.mean()), "s_per_frame": spf,
             "localizations_per_frame": float(np.mean([len(r.localizations) for r in results]))}
@@ -103,7 +96,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--real-frames", type=int, default=2)
     ap.add_argument("--real-crop", type=int, default=128, help="raw pixels of the real frames used (square)")
-    ap.add_argument("--variants", default="fixed,shift,overlap32,tile256")
+    ap.add_argument("--variants", default="fixed,frame_norm,shift,overlap32,tile256")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seams.json"))
     args = ap.parse_args()
     models = registry.load()

@@ -53,7 +53,8 @@ class PredictSettings:
     tile_batch: int = 16
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
-    tile_shift: bool = False  # psi's tile grid moved at random for every step and sample (no seams)
+    tile_shift: bool = False  # psi's tile grid moved at random for every step and sample
+    frame_norm: bool = True   # psi's GroupNorm statistics over each image's tiles, not per tile (no seams)
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
 
     def validate(self) -> "PredictSettings":
@@ -69,6 +70,8 @@ class PredictSettings:
             Schedule.named(self.schedule)
         if self.frame_batch < 1 or self.tile_batch < 1:
             raise ValueError("batch sizes must be >= 1")
+        if self.frame_norm and self.tile_shift:
+            raise ValueError("frame_norm needs the fixed tile grid: turn tile_shift off")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
@@ -169,13 +172,20 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
         return SampleTiles([g for gen in generators for g in
                             SampleTiles.shifted(shape, PSI_TILE, PSI_OVERLAP, n, gen).grids])
 
+    per_image = len(fixed.grids[0].slices) if s.frame_norm else 1  # psi chunks hold whole images then
+    max_batch = per_image * max(1, s.tile_batch // per_image)
+
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         tiles = tiles_of_step()
         c = cond_tiles if tiles is fixed else tiles.split(cond).contiguous(memory_format=torch.channels_last)
         sg = sqrt_gamma[:1].repeat(len(c))
-        with _autocast(device, s.bf16):
-            eps = chunked(models.psi, tiles.split(y).contiguous(memory_format=torch.channels_last), c, sg,
-                          max_batch=s.tile_batch)
+        models.psi.pool_norm_statistics(per_image)
+        try:
+            with _autocast(device, s.bf16):
+                eps = chunked(models.psi, tiles.split(y).contiguous(memory_format=torch.channels_last), c, sg,
+                              max_batch=max_batch)
+        finally:
+            models.psi.pool_norm_statistics(1)
         return tiles.merge(eps)
 
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
