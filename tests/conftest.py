@@ -50,6 +50,9 @@ class OutOfMemoryOnce(torch.nn.Module):
         super().__init__()
         self.psi, self.limit, self.raised = psi, limit, 0
 
+    def pool_norm_statistics(self, tiles: int) -> None:
+        self.psi.pool_norm_statistics(tiles)
+
     def forward(self, y, cond, sqrt_gamma):
         if len(y) > self.limit and not self.raised:
             self.raised += 1

@@ -26,7 +26,7 @@ from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
-from .tiling import TileGrid, chunked, phi_tiled
+from .tiling import SampleTiles, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
 PSI_OVERLAP = 16     # SR pixels
@@ -54,6 +54,8 @@ class PredictSettings:
     tile_batch: int = 16
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
+    tile_shift: bool = False  # psi's tile grid moved at random for every step and sample
+    frame_norm: bool = True   # psi's GroupNorm statistics over each image's tiles, not per tile (no seams)
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
     background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
 
@@ -72,6 +74,8 @@ class PredictSettings:
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
         if self.frame_batch < 1 or self.tile_batch < 1:
             raise ValueError("batch sizes must be >= 1")
+        if self.frame_norm and self.tile_shift:
+            raise ValueError("frame_norm needs the fixed tile grid: turn tile_shift off")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
@@ -162,20 +166,47 @@ def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predic
                  generator: torch.Generator, should_stop: Callable[[], bool] = never) -> torch.Tensor | None:
     """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``),
     or None when ``should_stop()`` turned true between diffusion steps."""
-    grid = TileGrid(tuple(z_phi.shape[-2:]), PSI_TILE, PSI_OVERLAP)
-    cond_tiles = grid.split(psi_condition(x, z_phi)).repeat(s.samples, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    z = sample_frames(models, x, z_phi, s, device, [generator], should_stop)
+    return None if z is None else z[0]
+
+
+def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: PredictSettings, device: torch.device,
+                  generators: list[torch.Generator], should_stop: Callable[[], bool] = never) -> torch.Tensor | None:
+    """Samples ``(B, n, 1, 4H, 4W)`` of ``B`` frames (``x``: ``(B, 1, H, W)``) in one psi batch, frame ``b``
+    drawing from ``generators[b]`` exactly as :func:`sample_frame` would (same samples, fewer launches);
+    None when ``should_stop()`` turned true between diffusion steps."""
+    b, n, shape = len(x), s.samples, tuple(z_phi.shape[-2:])
+    cond = psi_condition(x, z_phi).repeat_interleave(n, dim=0)
+    fixed = SampleTiles.fixed(shape, PSI_TILE, PSI_OVERLAP, b * n)
+    cond_tiles = fixed.split(cond).contiguous(memory_format=torch.channels_last)
+
+    def tiles_of_step() -> SampleTiles:
+        if not s.tile_shift:
+            return fixed
+        return SampleTiles([g for gen in generators for g in
+                            SampleTiles.shifted(shape, PSI_TILE, PSI_OVERLAP, n, gen).grids])
+
+    per_image = len(fixed.grids[0].slices) if s.frame_norm else 1  # psi chunks hold whole images then
+    max_batch = per_image * max(1, s.tile_batch // per_image)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        sg = sqrt_gamma[:1].repeat(len(cond_tiles))
-        with _autocast(device, s.bf16):
-            eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond_tiles, sg,
-                          max_batch=s.tile_batch)
-        return grid.merge(eps, s.samples)
+        tiles = tiles_of_step()
+        c = cond_tiles if tiles is fixed else tiles.split(cond).contiguous(memory_format=torch.channels_last)
+        sg = sqrt_gamma[:1].repeat(len(c))
+        models.psi.pool_norm_statistics(per_image)
+        try:
+            with _autocast(device, s.bf16):
+                eps = chunked(models.psi, tiles.split(y).contiguous(memory_format=torch.channels_last), c, sg,
+                              max_batch=max_batch)
+        finally:
+            models.psi.pool_norm_statistics(1)
+        return tiles.merge(eps)
 
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
     gammas = schedule.inference_gammas(s.steps, s.start)
-    start = z_phi.expand(s.samples, -1, -1, -1) if s.start < 1 else torch.zeros_like(z_phi).expand(s.samples, -1, -1, -1)
-    return ancestral_sampler(eps_fn, start.contiguous(), gammas, generator, should_stop)
+    start = (z_phi if s.start < 1 else torch.zeros_like(z_phi)).repeat_interleave(n, dim=0)
+    y = ancestral_sampler(eps_fn, start.contiguous(), gammas, generators, should_stop)
+    return None if y is None else y.reshape(b, n, *y.shape[1:])
 
 
 def _frame_result(index: int, x: torch.Tensor, z_phi: torch.Tensor, snr: np.ndarray, models: Models,

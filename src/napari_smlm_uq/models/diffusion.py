@@ -11,7 +11,7 @@ posterior-mean form with the implied ``y_0`` clipped to the data range ``[-1, 1]
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,17 +72,21 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ancestral_sampler(eps_fn: EpsFn, start_mean: torch.Tensor, gammas: np.ndarray,
-                      generator: torch.Generator | None = None,
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None,
                       should_stop: Callable[[], bool] = lambda: False) -> torch.Tensor | None:
     """Reverse diffusion from ``y_K ~ N(sqrt(gamma_K) start_mean, (1 - gamma_K) I)`` down to ``y_0``.
 
     ``start_mean`` is zeros for the pure-noise start or ``phi(x)`` for the preconditioned start;
-    ``eps_fn(y_t, sqrt_gamma)`` predicts the noise; noise is drawn from ``generator`` on its own device.
-    Returns ``y_0`` in ``[-1, 1]``, or None when ``should_stop()`` turns true between two steps."""
-    def noise() -> torch.Tensor:
-        device = generator.device if generator is not None else start_mean.device
-        return torch.randn(start_mean.shape, generator=generator, dtype=start_mean.dtype,
-                           device=device).to(start_mean.device)
+    ``eps_fn(y_t, sqrt_gamma)`` predicts the noise. ``generator`` may be a list: equal consecutive parts of
+    the batch then draw their noise from one generator each (per-frame streams). Returns ``y_0`` in
+    ``[-1, 1]``, or None when ``should_stop()`` turns true between two steps."""
+    gens = list(generator) if isinstance(generator, Sequence) else [generator]
+    part = (len(start_mean) // len(gens), *start_mean.shape[1:])
+
+    def noise() -> torch.Tensor:  # drawn on each generator's device (a CUDA generator draws on the GPU)
+        return torch.cat([torch.randn(part, generator=g, dtype=start_mean.dtype,
+                                      device=g.device if g is not None else start_mean.device).to(start_mean.device)
+                          for g in gens])
 
     g = [float(v) for v in gammas]
     y = np.sqrt(g[0]) * start_mean + np.sqrt(1.0 - g[0]) * noise()

@@ -21,8 +21,24 @@ def noise_level_embedding(sqrt_gamma: torch.Tensor, dim: int, scale: float = 100
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
+class TileGroupNorm(nn.GroupNorm):
+    """GroupNorm (same parameters) whose statistics can be pooled over ``tiles`` consecutive batch items,
+    the tiles of one image: the normalisation then no longer depends on one tile's content."""
+
+    tiles: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tiles == 1:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        g = x.float().reshape(b // self.tiles, self.tiles, self.num_groups, c // self.num_groups, h, w)
+        var, mean = torch.var_mean(g, dim=(1, 3, 4, 5), keepdim=True, correction=0)
+        y = ((g - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, h, w).to(x.dtype)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, c), c)
+    return TileGroupNorm(min(8, c), c)
 
 
 class ResBlock(nn.Module):
@@ -92,6 +108,12 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+
+    def pool_norm_statistics(self, tiles: int) -> None:
+        """Take every GroupNorm's statistics over ``tiles`` consecutive batch items (1: per item, as trained)."""
+        for m in self.modules():
+            if isinstance(m, TileGroupNorm):
+                m.tiles = tiles
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))
