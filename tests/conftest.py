@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -27,3 +29,17 @@ class OutOfMemoryOnce(torch.nn.Module):
             self.raised += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.psi(y, cond, sqrt_gamma)
+
+
+def tiny_model_file(path: Path) -> Path:
+    """A tiny random model (with a non-trivial psi) saved at ``path``."""
+    from napari_smlm_uq.models import registry
+
+    torch.manual_seed(0)
+    models = registry.build(registry.tiny_config(), name="tiny")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in models.psi.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    registry.save(models, path)
+    return path

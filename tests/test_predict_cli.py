@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
-from conftest import OutOfMemoryOnce
+from conftest import OutOfMemoryOnce, tiny_model_file
 
 from napari_smlm_uq import cli
 from napari_smlm_uq.inference import pipeline
@@ -41,14 +40,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     stack = folder / "sim.tif"
     assert cli.main(["simulate", str(stack), "--frames", str(FRAMES), "--size", str(SIZE), "--density", "3",
                      "--pixel-size", "120", "--seed", "4"]) == 0
-    torch.manual_seed(0)
-    models = registry.build(registry.tiny_config(), name="tiny")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in models.psi.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    registry.save(models, folder / "tiny.pt")
-    return {"folder": folder, "stack": stack, "model": folder / "tiny.pt"}
+    return {"folder": folder, "stack": stack, "model": tiny_model_file(folder / "tiny.pt")}
 
 
 def predict_args(inputs, out, *extra) -> list:

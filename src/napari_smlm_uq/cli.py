@@ -139,16 +139,29 @@ def _check_finite(data, frames: range, chunk: int = 64) -> None:
 
 
 OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
+FRAME_KEYS = ("mean", "std", "sample")
 
 
-def prepare_predict(a: argparse.Namespace):
-    """Check everything before any work: the stack, the frame range, the settings, the model, the folder."""
+def input_stacks(patterns: list[str]) -> list[Path]:
+    """The input TIFFs: paths, or glob patterns (for shells that do not expand them), in the order given."""
+    import glob
+
+    found = [Path(p) for pattern in patterns for p in (sorted(glob.glob(pattern)) if glob.has_magic(pattern)
+                                                       else [pattern])]
+    if not found:
+        raise UsageError(f"smlm-uq predict: no file matches {' '.join(patterns)}")
+    if len({p.stem for p in found}) < len(found):
+        raise UsageError("smlm-uq predict: two input stacks have the same name (one result folder each)")
+    return found
+
+
+def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
+    """Check one stack before any work: the file, the frame range, the settings, the output folder."""
     from .inference.pipeline import PredictSettings
     from .io.tiff import open_stack
-    from .models import registry
     from .physics.camera import Camera
 
-    stack = open_stack(a.input)
+    stack = open_stack(source)
     frames = parse_frames(a.frames, stack.shape[0])
     meta, cam = stack.metadata, Camera()
     pick = lambda arg, key, default: arg if arg is not None else meta.get(key, default)  # noqa: E731
@@ -162,44 +175,114 @@ def prepare_predict(a: argparse.Namespace):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"smlm-uq predict: --out {out} exists and is not a folder")
     existing = [f for f in OUTPUTS if (out / f).exists()]
     if existing and not a.overwrite:
         raise UsageError(f"smlm-uq predict: {out} already holds results ({', '.join(existing)}); use --overwrite")
-    models = registry.load(a.model)
-    if settings.samples and models.psi is None:
-        raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
     _check_finite(stack.data, frames)
-    return stack, frames, settings, models, out
+    return stack, frames, settings
 
 
-def cmd_predict(a: argparse.Namespace) -> int:
-    import time
-    from contextlib import ExitStack
+def load_model(a: argparse.Namespace):
+    from .models import registry
 
-    from tqdm import tqdm
+    models = registry.load(a.model)
+    if a.samples and models.psi is None:
+        raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
+    return models
 
-    from .inference.pipeline import StackSum, keep_freed_buffers, predict
-    from .io.files import write_json
-    from .io.tables import localizations_table, write_localizations
-    from .io.tiff import StackWriter, write_stack
-    from .localizations import Localizations
-    from .physics.kde import UPSAMPLING
 
-    stack, frames, settings, models, out = prepare_predict(a)
+def clear_outputs(out: Path, overwrite: bool) -> None:
+    from .inference.distributed import discard_parts
+
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
+    if overwrite:
+        discard_parts(out)
+
+
+def write_results(out: Path, source: Path, frames: range, model: str, settings, total, locs, seconds: float,
+                  **extra) -> None:
+    """The files beside the KDE stacks: sum.tif, localizations.csv and summary.json (written last)."""
+    from .io.files import write_json
+    from .io.tables import localizations_table, write_localizations
+    from .io.tiff import write_stack
+    from .physics.kde import UPSAMPLING
+
+    n, sr = len(frames), settings.pixel_size / UPSAMPLING
+    write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
+    write_localizations(out / "localizations.csv", localizations_table(locs, settings.pixel_size))
+    summary = {"input": str(Path(source).resolve()), "frames": [frames.start, frames.stop], "model": model,
+               "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
+                            "pixel_size_nm": settings.pixel_size, "offset_adu": float(settings.camera.offset),
+                            "gain": float(settings.camera.gain), "read_noise_e": float(settings.camera.read_noise),
+                            "device": str(settings.torch_device()), "bf16": settings.bf16,
+                            "threshold": settings.threshold, "seed": settings.seed,
+                            "schedule": settings.schedule or "model"},
+               "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
+               "localizations": len(locs), "sr_pixel_size_nm": sr, **extra}
+    write_json(out / "summary.json", summary)
+
+
+def frame_writers(files, out: Path, settings, model: str) -> dict:
+    """Streaming writers of mean.tif, std.tif and sample.tif (discarded if the run fails)."""
+    from .io.tiff import StackWriter
+    from .physics.kde import UPSAMPLING
+
     sr = settings.pixel_size / UPSAMPLING
+    return {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=model)) for k in FRAME_KEYS}
+
+
+def progress_bar(files, frames: int):
+    from tqdm import tqdm
+
+    return files.enter_context(tqdm(total=frames, unit="frame", file=sys.stderr, dynamic_ncols=True))
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    sources = input_stacks(a.inputs)
+    if a.chunk_frames < 1:
+        raise UsageError(f"smlm-uq predict: --chunk-frames must be >= 1 (got {a.chunk_frames})")
+    if a.workers < 0 or (a.workers and a.scheduler):
+        raise UsageError("smlm-uq predict: use either --workers N (N >= 1) or --scheduler ADDRESS")
+    if a.workers or a.scheduler:
+        return predict_on_cluster(a, sources)
+    if len(sources) == 1:
+        return predict_here(a, sources[0], Path(a.out))
+    failures = []
+    for source in sources:
+        try:
+            predict_here(a, source, Path(a.out) / source.stem)
+        except (UsageError, InputError) as exc:
+            failures.append(f"{source}: {str(exc).removeprefix('smlm-uq predict: ')}")
+    return report_failures(failures)
+
+
+def report_failures(failures: list[str]) -> int:
+    for line in failures:
+        print(f"smlm-uq predict: error: {line}", file=sys.stderr)
+    return EXIT_USAGE if failures else 0
+
+
+def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
+    """One stack in this process."""
+    import time
+    from contextlib import ExitStack
+
+    from .inference.pipeline import StackSum, keep_freed_buffers, predict
+    from .localizations import Localizations
+
+    stack, frames, settings = prepare_stack(a, source, out)
+    models = load_model(a)
+    clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
-        writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
-                   for k in ("mean", "std", "sample")}
-        bar = files.enter_context(tqdm(total=n, unit="frame", file=sys.stderr, dynamic_ncols=True))
+        writers = frame_writers(files, out, settings, models.name)
+        bar = progress_bar(files, n)
         for result in predict(stack.data, models, settings, frames):
             for note in result.notes:
                 bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
@@ -210,20 +293,70 @@ def cmd_predict(a: argparse.Namespace) -> int:
             bar.update()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
-    write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
-    write_localizations(out / "localizations.csv", localizations_table(all_locs, settings.pixel_size))
-    summary = {"input": str(Path(a.input).resolve()), "frames": [frames.start, frames.stop], "model": models.name,
-               "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
-                            "pixel_size_nm": settings.pixel_size, "offset_adu": float(settings.camera.offset),
-                            "gain": float(settings.camera.gain), "read_noise_e": float(settings.camera.read_noise),
-                            "device": str(settings.torch_device()), "bf16": settings.bf16,
-                            "threshold": settings.threshold, "seed": settings.seed,
-                            "schedule": settings.schedule or "model"},
-               "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
-               "localizations": len(all_locs), "sr_pixel_size_nm": sr}
-    write_json(out / "summary.json", summary)
+    write_results(out, source, frames, models.name, settings, total, all_locs, seconds)
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     return 0
+
+
+def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
+    """Every stack's chunks on one dask cluster; a stack that fails is reported, the others complete."""
+    import time
+    from contextlib import ExitStack
+
+    from .inference import distributed as dist
+
+    jobs, failures, many = [], [], len(sources) > 1
+    for source in sources:
+        out = Path(a.out) / source.stem if many else Path(a.out)
+        try:
+            _, frames, settings = prepare_stack(a, source, out)
+            jobs.append(dist.StackJob(source.resolve(), frames, settings, out))
+        except (UsageError, InputError) as exc:
+            failures.append(f"{source}: {str(exc).removeprefix('smlm-uq predict: ')}")
+    models = load_model(a)
+    for job in jobs:
+        clear_outputs(job.out, a.overwrite)
+    client = dist.connect(a.scheduler, a.workers)
+    t0 = time.perf_counter()
+    try:
+        with ExitStack() as files:
+            bar = progress_bar(files, sum(len(r) for job in jobs for r in job.chunks(a.chunk_frames)))
+            for item in dist.predict_on_cluster(client, jobs, a.model, a.chunk_frames, a.resume):
+                if isinstance(item, dist.ChunkDone):
+                    for note in item.notes:
+                        bar.write(f"smlm-uq predict: {item.job.source.name}: {note}", file=sys.stderr)
+                    bar.update(len(item.frames))
+                elif isinstance(item, dist.StackFailed):
+                    failures.append(f"{item.job.source}: {item.error}")
+                else:
+                    finish_stack(item, models.name, time.perf_counter() - t0, a)
+                    bar.write(f"{item.job.source.name}: {len(item.job.frames)} frames, "
+                              f"{len(item.localizations)} localizations -> {item.job.out}", file=sys.stdout)
+    except KeyboardInterrupt:
+        print("smlm-uq predict: interrupted; finished chunks are kept: --resume completes the run", file=sys.stderr)
+        raise
+    finally:
+        dist.close(client)
+    return report_failures(failures)
+
+
+def finish_stack(done, model: str, seconds: float, a: argparse.Namespace) -> None:
+    """A complete stack on the cluster: its KDE stacks from the kept chunks, then the other outputs."""
+    from contextlib import ExitStack
+
+    from .inference import distributed as dist
+
+    job = done.job
+    with ExitStack() as files:
+        writers = frame_writers(files, job.out, job.settings, model)
+        for part in dist.read_frames(job.out):
+            for key, writer in writers.items():
+                writer.write(part[key])
+    cluster = {"scheduler": a.scheduler or f"local, {a.workers} workers", "chunk_frames": a.chunk_frames,
+               "worker_seconds": done.seconds}
+    write_results(job.out, job.source, job.frames, model, job.settings, done.sums, done.localizations, seconds,
+                  cluster=cluster)
+    dist.discard_parts(job.out)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -292,6 +425,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .inference.distributed import DEFAULT_CHUNK_FRAMES
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
     from .physics.simulate import SimulationSettings as SIM
     from .training import TrainSettings as T
@@ -327,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="super-resolved mean, std, sample and localizations of a TIFF stack")
-    p.add_argument("input", help="TIFF stack of camera frames (ADU)")
+    p.add_argument("inputs", nargs="+", metavar="input",
+                   help="TIFF stacks of camera frames (ADU), or a glob; several: one result folder each in --out")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=D.samples, help="diffusion samples per frame (0: phi alone)")
     p.add_argument("--steps", type=int, default=D.steps, help="diffusion inference steps")
@@ -342,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--workers", type=int, default=0, help="predict on a local dask cluster of N worker processes")
+    p.add_argument("--scheduler", default=None, help="predict on an existing dask cluster (scheduler address)")
+    p.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per cluster task")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted cluster run in --out")
     add_camera_args(p, defaults=False)
     p.set_defaults(func=cmd_predict)
 
