@@ -21,6 +21,7 @@ from napari_smlm_uq import cli
 from napari_smlm_uq.inference import distributed as dist
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.io.files import InputError
+from napari_smlm_uq.io.store import ResultStore
 from napari_smlm_uq.io.tables import read_localizations
 from napari_smlm_uq.models import registry
 
@@ -58,11 +59,13 @@ def predict_args(inputs, out, *extra) -> list[str]:
 
 
 def assert_same_results(out: Path, reference: Path) -> None:
+    """The cluster run's store and tables hold the single-process run's numbers."""
+    store = ResultStore.open(out)
+    assert store.complete and store.done_ranges() == [[0, FRAMES]]
     for k in KDES:
-        np.testing.assert_allclose(tifffile.imread(out / f"{k}.tif"), tifffile.imread(reference / f"{k}.tif"),
-                                   rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(tifffile.imread(out / "sum.tif"), tifffile.imread(reference / "sum.tif"),
-                               rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(store.group[k][:], tifffile.imread(reference / f"{k}.tif"), rtol=1e-5, atol=1e-6)
+    for image in (tifffile.imread(out / "sum.tif"), store.group["sum"][:]):
+        np.testing.assert_allclose(image, tifffile.imread(reference / "sum.tif"), rtol=1e-5, atol=1e-5)
     got, want = read_localizations(out / "localizations.csv"), read_localizations(reference / "localizations.csv")
     assert len(want["frame"]) > FRAMES   # several localizations per frame: the comparison means something
     for key in want:
@@ -94,9 +97,9 @@ def test_cluster_gives_single_process_results(inputs, single, client, tmp_path, 
 
 def test_killed_worker_leaves_every_frame_once(inputs, single, client, tmp_path):
     out = tmp_path / "killed"
-    _, frames, settings = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
-                                            inputs["stack"], out)
-    job = dist.StackJob(inputs["stack"], frames, settings, out)
+    stack, frames, settings = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
+                                                inputs["stack"], out)
+    job = dist.StackJob(inputs["stack"], frames, stack.shape[1:], settings, out)
     pids = client.run(os.getpid)
     killed = None
     items = []
@@ -110,8 +113,8 @@ def test_killed_worker_leaves_every_frame_once(inputs, single, client, tmp_path)
     done = [i for i in items if isinstance(i, dist.StackDone)]
     assert len(done) == 1 and not [i for i in items if isinstance(i, dist.StackFailed)]
     assert sorted(i.frames.start for i in items if isinstance(i, dist.ChunkDone)) == list(range(FRAMES))
-    mean = np.concatenate([part["mean"] for part in dist.read_frames(out)])
-    np.testing.assert_allclose(mean, tifffile.imread(single / "mean.tif"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ResultStore.open(out).group["mean"][:], tifffile.imread(single / "mean.tif"),
+                               rtol=1e-5, atol=1e-6)
     want = read_localizations(single / "localizations.csv")
     np.testing.assert_array_equal(done[0].localizations.frame + 1, want["frame"])   # each frame's once, in order
     np.testing.assert_allclose(done[0].sums.total, tifffile.imread(single / "sum.tif"), rtol=1e-5, atol=1e-5)
@@ -132,6 +135,9 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(inputs, single, cl
     assert cli.main(args) == 130
     assert "--resume" in capsys.readouterr().err
     assert dist.finished(out) == kept and not (out / "localizations.csv").exists()   # nothing looks complete
+    store = ResultStore.open(out)
+    assert not store.complete   # partial, listing the frames stored (the kept chunk among them)
+    assert any(a <= kept[0].start and kept[0].stop <= b for a, b in store.meta["done_ranges"])
 
     monkeypatch.setattr(dist, "keep_chunk", real_keep)
     assert cli.main(args) == 2
@@ -141,8 +147,11 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(inputs, single, cl
     assert_same_results(out, single)
 
 
-@pytest.mark.parametrize("where", [(), ("--workers", "1")], ids=["in-process", "local-cluster"])
-def test_many_stacks_one_broken(inputs, tmp_path, capsys, where):
+@pytest.mark.parametrize("where, outputs", [
+    ((), cli.OUTPUTS),
+    (("--workers", "1"), ("results.zarr", "sum.tif", "localizations.csv", "summary.json"))],
+    ids=["in-process", "local-cluster"])
+def test_many_stacks_one_broken(inputs, tmp_path, capsys, where, outputs):
     folder = tmp_path / "stacks"
     folder.mkdir()
     good = folder / "good.tif"
@@ -155,8 +164,8 @@ def test_many_stacks_one_broken(inputs, tmp_path, capsys, where):
     assert code == 2
     failures = [line for line in err.splitlines() if "error" in line]
     assert len(failures) == 1 and "broken.tif" in failures[0] and "Traceback" not in err
-    assert sorted(p.name for p in (out / "good").iterdir()) == sorted(cli.OUTPUTS)
-    assert tifffile.imread(out / "good" / "mean.tif").shape == (FRAMES, 4 * SIZE, 4 * SIZE)
+    assert sorted(p.name for p in (out / "good").iterdir()) == sorted(outputs)
+    assert len(read_localizations(out / "good" / "localizations.csv")["frame"]) > 0
     assert not (out / "broken" / "localizations.csv").exists()
 
 

@@ -139,7 +139,6 @@ def _check_finite(data, frames: range, chunk: int = 64) -> None:
 
 
 OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
-FRAME_KEYS = ("mean", "std", "sample")
 
 
 def input_stacks(patterns: list[str]) -> list[Path]:
@@ -194,13 +193,13 @@ def load_model(a: argparse.Namespace):
 
 
 def clear_outputs(out: Path, overwrite: bool) -> None:
-    from .inference.distributed import discard_parts
+    from .inference.distributed import discard
 
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     if overwrite:
-        discard_parts(out)
+        discard(out)
 
 
 def write_results(out: Path, source: Path, frames: range, model: str, settings, total, locs, seconds: float,
@@ -224,15 +223,6 @@ def write_results(out: Path, source: Path, frames: range, model: str, settings, 
                "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
                "localizations": len(locs), "sr_pixel_size_nm": sr, **extra}
     write_json(out / "summary.json", summary)
-
-
-def frame_writers(files, out: Path, settings, model: str) -> dict:
-    """Streaming writers of mean.tif, std.tif and sample.tif (discarded if the run fails)."""
-    from .io.tiff import StackWriter
-    from .physics.kde import UPSAMPLING
-
-    sr = settings.pixel_size / UPSAMPLING
-    return {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=model)) for k in FRAME_KEYS}
 
 
 def progress_bar(files, frames: int):
@@ -272,16 +262,20 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     from contextlib import ExitStack
 
     from .inference.pipeline import StackSum, keep_freed_buffers, predict
+    from .io.tiff import StackWriter
     from .localizations import Localizations
+    from .physics.kde import UPSAMPLING
 
     stack, frames, settings = prepare_stack(a, source, out)
     models = load_model(a)
     clear_outputs(out, a.overwrite)
+    sr = settings.pixel_size / UPSAMPLING
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
-        writers = frame_writers(files, out, settings, models.name)
+        writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
+                   for k in ("mean", "std", "sample")}
         bar = progress_bar(files, n)
         for result in predict(stack.data, models, settings, frames):
             for note in result.notes:
@@ -309,8 +303,8 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
     for source in sources:
         out = Path(a.out) / source.stem if many else Path(a.out)
         try:
-            _, frames, settings = prepare_stack(a, source, out)
-            jobs.append(dist.StackJob(source.resolve(), frames, settings, out))
+            stack, frames, settings = prepare_stack(a, source, out)
+            jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out))
         except (UsageError, InputError) as exc:
             failures.append(f"{source}: {str(exc).removeprefix('smlm-uq predict: ')}")
     models = load_model(a)
@@ -341,22 +335,11 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
 
 
 def finish_stack(done, model: str, seconds: float, a: argparse.Namespace) -> None:
-    """A complete stack on the cluster: its KDE stacks from the kept chunks, then the other outputs."""
-    from contextlib import ExitStack
-
-    from .inference import distributed as dist
-
-    job = done.job
-    with ExitStack() as files:
-        writers = frame_writers(files, job.out, job.settings, model)
-        for part in dist.read_frames(job.out):
-            for key, writer in writers.items():
-                writer.write(part[key])
+    """A complete stack on the cluster (its KDEs in results.zarr): the other outputs."""
     cluster = {"scheduler": a.scheduler or f"local, {a.workers} workers", "chunk_frames": a.chunk_frames,
                "worker_seconds": done.seconds}
-    write_results(job.out, job.source, job.frames, model, job.settings, done.sums, done.localizations, seconds,
-                  cluster=cluster)
-    dist.discard_parts(job.out)
+    write_results(done.job.out, done.job.source, done.job.frames, model, done.job.settings, done.sums,
+                  done.localizations, seconds, cluster=cluster)
 
 
 # --- train --------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ The client splits every stack's frames into chunks and submits one task per chun
 workers (a LocalCluster, or any scheduler such as one started by dask-jobqueue's SLURMCluster). A worker
 loads the model once (cached per worker process, on its own GPU when it has one), predicts its chunk with
 :func:`pipeline.predict` (random streams per frame: the same samples whatever the chunking) and writes the
-chunk's KDEs into its own file in ``OUT/parts/``. The chunk's localizations and accumulated images come back
-to the client, which keeps them beside the frames until the stack is complete: a run interrupted as a whole
-resumes with only the missing chunks. Workers and client share a filesystem (the stacks and ``OUT``).
+frames' KDEs straight into their region of the result store ``OUT/results.zarr`` (io/store.py, one zarr chunk
+per frame: workers never share a file). The chunk's localizations and accumulated images come back to the
+client, which keeps them in ``OUT/parts/`` until the stack is complete, so a run interrupted as a whole leaves
+a partial store and resumes with only the missing chunks. Workers and client share a filesystem.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import functools
 import json
 import shutil
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Generator, Iterator
@@ -23,25 +23,27 @@ import numpy as np
 import torch
 
 from ..io.files import InputError, atomic_path
+from ..io.store import STORE_NAME, ResultStore
 from ..localizations import Localizations
 from ..models import registry
 from ..models.registry import Models
-from .pipeline import FrameResult, PredictSettings, StackSum, keep_freed_buffers, never, predict
+from .pipeline import PredictSettings, StackSum, keep_freed_buffers, never, predict
 
 DEFAULT_CHUNK_FRAMES = 32   # frames per task: scheduling cost under 1 % of a frame (benchmarks.md)
 POLL_S = 0.1                # seconds between looks at the finished chunks (and at should_stop)
 CONNECT_TIMEOUT_S = 5       # an unreachable scheduler is reported after this many seconds
-PARTS = "parts"             # OUT/parts/: finished chunks of a run not yet complete
-RUN_FILE = "run.json"       # OUT/parts/run.json: what the parts belong to (checked by a resume)
+PARTS = "parts"             # OUT/parts/: localizations and sums of the finished chunks of an incomplete run
 LOC_FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
 
 
 @dataclass(frozen=True, eq=False)   # one job per stack: compared (and hashed) by identity
 class StackJob:
-    """One stack to predict: its TIFF (a path every worker can read), frame range, settings, output folder."""
+    """One stack to predict: its TIFF (a path every worker can read), frame range, raw frame shape (pixels),
+    settings and output folder."""
 
     source: Path
     frames: range
+    shape: tuple[int, int]
     settings: PredictSettings
     out: Path
 
@@ -50,10 +52,15 @@ class StackJob:
         return [range(a, min(a + size, stop)) for start, stop in missing(self.frames, finished(self.out))
                 for a in range(start, stop, size)]
 
+    def run(self, model: str) -> dict:
+        """What the store's frames belong to (a resume checks it)."""
+        return {"source": str(self.source), "frames": [self.frames.start, self.frames.stop], "model": str(model),
+                "settings": json.loads(json.dumps(asdict(self.settings), default=str))}
+
 
 @dataclass
 class ChunkResult:
-    """What a worker returns for one chunk: its localizations and accumulated images (the KDEs are on disk)."""
+    """What a worker returns for one chunk: its localizations and accumulated images (the KDEs are stored)."""
 
     frames: range
     localizations: Localizations
@@ -74,7 +81,7 @@ class ChunkDone:
 
 @dataclass
 class StackDone:
-    """A stack is complete: its KDE files are in ``job.out``; localizations in frame order and the sums."""
+    """A stack is complete: its store is marked complete; localizations in frame order and the sums."""
 
     job: StackJob
     localizations: Localizations
@@ -88,20 +95,16 @@ class StackFailed:
     error: str
 
 
-# --- the parts folder: finished chunks of an incomplete run --------------------------------------------
+# --- the store and the parts of an incomplete run --------------------------------------------------------
 
-def _part(out: Path, frames: range, kind: str) -> Path:
-    return out / PARTS / f"{frames.start:08d}-{frames.stop:08d}.{kind}.npz"
+def _part(out: Path, frames: range) -> Path:
+    return out / PARTS / f"{frames.start:08d}-{frames.stop:08d}.npz"
 
 
 def finished(out: Path) -> list[range]:
-    """Chunks of ``out`` whose frames and localizations are both kept, in frame order."""
-    found = []
-    for path in sorted((out / PARTS).glob("*.locs.npz")):
-        a, b = (int(v) for v in path.name.split(".")[0].split("-"))
-        if _part(out, range(a, b), "frames").exists():
-            found.append(range(a, b))
-    return found
+    """The chunks of ``out`` whose frames are stored and whose localizations are kept, in frame order."""
+    ranges = (path.name.split(".")[0].split("-") for path in (out / PARTS).glob("*.npz"))
+    return sorted((range(int(a), int(b)) for a, b in ranges), key=lambda r: r.start)
 
 
 def missing(frames: range, done: list[range]) -> list[tuple[int, int]]:
@@ -114,49 +117,43 @@ def missing(frames: range, done: list[range]) -> list[tuple[int, int]]:
             for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 
-def start_parts(job: StackJob, model: str, resume: bool) -> None:
-    """Create ``OUT/parts`` for a new run, or check (``resume``) that the kept parts belong to this run; drop
-    chunks left half-kept by an interruption."""
-    run = {"source": str(job.source), "frames": [job.frames.start, job.frames.stop], "model": str(model),
-           "settings": json.loads(json.dumps(asdict(job.settings), default=str))}
-    parts, run_file = job.out / PARTS, job.out / PARTS / RUN_FILE
-    if run_file.exists() and not resume:
+def open_store(job: StackJob, model: str, resume: bool) -> ResultStore:
+    """A new result store for ``job``, or (``resume``) its interrupted one, checked to belong to this run."""
+    if not (job.out / STORE_NAME).exists():
+        shutil.rmtree(job.out / PARTS, ignore_errors=True)
+        (job.out / PARTS).mkdir(parents=True)
+        return ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
+                                  settings=job.run(model))
+    store = ResultStore.open(job.out, "r+")
+    if store.complete:
+        raise InputError(f"{job.out} already holds results ({STORE_NAME}); use --overwrite")
+    if not resume:
         raise InputError(f"{job.out} holds an interrupted run; use --resume to complete it or --overwrite")
-    if run_file.exists() and json.loads(run_file.read_text()) != run:
+    if not store.matches(len(job.frames), job.shape, job.run(model)):
         raise InputError(f"{job.out} holds an interrupted run of other input or settings; use --overwrite")
-    parts.mkdir(parents=True, exist_ok=True)
-    keep = {_part(job.out, r, k) for r in finished(job.out) for k in ("frames", "locs")}
-    for path in parts.glob("*.npz"):
-        if path not in keep:
-            path.unlink()
-    with atomic_path(run_file) as tmp:
-        tmp.write_text(json.dumps(run))
+    (job.out / PARTS).mkdir(exist_ok=True)
+    return store
 
 
 def keep_chunk(out: Path, chunk: ChunkResult) -> None:
-    """Keep a chunk's localizations and sums beside its frames (written last: it marks the chunk finished)."""
+    """Keep a chunk's localizations and sums (atomically: the file marks the chunk finished)."""
     locs = {f"loc_{k}": getattr(chunk.localizations, k) for k in LOC_FIELDS}
-    with atomic_path(_part(out, chunk.frames, "locs")) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(_part(out, chunk.frames)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, total=chunk.sums.total, variance=chunk.sums.variance, seconds=chunk.seconds, **locs)
 
 
 def read_chunk(out: Path, frames: range) -> ChunkResult:
-    with np.load(_part(out, frames, "locs")) as z:
+    with np.load(_part(out, frames)) as z:
         sums = StackSum()
         sums.total, sums.variance, sums.frames = z["total"], z["variance"], len(frames)
         locs = Localizations(*(z[f"loc_{k}"] for k in LOC_FIELDS))
         return ChunkResult(frames, locs, sums, float(z["seconds"]), ())
 
 
-def read_frames(out: Path) -> Iterator[dict[str, np.ndarray]]:
-    """The kept KDEs (``mean``, ``std``, ``sample`` of ``(n, 4H, 4W)``), chunk by chunk in frame order."""
-    for frames in finished(out):
-        with np.load(_part(out, frames, "frames")) as z:
-            yield {k: z[k] for k in ("mean", "std", "sample")}
-
-
-def discard_parts(out: Path) -> None:
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+def discard(out: Path) -> None:
+    """Remove a cluster run's store and parts from ``out`` (``--overwrite``)."""
+    for name in (STORE_NAME, PARTS):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 # --- on the workers ------------------------------------------------------------------------------------
@@ -179,19 +176,21 @@ def worker_device(settings: PredictSettings) -> PredictSettings:
 
 
 def predict_chunk(source: str, frames: range, model: str, settings: PredictSettings, out: str) -> ChunkResult:
-    """Predict one chunk on a worker; its KDEs go to ``OUT/parts`` (atomically), the rest is returned."""
+    """Predict one chunk on a worker, writing each frame into its region of ``OUT/results.zarr`` (frame
+    ``i`` of the stack at ``i - first``: the store holds the run's frame range); the rest is returned."""
     from ..io.tiff import open_stack
 
     keep_freed_buffers()
-    results: list[FrameResult] = list(predict(open_stack(source).data, worker_models(model),
-                                              worker_device(settings), frames))
-    sums = StackSum()
-    for r in results:
+    store = ResultStore.open(out, "r+")
+    first = store.meta["settings"]["frames"][0]
+    sums, locs, seconds, notes = StackSum(), [], 0.0, []
+    for r in predict(open_stack(source).data, worker_models(model), worker_device(settings), frames):
+        store.write_frame(r.index - first, r.mean, r.std, r.sample)
         sums.add(r)
-    with atomic_path(_part(Path(out), frames, "frames")) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **{k: np.stack([getattr(r, k) for r in results]) for k in ("mean", "std", "sample")})
-    return ChunkResult(frames, Localizations.concat([r.localizations for r in results]), sums,
-                       sum(r.seconds for r in results), tuple(n for r in results for n in r.notes))
+        locs.append(r.localizations)
+        seconds += r.seconds
+        notes += r.notes
+    return ChunkResult(frames, Localizations.concat(locs), sums, seconds, tuple(notes))
 
 
 # --- on the client -------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ def connect(scheduler: str | None = None, workers: int = 1):
         return Client(cluster, set_as_default=False)
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-    except (OSError, FutureTimeout, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:   # TimeoutError is an OSError
         raise InputError(f"cannot reach the dask scheduler {scheduler!r} ({type(exc).__name__})") from None
 
 
@@ -258,14 +257,13 @@ def predict_on_cluster(client, jobs: list[StackJob], model: str, chunk_frames: i
     if chunk_frames < 1:
         raise ValueError(f"chunk frames must be >= 1 (got {chunk_frames})")
     check_workers(client)
-    pending, left, stacks = {}, {}, []
+    pending, left, stores = {}, {}, {}
     for job in jobs:
         try:
-            start_parts(job, model, resume)
+            stores[job] = open_store(job, model, resume)
         except InputError as exc:
             yield StackFailed(job, str(exc))
             continue
-        stacks.append(job)
         chunks = job.chunks(chunk_frames)
         left[job] = len(chunks)
         for frames in chunks:
@@ -273,19 +271,22 @@ def predict_on_cluster(client, jobs: list[StackJob], model: str, chunk_frames: i
                                    pure=False)
             pending[future] = job
     try:
-        yield from (StackDone(job, *_assemble(job)) for job in stacks if not left[job])
+        yield from (_complete(job, stores[job]) for job in stores if not left[job])   # resumed, nothing missing
         finishing = as_completed(list(pending), loop=client.loop)
         while pending and not should_stop():
             ready = finishing.next_batch(block=False)
             for future in ready:
-                yield from _collect(future, pending, left)
+                yield from _collect(future, pending, left, stores)
             if not ready:
                 time.sleep(POLL_S)
     finally:
         client.cancel(list(pending))
+        for job, store in stores.items():
+            if left.get(job, 1) and not store.done().all():   # all done but not all kept: leave it partial
+                store.finish()   # partial, listing the frame ranges done
 
 
-def _collect(future, pending: dict, left: dict) -> Iterator[ChunkDone | StackDone | StackFailed]:
+def _collect(future, pending: dict, left: dict, stores: dict) -> Iterator[ChunkDone | StackDone | StackFailed]:
     job = pending.pop(future, None)
     if job not in left:   # cancelled: its stack failed
         return
@@ -301,15 +302,19 @@ def _collect(future, pending: dict, left: dict) -> Iterator[ChunkDone | StackDon
     left[job] -= 1
     yield ChunkDone(job, chunk.frames, chunk.seconds, chunk.notes)
     if not left[job]:
-        yield StackDone(job, *_assemble(job))
+        yield _complete(job, stores[job])
 
 
-def _assemble(job: StackJob) -> tuple[Localizations, StackSum, float]:
-    """All kept chunks of a complete stack: localizations in frame order, summed images, worker seconds."""
+def _complete(job: StackJob, store: ResultStore) -> StackDone:
+    """A stack whose chunks are all finished: localizations in frame order, the summed images (stored too),
+    worker seconds; the store is marked complete and the parts are dropped."""
     sums, locs, seconds = StackSum(), [], 0.0
     for frames in finished(job.out):
         chunk = read_chunk(job.out, frames)
         sums.merge(chunk.sums)
         locs.append(chunk.localizations)
         seconds += chunk.seconds
-    return Localizations.concat(locs), sums, seconds
+    store.write_sums(sums.total, sums.std, sums.frames)
+    store.finish()
+    shutil.rmtree(job.out / PARTS)
+    return StackDone(job, Localizations.concat(locs), sums, seconds)
