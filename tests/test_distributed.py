@@ -185,3 +185,20 @@ def test_workers_with_another_version_are_named(client, monkeypatch):
         dist.check_workers(client)
     assert dist.version_mismatches({"tcp://a": "9.9", "tcp://b": ImportError("no module")}, "9.9") == [
         "worker tcp://b: napari-smlm-uq not installed (here: 9.9)"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--resume",), "--resume completes a cluster run"),
+    (("--workers", "1", "--scheduler", "tcp://127.0.0.1:9"), "either --workers"),
+    (("--workers", "1", "--chunk-frames", "0"), "--chunk-frames must be >= 1"),
+])
+def test_bad_cluster_options_are_one_line(inputs, tmp_path, capsys, extra, message):
+    assert cli.main(predict_args(inputs, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_glob_that_matches_nothing_is_refused(inputs, tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path / "*.tif"), "--out", str(tmp_path / "out")]) == 2
+    assert "no file matches" in capsys.readouterr().err

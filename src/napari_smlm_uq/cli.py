@@ -145,10 +145,12 @@ def input_stacks(patterns: list[str]) -> list[Path]:
     """The input TIFFs: paths, or glob patterns (for shells that do not expand them), in the order given."""
     import glob
 
-    found = [Path(p) for pattern in patterns for p in (sorted(glob.glob(pattern)) if glob.has_magic(pattern)
-                                                       else [pattern])]
-    if not found:
-        raise UsageError(f"smlm-uq predict: no file matches {' '.join(patterns)}")
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UsageError(f"smlm-uq predict: no file matches {pattern}")
+        found += [Path(p) for p in matches]
     if len({p.stem for p in found}) < len(found):
         raise UsageError("smlm-uq predict: two input stacks have the same name (one result folder each)")
     return found
@@ -237,6 +239,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         raise UsageError(f"smlm-uq predict: --chunk-frames must be >= 1 (got {a.chunk_frames})")
     if a.workers < 0 or (a.workers and a.scheduler):
         raise UsageError("smlm-uq predict: use either --workers N (N >= 1) or --scheduler ADDRESS")
+    if a.resume and not (a.workers or a.scheduler):
+        raise UsageError("smlm-uq predict: --resume completes a cluster run: add --workers N or --scheduler ADDRESS")
     if a.workers or a.scheduler:
         return predict_on_cluster(a, sources)
     if len(sources) == 1:
