@@ -2,7 +2,7 @@
 1 and 2 worker processes (1 thread each) against one process, and the scheduling cost per frame for chunks
 of 8-256 frames; from them, what 8 GPU workers would give.
 
-    PYTHONPATH=src python benchmarks/cluster_scaling.py [--frames 512] [--size 64] [--samples 0]
+    PYTHONPATH=src python benchmarks/cluster_scaling.py [--frames 256] [--size 32] [--samples 0]
 
 phi alone (``--samples 0``) with the bundled default model: the cheapest frame, so the scheduling cost shows
 most. Every run writes its frames into a result store (io/store.py), in one process too, so the difference
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,21 +50,26 @@ def one_process(source: Path, frames: int, settings: PredictSettings, folder: Pa
 
 def on_cluster(client, source: Path, frames: int, shape: tuple[int, int], settings: PredictSettings, folder: Path,
                chunk: int) -> dict:
-    """Wall seconds from submitting the chunks to the complete stack (the workers are warm), and the seconds
-    the pipeline reports on the workers."""
+    """Wall seconds from submitting the chunks to the complete stack (the workers are warm), the seconds the
+    pipeline reports on the workers, and the seconds the workers spent in the chunk tasks (dask's own record)."""
+    from distributed import get_task_stream
+
     job = dist.StackJob(source, range(frames), shape, settings, folder)
     t0, compute = time.perf_counter(), 0.0
-    for item in dist.predict_on_cluster(client, [job], "default", chunk_frames=chunk):
-        if isinstance(item, dist.StackFailed):
-            raise RuntimeError(item.error)
-        compute += item.seconds if isinstance(item, dist.ChunkDone) else 0.0
-    return {"wall_s": time.perf_counter() - t0, "compute_s": compute}
+    with get_task_stream(client=client) as stream:
+        for item in dist.predict_on_cluster(client, [job], "default", chunk_frames=chunk):
+            if isinstance(item, dist.StackFailed):
+                raise RuntimeError(item.error)
+            compute += item.seconds if isinstance(item, dist.ChunkDone) else 0.0
+    wall = time.perf_counter() - t0
+    tasks = sum(s["stop"] - s["start"] for t in stream.data for s in t["startstops"] if s["action"] == "compute")
+    return {"wall_s": wall, "compute_s": compute, "task_s": tasks, "chunks": len(stream.data)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=512)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--samples", type=int, default=0)
     a = p.parse_args()
     keep_freed_buffers()
@@ -97,22 +103,28 @@ def main() -> None:
             dist.close(client)
         print(f"{workers} workers:", {c: f"{a.frames / r['wall_s']:.1f} frames/s"
                                       for c, r in result[f"{workers}_workers"].items()})
-    # the non-compute seconds per frame (timed against the pipeline's own seconds in the same run, so that the
-    # load of a shared machine mostly cancels), above those of the one-process run
-    overhead = lambda r: (r["wall_s"] - r["compute_s"]) / a.frames  # noqa: E731
-    base = overhead(result["one_process_1_thread"])
-    cost = {c: overhead(r) - base for c, r in result["1_workers"].items()}
-    # cost per frame = per-chunk cost / chunk + per-frame cost: least squares in 1 / chunk
-    per_chunk, per_frame = np.polyfit([1 / c for c in cost], list(cost.values()), 1)
-    result["scheduling_cost_per_frame_s"] = cost
-    result["fit"] = {"per_chunk_s": per_chunk, "per_frame_s": per_frame}
+    # dask's cost: the wall time of a 1-worker run outside its tasks (submitting, scheduling, sending the
+    # results back, keeping them), timed against dask's record of the same run so the load of a shared machine
+    # mostly cancels; and the worker's own cost per frame outside the pipeline (reading the stack, writing the
+    # store), the same in one process
+    one = result["1_workers"]
+    result["dask_cost_per_chunk_s"] = {c: (r["wall_s"] - r["task_s"]) / r["chunks"] for c, r in one.items()}
+    result["dask_cost_per_frame_s"] = {c: (r["wall_s"] - r["task_s"]) / a.frames for c, r in one.items()}
+    io = result["one_process_1_thread"]
+    per_chunk = float(np.median(list(result["dask_cost_per_chunk_s"].values())))
+    per_frame_io = (io["wall_s"] - io["compute_s"]) / a.frames
+    result["cost_model"] = {"dask_per_chunk_s": per_chunk, "worker_io_per_frame_s": per_frame_io}
     c = dist.DEFAULT_CHUNK_FRAMES
+    # 8 workers, each a GPU computing t s/frame, reading/writing as measured here, dask's cost per chunk
     result["prediction_8_gpu_workers"] = {
-        name: {"frames_per_s_one_gpu": 1 / t, "frames_per_s_8_workers": 8 / (t + per_chunk / c + per_frame),
-               "efficiency": t / (t + per_chunk / c + per_frame), "chunk_frames": c}
+        name: {"frames_per_s_one_gpu_alone": 1 / t,
+               "frames_per_s_8_workers": 8 / (t + per_frame_io + per_chunk / c),
+               "frames_per_s_8_workers_without_io": 8 / (t + per_chunk / c),
+               "chunk_frames": c}
         for name, t in GPU_SECONDS_PER_FRAME.items()}
     out = ROOT / "benchmarks" / "results" / "cluster_scaling.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(tmp)
     print(json.dumps(result, indent=2))
 
 

@@ -43,3 +43,13 @@ def tiny_model_file(path: Path) -> Path:
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     registry.save(models, path)
     return path
+
+
+def simulated_inputs(folder: Path, frames: int, size: int) -> dict[str, Path]:
+    """A simulated stack (through the CLI; 120 nm pixels, 3 emitters/um^2) and a tiny model file."""
+    from napari_smlm_uq import cli
+
+    stack = folder / "sim.tif"
+    assert cli.main(["simulate", str(stack), "--frames", str(frames), "--size", str(size), "--density", "3",
+                     "--pixel-size", "120", "--seed", "4"]) == 0
+    return {"folder": folder, "stack": stack, "model": tiny_model_file(folder / "tiny.pt")}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import tiny_model_file
+from conftest import simulated_inputs
 
 import napari_smlm_uq
 from napari_smlm_uq import cli
@@ -31,11 +31,8 @@ KDES = ("mean", "std", "sample")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("inputs")
-    stack = folder / "sim.tif"
-    assert cli.main(["simulate", str(stack), "--frames", str(FRAMES), "--size", str(SIZE), "--density", "3",
-                     "--pixel-size", "120", "--seed", "4"]) == 0
-    return {"stack": stack, "model": tiny_model_file(folder / "tiny.pt")}
+    """A simulated stack and a tiny model file."""
+    return simulated_inputs(tmp_path_factory.mktemp("inputs"), FRAMES, SIZE)
 
 
 @pytest.fixture(scope="module")

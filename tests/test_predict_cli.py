@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import OutOfMemoryOnce, tiny_model_file
+from conftest import OutOfMemoryOnce, simulated_inputs
 
 from napari_smlm_uq import cli
 from napari_smlm_uq.inference import pipeline
@@ -36,11 +36,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A simulated stack (through the CLI) and a tiny model file with a non-trivial psi."""
-    folder = tmp_path_factory.mktemp("inputs")
-    stack = folder / "sim.tif"
-    assert cli.main(["simulate", str(stack), "--frames", str(FRAMES), "--size", str(SIZE), "--density", "3",
-                     "--pixel-size", "120", "--seed", "4"]) == 0
-    return {"folder": folder, "stack": stack, "model": tiny_model_file(folder / "tiny.pt")}
+    return simulated_inputs(tmp_path_factory.mktemp("inputs"), FRAMES, SIZE)
 
 
 def predict_args(inputs, out, *extra) -> list:

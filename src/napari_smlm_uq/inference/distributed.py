@@ -29,7 +29,8 @@ from ..models import registry
 from ..models.registry import Models
 from .pipeline import PredictSettings, StackSum, keep_freed_buffers, never, predict
 
-DEFAULT_CHUNK_FRAMES = 32   # frames per task: scheduling cost under 1 % of a frame (benchmarks.md)
+DEFAULT_CHUNK_FRAMES = 32   # frames per task: dask's cost (<= 60 ms a chunk, benchmarks.md) stays small against a
+                            # chunk's work (0.3 s on a GPU at 100 frames/s, minutes on a CPU)
 POLL_S = 0.1                # seconds between looks at the finished chunks (and at should_stop)
 CONNECT_TIMEOUT_S = 5       # an unreachable scheduler is reported after this many seconds
 PARTS = "parts"             # OUT/parts/: localizations and sums of the finished chunks of an incomplete run
@@ -238,9 +239,11 @@ def connect(scheduler: str | None = None, workers: int = 1):
 
 def close(client) -> None:
     """Close the client, and the LocalCluster it started."""
+    from distributed import LocalCluster
+
     cluster = client.cluster
     client.close()
-    if cluster is not None and type(cluster).__name__ == "LocalCluster":
+    if isinstance(cluster, LocalCluster):
         cluster.close()
 
 
