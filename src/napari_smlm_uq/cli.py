@@ -250,8 +250,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
         try:
             predict_here(a, source, Path(a.out) / source.stem)
         except (UsageError, InputError) as exc:
-            failures.append(f"{source}: {str(exc).removeprefix('smlm-uq predict: ')}")
+            failures.append(failure(source, exc))
     return report_failures(failures)
+
+
+def failure(source: Path, exc: Exception) -> str:
+    """One line for a stack that failed, naming it once."""
+    text = str(exc).removeprefix("smlm-uq predict: ")
+    return text if str(source) in text else f"{source}: {text}"
 
 
 def report_failures(failures: list[str]) -> int:
@@ -310,7 +316,7 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
             stack, frames, settings = prepare_stack(a, source, out)
             jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out))
         except (UsageError, InputError) as exc:
-            failures.append(f"{source}: {str(exc).removeprefix('smlm-uq predict: ')}")
+            failures.append(failure(source, exc))
     models = load_model(a)
     for job in jobs:
         clear_outputs(job.out, a.overwrite)
