@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -58,3 +60,14 @@ class OutOfMemoryOnce(torch.nn.Module):
             self.raised += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.psi(y, cond, sqrt_gamma)
+
+
+def simulated_inputs(folder: Path, frames: int, size: int) -> dict[str, Path]:
+    """A simulated stack (through the CLI; 120 nm pixels, 3 emitters/um^2) and a tiny model file."""
+    from napari_smlm_uq import cli
+
+    stack = folder / "sim.tif"
+    assert cli.main(["simulate", str(stack), "--frames", str(frames), "--size", str(size), "--density", "3",
+                     "--pixel-size", "120", "--seed", "4"]) == 0
+    registry.save(build_tiny(), folder / "tiny.pt")
+    return {"folder": folder, "stack": stack, "model": folder / "tiny.pt"}

@@ -179,16 +179,31 @@ def output_folder(command: str, path: str, outputs: tuple[str, ...], overwrite: 
 OUTPUTS = ("mean.tif", "std.tif", "sample.tif", "sum.tif", "localizations.csv", "summary.json")
 
 
-def prepare_predict(a: argparse.Namespace):
-    """Check everything before any work: the stack, the frame range, the settings, the model, the folder."""
+def input_stacks(patterns: list[str]) -> list[Path]:
+    """The input TIFFs: paths, or glob patterns (for shells that do not expand them), in the order given."""
+    import glob
+
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UsageError(f"smlm-uq predict: no file matches {pattern}")
+        found += [Path(p) for p in matches]
+    if len({p.stem for p in found}) < len(found):
+        raise UsageError("smlm-uq predict: two input stacks have the same name (one result folder each)")
+    return found
+
+
+def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
+    """Check one stack before any work: the file, the frame range, the camera, the settings, the output folder.
+    Returns the stack, its frame range, the settings and the camera choice (values, sources, messages)."""
     from .inference.camera_choice import choose_camera
     from .inference.pipeline import PredictSettings
     from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
-    from .models import registry
     from .physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 
-    stack = open_stack(a.input)
+    stack = open_stack(source)
     frames = parse_frames(a.frames, stack.shape[0])
     _check_finite(stack.data, frames)
     meta = stack.metadata
@@ -206,32 +221,109 @@ def prepare_predict(a: argparse.Namespace):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    out = output_folder("predict", a.out, OUTPUTS, a.overwrite)
+    output_folder("predict", out, OUTPUTS, a.overwrite)
+    return stack, frames, settings, choice
+
+
+def load_model(a: argparse.Namespace):
+    from .models import registry
+
     models = registry.load(a.model)
-    if settings.samples and models.psi is None:
+    if a.samples and models.psi is None:
         raise UsageError(f"smlm-uq predict: model {a.model!r} has no diffusion model; use --samples 0")
-    return stack, frames, settings, models, out, choice
+    return models
 
 
-def cmd_predict(a: argparse.Namespace) -> int:
-    import time
-    from contextlib import ExitStack
+def clear_outputs(out: Path, overwrite: bool) -> None:
+    from .inference.distributed import discard
 
-    from tqdm import tqdm
-
-    from .analysis.precision import consecutive_frame_precision
-    from .inference.pipeline import StackSum, keep_freed_buffers, predict
-    from .io.files import write_json
-    from .io.tables import localizations_table, write_localizations
-    from .io.tiff import StackWriter, write_stack
-    from .localizations import Localizations
-    from .physics.kde import UPSAMPLING
-
-    stack, frames, settings, models, out, camera_choice = prepare_predict(a)
-    print("\n".join(camera_choice.messages))
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
+    if overwrite:
+        discard(out)
+
+
+def write_results(out: Path, source: Path, frames: range, model: str, settings, total, locs, seconds: float,
+                  camera: dict, **extra) -> str:
+    """The files beside the KDE stacks: sum.tif, localizations.csv and summary.json (written last), with the
+    camera used and the consecutive-frame precision check; returns the check's one-line description."""
+    from .analysis.precision import consecutive_frame_precision
+    from .io.files import write_json
+    from .io.tables import localizations_table, write_localizations
+    from .io.tiff import write_stack
+    from .physics.kde import UPSAMPLING
+
+    n, sr = len(frames), settings.pixel_size / UPSAMPLING
+    precision = consecutive_frame_precision(locs, settings.pixel_size)
+    write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
+    write_localizations(out / "localizations.csv", localizations_table(locs, settings.pixel_size))
+    summary = {"input": str(Path(source).resolve()), "frames": [frames.start, frames.stop], "model": model,
+               "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
+                            "pixel_size_nm": settings.pixel_size, "device": str(settings.torch_device()),
+                            "bf16": settings.bf16, "background": settings.background,
+                            "threshold": settings.threshold, "seed": settings.seed,
+                            "schedule": settings.schedule or "model"},
+               "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
+               "localizations": len(locs), "sr_pixel_size_nm": sr, "camera": camera, "precision": precision.as_dict(),
+               **extra}
+    write_json(out / "summary.json", summary)
+    return precision.describe()
+
+
+def progress_bar(files, frames: int):
+    from tqdm import tqdm
+
+    return files.enter_context(tqdm(total=frames, unit="frame", file=sys.stderr, dynamic_ncols=True))
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    sources = input_stacks(a.inputs)
+    if a.chunk_frames < 1:
+        raise UsageError(f"smlm-uq predict: --chunk-frames must be >= 1 (got {a.chunk_frames})")
+    if a.workers < 0 or (a.workers and a.scheduler):
+        raise UsageError("smlm-uq predict: use either --workers N (N >= 1) or --scheduler ADDRESS")
+    if a.resume and not (a.workers or a.scheduler):
+        raise UsageError("smlm-uq predict: --resume completes a cluster run: add --workers N or --scheduler ADDRESS")
+    if a.workers or a.scheduler:
+        return predict_on_cluster(a, sources)
+    if len(sources) == 1:
+        return predict_here(a, sources[0], Path(a.out))
+    failures = []
+    for source in sources:
+        try:
+            predict_here(a, source, Path(a.out) / source.stem)
+        except (UsageError, InputError) as exc:
+            failures.append(failure(source, exc))
+    return report_failures(failures)
+
+
+def failure(source: Path, exc: Exception) -> str:
+    """One line for a stack that failed, naming it once."""
+    text = str(exc).removeprefix("smlm-uq predict: ")
+    return text if str(source) in text else f"{source}: {text}"
+
+
+def report_failures(failures: list[str]) -> int:
+    for line in failures:
+        print(f"smlm-uq predict: error: {line}", file=sys.stderr)
+    return EXIT_USAGE if failures else 0
+
+
+def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
+    """One stack in this process."""
+    import time
+    from contextlib import ExitStack
+
+    from .inference.pipeline import StackSum, keep_freed_buffers, predict
+    from .io.tiff import StackWriter
+    from .localizations import Localizations
+    from .physics.kde import UPSAMPLING
+
+    stack, frames, settings, choice = prepare_stack(a, source, out)
+    models = load_model(a)
+    print("\n".join(choice.messages))
+    clear_outputs(out, a.overwrite)
     sr = settings.pixel_size / UPSAMPLING
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
@@ -239,7 +331,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     with ExitStack() as files:
         writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
                    for k in ("mean", "std", "sample")}
-        bar = files.enter_context(tqdm(total=n, unit="frame", file=sys.stderr, dynamic_ncols=True))
+        bar = progress_bar(files, n)
         for result in predict(stack.data, models, settings, frames):
             for note in result.notes:
                 bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
@@ -250,21 +342,62 @@ def cmd_predict(a: argparse.Namespace) -> int:
             bar.update()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
-    precision = consecutive_frame_precision(all_locs, settings.pixel_size)
-    write_stack(out / "sum.tif", total.total.astype(np.float32), sr)
-    write_localizations(out / "localizations.csv", localizations_table(all_locs, settings.pixel_size))
-    summary = {"input": str(Path(a.input).resolve()), "frames": [frames.start, frames.stop], "model": models.name,
-               "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
-                            "pixel_size_nm": settings.pixel_size, "device": str(settings.torch_device()), "bf16": settings.bf16,
-                            "threshold": settings.threshold, "seed": settings.seed,
-                            "schedule": settings.schedule or "model"},
-               "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
-               "localizations": len(all_locs), "sr_pixel_size_nm": sr, "camera": camera_choice.as_dict(),
-               "precision": precision.as_dict()}
-    write_json(out / "summary.json", summary)
+    check = write_results(out, source, frames, models.name, settings, total, all_locs, seconds, choice.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
-    print(precision.describe())
+    print(check)
     return 0
+
+
+def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
+    """Every stack's chunks on one dask cluster; a stack that fails is reported, the others complete."""
+    import time
+    from contextlib import ExitStack
+
+    from .inference import distributed as dist
+
+    jobs, failures, cameras, many = [], [], {}, len(sources) > 1
+    for source in sources:
+        out = Path(a.out) / source.stem if many else Path(a.out)
+        try:
+            stack, frames, settings, choice = prepare_stack(a, source, out)
+            print("\n".join(f"{source.name}: {m}" for m in choice.messages))
+            jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out))
+            cameras[source.resolve()] = choice.as_dict()
+        except (UsageError, InputError) as exc:
+            failures.append(failure(source, exc))
+    models = load_model(a)
+    for job in jobs:
+        clear_outputs(job.out, a.overwrite)
+    client = dist.connect(a.scheduler, a.workers)
+    t0 = time.perf_counter()
+    try:
+        with ExitStack() as files:
+            bar = progress_bar(files, sum(len(r) for job in jobs for r in job.chunks(a.chunk_frames)))
+            for item in dist.predict_on_cluster(client, jobs, a.model, a.chunk_frames, a.resume):
+                if isinstance(item, dist.ChunkDone):
+                    for note in item.notes:
+                        bar.write(f"smlm-uq predict: {item.job.source.name}: {note}", file=sys.stderr)
+                    bar.update(len(item.frames))
+                elif isinstance(item, dist.StackFailed):
+                    failures.append(f"{item.job.source}: {item.error}")
+                else:
+                    check = finish_stack(item, models.name, time.perf_counter() - t0, a, cameras[item.job.source])
+                    bar.write(f"{item.job.source.name}: {len(item.job.frames)} frames, "
+                              f"{len(item.localizations)} localizations -> {item.job.out}; {check}", file=sys.stdout)
+    except KeyboardInterrupt:
+        print("smlm-uq predict: interrupted; finished chunks are kept: --resume completes the run", file=sys.stderr)
+        raise
+    finally:
+        dist.close(client)
+    return report_failures(failures)
+
+
+def finish_stack(done, model: str, seconds: float, a: argparse.Namespace, camera: dict) -> str:
+    """A complete stack on the cluster (its KDEs in results.zarr): the other outputs."""
+    cluster = {"scheduler": a.scheduler or f"local, {a.workers} workers", "chunk_frames": a.chunk_frames,
+               "worker_seconds": done.seconds}
+    return write_results(done.job.out, done.job.source, done.job.frames, model, done.job.settings, done.sums,
+                         done.localizations, seconds, camera, cluster=cluster)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -364,6 +497,7 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .inference.distributed import DEFAULT_CHUNK_FRAMES
     from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
     from .physics import camera_estimation as estimation
     from .physics.simulate import SimulationSettings as SIM
@@ -415,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_camera)
 
     p = sub.add_parser("predict", help="super-resolved mean, std, sample and localizations of a TIFF stack")
-    p.add_argument("input", help="TIFF stack of camera frames (ADU)")
+    p.add_argument("inputs", nargs="+", metavar="input",
+                   help="TIFF stacks of camera frames (ADU), or a glob; several: one result folder each in --out")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=D.samples, help="diffusion samples per frame (0: phi alone)")
     p.add_argument("--steps", type=int, default=D.steps, help="diffusion inference steps")
@@ -434,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="background estimate for the normalisation (default: the one the model was trained with)")
     p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map: 3-plane TIFF or .npy (offset ADU, "
                    "variance ADU^2, gain ADU/e-); replaces --offset/--gain/--read-noise")
+
+
+    p.add_argument("--workers", type=int, default=0, help="predict on a local dask cluster of N worker processes")
+    p.add_argument("--scheduler", default=None, help="predict on an existing dask cluster (scheduler address)")
+    p.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per cluster task")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted cluster run in --out")
     add_camera_args(p, defaults=False)
     add_camera_kind(p)
     p.set_defaults(func=cmd_predict)

@@ -26,6 +26,7 @@ from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .streams import frame_generator
 from .tiling import SampleTiles, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
@@ -117,6 +118,16 @@ class StackSum:
         self.total += result.mean
         self.variance += np.square(result.std, dtype=np.float64)
         self.frames += 1
+
+    def merge(self, other: "StackSum") -> None:
+        """Add the sums of other frames (a chunk predicted elsewhere)."""
+        if other.total is None:
+            return
+        if self.total is None:
+            self.total, self.variance = np.zeros_like(other.total), np.zeros_like(other.variance)
+        self.total += other.total
+        self.variance += other.variance
+        self.frames += other.frames
 
     @property
     def std(self) -> np.ndarray | None:
@@ -233,7 +244,6 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     """:func:`predict` without the out-of-memory retry."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
-    generator = torch.Generator(device=device).manual_seed(s.seed)
     with torch.inference_mode():
         for b0 in range(frames.start, frames.stop, s.frame_batch):
             if should_stop():
@@ -246,8 +256,8 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
             for i in range(len(batch)):
                 if i and should_stop():  # between frames of a batch too (phi alone never checks mid-frame)
                     return
-                r = _frame_result(b0 + i, x[i:i + 1], z_phi[i:i + 1], snr[i, 0], models, s, device, generator,
-                                  calibration, should_stop)
+                r = _frame_result(b0 + i, x[i:i + 1], z_phi[i:i + 1], snr[i, 0], models, s, device,
+                                  frame_generator(s.seed, b0 + i, device), calibration, should_stop)
                 if r is None:
                     return
                 r.seconds += per_frame_phi
