@@ -26,6 +26,7 @@ from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .refine import Refiner
 from .tiling import TileGrid, chunked, phi_tiled
 
 PSI_TILE = 64        # SR pixels: the training patch size
@@ -54,6 +55,7 @@ class PredictSettings:
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
+    refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
 
     def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
@@ -187,6 +189,7 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     generator = torch.Generator(device=device).manual_seed(s.seed)
+    refiner = Refiner(s.camera) if s.refine else None
     n = len(frames)
     with torch.inference_mode():
         for b0 in range(0, n, s.frame_batch):
@@ -213,5 +216,7 @@ def predict(frames, models: Models, settings: PredictSettings, should_stop: Call
                     y, mean = None, from_model(mean_z[0, 0]).cpu().numpy()
                     std, sample = np.zeros_like(mean), mean
                 locs = localize(mean, y, b0 + i + first_index, s.threshold, calibration, snr[i, 0])
+                if refiner is not None:
+                    locs = refiner(locs, batch[i])
                 yield FrameResult(b0 + i + first_index, mean.astype(np.float32), std.astype(np.float32),
                                   sample.astype(np.float32), locs, per_frame_phi + time.perf_counter() - t1)
