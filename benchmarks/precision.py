@@ -32,7 +32,7 @@ from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb
-from napari_smlm_uq.physics.kde import KERNEL_SIGMA, UPSAMPLING, raw_to_sr, sr_to_raw
+from napari_smlm_uq.physics.kde import KERNEL_SIGMA, raw_to_sr, sr_to_raw
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
