@@ -84,7 +84,7 @@ def _log_likelihood(data: np.ndarray, mu: np.ndarray, weight: np.ndarray) -> np.
 
 def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.ndarray, psf_sigma: float | np.ndarray,
              read_variance: float | np.ndarray = 0.0, excess: float = 1.0, mask: np.ndarray | None = None,
-             fit_sigma: bool = False, iterations: int = 12) -> RoiFit:
+             fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
     """Fit ROIs ``(B, S, S)`` of photo-electrons ``e`` (camera.to_photoelectrons, not shifted).
 
     ``cols``/``rows`` ``(B, K)``: starting positions (ROI px) of up to ``K`` emitters, ``active`` ``(B, K)``
@@ -145,8 +145,9 @@ def _start(rois, weight, cols, rows, active, psf_sigma) -> np.ndarray:
     pixel above it (``2 pi sigma^2`` times the peak excess)."""
     n_roi, size = rois.shape[0], rois.shape[-1]
     sigma = np.broadcast_to(np.asarray(psf_sigma, float), (n_roi,)).copy()
-    valid = np.where(weight > 0, rois, np.nan).reshape(n_roi, -1)
-    b = np.clip(np.nanpercentile(valid, 25, axis=1), 0.1, None)
+    ordered = np.sort(np.where(weight > 0, rois, np.inf).reshape(n_roi, -1), axis=1)
+    quartile = (0.25 * (weight.reshape(n_roi, -1) > 0).sum(axis=1)).astype(int)
+    b = np.clip(ordered[np.arange(n_roi), quartile], 0.1, None)
     r = np.clip(np.rint(np.nan_to_num(rows)).astype(int), 0, size - 1)
     c = np.clip(np.rint(np.nan_to_num(cols)).astype(int), 0, size - 1)
     peak = rois[np.arange(n_roi)[:, None], r, c]
