@@ -35,6 +35,7 @@ def test_single_spots_reach_the_crlb_and_report_it():
     assert np.median(fit.crlb_col) == pytest.approx(bound[0], rel=0.03)  # and it says so
     assert np.mean(fit.photons) == pytest.approx(PHOTONS, rel=0.01)
     assert np.mean(fit.background) == pytest.approx(BACKGROUND, rel=0.02)
+    assert np.median(fit.chi2) == pytest.approx(1.0, abs=0.1)        # the model explains the boxes
 
 
 def test_close_neighbours_fitted_jointly_are_unbiased():

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, Refiner, extract_boxes, neighbour_slots
+from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, Refiner, extract_boxes, neighbour_slots, refine_frame
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb
+from napari_smlm_uq.physics.psf import render_emitters
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 CAMERA = Camera(offset=100.0, gain=2.0, read_noise=1.5)
@@ -82,3 +83,15 @@ def test_pipeline_refines_by_default():
         d[locs.frame[:, None] != gt.frame[None]] = np.inf
         return d.min(axis=1)
     assert np.median(error(refined)) < np.median(error(plain))
+
+
+def test_a_box_with_a_missed_emitter_keeps_the_deep_position():
+    """Two bright emitters 2.5 px apart, only one localized: the fit cannot explain the box (chi-square),
+    so the deep position is kept; with both localized, both are refined."""
+    rng = np.random.default_rng(9)
+    rows, cols = np.array([10.2, 10.0]), np.array([10.1, 12.6])
+    e = rng.poisson(render_emitters(rows, cols, np.array([3000.0, 6000.0]), (21, 21), 1.0) + 20.0).astype(float)
+    alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    assert not alone.ok[0] and alone.row[0] == pytest.approx(10.3)
+    both = refine_frame(e, rows + 0.1, cols - 0.1, 1.0)
+    assert both.ok.all() and np.abs(both.col - cols).max() < 0.1

@@ -1,12 +1,14 @@
 """Refinement of the deep localizations on the raw pixels (docs/method.md, "Refinement at the CRLB").
 
 Each localization is refitted by maximum likelihood (physics/fit.py) in a box of ``2 ceil(3 sigma) + 1``
-raw pixels around it, together with up to ``NEIGHBOURS - 1`` other localizations whose centres fall in
-the box, starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
+raw pixels around it, together with up to ``NEIGHBOURS - 1`` other localizations whose light reaches
+the box (centres within ``REACH`` px of it), starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
 running median over the frames seen) unless given. The reported uncertainty combines the fit's
 Cramer-Rao bound (what the photons allow) with the diffusion samples' calibrated spread (where the
 scene is ambiguous): ``sigma^2 = sigma_fisher^2 + DIFFUSION_WEIGHT * sigma_diffusion^2``. A fit that
-moves a localization by more than ``MAX_SHIFT`` raw pixels keeps the deep position and uncertainty.
+moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
+degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
+uncertainty.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from ..localizations import Localizations
 from ..physics.camera import Camera
 from ..physics.fit import RoiFit, fit_rois
 
-NEIGHBOURS = 4            # emitters fitted jointly per box (the localization and its nearest neighbours)
+REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
+NEIGHBOURS = 6            # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
+MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
 DIFFUSION_WEIGHT = 0.25   # c in sigma^2 = sigma_fisher^2 + c sigma_diffusion^2 (measured: benchmarks.md)
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 5        # isolated-spot fits before their median replaces the default width
@@ -57,10 +61,10 @@ def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: i
 
 def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
-    centres fall inside its box (Chebyshev distance <= half + 1/2), and which slots are filled."""
+    light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
     n = len(rows)
     pts = np.column_stack([rows, cols])
-    dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5)
+    dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5 + REACH)
     dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
     filled = np.isfinite(dist)
     slots = np.zeros((n, k), int)
@@ -94,7 +98,7 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     fit, corner, _ = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = np.sqrt(0.5 * (fit.crlb_row[:, 0] ** 2 + fit.crlb_col[:, 0] ** 2))
-    ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & np.isfinite(fisher) & (fisher > 0)
+    ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
     return RefinedFrame(np.where(ok, row, rows), np.where(ok, col, cols), fisher, fit.photons[:, 0], fit.background, ok)
 
 

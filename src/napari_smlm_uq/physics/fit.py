@@ -26,7 +26,8 @@ MIN_PHOTONS = 1.0
 class RoiFit:
     """Per ROI ``b`` (``(B,)`` background, photons/px), ``sigma`` (``(B,)`` PSF sigma, px), and per emitter
     slot ``(B, K)``: ``col``, ``row`` (ROI px), ``photons``, their Cramer-Rao bounds ``crlb_col``,
-    ``crlb_row`` (px) and ``crlb_photons``; ``log_likelihood`` ``(B,)`` (up to a constant)."""
+    ``crlb_row`` (px) and ``crlb_photons``; ``log_likelihood`` ``(B,)`` (up to a constant); ``chi2`` ``(B,)``
+    Pearson's chi-square per degree of freedom (about 1 when the model explains the box)."""
 
     col: np.ndarray
     row: np.ndarray
@@ -38,6 +39,7 @@ class RoiFit:
     crlb_photons: np.ndarray
     crlb_sigma: np.ndarray
     log_likelihood: np.ndarray
+    chi2: np.ndarray
 
 
 def _profile(centres: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -118,8 +120,10 @@ def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.nd
     _, fisher = _scores(data, mu, jac, weight, free)
     bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
     bounds = np.where(free, bounds, np.nan)
+    dof = np.clip(weight.reshape(n_roi, -1).sum(axis=1) - free.sum(axis=1), 1, None)
+    chi2 = (weight * (data - mu) ** 2 / mu).reshape(n_roi, -1).sum(axis=1) / dof
     return RoiFit(theta[:, 2::3], theta[:, 3::3], theta[:, 4::3], theta[:, 0], theta[:, 1],
-                  bounds[:, 2::3], bounds[:, 3::3], bounds[:, 4::3], bounds[:, 1], ll)
+                  bounds[:, 2::3], bounds[:, 3::3], bounds[:, 4::3], bounds[:, 1], ll, chi2)
 
 
 def _expected(model: _Model, theta: np.ndarray, jacobian: bool, r2: np.ndarray, excess: float):
@@ -159,12 +163,12 @@ def _start(rois, weight, cols, rows, active, psf_sigma) -> np.ndarray:
 
 
 def _clip(theta: np.ndarray, size: int, free: np.ndarray) -> np.ndarray:
-    """Keep parameters physical: background > 0, sigma within limits, emitters within a pixel of the
-    ROI, photons >= 1 (inactive slots stay at zero photons)."""
+    """Keep parameters physical: background > 0, sigma within limits, emitters within 3 pixels of the
+    ROI (neighbours just outside shine into it), photons >= 1 (inactive slots stay at zero photons)."""
     out = theta.copy()
     out[:, 0] = np.clip(out[:, 0], 1e-3, None)
     out[:, 1] = np.clip(out[:, 1], *SIGMA_LIMITS)
-    out[:, 2::3] = np.clip(out[:, 2::3], -1.0, size)
-    out[:, 3::3] = np.clip(out[:, 3::3], -1.0, size)
+    out[:, 2::3] = np.clip(out[:, 2::3], -3.0, size + 2.0)
+    out[:, 3::3] = np.clip(out[:, 3::3], -3.0, size + 2.0)
     out[:, 4::3] = np.where(free[:, 4::3], np.clip(out[:, 4::3], MIN_PHOTONS, None), 0.0)
     return out
