@@ -222,11 +222,11 @@ def main() -> None:
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     t0 = time.perf_counter()
     res = {"frames": a.frames, "samples": a.samples, "machine": machine}
-    for name in a.movies.split(","):
-        res[name] = study(models, name, SimulationSettings(frames=a.frames, **MOVIES[name]), settings)
-    res["benchmark_seconds"] = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    for name in a.movies.split(","):  # written after every movie: a long run can be read as it goes
+        res[name] = study(models, name, SimulationSettings(frames=a.frames, **MOVIES[name]), settings)
+        res["benchmark_seconds"] = time.perf_counter() - t0
+        a.out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     if "sweep" in res:
         IMG.mkdir(parents=True, exist_ok=True)
         plot(res, IMG / "precision_crlb.png")
