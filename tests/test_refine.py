@@ -64,6 +64,11 @@ def test_refiner_with_a_known_width_and_an_empty_frame():
     refiner = Refiner(CAMERA, psf_sigma=1.2)
     empty = refiner(Localizations.empty(), np.full((16, 16), 100.0))
     assert len(empty) == 0 and refiner.widths == []
+    crowded = Localizations(np.zeros(2, int), np.array([5.0, 6.0]), np.array([5.0, 6.0]), np.full(2, 0.1), np.ones(2),
+                            np.full(2, np.nan))
+    learner = Refiner(CAMERA)   # no isolated spot to learn the width from: the default stays
+    assert len(learner(crowded, np.random.default_rng(0).normal(120.0, 3.0, (16, 16)))) == 2
+    assert learner.widths == [] and learner.width() == 1.0
 
 
 def test_pipeline_refines_by_default():

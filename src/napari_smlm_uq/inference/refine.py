@@ -63,6 +63,8 @@ def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int, k: int = NEIG
     """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
     light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
     n = len(rows)
+    if n == 0:
+        return np.zeros((0, k), int), np.zeros((0, k), bool)
     pts = np.column_stack([rows, cols])
     dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5 + REACH)
     dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
@@ -103,11 +105,14 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 
 def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                    read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> tuple[RoiFit, np.ndarray]:
-    """Free-width fits of the localizations alone in their box; returns the fit and which were isolated."""
+                    read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> tuple[RoiFit | None, np.ndarray]:
+    """Free-width fits of the localizations alone in their box; returns the fit (None without any) and
+    which were isolated."""
     half = box_half_width(psf_sigma)
     _, active = neighbour_slots(rows, cols, half)
     alone = ~active[:, 1:].any(axis=1)
+    if not alone.any():
+        return None, alone
     fit, _, _ = fit_frame(photoelectrons, rows[alone], cols[alone], psf_sigma, read_variance, excess, fit_sigma=True, k=1)
     return fit, alone
 
@@ -131,6 +136,8 @@ class Refiner:
         if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
             return
         fit, _ = isolated_widths(e, locs.row, locs.col, self.width(), read_variance, self.excess)
+        if fit is None:
+            return
         good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < 0.05) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
         self.widths.extend(fit.sigma[good].tolist())
 
