@@ -25,7 +25,7 @@ REACH = 2.0               # raw pixels beyond the box: neighbours whose light re
 NEIGHBOURS = 6            # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
-DIFFUSION_WEIGHT = 0.25   # c in sigma^2 = sigma_fisher^2 + c sigma_diffusion^2 (measured: benchmarks.md)
+DIFFUSION_WEIGHT = 0.1    # c in sigma^2 = sigma_fisher^2 + c sigma_diffusion^2 (measured: benchmarks.md)
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 5        # isolated-spot fits before their median replaces the default width
 
