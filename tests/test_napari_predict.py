@@ -9,11 +9,8 @@ import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, tiny_stack, watch
 
 from napari_smlm_uq._napari import _models
-from napari_smlm_uq._napari._layers import (
-    PredictionResults,
-    world_to_data,
-    world_to_index,
-)
+from napari_smlm_uq._napari._layers import world_to_data, world_to_index
+from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.inference.localize import DEFAULT_THRESHOLD, find_peaks
 from napari_smlm_uq.inference.pipeline import FrameResult
 from napari_smlm_uq.localizations import Localizations
@@ -42,7 +39,13 @@ def run_and_wait(widget, qtbot, errors, timeout=60_000):
     return workers[0]
 
 
+def unrefined(monkeypatch) -> None:
+    """Localizations at the mean KDE's peaks (no refit on the raw pixels), to check the layers' alignment."""
+    monkeypatch.setattr(pipeline, "Refiner", lambda camera: (lambda locs, frame: locs))
+
+
 def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file, monkeypatch):
+    unrefined(monkeypatch)
     viewer = make_napari_viewer()
     raw = add_raw(viewer)
     widget = open_widget(viewer)
@@ -125,8 +128,9 @@ def test_predict_cancel_keeps_partial_results(make_napari_viewer, qtbot, model_f
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
-def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer, qtbot, model_file):
+def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer, qtbot, model_file, monkeypatch):
     """A layer placed otherwise (another reader: scale 1 px; a translate) still gets aligned results."""
+    unrefined(monkeypatch)
     viewer = make_napari_viewer()
     raw = viewer.add_image(tiny_stack(4, 16), name="moved", scale=(2.0, 1.0, 1.0), translate=(10.0, 5.0, -3.0))
     widget = open_widget(viewer)

@@ -57,12 +57,14 @@ def pixel_report(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def _raw_localizations(models, adu: np.ndarray, settings, should_stop) -> list:
-    """Per-frame localizations of ``adu`` with uncalibrated (raw) uncertainties."""
+    """Per-frame localizations of ``adu`` with uncalibrated (raw) uncertainties of the diffusion samples
+    (unrefined: the calibration scales the samples' spread, refine.py combines it afterwards)."""
     from ..inference.pipeline import predict
 
     calibration, models.calibration = models.calibration, {}
     try:
-        return [r.localizations for r in predict(adu, models, settings, should_stop=should_stop)]
+        return [r.localizations for r in predict(adu, models, replace(settings, refine=False),
+                                                 should_stop=should_stop)]
     finally:
         models.calibration = calibration
 

@@ -26,6 +26,7 @@ from ..physics.kde import from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .refine import Refiner
 from .streams import frame_generator
 from .tiling import SampleTiles, chunked, phi_tiled
 
@@ -59,6 +60,7 @@ class PredictSettings:
     frame_norm: bool = True   # psi's GroupNorm statistics over each image's tiles, not per tile (no seams)
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
     background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
+    refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
 
     def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
@@ -244,6 +246,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     """:func:`predict` without the out-of-memory retry."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
+    refiner = Refiner(s.camera, excess=s.camera.excess_noise) if s.refine else None
     with torch.inference_mode():
         for b0 in range(frames.start, frames.stop, s.frame_batch):
             if should_stop():
@@ -260,6 +263,10 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
                                   frame_generator(s.seed, b0 + i, device), calibration, should_stop)
                 if r is None:
                     return
+                if refiner is not None:
+                    t1 = time.perf_counter()
+                    r.localizations = refiner(r.localizations, batch[i])
+                    r.seconds += time.perf_counter() - t1
                 r.seconds += per_frame_phi
                 yield r
 
