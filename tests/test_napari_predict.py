@@ -9,7 +9,7 @@ import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, tiny_stack, watch
 
 from napari_smlm_uq._napari import _models
-from napari_smlm_uq._napari._layers import world_to_data, world_to_index
+from napari_smlm_uq._napari._layers import PredictionResults, world_to_data, world_to_index
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.inference.localize import DEFAULT_THRESHOLD, find_peaks
 from napari_smlm_uq.inference.pipeline import FrameResult
@@ -41,7 +41,7 @@ def run_and_wait(widget, qtbot, errors, timeout=60_000):
 
 def unrefined(monkeypatch) -> None:
     """Localizations at the mean KDE's peaks (no refit on the raw pixels), to check the layers' alignment."""
-    monkeypatch.setattr(pipeline, "Refiner", lambda camera: (lambda locs, frame: locs))
+    monkeypatch.setattr(pipeline, "Refiner", lambda camera, **options: (lambda locs, frame: locs))
 
 
 def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file, monkeypatch):
