@@ -214,22 +214,24 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--movies", default=",".join(MOVIES))
     ap.add_argument("--out", type=Path, default=RESULTS / "precision.json")
+    ap.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or model file")
+    ap.add_argument("--plot", type=Path, default=IMG / "precision_crlb.png")
     a = ap.parse_args()
-    models = registry.load("default")
+    models = registry.load(a.model)
     settings = PredictSettings(samples=a.samples, device=a.device, refine=False)  # refined below, on the same results
     device = settings.torch_device()
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU",
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     t0 = time.perf_counter()
-    res = {"frames": a.frames, "samples": a.samples, "machine": machine}
+    res = {"frames": a.frames, "samples": a.samples, "machine": machine, "model": a.model}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.movies.split(","):  # written after every movie: a long run can be read as it goes
         res[name] = study(models, name, SimulationSettings(frames=a.frames, **MOVIES[name]), settings)
         res["benchmark_seconds"] = time.perf_counter() - t0
         a.out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     if "sweep" in res:
-        IMG.mkdir(parents=True, exist_ok=True)
-        plot(res, IMG / "precision_crlb.png")
+        a.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(res, a.plot)
     print(f"{res['benchmark_seconds']:.0f} s -> {a.out}")
 
 

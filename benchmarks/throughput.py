@@ -34,11 +34,10 @@ from napari_smlm_uq.inference.calibration import Calibration
 from napari_smlm_uq.inference.localize import localize
 from napari_smlm_uq.inference.preprocessing import pixel_snr
 from napari_smlm_uq.inference.streams import frame_generator
-from napari_smlm_uq.io.tables import emitters_table, localizations_table
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.kde import from_model
-from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
+from napari_smlm_uq.physics.simulate import Emitters, SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSITY = 0.5  # emitters / um^2
@@ -156,10 +155,8 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
             "peak_rss_gb": peak_rss_gb(),
             "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None}
     if locs is not None:
-        table = localizations_table(Localizations.concat(locs), stack.settings.pixel_size)
-        gt = emitters_table(stack.emitters, stack.settings.pixel_size)
-        gt = {k: v[gt["frame"] <= len(adu)] for k, v in gt.items()}
-        rep = localization_report(table, gt)
+        rep = localization_report(Localizations.concat(locs), first_frames(stack.emitters, len(adu)),
+                                  stack.settings.pixel_size)
         row |= {"E": rep["efficiency"], "z_std": rep.get("error_over_uncertainty_std")}
     print(f"  {row['device']:6s} {size:3d}px {name:28s} {row['frames_per_s']:9.2f} frames/s "
           f"({clock.left():.0f} s left)", flush=True)
@@ -177,6 +174,12 @@ def check_against_default(rows: list[dict]) -> None:
         r["holds"] = bool(abs(r["E"] - base["E"]) <= E_TOLERANCE and dz <= Z_TOLERANCE)
 
 
+def first_frames(emitters: Emitters, n: int) -> Emitters:
+    """The ground truth of the first ``n`` frames."""
+    keep = emitters.frame < n
+    return Emitters(*(getattr(emitters, k)[keep] for k in ("frame", "row", "col", "photons")))
+
+
 def store_check(models, stack, device) -> dict:
     """Compressed bytes per frame of the result store (float32 and float16) from predicted frames, and what
     float16 changes: E of the peaks of the stored mean, coverage of mean +/- 2 std against the true KDEs."""
@@ -186,7 +189,7 @@ def store_check(models, stack, device) -> dict:
         return {"error": f"zarr missing ({exc})"}
     results = list(pipeline.predict(stack.adu, models, pipeline.PredictSettings(device=device.type)))
     truth = true_kdes(stack.emitters, range(len(results)), stack.adu.shape[1:])
-    gt = emitters_table(stack.emitters, stack.settings.pixel_size)
+    gt = first_frames(stack.emitters, len(results))
     out = {"frames": len(results), "raw_shape": list(stack.adu.shape[1:])}
     for dtype, bits in (("float32", None), ("float16", None), ("float16", 10), ("float16", 7)):
         with tempfile.TemporaryDirectory() as tmp:
@@ -199,8 +202,7 @@ def store_check(models, stack, device) -> dict:
             mean, std = (store.group[k][:].astype(np.float32) for k in ("mean", "std"))
         locs = Localizations.concat([localize(m, None, i) for i, m in enumerate(mean)])
         out[dtype + ("" if bits is None else f", step 2^-{bits}")] = {"bytes_per_frame": size / len(results), "bytes_per_sr_pixel": size / mean.size / 3,
-                      "E_of_stored_mean": localization_report(localizations_table(locs, stack.settings.pixel_size),
-                                                              gt)["efficiency"],
+                      "E_of_stored_mean": localization_report(locs, gt, stack.settings.pixel_size)["efficiency"],
                       "coverage_2std": pixel_report(mean, std, truth)["coverage_2std"]}
     return out
 

@@ -33,6 +33,7 @@ from .tiling import SampleTiles, chunked, phi_tiled
 PSI_TILE = 64        # SR pixels: the training patch size
 PSI_OVERLAP = 16     # SR pixels
 PHI_TILE = 128       # raw pixels
+TILE_BATCH = {"cpu": 16, "cuda": 512}   # psi tiles per call: cache-sized on a CPU, filling a GPU
 
 
 def never() -> bool:
@@ -53,7 +54,7 @@ class PredictSettings:
     device: str = "auto"
     bf16: bool = False   # bf16 autocast: slower than fp32 on the 2-core CPU measured (benchmarks.md)
     frame_batch: int = 8
-    tile_batch: int = 16
+    tile_batch: int | None = None   # psi tiles per network call; None: 16 on a CPU, 512 on a GPU
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     tile_shift: bool = False  # psi's tile grid moved at random for every step and sample
@@ -75,7 +76,7 @@ class PredictSettings:
             Schedule.named(self.schedule)
         if self.background not in (None, *BACKGROUND_ESTIMATES):
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
-        if self.frame_batch < 1 or self.tile_batch < 1:
+        if self.frame_batch < 1 or (self.tile_batch is not None and self.tile_batch < 1):
             raise ValueError("batch sizes must be >= 1")
         if self.frame_norm and self.tile_shift:
             raise ValueError("frame_norm needs the fixed tile grid: turn tile_shift off")
@@ -134,6 +135,11 @@ class StackSum:
     @property
     def std(self) -> np.ndarray | None:
         return None if self.variance is None else np.sqrt(self.variance)
+
+
+def tile_batch(s: PredictSettings, device: torch.device) -> int:
+    """psi tiles per network call: the settings' value, else the device's default."""
+    return s.tile_batch or TILE_BATCH.get(device.type, TILE_BATCH["cpu"])
 
 
 def available_devices() -> list[str]:
@@ -200,7 +206,7 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
                             SampleTiles.shifted(shape, PSI_TILE, PSI_OVERLAP, n, gen).grids])
 
     per_image = len(fixed.grids[0].slices) if s.frame_norm else 1  # psi chunks hold whole images then
-    max_batch = per_image * max(1, s.tile_batch // per_image)
+    max_batch = per_image * max(1, tile_batch(s, device) // per_image)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         tiles = tiles_of_step()
@@ -289,6 +295,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
         raise ValueError(f"frames must be a contiguous range within 0..{len(stack)} (got {frames})")
     device = s.torch_device()
+    s = replace(s, tile_batch=tile_batch(s, device))
     models.to(device)
     if s.samples and models.psi is None:
         raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
