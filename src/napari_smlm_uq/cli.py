@@ -613,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-workers", type=int, default=T.data_workers,
                    help="processes simulating training patches beside the optimiser (0: in line)")
     p.add_argument("--stage-seconds", type=_positive(), default=T.stage_seconds,
-                   help="time budget per stage (phi, psi): the iteration count is cut to fit it after 50 iterations")
+                   help="time budget per stage (phi, psi): the iteration count is cut to fit it (paced on iterations 50-100)")
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
     add_camera_kind(p)
     p.set_defaults(func=cmd_train)

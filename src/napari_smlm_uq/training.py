@@ -240,12 +240,13 @@ class _Stage:
         return True
 
 
-PACE_ITERATIONS = 50   # iterations timed before a stage's count is fitted to its time budget
+PACE_ITERATIONS = 50   # iterations 50-100 are timed, then a stage's count is fitted to its time budget
 
 
 def fit_budget(total: int, done: int, elapsed: float, budget: float) -> int:
-    """The iteration count that fits ``budget`` seconds at the pace of the first ``done`` iterations."""
-    return max(done, min(total, int(done * budget / max(elapsed, 1e-9))))
+    """The iteration count that fits ``budget`` seconds at the pace of ``done`` iterations in ``elapsed`` s
+    (never fewer than ``2 * done``, the iterations already run when it is applied)."""
+    return max(2 * done, min(total, int(done * budget / max(elapsed, 1e-9))))
 
 
 class _Patches(torch.utils.data.IterableDataset):
@@ -334,8 +335,12 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             torch.nn.utils.clip_grad_norm_(stage.net.parameters(), 1.0)
             stage.opt.step()
             stage.iteration += 1
-            if s.stage_seconds and stage.iteration == PACE_ITERATIONS:
-                total = fit_budget(total, stage.iteration, time.perf_counter() - start, s.stage_seconds)
+            if s.stage_seconds and stage.iteration in (PACE_ITERATIONS, 2 * PACE_ITERATIONS):
+                paced = time.perf_counter() - start
+                if stage.iteration == PACE_ITERATIONS:
+                    pace_start = paced  # the first iterations carry the start-up (data workers): not timed
+                else:
+                    total = fit_budget(total, PACE_ITERATIONS, paced - pace_start, s.stage_seconds - pace_start)
             val = None
             if stage.iteration % s.checkpoint_every == 0 or stage.iteration == total:
                 val = stage.validate()
