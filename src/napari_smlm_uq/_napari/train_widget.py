@@ -183,8 +183,8 @@ class TrainWidget(Container):
         self.status = note()
         self.results = note()
         super().__init__(widgets=[
-            self.layer, self.estimate_button, self.estimate_note, self.psf_sigma, self.photons, self.background, self.density, self.read_noise,
-            self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
+            self.layer, self.estimate_button, self.estimate_note, self.psf_sigma, self.photons, self.background,
+            self.density, self.read_noise, self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
             self.lr, self.checkpoint_every, self.val_size, self.out_dir,
             Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label=""),
             self.progress, self.status])
@@ -224,13 +224,14 @@ class TrainWidget(Container):
         """Measure the chosen layer's camera and spots in a worker (returned; None without a layer or while
         one runs); the ranges are set when it returns."""
         layer = self.layer.value
-        if layer is None or self.estimate_worker is not None:
-            self.estimate_note.value = "choose a layer of camera frames to estimate from" if layer is None else ""
+        if self.estimate_worker is not None:
+            return None
+        if layer is None:
+            self.estimate_note.value = "choose a layer of camera frames to estimate from"
             return None
         worker = start_worker(inspect_job, as_frames(layer.data), dict(layer.metadata))
         worker.returned.connect(self._on_estimated)
-        worker.errored.connect(lambda exc: setattr(self.estimate_note, "value",
-                                                   f"no estimate from {layer.name}: {describe_error(exc)}"))
+        worker.errored.connect(lambda exc: self._on_estimate_failed(layer.name, exc))
         worker.finished.connect(self._estimate_finished)
         self.estimate_worker = worker
         self.estimate_button.enabled = False
@@ -245,8 +246,12 @@ class TrainWidget(Container):
         self.psf_sigma.value, self.photons.value = ranges["psf_sigma"], ranges["photons"]
         self.background.value = ranges["background"]
         self.read_noise.value = read_noise_range(float(np.median(choice.camera.read_noise)))
-        self.estimate_note.value = "\n".join([choice.messages[0], psf.describe(), psf.warning() or
-                                              "inside the bundled model's training range"])
+        lines = [choice.messages[0], choice.warning, psf.describe(), psf.warning() or
+                 "inside the bundled model's training range"]
+        self.estimate_note.value = "\n".join(line for line in lines if line)
+
+    def _on_estimate_failed(self, name: str, exc: BaseException) -> None:
+        self.estimate_note.value = f"no estimate from {name}: {describe_error(exc)}"
 
     def _estimate_finished(self) -> None:
         self.estimate_worker = None
