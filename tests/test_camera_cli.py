@@ -43,6 +43,53 @@ def test_camera_command_json(inputs, capsys):
     assert code == 0 and emccd["excess_noise"] == 2.0 and emccd["gain"] == pytest.approx(result["gain"] / 2)
 
 
+@pytest.fixture(scope="module")
+def wide_psf(tmp_path_factory):
+    """Known PSF sigma 1.3 px, 3000 photons, 20 photons/px on a camera of gain 3 ADU/e-, offset 200 ADU (the
+    file's offset and read noise are used, the gain is estimated: the spots are fitted with the estimate)."""
+    stack = tmp_path_factory.mktemp("psf") / "wide.tif"
+    assert cli.main(["simulate", str(stack), "--frames", "30", "--size", "48", "--density", "0.3", "--psf-sigma", "1.3",
+                     "--photons", "3000", "--background", "20", "--gain", "3", "--offset", "200", "--seed", "2"]) == 0
+    return stack
+
+
+def test_camera_command_reports_the_psf(wide_psf, capsys):
+    code, out, err = run_main(capsys, "camera", wide_psf, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    psf = result["psf"]
+    assert result["gain"] == pytest.approx(3.0, rel=0.1) and result["psf_camera"] == "estimated"
+    assert psf["sigma_px"] == pytest.approx(1.3, abs=0.05) and psf["photons"] == pytest.approx(3000, rel=0.1)
+    assert psf["background"] == pytest.approx(20, rel=0.1) and psf["spots"] >= 30
+    assert 0 < psf["sigma_spread_px"] < 0.15 and psf["outside_training"] == []
+    code, out, _ = run_main(capsys, "camera", wide_psf)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith("spots (estimated camera): PSF sigma 1.")
+    assert float(lines[-1].split("PSF sigma ")[1].split()[0]) == pytest.approx(psf["sigma_px"], abs=0.01)
+
+
+def test_camera_command_warns_outside_the_training_range(tmp_path, capsys):
+    dim = tmp_path / "dim.tif"
+    assert cli.main(["simulate", str(dim), "--frames", "30", "--size", "48", "--density", "0.3", "--psf-sigma", "1.9",
+                     "--photons", "2000", "--seed", "4"]) == 0
+    code, out, err = run_main(capsys, "camera", dim)
+    assert code == 0, err
+    warning = out.splitlines()[-1]
+    assert warning.startswith("warning: ") and "psf sigma 1.9" in warning and "fine-tune" in warning
+    assert "photons" not in warning.split(";")[0]
+
+
+def test_camera_command_without_isolated_spots(tmp_path, capsys):
+    flat = tmp_path / "flat.tif"
+    noise = np.random.default_rng(0).poisson(20.0, (12, 32, 32)) * 2 + 100
+    tifffile.imwrite(flat, noise.astype(np.uint16))
+    code, out, err = run_main(capsys, "camera", flat, "--offset", "100", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["psf"] is None and "isolated bright spots" in result["psf_error"]
+    code, out, _ = run_main(capsys, "camera", flat, "--offset", "100")
+    assert code == 0 and out.splitlines()[-1].startswith("spots (estimated camera): no estimate: only 0 isolated")
+
+
 def test_camera_command_too_few_frames(inputs, tmp_path, capsys):
     short = tmp_path / "short.tif"
     tifffile.imwrite(short, tifffile.imread(inputs["stack"])[:6])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari_helpers import PLUGIN, PREDICT, TRAIN, add_raw, watch
 
 from napari_smlm_uq._napari import _models
@@ -112,3 +113,44 @@ def test_bad_settings_are_explained(make_napari_viewer, monkeypatch, tmp_path):
     train.train_button.native.click()
     assert "photons" in shown[-1] and not train.running
     assert not np.any([p.exists() for p in (tmp_path / "x").glob("*")])
+
+
+def test_estimate_from_a_layer_sets_ranges_around_the_truth(make_napari_viewer, qtbot):
+    """A stack of PSF sigma 1.3 px, 3000 photons, 20 photons/px on a camera of gain 2 ADU/e- (not in the
+    metadata: estimated): each range set from the fitted spots contains the truth."""
+    from napari_smlm_uq.physics.camera import Camera
+    from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
+
+    sim = simulate(SimulationSettings(frames=20, size=48, density=0.3, photons=3000.0, background=20.0, psf_sigma=1.3,
+                                      camera=Camera(offset=100.0, gain=2.0, read_noise=1.5), seed=5))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.clip(np.rint(sim.adu), 0, 65535).astype(np.uint16), name="spots",
+                     metadata={"offset": 100.0, "read_noise": 1.5})
+    train = open_train(viewer)
+    train.layer.value = viewer.layers["spots"]
+    errors: list = []
+    worker = start(train, train.estimate_button, errors)
+    assert not train.estimate_button.enabled   # the UI is not blocked: the fit runs in the worker
+    qtbot.waitUntil(lambda: train.estimate_worker is None and not worker.is_running, timeout=30_000)
+    assert not errors and train.estimate_button.enabled
+    for box, truth in ((train.psf_sigma, 1.3), (train.photons, 3000.0), (train.background, 20.0), (train.read_noise, 1.5)):
+        low, high = box.value
+        assert low < truth < high and high / low < 3, (box.label, box.value)
+    note = train.estimate_note.value
+    assert float(note.split("PSF sigma ")[1].split()[0]) == pytest.approx(1.3, abs=0.05)
+    assert "(estimated from the data)" in note and note.endswith("inside the bundled model's training range")
+
+
+def test_estimate_without_spots_is_explained(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    flat = np.random.default_rng(0).poisson(20.0, (12, 24, 24)).astype(np.uint16) + 100
+    viewer.add_image(flat, name="flat", metadata={"offset": 100.0, "gain": 1.0, "read_noise": 1.5})
+    train = open_train(viewer)
+    before = train.psf_sigma.value
+    train.estimate_button.native.click()
+    assert "choose a layer" in train.estimate_note.value
+    train.layer.value = viewer.layers["flat"]
+    worker = start(train, train.estimate_button, [])
+    qtbot.waitUntil(lambda: train.estimate_worker is None and not worker.is_running, timeout=30_000)
+    assert "no estimate from flat: only 0 isolated bright spots" in train.estimate_note.value
+    assert train.psf_sigma.value == before

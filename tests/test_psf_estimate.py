@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_smlm_uq.analysis.psf_estimate import TRAINING_RANGE, estimate_psf
+from napari_smlm_uq.analysis.psf_estimate import TRAINING_RANGE, PSFEstimate, estimate_psf
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
@@ -39,3 +39,14 @@ def test_wrong_gain_shows_as_photons_and_an_empty_stack_is_refused():
     assert est.photons == pytest.approx(500.0, rel=0.1) and est.sigma == pytest.approx(1.2, abs=0.05)
     with pytest.raises(ValueError, match="isolated bright spots"):
         estimate_psf(np.full((3, 32, 32), 120.0) + np.random.default_rng(0).normal(0, 2, (3, 32, 32)), CAMERA)
+
+
+def test_training_ranges_widen_the_spread_and_stay_valid():
+    est = PSFEstimate(sigma=1.3, sigma_spread=0.05, photons=3000.0, photons_spread=500.0, background=20.0,
+                      background_spread=1.0, spots=100)
+    ranges = est.training_ranges()   # +/- 2 spreads, at least +/- 10 % of the median
+    assert ranges["photons"] == pytest.approx((2000.0, 4000.0))
+    assert ranges["psf_sigma"] == pytest.approx((1.17, 1.43)) and ranges["background"] == pytest.approx((18.0, 22.0))
+    narrow = PSFEstimate(0.35, 0.1, 50.0, 40.0, 1.0, 2.0, 10).training_ranges()
+    expected = {"psf_sigma": (0.3, 0.55), "photons": (1.0, 130.0), "background": (0.0, 5.0)}   # clipped below
+    assert all(narrow[k] == pytest.approx(v) for k, v in expected.items())

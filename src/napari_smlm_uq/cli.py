@@ -122,6 +122,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 # --- camera -------------------------------------------------------------------------------------
 
 def cmd_camera(a: argparse.Namespace) -> int:
+    from .analysis.psf_estimate import estimate_psf
+    from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
     from .physics.camera_estimation import MAX_FRAMES, EstimateError, estimate_camera
 
@@ -131,12 +133,22 @@ def cmd_camera(a: argparse.Namespace) -> int:
         estimate = estimate_camera(stack.data[:MAX_FRAMES], a.camera_kind, known["offset"], known["read_noise"], a.method)
     except EstimateError as exc:
         raise InputError(f"{a.stack}: {exc}") from None
+    camera = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else estimate.camera()
+    try:
+        psf, failure = estimate_psf(stack.data, camera, excess=camera.excess_noise), None
+    except ValueError as exc:   # too few isolated spots: the camera is still reported
+        psf, failure = None, str(exc)
     if a.json:
-        print(json.dumps(estimate.as_dict()))
-    else:
-        print(f"{estimate.source}: {estimate.describe()}")
-        for note in estimate.notes:
-            print(f"  {note}")
+        print(json.dumps(estimate.as_dict() | {"psf": psf.as_dict() if psf else None, "psf_error": failure,
+                                               "psf_camera": a.camera_map or "estimated"}))
+        return 0
+    print(f"{estimate.source}: {estimate.describe()}")
+    for line in estimate.notes:
+        print(f"  {line}")
+    print(f"spots ({'camera map ' + a.camera_map if a.camera_map else 'estimated camera'}): "
+          + (psf.describe() if psf else f"no estimate: {failure}"))
+    if psf and psf.warning():
+        print(f"warning: {psf.warning()}")
     return 0
 
 
@@ -539,12 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("camera", help="estimate the camera (offset, gain, read noise) from a stack")
+    p = sub.add_parser("camera", help="estimate the camera (offset, gain, read noise), then the PSF sigma, photons and "
+                                      "background of isolated spots, from a stack")
     p.add_argument("stack", help="TIFF stack of camera frames (ADU), >= 10 frames")
     p.add_argument("--offset", type=float, default=None, help="known offset, ADU (default: from the file, else estimated)")
     p.add_argument("--read-noise", type=_positive(allow_zero=True), default=None, help="known read noise, e- rms")
     p.add_argument("--method", default=estimation.DEFAULT_METHOD, choices=estimation.METHODS, help="how per-pixel statistics resist blinking molecules")
     p.add_argument("--json", action="store_true", help="one machine-readable JSON line")
+    p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map (as for predict) for the spots' fits")
     add_camera_kind(p)
     p.set_defaults(func=cmd_camera)
 

@@ -11,7 +11,9 @@ from typing import Callable
 import numpy as np
 
 from .. import training
+from ..analysis.psf_estimate import estimate_psf
 from ..inference import pipeline
+from ..inference.camera_choice import choose_camera
 from ..models import registry
 
 
@@ -46,6 +48,13 @@ def train_and_validate_job(settings: training.TrainSettings, should_stop: Callab
         yield Notice("validating")
         yield training.validate_model(path, settings)
     return path
+
+
+def inspect_job(frames, metadata: dict):
+    """The camera (from ``metadata``, else estimated: inference/camera_choice.py) and the PSF sigma, photons
+    and background of the isolated spots of ``(T, H, W)`` ADU ``frames`` fitted with it; returns both."""
+    choice = choose_camera(frames, {}, metadata)
+    return choice, estimate_psf(frames, choice.camera, excess=choice.camera.excess_noise)
 
 
 def eta(elapsed: float, done: int, total: int) -> str:

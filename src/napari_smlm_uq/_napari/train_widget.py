@@ -1,6 +1,8 @@
 """Dock widget "Train on simulated data": fit or fine-tune the models to your microscope.
 
-Simulation ranges (prefilled from an image layer's metadata), which network to train and from which
+Simulation ranges (prefilled from an image layer's metadata, or, with "Estimate from the layer", from
+the camera and the PSF sigma, photons and background of the layer's isolated spots, measured in a thread
+worker: analysis/psf_estimate.py), which network to train and from which
 model, optimisation settings and an output folder. :func:`training.train` runs in a napari thread
 worker; a progress bar and a loss plot follow it; Stop keeps the last good checkpoint. Afterwards the
 model is scored on a fresh simulated stack (DeepSTORM alone, fast) beside the Cramér-Rao bound, and the
@@ -14,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
@@ -33,7 +36,7 @@ from ..training import Progress, TrainSettings
 from . import _models
 from ._layers import camera_settings
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
-from ._workers import Notice, eta, start_worker, train_and_validate_job
+from ._workers import Notice, as_frames, eta, inspect_job, start_worker, train_and_validate_job
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
 ARCHITECTURES = {"full": registry.default_config, "tiny": registry.tiny_config}
@@ -114,6 +117,14 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
+READ_NOISE_WIDTH = 0.2   # read noise range: +/- 20 % around the camera's (e- rms)
+
+
+def read_noise_range(read_noise: float) -> tuple[float, float]:
+    """The training range of the read noise (e- rms) around a camera's."""
+    return ((1 - READ_NOISE_WIDTH) * read_noise, (1 + READ_NOISE_WIDTH) * read_noise)
+
+
 def range_edit(value: tuple[float, float], lo: float, hi: float, label: str, step: float, tip: str) -> TupleEdit:
     """Two spin boxes for a ``(low, high)`` range."""
     return TupleEdit(value=tuple(float(v) for v in value), label=label, tooltip=tip,
@@ -136,6 +147,11 @@ class TrainWidget(Container):
 
         d = TrainSettings()
         self.layer = layer_chooser(napari_viewer, ("raw",), "prefill from", nullable=True)
+        self.estimate_button = PushButton(text="Estimate from the layer",
+                                          tooltip="fit isolated spots of the chosen layer for the PSF sigma, photons "
+                                                  "and background; set the ranges around them")
+        self.estimate_note = note()
+        self.estimate_worker = None
         self.psf_sigma = range_edit(d.psf_sigma, 0.1, 20.0, "PSF sigma (px)", 0.01, "PSF standard deviation, raw pixels")
         self.photons = range_edit(d.photons, 1.0, 1e7, "photons", 1.0, "photons per emitter (drawn log-uniformly)")
         self.background = range_edit(d.background, 0.0, 1e5, "background (ph/px)", 0.1, "background photons per pixel")
@@ -167,8 +183,8 @@ class TrainWidget(Container):
         self.status = note()
         self.results = note()
         super().__init__(widgets=[
-            self.layer, self.psf_sigma, self.photons, self.background, self.density, self.read_noise,
-            self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
+            self.layer, self.estimate_button, self.estimate_note, self.psf_sigma, self.photons, self.background,
+            self.density, self.read_noise, self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
             self.lr, self.checkpoint_every, self.val_size, self.out_dir,
             Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label=""),
             self.progress, self.status])
@@ -178,6 +194,7 @@ class TrainWidget(Container):
 
         self.layer.changed.connect(self._prefill)
         self.start_model.choice.changed.connect(lambda _: self._start_changed())
+        self.estimate_button.changed.connect(lambda: self.estimate())
         self.train_button.changed.connect(lambda: self.run())
         self.stop_button.changed.connect(lambda: self.stop())
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock stops training
@@ -193,8 +210,7 @@ class TrainWidget(Container):
         if "pixel_size" in cam["found"]:
             self.pixel_size.value = cam["pixel_size"]
         if "read_noise" in cam["found"]:
-            r = cam["read_noise"]
-            self.read_noise.value = (0.8 * r, 1.2 * r)
+            self.read_noise.value = read_noise_range(cam["read_noise"])
         sim = meta.get("simulation") or {}
         for key, box in (("psf_sigma (px)", self.psf_sigma), ("photons", self.photons),
                          ("background (photons/px)", self.background), ("density (/um^2)", self.density)):
@@ -203,6 +219,43 @@ class TrainWidget(Container):
                 continue
             lo, hi = (value, value) if not isinstance(value, (tuple, list)) else value
             box.value = (float(lo), float(hi))
+
+    def estimate(self):
+        """Measure the chosen layer's camera and spots in a worker (returned; None without a layer or while
+        one runs); the ranges are set when it returns."""
+        layer = self.layer.value
+        if self.estimate_worker is not None:
+            return None
+        if layer is None:
+            self.estimate_note.value = "choose a layer of camera frames to estimate from"
+            return None
+        worker = start_worker(inspect_job, as_frames(layer.data), dict(layer.metadata))
+        worker.returned.connect(self._on_estimated)
+        worker.errored.connect(lambda exc: self._on_estimate_failed(layer.name, exc))
+        worker.finished.connect(self._estimate_finished)
+        self.estimate_worker = worker
+        self.estimate_button.enabled = False
+        self.estimate_note.value = f"fitting isolated spots of {layer.name}…"
+        self.worker_started.emit(worker)
+        worker.start()
+        return worker
+
+    def _on_estimated(self, result) -> None:
+        choice, psf = result
+        ranges = psf.training_ranges()
+        self.psf_sigma.value, self.photons.value = ranges["psf_sigma"], ranges["photons"]
+        self.background.value = ranges["background"]
+        self.read_noise.value = read_noise_range(float(np.median(choice.camera.read_noise)))
+        lines = [choice.messages[0], choice.warning, psf.describe(), psf.warning() or
+                 "inside the bundled model's training range"]
+        self.estimate_note.value = "\n".join(line for line in lines if line)
+
+    def _on_estimate_failed(self, name: str, exc: BaseException) -> None:
+        self.estimate_note.value = f"no estimate from {name}: {describe_error(exc)}"
+
+    def _estimate_finished(self) -> None:
+        self.estimate_worker = None
+        self.estimate_button.enabled = True
 
     def _start_changed(self) -> None:
         self.architecture.enabled = self.start_model.model == _models.SCRATCH

@@ -22,6 +22,11 @@ MIN_SNR = 6.0          # peak over the background's shot noise (smoothed frame) 
 ISOLATION = 6          # raw pixels: no other spot (at half the threshold) this close
 START_SIGMA = 1.3      # raw pixels: the fits' starting width
 MIN_SPOTS = 10
+# Training ranges around an estimate: the median +/- WIDEN spreads (a spread is ~1 standard deviation, so
+# +/- 2 covers ~95 % of the spots), at least +/- MIN_HALF_WIDTH of the median, never below FLOOR.
+WIDEN = 2.0
+MIN_HALF_WIDTH = 0.1
+FLOOR = {"psf_sigma": 0.3, "photons": 1.0, "background": 0.0}
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,28 @@ class PSFEstimate:
     background: float
     background_spread: float
     spots: int
+
+    def as_dict(self) -> dict:
+        return {"sigma_px": self.sigma, "sigma_spread_px": self.sigma_spread, "photons": self.photons,
+                "photons_spread": self.photons_spread, "background": self.background,
+                "background_spread": self.background_spread, "spots": self.spots,
+                "outside_training": self.outside_training()}
+
+    def describe(self) -> str:
+        """``PSF sigma 1.30 +/- 0.05 px, photons ..., background ... (N spots)`` (+/-: the spread over spots)."""
+        return (f"PSF sigma {self.sigma:.3g} +/- {self.sigma_spread:.2g} px, photons {self.photons:.4g} +/- "
+                f"{self.photons_spread:.2g}, background {self.background:.3g} +/- {self.background_spread:.2g} "
+                f"photons/px ({self.spots} spots)")
+
+    def training_ranges(self, widen: float = WIDEN) -> dict[str, tuple[float, float]]:
+        """Simulation ranges (name -> (low, high)) for training on this stack: see :data:`WIDEN`."""
+        values = {"psf_sigma": (self.sigma, self.sigma_spread), "photons": (self.photons, self.photons_spread),
+                  "background": (self.background, self.background_spread)}
+        ranges = {}
+        for key, (median, spread) in values.items():
+            half = max(widen * spread, MIN_HALF_WIDTH * median)
+            ranges[key] = (max(median - half, FLOOR[key]), median + half)
+        return ranges
 
     def outside_training(self, training: dict = TRAINING_RANGE) -> list[str]:
         """The quantities whose median lies outside ``training`` (name -> (low, high))."""
