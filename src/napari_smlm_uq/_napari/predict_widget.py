@@ -246,7 +246,7 @@ class PredictWidget(Container):
             show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
             return None
         try:
-            settings = self.settings(self.checked_camera(frames[start:stop]))
+            settings = self.settings(self.checked_camera(frames[start:]))
             self._source = layer.name
             self.results = PredictionResults.create(
                 self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
