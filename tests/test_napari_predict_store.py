@@ -2,6 +2,8 @@
 partial stores after a cancel, reopening an output folder, the camera fields and the precision check."""
 from __future__ import annotations
 
+import shutil
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -146,8 +148,14 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     widget.estimate_button.native.click()
     assert widget.gain.value == pytest.approx(4.0, rel=0.15)
     assert widget.camera_note.value.startswith("camera: offset") and "estimated from the data" in widget.camera_note.value
+    widget.output.value = None   # a temporary folder, removed when Python exits unless "keep" is ticked
     run_and_wait(widget, qtbot)
     assert len(warnings) == 1
+    folder = widget.results.path
+    assert folder in predict_widget.TEMPORARY and str(folder) in widget.status.value
+    widget.keep.value = True
+    assert folder not in predict_widget.TEMPORARY and ResultStore.open(folder).complete
+    shutil.rmtree(folder)
 
 
 def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tiny_models, tmp_path):

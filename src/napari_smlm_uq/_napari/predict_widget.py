@@ -8,6 +8,7 @@ std``, ``rendered`` and ``localizations`` (in memory) grow as frames are done. T
 """
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import threading
@@ -43,6 +44,16 @@ from ._workers import Notice, as_frames, eta, predict_job, start_worker
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
 
 
+TEMPORARY: set[Path] = set()   # run folders in the system's temporary folder, removed when Python exits
+
+
+@atexit.register
+def remove_temporary() -> None:
+    """Remove the temporary run folders (their layers read them until napari closes)."""
+    for folder in TEMPORARY:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_folder(parent: Path, name: str) -> Path:
     """A new folder for one run under ``parent``: ``name``, else ``name 2``, ``name 3``..."""
     folder, k = parent / name, 1
@@ -68,7 +79,7 @@ class PredictWidget(Container):
         self._layers: dict = {}
         self._error: str | None = None
         self._source = ""
-        self._temporary: list[Path] = []   # run folders in the system's temporary folder (removed on close)
+        self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
         self._t0 = self._last_draw = 0.0
         d, cam = PredictSettings(), Camera()
 
@@ -110,7 +121,7 @@ class PredictWidget(Container):
                                tooltip="each run writes results.zarr and localizations.csv into a new folder "
                                        "here; empty: a temporary folder")
         self.keep = CheckBox(value=False, text="keep temporary results",
-                             tooltip="without an output folder the results are removed when napari closes, "
+                             tooltip="without an output folder the results are removed when napari quits, "
                                      "unless this is ticked")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -126,11 +137,11 @@ class PredictWidget(Container):
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
             self.progress, self.status, self.precision])
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
-        self.native.destroyed.connect(self._remove_temporary)
 
         self.layer.changed.connect(self._layer_changed)
         self.samples.changed.connect(self._samples_changed)
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
+        self.keep.changed.connect(self._keep_changed)
         self.estimate_button.changed.connect(lambda: self.estimate_camera())
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(lambda: self.cancel())
@@ -208,12 +219,11 @@ class PredictWidget(Container):
             return run_folder(Path(self.output.value), self._source)
         folder = Path(tempfile.mkdtemp(prefix="smlm-uq-"))
         self._temporary.append(folder)
+        self._keep_changed(self.keep.value)
         return folder
 
-    def _remove_temporary(self, *_) -> None:
-        if not self.keep.value:
-            for folder in self._temporary:
-                shutil.rmtree(folder, ignore_errors=True)
+    def _keep_changed(self, keep: bool) -> None:
+        (TEMPORARY.difference_update if keep else TEMPORARY.update)(self._temporary)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -347,7 +357,7 @@ class PredictWidget(Container):
             self._say(f"stopped: {results.done} of {results.n_frames} frames kept (layers and store marked "
                       f"'partial'), {n_locs} localizations")
         else:
-            self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations")
+            self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
         if results.done:
             self.precision.value = consecutive_frame_precision(locs, results.pixel_size).describe()
