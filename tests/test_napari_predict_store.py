@@ -170,3 +170,36 @@ def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tin
     assert sorted(layer.name for layer in layers) == sorted(
         "movie" + s for s in (" SR mean", " SR sample", " SR std", " SR sum", " SR sum std", " rendered", " localizations"))
     assert viewer.layers["movie SR mean"].metadata["partial"] is False
+
+
+def test_cluster_field_runs_the_job_on_a_dask_scheduler(make_napari_viewer, qtbot, tiny_model_file, tmp_path,
+                                                        monkeypatch):
+    """The widget sends the job to a scheduler (an in-process LocalCluster here); its worker writes the store the
+    layers read, and the localizations and sums come back."""
+    import tifffile
+    from distributed import LocalCluster
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, camera_movie(Camera(), frames=3, size=16), photometric="minisblack")
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin=PLUGIN)
+    widget = open_widget(viewer, tiny_model_file)
+    widget.output.value = tmp_path / "out"
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster:
+        widget.cluster.value = cluster.scheduler_address
+        run_and_wait(widget, qtbot)
+    assert widget.results.done == 3 and "done: 3 frames" in widget.status.value
+    store = ResultStore.open(tmp_path / "out" / "movie")
+    assert store.complete
+    mean = viewer.layers["movie SR mean"]
+    assert isinstance(mean.data, da.Array) and mean.data.shape == (3, 64, 64)
+    np.testing.assert_array_equal(np.asarray(mean.data), store.group["mean"][...])
+    np.testing.assert_allclose(viewer.layers["movie SR sum"].data, np.asarray(mean.data).sum(0), rtol=1e-5, atol=1e-5)
+    assert len(viewer.layers["movie localizations"].data) > 0
+    # a layer that was not opened from a file cannot go to the cluster
+    shown: list[str] = []
+    monkeypatch.setattr(predict_widget, "show_error", shown.append)
+    add_raw(viewer, name="in memory")
+    widget.layer.value = viewer.layers["in memory"]
+    widget.run_button.native.click()
+    assert "from a TIFF" in shown[-1] and not widget.running

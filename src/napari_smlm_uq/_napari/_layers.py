@@ -159,7 +159,9 @@ class PredictionResults:
         self.store, self.path = store, store.path.parent
         self.pixel_size = float(store.meta["pixel_size_nm"])
         self.raw_shape = tuple(int(v) for v in store.meta["raw_shape"])
-        self.n_frames, self.first_frame = store.frames, int(settings.get("first_frame", 0))
+        # the widget keeps first_frame; a cluster run (inference/distributed.py) its frame range
+        self.n_frames = store.frames
+        self.first_frame = int(settings.get("first_frame", settings.get("frames", [0])[0]))
         grid = settings.get("grid")
         self.grid = RawGrid(tuple(grid["scale"]), tuple(grid["translate"])) if grid else RawGrid.for_pixel_size(
             self.pixel_size)
@@ -171,6 +173,7 @@ class PredictionResults:
         self.locs: list[Localizations] = []
         self._unrendered: list[Localizations] = []
         self.done = 0
+        self.in_order = True   # frames arrive in order (False: chunks of a cluster run; every frame is shown)
         self.seconds = 0.0
 
     @classmethod
@@ -185,13 +188,15 @@ class PredictionResults:
         return cls(ResultStore.create(folder, n_frames, raw_shape, pixel_size, settings=settings), render_pixel)
 
     @classmethod
-    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL) -> "PredictionResults":
+    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> "PredictionResults":
         """The results kept in an output folder (or its ``results.zarr``): the frames done, the accumulated
-        images, and the localizations of :data:`LOCALIZATIONS_FILE` (none if the run never finished)."""
-        results = cls(ResultStore.open(folder), render_pixel)
+        images, and the localizations of :data:`LOCALIZATIONS_FILE` (none if the run never finished);
+        ``mode="r+"`` to go on writing (a cluster run's store, filled by the workers)."""
+        results = cls(ResultStore.open(folder, mode), render_pixel)
         store = results.store
         done = store.done()
         results.done = int(done.sum())
+        results.in_order = bool(done[:results.done].all())
         csv = results.path / LOCALIZATIONS_FILE
         if csv.exists():
             results._add_locs(table_localizations(read_table(csv), results.pixel_size))
@@ -215,6 +220,11 @@ class PredictionResults:
         self._add_locs(result.localizations)
         self.done += 1
         self.seconds += result.seconds
+
+    def add_stack(self, sums: StackSum, locs: Localizations) -> None:
+        """The accumulated images and localizations of frames predicted elsewhere (a cluster run)."""
+        self.total.merge(sums)
+        self._add_locs(locs)
 
     def _add_locs(self, locs: Localizations) -> None:
         self.locs.append(locs)
@@ -264,9 +274,10 @@ class PredictionResults:
         """napari layer-data tuples ``(data, kwargs, type)`` by kind (mean, sample, std: dask arrays of the
         first ``done`` frames read from the store; sum, sum std, rendered and localizations from memory)."""
         partial = (not self.complete) if partial is None else partial
-        names, n, p = self.names(source, partial), self.done, self.pixel_size
-        meta = {"source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F, "store": str(self.path),
-                "frames": (self.first_frame, self.first_frame + n), "partial": partial, **self.info}
+        names, p = self.names(source, partial), self.pixel_size
+        n = self.done if self.in_order else self.n_frames
+        meta = {**self.info, "source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F,
+                "store": str(self.path), "frames": (self.first_frame, self.first_frame + n), "partial": partial}
         stack, flat = self.grid.sr(3, self.first_frame), self.grid.sr(2)
         total = self.total.total if self.total.total is not None else np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
         total_std = self.total.std if self.total.std is not None else np.zeros_like(total)

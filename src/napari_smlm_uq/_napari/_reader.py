@@ -102,4 +102,5 @@ def read_results(path) -> list[tuple]:
     except InputError as exc:
         raise InputError(f"napari-smlm-uq could not open the results: {exc}") from None
     source = str(results.info.get("source") or results.path.name)
+    source = Path(source).stem if source.lower().endswith(SUFFIXES) else source   # a cluster run: the TIFF
     return list(results.layer_data(source, partial=not results.store.complete).values())

@@ -23,6 +23,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -31,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from ..analysis.precision import consecutive_frame_precision
+from ..inference import distributed
 from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import FrameResult, PredictSettings, available_devices
 from ..io.camera_map import read_camera_map
@@ -39,7 +41,7 @@ from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
 from ._layers import DEFAULT_PIXEL_SIZE, DEFAULT_RENDER_PIXEL, PredictionResults, RawGrid, camera_settings
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
-from ._workers import Notice, as_frames, eta, predict_job, start_worker
+from ._workers import Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
 
@@ -123,6 +125,9 @@ class PredictWidget(Container):
         self.keep = CheckBox(value=False, text="keep temporary results",
                              tooltip="without an output folder the results are removed when napari quits, "
                                      "unless this is ticked")
+        self.cluster = LineEdit(value="", label="cluster",
+                                tooltip="address of a dask scheduler (tcp://host:8786) whose workers read the "
+                                        "layer's TIFF and write the output folder; empty: this process")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -134,6 +139,7 @@ class PredictWidget(Container):
             self.estimate_button, self.camera_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
             self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.keep,
+            self.cluster,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
             self.progress, self.status, self.precision])
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
@@ -255,21 +261,37 @@ class PredictWidget(Container):
         if stop <= start:
             show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
             return None
+        scheduler = self.cluster.value.strip()
+        if scheduler and not layer.metadata.get("path"):
+            show_error(f"A cluster run reads the stack from its file: open '{layer.name}' from a TIFF that the "
+                       "workers can read (File > Open), or leave the cluster field empty.")
+            return None
         try:
             settings = self.settings(self.checked_camera(frames[start:]))
             self._source = layer.name
-            self.results = PredictionResults.create(
-                self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
-                info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
-                      "steps": settings.steps},
-                grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value)
+            if scheduler:
+                job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
+                                           settings, self.output_folder())
+                self.results = PredictionResults(distributed.open_store(job, model, resume=False),
+                                                 self.render_pixel.value)
+                self.results.in_order = False
+            else:
+                self.results = PredictionResults.create(
+                    self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
+                    info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
+                          "steps": settings.steps},
+                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value)
         except (ValueError, OSError) as exc:  # InputError is a ValueError
             show_error(f"Check the settings: {exc}")
             return None
         self._layers, self._error = {}, None
         self.precision.value = ""
         self._stop = threading.Event()
-        worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
+        if scheduler:
+            worker = start_worker(cluster_job, scheduler, job, model, distributed.DEFAULT_CHUNK_FRAMES,
+                                  self._stop.is_set)
+        else:
+            worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
@@ -301,13 +323,27 @@ class PredictWidget(Container):
         if isinstance(item, Notice):
             show_warning(item.text)
             return
-        if not isinstance(item, FrameResult) or self.results is None:
+        if self.results is None:
             return
-        self.results.add(item)
+        if isinstance(item, FrameResult):
+            self.results.add(item)
+            text = f"frame {item.index}: {len(item.localizations)} localizations"
+        elif isinstance(item, distributed.ChunkDone):
+            self.results.done += len(item.frames)
+            for line in item.notes:
+                show_warning(line)
+            text = f"frames {item.frames.start}-{item.frames.stop - 1} done on the cluster"
+        elif isinstance(item, distributed.StackDone):
+            self.results.add_stack(item.sums, item.localizations)
+            return
+        elif isinstance(item, distributed.StackFailed):
+            self._on_errored(ValueError(item.error))
+            return
+        else:
+            return
         done, total = self.results.done, self.results.n_frames
         self.progress.value = done
-        self._say(f"frame {item.index}: {len(item.localizations)} localizations · "
-                  f"{eta(time.perf_counter() - self._t0, done, total)}")
+        self._say(f"{text} · {eta(time.perf_counter() - self._t0, done, total)}")
         now = time.perf_counter()
         if not self._layers or now - self._last_draw > REFRESH_SECONDS:
             self._draw(partial=False)
