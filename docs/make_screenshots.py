@@ -62,9 +62,24 @@ def zoom_on_centre(viewer, width_nm: float) -> None:
     viewer.scene.camera.zoom *= (x1 - x0) / width_nm
 
 
+def long_run(viewer, app, predict) -> None:
+    """Every frame of the sample, DeepSTORM alone (samples 0): the rendering of all localizations."""
+    predict.layer.value = viewer.layers["simulated stack"]
+    predict.samples.value, predict.stop_frame.value = 0, viewer.layers["simulated stack"].data.shape[0]
+    predict.run()
+    wait(app, lambda: not predict.running)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("simulated stack rendered", "simulated stack")
+    viewer.layers["simulated stack"].opacity = 0.3
+    viewer.dims.set_current_step(0, 10)
+    zoom_on_centre(viewer, 3200.0)
+    shoot(viewer, app, "napari_predict_long.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a model file to use instead of the bundled model")
+    parser.add_argument("--predict-only", action="store_true", help="stop after the two prediction screenshots")
     args = parser.parse_args()
     ensure_display()
     import napari
@@ -117,12 +132,16 @@ def main() -> None:
     predict.run()
     wait(app, lambda: not predict.running)
     viewer.layers["ground truth"].visible = False
-    for kind in ("SR sample", "SR std", "SR sum"):
+    for kind in ("SR sample", "SR std", "SR sum", "SR sum std", "rendered"):
         viewer.layers[f"simulated stack {kind}"].visible = False
     viewer.layers.selection.active = viewer.layers["simulated stack localizations"]
     viewer.dims.set_current_step(0, 2)
     zoom_on_centre(viewer, 2400.0)
     shoot(viewer, app, "napari_predict.png")
+
+    if args.predict_only:
+        long_run(viewer, app, predict)
+        return
     viewer.window.remove_dock_widget(dock)
 
     # --- uncertainty threshold ------------------------------------------------------------------
@@ -161,6 +180,8 @@ def main() -> None:
     wait(app, lambda: not train.running)
     train.out_dir.value = out  # show where the model went, not the next run's fresh folder
     shoot(viewer, app, "napari_train.png")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-smlm-uq", "Super-resolve with uncertainty")
+    long_run(viewer, app, predict)
 
     (IMG / "napari_screenshots.json").write_text(json.dumps({
         "model": Path(model).name if trained else "tiny random networks (registry.tiny_config()), not trained",

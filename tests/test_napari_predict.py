@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, tiny_stack, watch
 
-from napari_smlm_uq._napari import _models
+from napari_smlm_uq._napari import _layers, _models
 from napari_smlm_uq._napari._layers import PredictionResults, world_to_data, world_to_index
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.inference.localize import DEFAULT_THRESHOLD, find_peaks
@@ -16,7 +16,7 @@ from napari_smlm_uq.inference.pipeline import FrameResult
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.physics.kde import sr_to_raw
 
-SUFFIXES = (" SR mean", " SR sample", " SR std", " SR sum", " localizations")
+SUFFIXES = tuple(_layers.SUFFIXES.values())
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer,
     viewer = make_napari_viewer()
     raw = viewer.add_image(tiny_stack(4, 16), name="moved", scale=(2.0, 1.0, 1.0), translate=(10.0, 5.0, -3.0))
     widget = open_widget(viewer)
-    assert "defaults for pixel size" in widget.camera_note.value
+    assert "pixel size: default 100 nm" in widget.camera_note.value and "(default)" in widget.camera_note.value
     widget.model.add_file(model_file)
     widget.samples.value = 0  # DeepSTORM alone
     widget.start_frame.value = 2
@@ -212,7 +212,7 @@ def test_model_list_follows_registrations_and_closing_is_clean(make_napari_viewe
     assert len(_models._listeners) < listeners  # the deleted widget's listener is dropped
 
 
-def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot, tiny_models):
+def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot, tiny_models, tmp_path):
     """Camera frames: tagged raw, or untagged integer grayscale; never RGB, float of unknown meaning or
     our results."""
     viewer = make_napari_viewer()
@@ -221,7 +221,7 @@ def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot,
     viewer.add_image(np.zeros((3, 16, 16), np.float32), name="float")
     viewer.add_image(np.zeros((3, 16, 16), np.float32), name="float raw", metadata={"smlm_uq": "raw"})
     add_raw(viewer, name="counts", frames=2)
-    results = PredictionResults(2, (16, 16), 80.0)
+    results = PredictionResults.create(tmp_path, 2, (16, 16), 80.0)
     for i in range(2):
         zeros = np.zeros((64, 64), np.float32)
         results.add(FrameResult(i, zeros, zeros, zeros, Localizations.empty(), 0.0))

@@ -10,12 +10,12 @@ from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.physics.camera import Camera
 
 
-def add_prediction(viewer, models, name="raw"):
+def add_prediction(viewer, models, folder, name="raw"):
     frames = tiny_stack(3, 16)
     p = CAMERA["pixel_size"]
     viewer.add_image(frames, name=name, scale=(1, p, p), metadata=dict(CAMERA))
     settings = pipeline.PredictSettings(samples=3, steps=2, camera=Camera(100.0, 1.0, 1.5), pixel_size=p, device="cpu")
-    results = PredictionResults(3, (16, 16), p)
+    results = PredictionResults.create(folder / name, 3, (16, 16), p)
     for r in pipeline.predict(frames, models, settings):
         results.add(r)
     for array, kwargs, kind in results.layer_data(name).values():
@@ -23,9 +23,9 @@ def add_prediction(viewer, models, name="raw"):
     return results
 
 
-def test_slider_filters_mean_and_hides_localizations(make_napari_viewer, qtbot, tiny_models):
+def test_slider_filters_mean_and_hides_localizations(make_napari_viewer, qtbot, tiny_models, tmp_path):
     viewer = make_napari_viewer()
-    add_prediction(viewer, tiny_models)
+    add_prediction(viewer, tiny_models, tmp_path)
     viewer.add_image(np.zeros((8, 8)), name="unrelated")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, THRESHOLD)
     # the latest prediction's layers are picked by default
@@ -51,7 +51,7 @@ def test_slider_filters_mean_and_hides_localizations(make_napari_viewer, qtbot, 
         widget.slider.value = threshold
         qtbot.waitUntil(lambda: filtered.metadata.get("threshold") == widget.threshold(), timeout=5000)
         assert filtered.metadata["threshold"] == widget.threshold()
-        cut = std.data > widget.threshold()
+        cut = np.asarray(std.data) > widget.threshold()  # the stack is read lazily from the store
         np.testing.assert_array_equal(uncertain.data.astype(bool), cut)
         np.testing.assert_array_equal(filtered.data, np.where(cut, 0, mean.data))
         kept = np.clip(filtered.data, 0, None).sum() / np.clip(mean.data, 0, None).sum()
@@ -90,7 +90,7 @@ def test_mismatched_layers_are_explained(make_napari_viewer, qtbot):
     assert "a filtered" not in viewer.layers
 
 
-def test_nothing_happens_before_there_are_results(make_napari_viewer, qtbot, tiny_models):
+def test_nothing_happens_before_there_are_results(make_napari_viewer, qtbot, tiny_models, tmp_path):
     """Beside raw camera frames (and any other image) the widget offers nothing and adds no layer."""
     viewer = make_napari_viewer()
     viewer.add_image(tiny_stack(3, 16), name="camera", metadata=dict(CAMERA))
@@ -103,7 +103,7 @@ def test_nothing_happens_before_there_are_results(make_napari_viewer, qtbot, tin
     assert len(viewer.layers) == 2 and "No results yet" in widget.kept.value
     assert widget.kept.native.wordWrap()
     # a prediction appears: its layers are offered and picked together
-    add_prediction(viewer, tiny_models, name="later")
+    add_prediction(viewer, tiny_models, tmp_path, name="later")
     assert (widget.mean.value.name, widget.std.value.name, widget.points.value.name) == (
         "later SR mean", "later SR std", "later localizations")
     qtbot.waitUntil(lambda: "later SR mean filtered" in viewer.layers, timeout=5000)

@@ -90,3 +90,13 @@ def test_local_background_follows_a_gradient():
     assert inner < 0.5                                    # bilinear between 8 px tile medians: exact for a ramp inside
     assert frame.shape == (1, 1, 1, 1) and float(frame) == pytest.approx(35.0, abs=1.0)
     assert normalise(ramp, "local")[..., 4:-4, 4:-4].abs().max() < 0.05
+
+
+def test_random_pairs_give_no_nena():
+    """Pairs spread uniformly over the link disc (no molecule seen twice): NeNA is not determined."""
+    from napari_smlm_uq.analysis.precision import PrecisionCheck, nena
+
+    rng = np.random.default_rng(0)
+    d = np.sqrt(rng.uniform(0, 1, 40))   # uniform over the unit disc: density 2 d
+    assert np.isnan(nena(d)[0])
+    assert "NeNA not determined" in PrecisionCheck(40, *nena(d), 1.0, 1.0).describe()

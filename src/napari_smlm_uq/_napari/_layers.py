@@ -9,12 +9,15 @@ the results always overlay the layer they came from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+from ..analysis.render import render
 from ..inference.pipeline import FrameResult, StackSum
-from ..io.tables import localizations_table
+from ..io.store import ResultStore
+from ..io.tables import localizations_table, px_to_nm, read_table, table_localizations, write_localizations
 from ..localizations import Localizations
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING
@@ -23,10 +26,12 @@ F = UPSAMPLING
 DEFAULT_PIXEL_SIZE = 100.0
 CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in ("offset", "gain", "read_noise")}  # 100 ADU, 1, 1.5 e-
 SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum": " SR sum",
-            "localizations": " localizations"}
+            "sum std": " SR sum std", "rendered": " rendered", "localizations": " localizations"}
+DEFAULT_RENDER_PIXEL = 10.0  # nm: pixel size of the rendered localizations
+LOCALIZATIONS_FILE = "localizations.csv"  # beside results.zarr, as the CLI writes it
 PARTIAL = " (partial)"
 TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
-#                  "localizations", "ground truth", "filtered", "uncertain"
+#                  "sum std", "rendered", "localizations", "ground truth", "filtered", "uncertain"
 AXIS_LABELS = ("frame", "y", "x")
 UNITS = ("pixel", "nm", "nm")
 
@@ -141,69 +146,150 @@ def world_to_index(coords: np.ndarray, scale, translate, shape) -> tuple[np.ndar
 
 
 class PredictionResults:
-    """Per-frame results gathered on the main thread into preallocated ``(T, fH, fW)`` arrays.
+    """One run's results: the per-frame KDE stacks go to a :class:`ResultStore` on disk (the layers read
+    them lazily, chunk by chunk); memory holds only the accumulated images (sum and its std), the rendering
+    of the localizations at ``render_pixel`` nm, and the localizations.
 
-    ``first_frame`` is the index of the first raw frame predicted; frames arrive in order. ``grid`` places
-    the raw frames in the world (default: ``scale = (1, p, p)``, as the reader does)."""
+    Store frame ``i`` is raw frame ``first_frame + i``; frames arrive in order. ``grid`` places the raw
+    frames in the world (default: ``scale = (1, p, p)``, as the reader does); it is kept in the store's
+    settings so that a reopened folder overlays the same raw layer."""
 
-    def __init__(self, n_frames: int, raw_shape: tuple[int, int], pixel_size: float, first_frame: int = 0,
-                 info: dict | None = None, grid: RawGrid | None = None):
-        h, w = raw_shape
-        shape = (n_frames, F * h, F * w)
-        self.mean = np.zeros(shape, np.float32)
-        self.sample = np.zeros(shape, np.float32)
-        self.std = np.zeros(shape, np.float32)
+    def __init__(self, store: ResultStore, render_pixel: float = DEFAULT_RENDER_PIXEL):
+        settings = store.meta.get("settings", {})
+        self.store, self.path = store, store.path.parent
+        self.pixel_size = float(store.meta["pixel_size_nm"])
+        self.raw_shape = tuple(int(v) for v in store.meta["raw_shape"])
+        # the widget keeps first_frame; a cluster run (inference/distributed.py) its frame range
+        self.n_frames = store.frames
+        self.first_frame = int(settings.get("first_frame", settings.get("frames", [0])[0]))
+        grid = settings.get("grid")
+        self.grid = RawGrid(tuple(grid["scale"]), tuple(grid["translate"])) if grid else RawGrid.for_pixel_size(
+            self.pixel_size)
+        self.info = {k: v for k, v in settings.items() if k not in ("first_frame", "grid")}
+        self.render_pixel = float(render_pixel)
+        extent = (self.raw_shape[0] * self.pixel_size, self.raw_shape[1] * self.pixel_size)
+        self.rendered = render([], [], 1.0, extent, self.render_pixel)
         self.total = StackSum()
         self.locs: list[Localizations] = []
-        self.pixel_size, self.first_frame, self.n_frames = float(pixel_size), int(first_frame), int(n_frames)
+        self._unrendered: list[Localizations] = []
         self.done = 0
+        self.in_order = True   # frames arrive in order (False: chunks of a cluster run; every frame is shown)
         self.seconds = 0.0
-        self.info = dict(info or {})
-        self.grid = grid or RawGrid.for_pixel_size(pixel_size)
 
-    @staticmethod
-    def bytes_needed(n_frames: int, raw_shape: tuple[int, int]) -> int:
-        """Memory for the three ``(T, fH, fW)`` float32 stacks."""
-        return 3 * int(n_frames) * F * F * int(raw_shape[0]) * int(raw_shape[1]) * 4
+    @classmethod
+    def create(cls, folder: str | Path, n_frames: int, raw_shape: tuple[int, int], pixel_size: float,
+               first_frame: int = 0, info: dict | None = None, grid: RawGrid | None = None,
+               render_pixel: float = DEFAULT_RENDER_PIXEL) -> "PredictionResults":
+        """A new (partial) store in ``folder``; raises :class:`InputError` when it cannot be written or the
+        disk is too small for it."""
+        grid = grid or RawGrid.for_pixel_size(pixel_size)
+        settings = {**(info or {}), "first_frame": int(first_frame),
+                    "grid": {"scale": list(grid.scale), "translate": list(grid.translate)}}
+        return cls(ResultStore.create(folder, n_frames, raw_shape, pixel_size, settings=settings), render_pixel)
+
+    @classmethod
+    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> "PredictionResults":
+        """The results kept in an output folder (or its ``results.zarr``): the frames done, the accumulated
+        images, and the localizations of :data:`LOCALIZATIONS_FILE` (none if the run never finished);
+        ``mode="r+"`` to go on writing (a cluster run's store, filled by the workers)."""
+        results = cls(ResultStore.open(folder, mode), render_pixel)
+        store = results.store
+        done = store.done()
+        results.done = int(done.sum())
+        results.in_order = bool(done[:results.done].all())
+        csv = results.path / LOCALIZATIONS_FILE
+        if csv.exists():
+            results._add_locs(table_localizations(read_table(csv), results.pixel_size))
+        if store.meta.get("accumulated_frames"):
+            results.total.total = np.asarray(store.group["sum"][...], np.float64)
+            results.total.variance = np.square(np.asarray(store.group["sum_std"][...], np.float64))
+            results.total.frames = int(store.meta["accumulated_frames"])
+        return results
 
     @property
     def complete(self) -> bool:
         return self.done == self.n_frames
 
     def add(self, result: FrameResult) -> None:
+        """Write one frame to the store and add it to the accumulated images and localizations."""
         i = result.index - self.first_frame
         if i != self.done:
             raise ValueError(f"frame {result.index} arrived out of order (expected {self.first_frame + self.done})")
-        self.mean[i], self.sample[i], self.std[i] = result.mean, result.sample, result.std
+        self.store.write(replace(result, index=i))
         self.total.add(result)
-        self.locs.append(result.localizations)
+        self._add_locs(result.localizations)
         self.done += 1
         self.seconds += result.seconds
+
+    def add_stack(self, sums: StackSum, locs: Localizations) -> None:
+        """The accumulated images and localizations of frames predicted elsewhere (a cluster run)."""
+        self.total.merge(sums)
+        self._add_locs(locs)
+
+    def _add_locs(self, locs: Localizations) -> None:
+        self.locs.append(locs)
+        self._unrendered.append(locs)
+
+    def localizations(self) -> Localizations:
+        return Localizations.concat(self.locs)
+
+    def finish(self) -> bool:
+        """Write the accumulated images and the localizations beside the store, then mark the store complete
+        if every frame is done; returns whether it is (a cancelled or failed run stays partial)."""
+        if self.total.total is not None:
+            self.store.write_sums(self.total.total.astype(np.float32), self.total.std.astype(np.float32),
+                                  self.total.frames)
+        locs = self.localizations()
+        write_localizations(self.path / LOCALIZATIONS_FILE, localizations_table(locs, self.pixel_size))
+        return self.store.finish()
+
+    def render_pending(self) -> np.ndarray:
+        """The rendering (``render_pixel`` nm pixels), with the localizations added since the last call drawn
+        as Gaussians of their uncertainty (one render pixel when they have none: no samples)."""
+        locs = Localizations.concat(self._unrendered)
+        self._unrendered = []
+        if len(locs):
+            p = self.pixel_size
+            sigma = np.where(np.isfinite(locs.uncertainty), locs.uncertainty * p, self.render_pixel)
+            self.rendered += render(px_to_nm(locs.col, p), px_to_nm(locs.row, p), sigma, self.rendered_extent(),
+                                    self.render_pixel)
+        return self.rendered
+
+    def rendered_extent(self) -> tuple[float, float]:
+        return (self.raw_shape[0] * self.pixel_size, self.raw_shape[1] * self.pixel_size)
+
+    def rendered_geometry(self) -> dict:
+        """Layer keywords placing the rendering on the raw grid: pixel ``k`` covers raw pixels
+        ``[k q/p - 1/2, (k + 1) q/p - 1/2)`` (docs/physics.md)."""
+        ratio = self.render_pixel / self.pixel_size
+        (_, sy, sx), (_, ty, tx) = self.grid.scale, self.grid.translate
+        return {"scale": (sy * ratio, sx * ratio), "translate": (ty + (ratio - 1) / 2 * sy, tx + (ratio - 1) / 2 * sx),
+                **self.grid.axes(2)}
 
     def names(self, source: str, partial: bool | None = None) -> dict[str, str]:
         partial = (not self.complete) if partial is None else partial
         return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in SUFFIXES.items()}
 
     def layer_data(self, source: str, partial: bool | None = None) -> dict[str, tuple]:
-        """napari layer-data tuples ``(data, kwargs, type)`` by kind (mean, sample, std, sum,
-        localizations); arrays are views of the first ``done`` frames (nothing is copied)."""
+        """napari layer-data tuples ``(data, kwargs, type)`` by kind (mean, sample, std: dask arrays of the
+        first ``done`` frames read from the store; sum, sum std, rendered and localizations from memory)."""
         partial = (not self.complete) if partial is None else partial
-        names, n, p = self.names(source, partial), self.done, self.pixel_size
-        meta = {"source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F,
-                "frames": (self.first_frame, self.first_frame + n), "partial": partial, **self.info}
+        names, p = self.names(source, partial), self.pixel_size
+        n = self.done if self.in_order else self.n_frames
+        meta = {**self.info, "source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F,
+                "store": str(self.path), "frames": (self.first_frame, self.first_frame + n), "partial": partial}
         stack, flat = self.grid.sr(3, self.first_frame), self.grid.sr(2)
-        std_top = float(np.percentile(self.std[:n], 99.9)) if n else 0.0
-        out = {
-            "mean": (self.mean[:n], {**stack, "colormap": "magma", "contrast_limits": (0.0, 1.0)}, "image"),
-            "sample": (self.sample[:n], {**stack, "colormap": "magma", "contrast_limits": (0.0, 1.0)}, "image"),
-            "std": (self.std[:n], {**stack, "colormap": "viridis", "contrast_limits": (0.0, max(std_top, 1e-6))},
-                    "image"),
-        }
-        total = self.total.total if self.total.total is not None else np.zeros(self.mean.shape[1:])
-        top = float(np.percentile(total, 99.9)) if total.size else 0.0
-        out["sum"] = (total.astype(np.float32),
-                      {**flat, "colormap": "inferno", "contrast_limits": (0.0, max(top, 1e-6))}, "image")
-        coords, features = points_data(Localizations.concat(self.locs), p, self.grid)
+        total = self.total.total if self.total.total is not None else np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
+        total_std = self.total.std if self.total.std is not None else np.zeros_like(total)
+        images = {"mean": (self.store.lazy("mean")[:n], stack, "magma", 1.0),
+                  "sample": (self.store.lazy("sample")[:n], stack, "magma", 1.0),
+                  "std": (self.store.lazy("std")[:n], stack, "viridis", None),
+                  "sum": (total.astype(np.float32), flat, "inferno", None),
+                  "sum std": (total_std.astype(np.float32), flat, "viridis", None),
+                  "rendered": (self.render_pending().copy(), self.rendered_geometry(), "hot", None)}
+        out = {kind: (array, {**geometry, "colormap": cmap, "contrast_limits": (0.0, top or upper_limit(array))}, "image")
+               for kind, (array, geometry, cmap, top) in images.items()}
+        coords, features = points_data(self.localizations(), p, self.grid)
         out["localizations"] = (coords, {"features": features, "size": 0.5 * self.grid.scale[-1], "symbol": "ring",
                                          "face_color": "cyan", "border_width": 0.0, "ndim": 3,
                                          **self.grid.axes(3)}, "points")
@@ -211,3 +297,9 @@ class PredictionResults:
             kwargs["name"] = names[kind]
             kwargs["metadata"] = {**meta, TAG: kind}
         return out
+
+
+def upper_limit(array) -> float:
+    """A contrast limit: the 99.9th percentile (of the last frame for a stack, so a long lazy stack is not read)."""
+    frame = np.asarray(array[-1] if np.ndim(array) == 3 and len(array) else array)
+    return max(float(np.percentile(frame, 99.9)) if frame.size else 0.0, 1e-6)

@@ -1,4 +1,5 @@
-"""napari reader: a TIFF camera stack -> one lazily read image layer, scaled in nm.
+"""napari readers: a TIFF camera stack -> one lazily read image layer, scaled in nm; an output folder of the
+prediction widget (or its ``results.zarr``) -> its result layers, the frame stacks read lazily from the store.
 
 Plain multi-page TIFF, ImageJ hyperstacks (leading axes become frames) and OME-TIFF. Uncompressed
 files are memory-mapped; compressed or tiled ones become a dask array of per-frame reads, so a stack of
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import InputError
+from ..io.store import STORE_NAME
 from ..io.tiff import PageReader, open_stack
-from ._layers import DEFAULT_PIXEL_SIZE, TAG, raw_geometry
+from ._layers import DEFAULT_PIXEL_SIZE, TAG, PredictionResults, raw_geometry
 
 SUFFIXES = (".tif", ".tiff")
 
@@ -76,3 +78,29 @@ def stack_layer(path: str) -> tuple:
     kwargs = {"name": Path(path).stem, "metadata": meta, "contrast_limits": _contrast(first),
               "colormap": "gray", **raw_geometry(meta["pixel_size"], 3)}
     return data, kwargs, "image"
+
+
+def _store_path(path) -> Path | None:
+    """The ``results.zarr`` of a dropped folder or the store itself; None for anything else."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = Path(path)
+    store = path if path.name == STORE_NAME else path / STORE_NAME
+    return store if (store / "zarr.json").is_file() else None
+
+
+def napari_get_results_reader(path):
+    """Return :func:`read_results` for an output folder holding ``results.zarr`` (or the store), else None."""
+    return read_results if _store_path(path) else None
+
+
+def read_results(path) -> list[tuple]:
+    """The result layers of a prediction's output folder, named after the stack predicted ("(partial)" when
+    the run did not finish), placed where the run placed them."""
+    try:
+        results = PredictionResults.open(_store_path(path).parent)
+    except InputError as exc:
+        raise InputError(f"napari-smlm-uq could not open the results: {exc}") from None
+    source = str(results.info.get("source") or results.path.name)
+    source = Path(source).stem if source.lower().endswith(SUFFIXES) else source   # a cluster run: the TIFF
+    return list(results.layer_data(source, partial=not results.store.complete).values())

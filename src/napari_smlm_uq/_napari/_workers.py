@@ -40,6 +40,20 @@ def predict_job(stack, model: str, settings: pipeline.PredictSettings, frames: r
         yield result
 
 
+def cluster_job(scheduler: str, job, model: str, chunk_frames: int, should_stop: Callable[[], bool]):
+    """Predict ``job`` (an ``inference.distributed.StackJob`` whose store the widget created) on the dask
+    scheduler at ``scheduler``: yields its ChunkDone events, then StackDone or StackFailed; the workers write
+    the frames into the store."""
+    from ..inference import distributed
+
+    client = distributed.connect(scheduler)
+    try:
+        yield from distributed.predict_on_cluster(client, [job], model, chunk_frames, resume=True,
+                                                  should_stop=should_stop)
+    finally:
+        distributed.close(client)
+
+
 def train_and_validate_job(settings: training.TrainSettings, should_stop: Callable[[], bool]):
     """Train, then (unless nothing was saved) validate the last good model; yields Progress, then a
     ``dict`` of validation metrics; returns the model path."""

@@ -1,19 +1,29 @@
 """Dock widget "Super-resolve with uncertainty": run the pipeline on an image layer.
 
 The core's :func:`pipeline.predict` runs in a napari thread worker; every finished frame comes back to
-the main thread, lands in preallocated arrays (:class:`_layers.PredictionResults`) and the layers
-``<name> SR mean/sample/std/sum`` and ``<name> localizations`` grow as frames are done.
+the main thread and is written to the result store of the output folder (:class:`_layers.PredictionResults`,
+docs/store.md). The layers ``<name> SR mean/sample/std`` read the store lazily; ``<name> SR sum``, ``SR sum
+std``, ``rendered`` and ``localizations`` (in memory) grow as frames are done. The camera comes from
+:func:`camera_choice.choose_camera` (metadata, else the estimate from the data).
 """
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSpinBox,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -21,27 +31,43 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..analysis.precision import consecutive_frame_precision
+from ..inference import distributed
+from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import FrameResult, PredictSettings, available_devices
-from ..physics.camera import Camera
+from ..io.camera_map import read_camera_map
+from ..physics.camera import EXCESS_NOISE, Camera
+from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
-from ._layers import DEFAULT_PIXEL_SIZE, PredictionResults, RawGrid, camera_settings
+from ._layers import DEFAULT_PIXEL_SIZE, DEFAULT_RENDER_PIXEL, PredictionResults, RawGrid, camera_settings
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
-from ._workers import Notice, as_frames, eta, predict_job, start_worker
+from ._workers import Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
 
 
-def available_memory() -> int | None:
-    """Free memory in bytes (None when unknown)."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
+TEMPORARY: set[Path] = set()   # run folders in the system's temporary folder, removed when Python exits
+
+
+@atexit.register
+def remove_temporary() -> None:
+    """Remove the temporary run folders (their layers read them until napari closes)."""
+    for folder in TEMPORARY:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_folder(parent: Path, name: str) -> Path:
+    """A new folder for one run under ``parent``: ``name``, else ``name 2``, ``name 3``..."""
+    folder, k = parent / name, 1
+    while folder.exists():
+        k += 1
+        folder = parent / f"{name} {k}"
+    return folder
 
 
 class PredictWidget(Container):
-    """Choose the camera frames, camera and model settings; Run / Cancel; progress with time left."""
+    """Choose the camera frames, camera, model settings and output folder; Run / Cancel; progress with time
+    left; after a run, the consecutive-frame precision check."""
 
     worker_started = Signal(object)   # the worker, before it starts (tests connect errored here)
     run_finished = Signal(object)     # the PredictionResults, after the layers are final
@@ -50,10 +76,12 @@ class PredictWidget(Container):
         self.viewer = napari_viewer
         self.worker = None
         self.results: PredictionResults | None = None
+        self.camera_choice: CameraChoice | None = None
         self._stop = threading.Event()
         self._layers: dict = {}
         self._error: str | None = None
         self._source = ""
+        self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
         self._t0 = self._last_draw = 0.0
         d, cam = PredictSettings(), Camera()
 
@@ -62,12 +90,19 @@ class PredictWidget(Container):
                               "any grayscale integer image")
         self.pixel_size = FloatSpinBox(value=DEFAULT_PIXEL_SIZE, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
                                        tooltip="raw camera pixel size in the sample plane")
+        self.camera_kind = ComboBox(choices=list(EXCESS_NOISE), value="ccd", label="camera",
+                                    tooltip="ccd, scmos or emccd (electron multiplication doubles the shot noise)")
         self.offset = FloatSpinBox(value=cam.offset, min=-1e6, max=1e6, step=0.01, label="offset (ADU)",
                                    tooltip="camera offset (baseline)")
         self.gain = FloatSpinBox(value=cam.gain, min=1e-4, max=1e4, step=0.0001, label="gain (ADU/e⁻)",
                                  tooltip="camera gain, ADU per photo-electron")
         self.read_noise = FloatSpinBox(value=cam.read_noise, min=0.0, max=1000.0, step=0.01, label="read noise (e⁻)",
                                        tooltip="read noise, photo-electrons rms")
+        self.camera_map = FileEdit(mode="r", nullable=True, filter="Camera maps (*.npz *.tif *.tiff *.mat)",
+                                   label="sCMOS map", tooltip="per-pixel offset, gain and read noise "
+                                   "(docs/camera.md); replaces the three values above")
+        self.estimate_button = PushButton(text="Estimate from data",
+                                          tooltip="estimate gain, offset and read noise from the frames' noise")
         self.camera_note = note()
         self.model = ModelChooser()
         self.samples = SpinBox(value=d.samples, min=0, max=64, label="samples",
@@ -80,22 +115,40 @@ class PredictWidget(Container):
         devices = available_devices()
         self.device = ComboBox(choices=[(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices],
                                label="device")
+        self.render_pixel = FloatSpinBox(value=DEFAULT_RENDER_PIXEL, min=0.5, max=1e4, step=0.5,
+                                         label="render pixel (nm)",
+                                         tooltip="pixel size of the rendered localizations (Gaussians of their "
+                                                 "uncertainty)")
+        self.output = FileEdit(mode="d", nullable=True, label="output folder",
+                               tooltip="each run writes results.zarr and localizations.csv into a new folder "
+                                       "here; empty: a temporary folder")
+        self.keep = CheckBox(value=False, text="keep temporary results",
+                             tooltip="without an output folder the results are removed when napari quits, "
+                                     "unless this is ticked")
+        self.cluster = LineEdit(value="", label="cluster",
+                                tooltip="address of a dask scheduler (tcp://host:8786) whose workers read the "
+                                        "layer's TIFF and write the output folder; empty: this process")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.progress.native.setFormat("%v / %m frames")
         self.status = note()
+        self.precision = note()
         super().__init__(widgets=[
-            self.layer, self.pixel_size, self.offset, self.gain, self.read_noise, self.camera_note,
+            self.layer, self.pixel_size, self.camera_kind, self.offset, self.gain, self.read_noise, self.camera_map,
+            self.estimate_button, self.camera_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
-            self.model, self.samples, self.steps, self.device,
+            self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.keep,
+            self.cluster,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
-            self.progress, self.status])
+            self.progress, self.status, self.precision])
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
         self.layer.changed.connect(self._layer_changed)
         self.samples.changed.connect(self._samples_changed)
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
+        self.keep.changed.connect(self._keep_changed)
+        self.estimate_button.changed.connect(lambda: self.estimate_camera())
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(lambda: self.cancel())
         self._samples_previous = self.samples.value
@@ -108,18 +161,39 @@ class PredictWidget(Container):
             self.camera_note.value = ("Open a camera stack (File > Open) or a sample (File > Open Sample): "
                                       "layers of camera counts are listed here.")
             return
-        cam = camera_settings(layer.metadata)
-        for key in ("pixel_size", "offset", "gain", "read_noise"):
-            getattr(self, key).value = cam[key]
-        found = cam["found"]
-        missing = [k.replace("_", " ") for k in ("pixel_size", "offset", "gain", "read_noise") if k not in found]
-        note_text = "from the layer: " + (", ".join(k.replace("_", " ") for k in found) or "nothing")
-        note_text += "; defaults for " + ", ".join(missing) + ": check them" if missing else ""
-        extra = layer.metadata.get("note")
-        self.camera_note.value = note_text + (f". {extra}" if extra else "")
+        meta = camera_settings(layer.metadata)
+        self.pixel_size.value = meta["pixel_size"]
         n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
         self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
         self.start_frame.value, self.stop_frame.value = 0, n
+        known = {k: layer.metadata[k] for k in meta["found"] if k != "pixel_size"}
+        self._show_camera(choose_camera(self._camera_frames(layer), {}, known, self.camera_kind.value))
+        self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if "pixel_size" in meta["found"]
+                                   else f"; pixel size: default {DEFAULT_PIXEL_SIZE:g} nm, check it")
+        extra = layer.metadata.get("note")
+        self.camera_note.value += f". {extra}" if extra else ""
+
+    def _camera_frames(self, layer):
+        """The frames the camera estimate reads: the first ones of the chosen range."""
+        start = self.start_frame.value
+        return np.asarray(as_frames(layer.data)[start:start + CAMERA_FRAMES])
+
+    def _show_camera(self, choice: CameraChoice) -> None:
+        """Fill the camera fields from ``choice`` and say where each value came from."""
+        for key in ("offset", "gain", "read_noise"):
+            getattr(self, key).value = float(np.median(getattr(choice.camera, key)))
+        self.camera_choice = choice
+        self.camera_note.value = "\n".join(choice.messages)
+
+    def estimate_camera(self) -> CameraChoice | None:
+        """Estimate gain, offset and read noise from the chosen layer's frames and fill the fields."""
+        layer = self.layer.value
+        if layer is None:
+            show_error("No image layer to estimate the camera from.")
+            return None
+        choice = choose_camera(self._camera_frames(layer), {}, {}, self.camera_kind.value)
+        self._show_camera(choice)
+        return choice
 
     def _samples_changed(self, value: int) -> None:
         if value == 1:  # 1 sample has no spread: jump over it
@@ -127,10 +201,35 @@ class PredictWidget(Container):
             return
         self._samples_previous = value
 
-    def settings(self) -> PredictSettings:
-        camera = Camera(self.offset.value, self.gain.value, self.read_noise.value)
+    def settings(self, camera: Camera | None = None) -> PredictSettings:
+        camera = camera or Camera(self.offset.value, self.gain.value, self.read_noise.value, self.camera_kind.value)
         return PredictSettings(samples=self.samples.value, steps=self.steps.value, camera=camera,
                                pixel_size=self.pixel_size.value, device=self.device.value).validate()
+
+    def checked_camera(self, frames) -> Camera:
+        """The camera of the fields (or the sCMOS map), checked against the data's background noise: a
+        disagreement is shown as a warning before the run. Raises InputError for a map that does not fit."""
+        camera_map = None
+        if self.camera_map.value:
+            camera_map = read_camera_map(self.camera_map.value, frames.shape[-2:])
+        given = {k: getattr(self, k).value for k in ("offset", "gain", "read_noise")}
+        choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
+                               f"camera map {self.camera_map.value}")
+        if choice.warning:
+            show_warning(choice.warning.replace("command line", "the widget"))
+        return choice.camera
+
+    def output_folder(self) -> Path:
+        """A new folder for this run: under the chosen output folder, else in the system's temporary folder."""
+        if self.output.value:
+            return run_folder(Path(self.output.value), self._source)
+        folder = Path(tempfile.mkdtemp(prefix="smlm-uq-"))
+        self._temporary.append(folder)
+        self._keep_changed(self.keep.value)
+        return folder
+
+    def _keep_changed(self, keep: bool) -> None:
+        (TEMPORARY.difference_update if keep else TEMPORARY.update)(self._temporary)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -157,31 +256,42 @@ class PredictWidget(Container):
             show_error("No model chosen. Choose a model file, or train one with "
                        "'Train on simulated data'.")
             return None
-        try:
-            settings = self.settings()
-        except ValueError as exc:
-            show_error(f"Check the settings: {exc}")
-            return None
         frames = as_frames(layer.data)
         start, stop = self.start_frame.value, min(self.stop_frame.value, len(frames))
         if stop <= start:
             show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
             return None
-        need, free = PredictionResults.bytes_needed(stop - start, frames.shape[-2:]), available_memory()
-        if free is not None and need > 0.7 * free:
-            per_frame = PredictionResults.bytes_needed(1, frames.shape[-2:])
-            show_error(f"The results of {stop - start} frames need {need / 2**30:.1f} GiB of memory but only "
-                       f"{free / 2**30:.1f} GiB are free. Choose a frame range of at most "
-                       f"{max(int(0.7 * free // per_frame), 1)} frames.")
+        scheduler = self.cluster.value.strip()
+        if scheduler and not layer.metadata.get("path"):
+            show_error(f"A cluster run reads the stack from its file: open '{layer.name}' from a TIFF that the "
+                       "workers can read (File > Open), or leave the cluster field empty.")
             return None
-        self._source = layer.name
-        self.results = PredictionResults(stop - start, frames.shape[-2:], settings.pixel_size, start,
-                                         info={"model": _models.label(model), "samples": settings.samples,
-                                               "steps": settings.steps},
-                                         grid=RawGrid.of_layer(layer))
+        try:
+            settings = self.settings(self.checked_camera(frames[start:]))
+            self._source = layer.name
+            if scheduler:
+                job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
+                                           settings, self.output_folder())
+                self.results = PredictionResults(distributed.open_store(job, model, resume=False),
+                                                 self.render_pixel.value)
+                self.results.in_order = False
+            else:
+                self.results = PredictionResults.create(
+                    self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
+                    info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
+                          "steps": settings.steps},
+                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value)
+        except (ValueError, OSError) as exc:  # InputError is a ValueError
+            show_error(f"Check the settings: {exc}")
+            return None
         self._layers, self._error = {}, None
+        self.precision.value = ""
         self._stop = threading.Event()
-        worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
+        if scheduler:
+            worker = start_worker(cluster_job, scheduler, job, model, distributed.DEFAULT_CHUNK_FRAMES,
+                                  self._stop.is_set)
+        else:
+            worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
@@ -213,13 +323,27 @@ class PredictWidget(Container):
         if isinstance(item, Notice):
             show_warning(item.text)
             return
-        if not isinstance(item, FrameResult) or self.results is None:
+        if self.results is None:
             return
-        self.results.add(item)
+        if isinstance(item, FrameResult):
+            self.results.add(item)
+            text = f"frame {item.index}: {len(item.localizations)} localizations"
+        elif isinstance(item, distributed.ChunkDone):
+            self.results.done += len(item.frames)
+            for line in item.notes:
+                show_warning(line)
+            text = f"frames {item.frames.start}-{item.frames.stop - 1} done on the cluster"
+        elif isinstance(item, distributed.StackDone):
+            self.results.add_stack(item.sums, item.localizations)
+            return
+        elif isinstance(item, distributed.StackFailed):
+            self._on_errored(ValueError(item.error))
+            return
+        else:
+            return
         done, total = self.results.done, self.results.n_frames
         self.progress.value = done
-        self._say(f"frame {item.index}: {len(item.localizations)} localizations · "
-                            f"{eta(time.perf_counter() - self._t0, done, total)}")
+        self._say(f"{text} · {eta(time.perf_counter() - self._t0, done, total)}")
         now = time.perf_counter()
         if not self._layers or now - self._last_draw > REFRESH_SECONDS:
             self._draw(partial=False)
@@ -257,19 +381,22 @@ class PredictWidget(Container):
         self.cancel_button.enabled = False
         if results is None:
             return
-        partial = not results.complete
+        partial = not results.finish()
         if results.done:
             self._draw(partial=partial)
         seconds = time.perf_counter() - self._t0
-        n_locs = sum(len(x) for x in results.locs)
+        locs = results.localizations()
+        n_locs = len(locs)
         if self._error:
             self._say(f"failed after {results.done} of {results.n_frames} frames: {self._error}")
         elif partial:
-            self._say(f"stopped: {results.done} of {results.n_frames} frames kept (layers marked "
-                                f"'partial'), {n_locs} localizations")
+            self._say(f"stopped: {results.done} of {results.n_frames} frames kept (layers and store marked "
+                      f"'partial'), {n_locs} localizations")
         else:
-            self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations")
+            self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
+        if results.done:
+            self.precision.value = consecutive_frame_precision(locs, results.pixel_size).describe()
         self.run_finished.emit(results)
 
     def _say(self, text: str) -> None:

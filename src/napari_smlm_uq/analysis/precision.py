@@ -38,7 +38,8 @@ def consecutive_pairs(locs: Localizations, radius: float = LINK_RADIUS) -> tuple
 
 def nena(distances: np.ndarray, radius: float = LINK_RADIUS) -> tuple[float, float]:
     """NeNA precision per axis (units of ``distances``) and its standard error: maximum-likelihood fit of
-    ``(1 - w) Rayleigh(d; sqrt(2) sigma)`` truncated at ``radius`` plus ``w 2 d / radius^2`` (random pairs)."""
+    ``(1 - w) Rayleigh(d; sqrt(2) sigma)`` truncated at ``radius`` plus ``w 2 d / radius^2`` (random pairs).
+    NaN when the fit puts sigma beyond ``radius``: the pairs are then indistinguishable from random ones."""
     d = np.asarray(distances, float)
     if len(d) < 5:
         return float("nan"), float("nan")
@@ -50,7 +51,10 @@ def nena(distances: np.ndarray, radius: float = LINK_RADIUS) -> tuple[float, flo
         return -float(np.sum(np.log((1 - w) * rayleigh + w * 2 * d / radius**2 + 1e-300)))
 
     start = np.array([np.log(np.sqrt(np.mean(d**2) / 4)), -3.0])
-    sigma = float(np.exp(minimize(nll, start, method="Nelder-Mead").x[0]))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):   # the search may try extreme sigmas
+        sigma = float(np.exp(minimize(nll, start, method="Nelder-Mead").x[0]))
+    if not sigma < radius:
+        return float("nan"), float("nan")
     return sigma, sigma / (2 * np.sqrt(len(d)))
 
 
@@ -73,7 +77,9 @@ class PrecisionCheck:
             return "precision check: no molecule was localized in consecutive frames"
         z = (f"; std of d/sqrt(s1^2+s2^2): x {self.z_std_x:.2f}, y {self.z_std_y:.2f} (1 when the uncertainty is right)"
              if np.isfinite(self.z_std_x) else "")
-        return f"precision check on {self.pairs} consecutive-frame pairs: NeNA {self.nena_nm:.1f} +/- {self.nena_se_nm:.1f} nm{z}"
+        nena = (f"NeNA {self.nena_nm:.1f} +/- {self.nena_se_nm:.1f} nm" if np.isfinite(self.nena_nm)
+                else "NeNA not determined (too few pairs, or no closer than random ones)")
+        return f"precision check on {self.pairs} consecutive-frame pairs: {nena}{z}"
 
 
 def consecutive_frame_precision(locs: Localizations, pixel_size: float, radius: float = LINK_RADIUS) -> PrecisionCheck:
