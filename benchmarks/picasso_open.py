@@ -19,9 +19,9 @@ def main(path: str, png: str, out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from importlib.metadata import version
 
+    import matplotlib.pyplot as plt
     import numpy as np
     from picasso import io, render
 

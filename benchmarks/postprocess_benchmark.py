@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_smlm_uq.analysis.render import render
 from napari_smlm_uq.io.picasso import write_locs
 from napari_smlm_uq.io.tables import read_table
-from napari_smlm_uq.postprocess import drift, frc, merge, render, simulation
+from napari_smlm_uq.postprocess import drift, frc, merge, simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, IMG = ROOT / "benchmarks" / "results", ROOT / "docs" / "img"
@@ -136,7 +137,7 @@ def plot_renders(sim, fine, path: Path) -> None:
               ("after: drift-corrected, blinks merged", ev.x, ev.y, ev.sigma))
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     for ax, (title, px, py, ps) in zip(axes, panels):
-        image = render.render(px - x0, py - y0, ps, (2000.0, 2000.0), 5.0)
+        image = render(px - x0, py - y0, ps, (2000.0, 2000.0), 5.0)
         ax.imshow(image, cmap="hot", vmax=np.quantile(image[image > 0], 0.99), extent=(0, 2000, 2000, 0))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("nm")

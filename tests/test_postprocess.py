@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_smlm_uq.analysis import render
 from napari_smlm_uq.io.files import InputError
-from napari_smlm_uq.postprocess import drift, frc, merge, render, simulation, workflow
+from napari_smlm_uq.postprocess import drift, frc, merge, simulation, workflow
 
 
 def drift_rms(estimate: drift.Drift, truth: np.ndarray) -> float:

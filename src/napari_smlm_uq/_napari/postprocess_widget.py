@@ -13,10 +13,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Points
 from napari.utils.notifications import show_error, show_info
 
+from ..analysis.render import napari_translate, render
 from ..io.files import InputError
 from ..io.tables import read_table
 from ..postprocess import workflow
-from ..postprocess.render import render
 
 RENDER_PIXEL_NM = 10.0
 MARGIN_NM = 500.0
@@ -114,8 +114,9 @@ class PostprocessWidget(Container):
         self._replace(f"{name} post-processed", "points", world, kwargs)
         kept = self.result.kept
         extent = (float(t["y [nm]"].max()) + MARGIN_NM, float(t["x [nm]"].max()) + MARGIN_NM)
-        image = render(t["x [nm]"][kept], t["y [nm]"][kept], t["uncertainty [nm]"][kept], extent, RENDER_PIXEL_NM)
-        shift = 0.5 * (RENDER_PIXEL_NM - p)
+        sigma = np.nan_to_num(t["uncertainty [nm]"][kept], nan=0.0)  # none (phi alone): a point per localization
+        image = render(t["x [nm]"][kept], t["y [nm]"][kept], sigma, extent, RENDER_PIXEL_NM)
+        shift = napari_translate(RENDER_PIXEL_NM, p)
         self._replace(f"{name} rendered", "image", image.astype(np.float32),
                       {"scale": (RENDER_PIXEL_NM, RENDER_PIXEL_NM), "translate": (shift, shift), "colormap": "hot",
                        "contrast_limits": (0.0, max(float(np.quantile(image, 0.999)), 1e-6))})

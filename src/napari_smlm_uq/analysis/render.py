@@ -41,6 +41,24 @@ def _add_windows(image: torch.Tensor, width: int, y: np.ndarray, x: np.ndarray, 
     image.index_add_(0, (torch.from_numpy(r0 * width + c0)[:, None, None] + offsets).view(-1), vals.view(-1))
 
 
+def image_shape(extent_nm: tuple[float, float], pixel_nm: float) -> tuple[int, int]:
+    """``(rows, cols)`` covering ``extent_nm = (height, width)`` in nm; pixel ``(i, j)`` covers
+    ``[i p, (i + 1) p)`` in y and ``[j p, (j + 1) p)`` in x."""
+    return int(np.ceil(extent_nm[0] / pixel_nm)), int(np.ceil(extent_nm[1] / pixel_nm))
+
+
+def histogram(x_nm: np.ndarray, y_nm: np.ndarray, extent_nm: tuple[float, float], pixel_nm: float,
+              weights: np.ndarray | None = None) -> np.ndarray:
+    """Localizations per pixel (float64 image); those outside the extent are dropped."""
+    rows, cols = image_shape(extent_nm, pixel_nm)
+    i = np.floor(np.asarray(y_nm) / pixel_nm).astype(np.int64)
+    j = np.floor(np.asarray(x_nm) / pixel_nm).astype(np.int64)
+    inside = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
+    w = None if weights is None else np.asarray(weights, float)[inside]
+    counts = np.bincount(i[inside] * cols + j[inside], weights=w, minlength=rows * cols)
+    return counts.reshape(rows, cols).astype(np.float64)
+
+
 def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, extent_nm: tuple[float, float],
            pixel_nm: float, weights: np.ndarray | None = None) -> np.ndarray:
     """Image ``(ceil(height / pixel), ceil(width / pixel))`` float32 of localizations at ``x_nm`` (columns),
@@ -51,7 +69,7 @@ def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, ext
     x, y = np.asarray(x_nm, np.float64).ravel(), np.asarray(y_nm, np.float64).ravel()
     sigma = np.broadcast_to(np.asarray(sigma_nm, np.float64), x.shape)
     w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
-    shape = (int(np.ceil(extent_nm[0] / pixel_nm)), int(np.ceil(extent_nm[1] / pixel_nm)))
+    shape = image_shape(extent_nm, pixel_nm)
     pad = MAX_WINDOW + 1
     padded = (shape[0] + 2 * pad, shape[1] + 2 * pad)
     x, y = x / pixel_nm + pad, y / pixel_nm + pad

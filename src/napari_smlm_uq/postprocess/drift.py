@@ -14,8 +14,8 @@ from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
+from ..analysis.render import histogram
 from ..io.files import InputError
-from .render import histogram
 
 MIN_PER_SEGMENT = 20  # localizations a segment needs before its drift is estimated
 MAX_IMAGE = 1024  # RCC image side at most, pixels (the pixel grows on large fields)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from ..analysis.render import histogram, image_shape
 from ..io.files import InputError
-from .render import histogram, image_shape
 
 THRESHOLD = 1.0 / 7.0
 SMOOTH_RINGS = 5  # moving average of the curve over this many rings before the threshold crossing
