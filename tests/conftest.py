@@ -52,8 +52,8 @@ class OutOfMemoryOnce(torch.nn.Module):
         super().__init__()
         self.psi, self.limit, self.raised = psi, limit, 0
 
-    def pool_norm_statistics(self, tiles: int) -> None:
-        self.psi.pool_norm_statistics(tiles)
+    def inference_layout(self, tiles_per_image: int = 1, window: int = 0):
+        return self.psi.inference_layout(tiles_per_image, window)
 
     def forward(self, y, cond, sqrt_gamma):
         if len(y) > self.limit and not self.raised:

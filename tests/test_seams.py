@@ -1,4 +1,4 @@
-"""The seam ratio of a std map (analysis/seams.py) and psi's shifted tile grids (inference/tiling.py)."""
+"""The seam ratio of a std map (analysis/seams.py) and what removes psi's tile grid (models/unet.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_smlm_uq.analysis.seams import block_centres, tile_seam_ratio
-from napari_smlm_uq.inference.tiling import SampleTiles, TileGrid, tile_starts
+from napari_smlm_uq.inference.tiling import TileGrid
 
 
 def test_block_centres_of_the_256_px_grid():
@@ -32,26 +32,6 @@ def test_ratio_is_one_without_tiles_and_large_for_a_patchwork():
     assert np.isnan(tile_seam_ratio(patch, bright))
 
 
-@pytest.mark.parametrize("shift", [0, 5, 47])
-def test_shifted_grids_cover_the_image_and_blend_to_identity(shift):
-    starts = tile_starts(256, 64, 16, shift)
-    assert starts[0] == 0 and starts[-1] == 192 and np.all(np.diff(starts) <= 48)
-    x = torch.rand(3, 2, 256, 200)
-    tiles = SampleTiles([TileGrid((256, 200), 64, 16, (shift, 2 * shift % 48)), TileGrid((256, 200), 64, 16),
-                         TileGrid((256, 200), 64, 16, (7, 1))])
-    torch.testing.assert_close(tiles.merge(tiles.split(x)), x)
-    shared = SampleTiles.fixed((256, 200), 64, 16, 3)
-    assert shared.shared and torch.equal(shared.split(x[:1]), shared.split(x[:1].expand(3, -1, -1, -1)))
-    torch.testing.assert_close(shared.merge(shared.split(x)), x)
-
-
-def test_random_shifts_come_from_the_generator():
-    a = SampleTiles.shifted((256, 256), 64, 16, 4, torch.Generator().manual_seed(1))
-    b = SampleTiles.shifted((256, 256), 64, 16, 4, torch.Generator().manual_seed(1))
-    assert [g.slices for g in a.grids] == [g.slices for g in b.grids]
-    assert len({str(g.slices) for g in a.grids}) > 1
-
-
 def test_pooled_group_norm_equals_group_norm_over_the_tiles_side_by_side():
     from napari_smlm_uq.models.unet import TileGroupNorm
 
@@ -67,3 +47,41 @@ def test_pooled_group_norm_equals_group_norm_over_the_tiles_side_by_side():
     expected = torch.nn.functional.group_norm(side_by_side, 4, norm.weight, norm.bias)
     torch.testing.assert_close(norm(tiles)[0::3], expected[..., :5])
     torch.testing.assert_close(norm(tiles)[2::3], expected[..., 10:])
+
+
+def test_windowed_attention_stays_within_its_windows():
+    from napari_smlm_uq.models.unet import Attention, windowed
+
+    torch.manual_seed(0)
+    att = Attention(8, heads=2)
+    with torch.no_grad():
+        att.out.weight.normal_()
+    x = torch.randn(2, 8, 32, 48)
+    att.window = 16
+    y = att(x)
+    blocks = [att._attend(x[..., r:r + 16, c:c + 16]) for r in (0, 16) for c in (0, 16, 32)]
+    torch.testing.assert_close(y[..., 16:32, 32:48], blocks[5])  # exact windows: a reshape, no averaging
+    torch.testing.assert_close(y[..., :16, :16], blocks[0])
+    x2 = x.clone()
+    x2[..., 0, 0] += 5.0  # a change in the first window leaves the others alone
+    y2 = att(x2)
+    assert (y2[..., :16, :16] - y[..., :16, :16]).abs().max() > 1e-3
+    torch.testing.assert_close(y2[..., 16:, :], y[..., 16:, :])
+    torch.testing.assert_close(y2[..., :, 16:], y[..., :, 16:])
+    # a size that is no multiple of the window: overlapping windows (0 and 4 of 20), averaged on the overlap
+    z = windowed(lambda t: t * t.mean(dim=(-2, -1), keepdim=True), x[..., :20, :16], 16)
+    a, b = (x[..., r:r + 16, :16] * x[..., r:r + 16, :16].mean(dim=(-2, -1), keepdim=True) for r in (0, 4))
+    torch.testing.assert_close(z[..., :4, :], a[..., :4, :])
+    torch.testing.assert_close(z[..., 4:16, :], (a[..., 4:, :] + b[..., :12, :]) / 2)
+    torch.testing.assert_close(z[..., 16:, :], b[..., 12:, :])
+
+
+def test_inference_layout_is_restored():
+    from napari_smlm_uq.models.unet import Attention, TileGroupNorm, UNet
+
+    psi = UNet(base=8, mults=(1, 2, 2), num_res=1)
+    with psi.inference_layout(3, 64):
+        assert {m.window for m in psi.modules() if isinstance(m, Attention)} == {16}  # 64 px at 1/4 resolution
+        assert {m.tiles for m in psi.modules() if isinstance(m, TileGroupNorm)} == {3}
+    assert {m.window for m in psi.modules() if isinstance(m, Attention)} == {0}
+    assert {m.tiles for m in psi.modules() if isinstance(m, TileGroupNorm)} == {1}

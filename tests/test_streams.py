@@ -16,8 +16,8 @@ def samples_of(models, adu: np.ndarray, first: int, settings: pipeline.PredictSe
     device = torch.device("cpu")
     with torch.inference_mode():
         x, z_phi = pipeline.run_phi(models.phi, adu, settings, device)
-        return [pipeline.sample_frame(models, x[i:i + 1], z_phi[i:i + 1], settings, device,
-                                      frame_generator(settings.seed, first + i), lambda: False) for i in range(len(adu))]
+        return [pipeline.sample_frames(models, x[i:i + 1], z_phi[i:i + 1], settings, device,
+                                       [frame_generator(settings.seed, first + i)])[0] for i in range(len(adu))]
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,12 @@ def models() -> registry.Models:
 
 def test_chunks_draw_the_samples_of_the_whole_run(models):
     adu = simulate(SimulationSettings(frames=3, size=24, density=3.0, seed=5)).adu
-    for shift in (False, True):
-        s = pipeline.PredictSettings(samples=3, steps=2, device="cpu", seed=11, tile_shift=shift, frame_norm=not shift)
-        whole = samples_of(models, adu, 0, s)
-        chunks = samples_of(models, adu[:1], 0, s) + samples_of(models, adu[1:], 1, s)
-        for a, b in zip(whole, chunks):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
-        assert not torch.equal(whole[0], whole[1])  # frames differ
+    s = pipeline.PredictSettings(samples=3, steps=2, device="cpu", seed=11)
+    whole = samples_of(models, adu, 0, s)
+    chunks = samples_of(models, adu[:1], 0, s) + samples_of(models, adu[1:], 1, s)
+    for a, b in zip(whole, chunks):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(whole[0], whole[1])  # frames differ
     other = samples_of(models, adu[:1], 0, pipeline.PredictSettings(samples=3, steps=2, device="cpu", seed=12))
     assert not torch.equal(whole[0], other[0])  # and so do seeds
 
@@ -50,7 +49,7 @@ def test_frame_seeds_are_distinct_and_fit_torch():
 
 def test_frames_batched_in_one_psi_batch_draw_the_same_samples(models):
     adu = simulate(SimulationSettings(frames=3, size=24, density=3.0, seed=6)).adu
-    s = pipeline.PredictSettings(samples=2, steps=2, device="cpu", seed=3, tile_shift=True, frame_norm=False)
+    s = pipeline.PredictSettings(samples=2, steps=2, device="cpu", seed=3)
     one_by_one = samples_of(models, adu, 4, s)
     with torch.inference_mode():
         x, z_phi = pipeline.run_phi(models.phi, adu, s, torch.device("cpu"))

@@ -10,6 +10,7 @@ import ctypes
 import functools
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable, Generator
@@ -28,12 +29,16 @@ from .localize import DEFAULT_THRESHOLD, localize
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner
 from .streams import frame_generator
-from .tiling import SampleTiles, chunked, phi_tiled
+from .tiling import TileGrid, chunked, phi_tiled
 
-PSI_TILE = 64        # SR pixels: the training patch size
-PSI_OVERLAP = 16     # SR pixels
+# psi runs on whole frames up to PSI_TILE SR pixels, with attention in windows of its training patch
+# (64 SR px); larger frames in tiles blended over PSI_OVERLAP, GroupNorm statistics pooled over each frame's
+# tiles. The CPU tile is the fastest per pixel there (benchmarks.md); a GPU takes frames up to 256x256 px whole.
+PSI_TILE = {"cpu": 256, "cuda": 1024}   # SR pixels
+PSI_OVERLAP = 32                         # SR pixels
+PSI_WINDOW = 64                          # SR pixels: training.PATCH raw pixels
+PSI_PIXELS = {"cpu": 256 * 256, "cuda": 1024 * 1024 * 16}   # SR pixels per psi call: cache-sized, filling a GPU
 PHI_TILE = 128       # raw pixels
-TILE_BATCH = {"cpu": 16, "cuda": 512}   # psi tiles per call: cache-sized on a CPU, filling a GPU
 
 
 def never() -> bool:
@@ -53,12 +58,10 @@ class PredictSettings:
     pixel_size: float = 100.0
     device: str = "auto"
     bf16: bool = False   # bf16 autocast: slower than fp32 on the 2-core CPU measured (benchmarks.md)
-    frame_batch: int = 8
-    tile_batch: int | None = None   # psi tiles per network call; None: 16 on a CPU, 512 on a GPU
+    frame_batch: int = 8     # frames read and put through phi together; through psi together on a GPU
+    tile_batch: int | None = None   # psi tiles (or whole frames) per network call; None: PSI_PIXELS of the device
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
-    tile_shift: bool = False  # psi's tile grid moved at random for every step and sample
-    frame_norm: bool = True   # psi's GroupNorm statistics over each image's tiles, not per tile (no seams)
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
     background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
     refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
@@ -78,8 +81,6 @@ class PredictSettings:
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
         if self.frame_batch < 1 or (self.tile_batch is not None and self.tile_batch < 1):
             raise ValueError("batch sizes must be >= 1")
-        if self.frame_norm and self.tile_shift:
-            raise ValueError("frame_norm needs the fixed tile grid: turn tile_shift off")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
@@ -137,9 +138,15 @@ class StackSum:
         return None if self.variance is None else np.sqrt(self.variance)
 
 
-def tile_batch(s: PredictSettings, device: torch.device) -> int:
-    """psi tiles per network call: the settings' value, else the device's default."""
-    return s.tile_batch or TILE_BATCH.get(device.type, TILE_BATCH["cpu"])
+def psi_tile(device: torch.device) -> int:
+    """psi's tile on ``device`` (SR pixels): frames up to this size go through whole."""
+    return PSI_TILE.get(device.type, PSI_TILE["cpu"])
+
+
+def tile_batch(s: PredictSettings, device: torch.device, tile_pixels: int | None = None) -> int:
+    """psi tiles per network call: the settings' value, else the device's pixel budget over a tile's pixels."""
+    budget = PSI_PIXELS.get(device.type, PSI_PIXELS["cpu"])
+    return s.tile_batch or max(1, budget // (tile_pixels or psi_tile(device) ** 2))
 
 
 def available_devices() -> list[str]:
@@ -181,45 +188,23 @@ def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torc
     return x, z.float()
 
 
-def sample_frame(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: PredictSettings, device: torch.device,
-                 generator: torch.Generator, should_stop: Callable[[], bool] = never) -> torch.Tensor | None:
-    """``s.samples`` model-space KDE samples ``(n, 1, 4H, 4W)`` of one frame (``x``: ``(1, 1, H, W)``),
-    or None when ``should_stop()`` turned true between diffusion steps."""
-    z = sample_frames(models, x, z_phi, s, device, [generator], should_stop)
-    return None if z is None else z[0]
-
-
 def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: PredictSettings, device: torch.device,
                   generators: list[torch.Generator], should_stop: Callable[[], bool] = never) -> torch.Tensor | None:
-    """Samples ``(B, n, 1, 4H, 4W)`` of ``B`` frames (``x``: ``(B, 1, H, W)``) in one psi batch, frame ``b``
-    drawing from ``generators[b]`` exactly as :func:`sample_frame` would (same samples, fewer launches);
-    None when ``should_stop()`` turned true between diffusion steps."""
+    """``s.samples`` model-space KDE samples ``(B, n, 1, 4H, 4W)`` of ``B`` frames (``x``: ``(B, 1, H, W)``) in
+    one psi batch, frame ``b`` drawing from ``generators[b]`` (the same samples whatever the batch); None when
+    ``should_stop()`` turned true between diffusion steps."""
     b, n, shape = len(x), s.samples, tuple(z_phi.shape[-2:])
-    cond = psi_condition(x, z_phi).repeat_interleave(n, dim=0)
-    fixed = SampleTiles.fixed(shape, PSI_TILE, PSI_OVERLAP, b * n)
-    cond_tiles = fixed.split(cond).contiguous(memory_format=torch.channels_last)
-
-    def tiles_of_step() -> SampleTiles:
-        if not s.tile_shift:
-            return fixed
-        return SampleTiles([g for gen in generators for g in
-                            SampleTiles.shifted(shape, PSI_TILE, PSI_OVERLAP, n, gen).grids])
-
-    per_image = len(fixed.grids[0].slices) if s.frame_norm else 1  # psi chunks hold whole images then
-    max_batch = per_image * max(1, tile_batch(s, device) // per_image)
+    grid = TileGrid(shape, psi_tile(device), PSI_OVERLAP)
+    per_image = len(grid.slices)
+    cond = grid.split(psi_condition(x, z_phi).repeat_interleave(n, dim=0)).contiguous(memory_format=torch.channels_last)
+    max_batch = per_image * max(1, tile_batch(s, device, grid.size[0] * grid.size[1]) // per_image)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        tiles = tiles_of_step()
-        c = cond_tiles if tiles is fixed else tiles.split(cond).contiguous(memory_format=torch.channels_last)
-        sg = sqrt_gamma[:1].repeat(len(c))
-        models.psi.pool_norm_statistics(per_image)
-        try:
-            with _autocast(device, s.bf16):
-                eps = chunked(models.psi, tiles.split(y).contiguous(memory_format=torch.channels_last), c, sg,
-                              max_batch=max_batch)
-        finally:
-            models.psi.pool_norm_statistics(1)
-        return tiles.merge(eps)
+        sg = sqrt_gamma[:1].repeat(len(cond))
+        with models.psi.inference_layout(per_image, PSI_WINDOW), _autocast(device, s.bf16):
+            eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond, sg,
+                          max_batch=max_batch)
+        return grid.merge(eps, len(y))
 
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule
     gammas = schedule.inference_gammas(s.steps, s.start)
@@ -228,60 +213,92 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
     return None if y is None else y.reshape(b, n, *y.shape[1:])
 
 
-def _frame_result(index: int, x: torch.Tensor, z_phi: torch.Tensor, snr: np.ndarray, models: Models,
-                  s: PredictSettings, device: torch.device, generator: torch.Generator, calibration: Calibration,
-                  should_stop: Callable[[], bool]) -> FrameResult | None:
-    """One frame's result from its normalised input and phi's output (None when stopped mid-frame)."""
+@dataclass
+class KdeStatistics:
+    """Per-pixel statistics of ``B`` frames' KDE samples (KDE units, host arrays): ``mean``, ``std`` (ddof 1)
+    and ``sample`` ``(B, 4H, 4W)``, the samples ``(B, n, 4H, 4W)`` (None for phi alone)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    sample: np.ndarray
+    samples: np.ndarray | None
+
+
+def kde_statistics(z: torch.Tensor | None, z_phi: torch.Tensor) -> KdeStatistics:
+    """Statistics of model-space samples ``(B, n, 1, 4H, 4W)``, taken on their device, or of phi's output
+    ``(B, 1, 4H, 4W)`` alone (``z`` None: std 0, the sample is the mean)."""
+    if z is None:
+        mean = from_model(z_phi[:, 0]).cpu().numpy()
+        return KdeStatistics(mean, np.zeros_like(mean), mean, None)
+    y = from_model(z[:, :, 0])
+    mean, std = y.mean(1), y.std(1, correction=1)
+    return KdeStatistics(*(t.float().cpu().numpy() for t in (mean, std, y[:, 0])), y.cpu().numpy())
+
+
+def frame_result(index: int, stats: KdeStatistics, i: int, raw: np.ndarray, snr: np.ndarray, s: PredictSettings,
+                 calibration: Calibration, refiner: Refiner | None, seconds: float) -> FrameResult:
+    """Frame ``index`` (item ``i`` of ``stats``, raw frame ``raw`` in ADU): localized, refined on the raw
+    pixels when ``refiner`` is given; ``seconds`` of network time, plus this host work."""
     t0 = time.perf_counter()
-    if s.samples:
-        z = sample_frame(models, x, z_phi, s, device, generator, should_stop)
-        if z is None:
-            return None
-        y = from_model(z[:, 0]).cpu().numpy()
-        mean, std, sample = y.mean(0), y.std(0, ddof=1), y[0]
-    else:
-        y, mean = None, from_model(z_phi[0, 0]).cpu().numpy()
-        std, sample = np.zeros_like(mean), mean
-    locs = localize(mean, y, index, s.threshold, calibration, snr)
-    return FrameResult(index, mean.astype(np.float32), std.astype(np.float32), sample.astype(np.float32), locs,
-                       time.perf_counter() - t0)
+    samples = None if stats.samples is None else stats.samples[i]
+    locs = localize(stats.mean[i], samples, index, s.threshold, calibration, snr)
+    if refiner is not None:
+        locs = refiner(locs, raw)
+    return FrameResult(index, stats.mean[i], stats.std[i], stats.sample[i], locs,
+                       seconds + time.perf_counter() - t0)
+
+
+def psi_frames(s: PredictSettings, device: torch.device) -> int:
+    """Frames per psi batch: the frame batch on a GPU; one on a CPU, where larger batches leave the cache."""
+    return s.frame_batch if device.type == "cuda" else 1
 
 
 def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, device: torch.device,
                     should_stop: Callable[[], bool]) -> Generator[FrameResult, None, None]:
-    """:func:`predict` without the out-of-memory retry."""
+    """:func:`predict` without the out-of-memory retry. The host work of a psi batch (localization and
+    refinement) runs in a thread while the network draws the next batch's samples."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     refiner = Refiner(s.camera, excess=s.camera.excess_noise) if s.refine else None
-    with torch.inference_mode():
+    per_psi = psi_frames(s, device)
+    with torch.inference_mode(), ThreadPoolExecutor(1) as host:
+        pending: list[Future] = []
         for b0 in range(frames.start, frames.stop, s.frame_batch):
-            if should_stop():
-                return
             t0 = time.perf_counter()
             batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
             x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
             snr = pixel_snr(x).cpu().numpy()
-            per_frame_phi = (time.perf_counter() - t0) / len(batch)
-            for i in range(len(batch)):
-                if i and should_stop():  # between frames of a batch too (phi alone never checks mid-frame)
+            per_frame = (time.perf_counter() - t0) / len(batch)
+            for i0 in range(0, len(batch), per_psi):
+                if should_stop():
                     return
-                r = _frame_result(b0 + i, x[i:i + 1], z_phi[i:i + 1], snr[i, 0], models, s, device,
-                                  frame_generator(s.seed, b0 + i, device), calibration, should_stop)
-                if r is None:
-                    return
-                if refiner is not None:
-                    t1 = time.perf_counter()
-                    r.localizations = refiner(r.localizations, batch[i])
-                    r.seconds += time.perf_counter() - t1
-                r.seconds += per_frame_phi
-                yield r
+                t1, part = time.perf_counter(), slice(i0, min(i0 + per_psi, len(batch)))
+                z = None
+                if s.samples:
+                    gens = [frame_generator(s.seed, b0 + i, device) for i in range(part.start, part.stop)]
+                    z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
+                    if z is None:
+                        return
+                stats = kde_statistics(z, z_phi[part])
+                seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
+                done, pending = pending, [host.submit(frame_result, b0 + i, stats, i - part.start, batch[i], snr[i, 0],
+                                                      s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
+                for f in done:
+                    yield f.result()
+                    if should_stop():
+                        return
+        for f in pending:
+            yield f.result()
+            if should_stop():
+                return
 
 
-def smaller_batches(s: PredictSettings) -> PredictSettings | None:
+def smaller_batches(s: PredictSettings, device: torch.device) -> PredictSettings | None:
     """Settings with halved tile and frame batches, or None when both are already 1."""
-    if s.tile_batch == 1 and s.frame_batch == 1:
+    tiles = tile_batch(s, device)
+    if tiles == 1 and s.frame_batch == 1:
         return None
-    return replace(s, tile_batch=max(1, s.tile_batch // 2), frame_batch=max(1, s.frame_batch // 2))
+    return replace(s, tile_batch=max(1, tiles // 2), frame_batch=max(1, s.frame_batch // 2))
 
 
 def predict(stack, models: Models, settings: PredictSettings, frames: range | None = None,
@@ -295,7 +312,6 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
         raise ValueError(f"frames must be a contiguous range within 0..{len(stack)} (got {frames})")
     device = s.torch_device()
-    s = replace(s, tile_batch=tile_batch(s, device))
     models.to(device)
     if s.samples and models.psi is None:
         raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
@@ -308,7 +324,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
                 yield r
             return
         except torch.cuda.OutOfMemoryError:
-            s = smaller_batches(s)
+            s = smaller_batches(s, device)
             if s is None:
                 raise
             torch.cuda.empty_cache()

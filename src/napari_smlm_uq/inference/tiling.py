@@ -12,15 +12,11 @@ import numpy as np
 import torch
 
 
-def tile_starts(size: int, tile: int, overlap: int, shift: int | None = None) -> list[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``[0, size)`` with at least ``overlap`` overlap:
-    evenly spread, or (``shift``) a regular grid of step ``tile - overlap`` moved back by ``shift`` pixels
-    and clipped to the image (so tiles at the borders overlap more)."""
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the fewest tiles of ``tile`` pixels covering ``[0, size)`` with at least ``overlap``
+    overlap, evenly spread."""
     if size <= tile:
         return [0]
-    if shift is not None:
-        starts = np.clip(np.arange(-shift, size - overlap, tile - overlap), 0, size - tile)
-        return sorted({int(v) for v in starts} | {size - tile})
     n = int(np.ceil((size - overlap) / (tile - overlap)))
     return sorted({int(round(v)) for v in np.linspace(0, size - tile, n)})
 
@@ -35,14 +31,12 @@ def ramp(tile: int, overlap: int) -> np.ndarray:
 
 
 class TileGrid:
-    """The tiles of an ``(H, W)`` image and their blending weights (``shift``: the grid moved by
-    ``(rows, cols)`` pixels, see :func:`tile_starts`)."""
+    """The tiles of an ``(H, W)`` image and their blending weights."""
 
-    def __init__(self, shape: tuple[int, int], tile: int, overlap: int, shift: tuple[int, int] | None = None):
+    def __init__(self, shape: tuple[int, int], tile: int, overlap: int):
         th, tw = min(tile, shape[0]), min(tile, shape[1])
         self.shape, self.size = shape, (th, tw)
-        rows = tile_starts(shape[0], th, overlap, None if shift is None else shift[0])
-        cols = tile_starts(shape[1], tw, overlap, None if shift is None else shift[1])
+        rows, cols = tile_starts(shape[0], th, overlap), tile_starts(shape[1], tw, overlap)
         self.slices = [(slice(r, r + th), slice(c, c + tw)) for r in rows for c in cols]
         wr, wc = ramp(th, overlap if th < shape[0] else 0), ramp(tw, overlap if tw < shape[1] else 0)
         self.weight = torch.from_numpy(np.outer(wr, wc)).float()
@@ -68,43 +62,6 @@ def _coverage(weight: np.ndarray, starts: list[int], size: int) -> np.ndarray:
     for s in starts:
         total[s:s + len(weight)] += weight
     return total
-
-
-class SampleTiles:
-    """Tiles of a batch of images, each image cut by its own grid (``(B, C, H, W)`` <-> tiles)."""
-
-    def __init__(self, grids: list[TileGrid]):
-        self.grids = grids
-
-    @classmethod
-    def fixed(cls, shape: tuple[int, int], tile: int, overlap: int, batch: int) -> "SampleTiles":
-        return cls([TileGrid(shape, tile, overlap)] * batch)
-
-    @classmethod
-    def shifted(cls, shape: tuple[int, int], tile: int, overlap: int, batch: int,
-                generator: torch.Generator | None = None) -> "SampleTiles":
-        """A grid moved by a random ``(rows, cols)`` shift in ``[0, tile - overlap)`` for each image."""
-        device = generator.device if generator is not None else "cpu"
-        shifts = torch.randint(0, tile - overlap, (batch, 2), generator=generator, device=device).tolist()
-        return cls([TileGrid(shape, tile, overlap, tuple(s)) for s in shifts])
-
-    @property
-    def shared(self) -> bool:
-        """Whether every image has the same grid (one split for the whole batch)."""
-        return all(g is self.grids[0] for g in self.grids)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> all tiles, image by image (``B`` may be 1: the same image for every grid)."""
-        if self.shared:
-            return self.grids[0].split(x.expand(len(self.grids), *x.shape[1:]))
-        return torch.cat([g.split(x[i:i + 1] if len(x) > 1 else x) for i, g in enumerate(self.grids)])
-
-    def merge(self, tiles: torch.Tensor) -> torch.Tensor:
-        """All tiles -> ``(B, C, H, W)``."""
-        if self.shared:
-            return self.grids[0].merge(tiles, len(self.grids))
-        parts = torch.split(tiles, [len(g.slices) for g in self.grids])
-        return torch.cat([g.merge(p, 1) for g, p in zip(self.grids, parts)])
 
 
 def chunked(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, max_batch: int) -> torch.Tensor:

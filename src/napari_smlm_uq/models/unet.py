@@ -2,11 +2,14 @@
 
 Input channels: the noisy KDE ``y_t``, ``phi(x)`` and the bicubic-upsampled frame, concatenated.
 The continuous noise level enters as a sinusoidal embedding of ``sqrt(gamma)``. Self-attention
-runs at the coarsest level (16x16 for the 64x64 SR training tiles). Output: predicted noise.
+runs at the coarsest level (16x16 for the 64x64 SR training tiles; over larger images, within windows of
+the training size: :meth:`UNet.inference_layout`). Output: predicted noise.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +62,39 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def window_starts(size: int, window: int) -> list[int]:
+    """Starts of the fewest ``window``-pixel windows covering ``[0, size)``, evenly spread (overlapping when
+    ``size`` is not a multiple of ``window``)."""
+    if size <= window:
+        return [0]
+    n = math.ceil(size / window)
+    return [round(i * (size - window) / (n - 1)) for i in range(n)]
+
+
+def windowed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, window: int) -> torch.Tensor:
+    """``fn`` applied to ``window`` x ``window`` windows of ``(B, C, H, W)``: one reshape when they tile the
+    image exactly, else overlapping windows averaged where they overlap."""
+    b, c, h, w = x.shape
+    if h % window == 0 and w % window == 0:
+        nh, nw = h // window, w // window
+        parts = x.reshape(b, c, nh, window, nw, window).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, window, window)
+        y = fn(parts)
+        return y.reshape(b, nh, nw, c, window, window).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    wh, ww = min(window, h), min(window, w)
+    corners = [(r, q) for r in window_starts(h, window) for q in window_starts(w, window)]
+    y = fn(torch.cat([x[..., r:r + wh, q:q + ww] for r, q in corners]))
+    out, count = torch.zeros_like(x), torch.zeros(h, w, dtype=x.dtype, device=x.device)
+    for i, (r, q) in enumerate(corners):
+        out[..., r:r + wh, q:q + ww] += y[i * b:(i + 1) * b]
+        count[r:r + wh, q:q + ww] += 1
+    return out / count
+
+
 class Attention(nn.Module):
+    """Self-attention over an image's pixels, or within ``window`` x ``window`` windows (0: the whole image)."""
+
+    window: int = 0
+
     def __init__(self, c: int, heads: int = 4):
         super().__init__()
         self.heads, self.norm = heads, _norm(c)
@@ -68,6 +103,11 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.window and max(x.shape[-2:]) > self.window:
+            return windowed(self._attend, x, self.window)
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
         y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, hw, c/heads)
@@ -110,11 +150,29 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def pool_norm_statistics(self, tiles: int) -> None:
-        """Take every GroupNorm's statistics over ``tiles`` consecutive batch items (1: per item, as trained)."""
-        for m in self.modules():
-            if isinstance(m, TileGroupNorm):
-                m.tiles = tiles
+    @property
+    def coarsest_factor(self) -> int:
+        """Downsampling from the input to the coarsest level, where attention runs."""
+        return 2 ** (len(self.config["mults"]) - 1)
+
+    @contextmanager
+    def inference_layout(self, tiles_per_image: int = 1, window: int = 0) -> Iterator[None]:
+        """Within the block: every GroupNorm's statistics taken over ``tiles_per_image`` consecutive batch items
+        (the tiles of one image), and attention within ``window``-pixel windows of the input (0: over the whole
+        image); the training layout (per item, whole image) is restored after."""
+        norms = [m for m in self.modules() if isinstance(m, TileGroupNorm)]
+        attentions = [m for m in self.modules() if isinstance(m, Attention)]
+        for m in norms:
+            m.tiles = tiles_per_image
+        for m in attentions:
+            m.window = window // self.coarsest_factor
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.tiles = 1
+            for m in attentions:
+                m.window = 0
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))
