@@ -1,7 +1,7 @@
 """psi's tile grid in the std map (issue 12, "no seams"): the seam ratio (analysis/seams.py), E and the
 calibration of the localization uncertainty for inference variants that need no retraining.
 
-    PYTHONPATH=src python benchmarks/seams.py [--frames 6] [--variants fixed,frame_norm,...] [--real-frames 2]
+    PYTHONPATH=src python benchmarks/seams.py [--frames 6] [--variants tiles64,default] [--real-frames 2]
 
 Simulations: the benchmark movie settings (64x64 px, 2000 photons, background 20, densities 0.5 and 3 /um^2);
 real frames: ../shared/data/real-scmos-storm (camera from the median of its calibration maps). Writes
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,20 @@ from napari_smlm_uq.analysis.evaluation import (
 from napari_smlm_uq.analysis.seams import tile_seam_ratio
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.io.files import write_json
-from napari_smlm_uq.io.tables import emitters_table, localizations_table
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-# variant: (PredictSettings changes, psi tile, psi overlap)
+# variant: (psi tile on every device, overlap), SR pixels. "tiles64" is the layout before whole-frame psi
+# (64 px training-size tiles, GroupNorm statistics pooled over a frame's tiles); "default" the pipeline's own.
 VARIANTS = {
-    "fixed": ({"frame_norm": False}, 64, 16),
-    "shift": ({"tile_shift": True, "frame_norm": False}, 64, 16),
-    "overlap32": ({"frame_norm": False}, 64, 32),
-    "tile256": ({"frame_norm": False}, 256, 32),
-    "frame_norm": ({"frame_norm": True}, 64, 16),  # GroupNorm statistics pooled over each image's tiles
+    "tiles64": (64, 16),
+    "default": (None, None),
 }
+# grids whose trace the std map is checked for: the 64 px tiles/attention windows, and the CPU's psi tiles
+GRIDS = {"grid64": (64, 16), "grid64_windows": (64, 0), "grid256": (256, 32)}
 
 
 def shared_data() -> Path | None:
@@ -59,35 +57,43 @@ def real_frames(n: int) -> tuple[np.ndarray, Camera, float]:
     return tifffile.imread(folder / "sample.tif")[:n].astype(np.float64), camera, 160.0
 
 
-def run(models, adu, settings, tile: int, overlap: int) -> tuple[list, float]:
-    pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, overlap
-    t0 = time.perf_counter()
-    results = list(pipeline.predict(adu, models, settings))
-    return results, (time.perf_counter() - t0) / len(adu)
+def run(models, adu, settings, name: str) -> tuple[list, float]:
+    """Results and CPU seconds per frame of one variant."""
+    tile, overlap = VARIANTS[name]
+    saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP
+    if tile is not None:
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = {"cpu": tile, "cuda": tile}, overlap
+    try:
+        t0 = time.process_time()
+        results = list(pipeline.predict(adu, models, settings))
+        return results, (time.process_time() - t0) / len(adu)
+    finally:
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = saved
+
+
+def seam_ratios(std: np.ndarray, mean: np.ndarray) -> dict:
+    return {f"seam_ratio_{g}": tile_seam_ratio(std, mean, tile, overlap) for g, (tile, overlap) in GRIDS.items()}
 
 
 def simulated(models, name: str, density: float, frames: int) -> dict:
-    changes, tile, overlap = VARIANTS[name]
     sim = SimulationSettings(frames=frames, size=64, density=density, photons=2000.0, background=20.0, seed=9105)
     stack = simulate(sim)
-    results, spf = run(models, stack.adu, replace(pipeline.PredictSettings(), **changes), tile, overlap)
+    settings = pipeline.PredictSettings(camera=sim.camera, pixel_size=sim.pixel_size, device="cpu")
+    results, spf = run(models, stack.adu, settings, name)
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
-    locs = localizations_table(Localizations.concat([r.localizations for r in results]), sim.pixel_size)
-    rep = localization_report(locs, emitters_table(stack.emitters, sim.pixel_size))
+    rep = localization_report(Localizations.concat([r.localizations for r in results]), stack.emitters, sim.pixel_size)
     pix = pixel_report(mean, std, true_kdes(stack.emitters, range(frames), sim.shape))
-    return {"seam_ratio": tile_seam_ratio(std, mean), "E": rep["efficiency"], "rmse_nm": rep["rmse"],
+    return seam_ratios(std, mean) | {"E": rep["efficiency"], "rmse_nm": rep["rmse"],
             "z_std": rep.get("error_over_uncertainty_std"), "coverage_2std": pix["coverage_2std"],
-            "std_mean": float(std.mean()), "s_per_frame": spf}
+            "std_mean": float(std.mean()), "cpu_s_per_frame": spf}
 
 
 def real(models, name: str, frames: int, crop: int) -> dict:
-    changes, tile, overlap = VARIANTS[name]
     adu, camera, pixel = real_frames(frames)
     adu = adu[:, :crop, :crop]
-    s = replace(pipeline.PredictSettings(camera=camera, pixel_size=pixel), **changes)
-    results, spf = run(models, adu, s, tile, overlap)
+    results, spf = run(models, adu, pipeline.PredictSettings(camera=camera, pixel_size=pixel, device="cpu"), name)
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
-    return {"seam_ratio": tile_seam_ratio(std, mean), "std_mean": float(std.mean()), "s_per_frame": spf,
+    return seam_ratios(std, mean) | {"std_mean": float(std.mean()), "cpu_s_per_frame": spf,
             "localizations_per_frame": float(np.mean([len(r.localizations) for r in results]))}
 
 
@@ -96,7 +102,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--real-frames", type=int, default=2)
     ap.add_argument("--real-crop", type=int, default=128, help="raw pixels of the real frames used (square)")
-    ap.add_argument("--variants", default="fixed,frame_norm,shift,overlap32,tile256")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seams.json"))
     args = ap.parse_args()
     models = registry.load()

@@ -30,10 +30,7 @@ from napari_smlm_uq.analysis.evaluation import (
 )
 from napari_smlm_uq.analysis.render import render
 from napari_smlm_uq.inference import pipeline
-from napari_smlm_uq.inference.calibration import Calibration
 from napari_smlm_uq.inference.localize import localize
-from napari_smlm_uq.inference.preprocessing import pixel_snr
-from napari_smlm_uq.inference.streams import frame_generator
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.kde import from_model
@@ -78,20 +75,6 @@ def default_pipeline(models, adu, s, device) -> list[Localizations]:
     return [r.localizations for r in pipeline.predict(adu, models, s)]
 
 
-def batched_pipeline(models, adu, s, device) -> list[Localizations]:
-    """``frame_batch`` frames per psi batch (:func:`pipeline.sample_frames`), per-frame random streams,
-    mean/std on the device, localization on the host."""
-    phi, calibration, locs = models.phi.fused(), Calibration.from_dict(models.calibration), []
-    with torch.inference_mode():
-        for b0 in range(0, len(adu), s.frame_batch):
-            x, z_phi = pipeline.run_phi(phi, adu[b0:b0 + s.frame_batch], s, device)
-            gens = [frame_generator(s.seed, b0 + i, device) for i in range(len(x))]
-            y = from_model(pipeline.sample_frames(models, x, z_phi, s, device, gens)[:, :, 0])
-            means, snr, ys = y.mean(1).cpu().numpy(), pixel_snr(x).cpu().numpy(), y.cpu().numpy()
-            locs += [localize(means[i], ys[i], b0 + i, s.threshold, calibration, snr[i, 0]) for i in range(len(x))]
-    return locs
-
-
 def compiled(run):
     """``run`` with psi wrapped by torch.compile (the first call compiles; the warm-up absorbs it)."""
     def go(models, adu, s, device):
@@ -106,19 +89,20 @@ def compiled(run):
 
 
 def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
-    """(name, runner, settings changes) of every row measured on ``device``; the default pipeline first."""
+    """(name, runner, settings changes) of every row measured on ``device``; the default pipeline first.
+    ``psi_tile``: psi's tile (SR px, overlap 16 below 256) instead of the device's own."""
     rows = [("phi alone", phi_alone, {"samples": 0}), ("default pipeline", default_pipeline, {})]
     if device.type == "cuda":
         rows += [("bf16 autocast", default_pipeline, {"bf16": True}),
-                 ("psi batched over 8 frames", batched_pipeline, {"frame_batch": 8, "tile_batch": 4096}),
-                 ("batched 32 frames + bf16", batched_pipeline, {"frame_batch": 32, "tile_batch": 4096, "bf16": True}),
-                 ("batched 8 + torch.compile", compiled(batched_pipeline), {"frame_batch": 8, "tile_batch": 4096})]
+                 ("frame batch 32", default_pipeline, {"frame_batch": 32}),
+                 ("torch.compile", compiled(default_pipeline), {}),
+                 ("frame batch 32 + bf16 + compile", compiled(default_pipeline), {"frame_batch": 32, "bf16": True}),
+                 ("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
     else:
-        rows += [("tile overlap 8 px", default_pipeline, {"overlap": 8}),
-                 ("2 steps", default_pipeline, {"steps": 2})]
+        rows += [("2 steps", default_pipeline, {"steps": 2}),
+                 ("4 samples", default_pipeline, {"samples": 4})]
         if not quick:
-            rows += [("shifted tile grids", default_pipeline, {"tile_shift": True, "frame_norm": False}),
-                     ("psi batched over 4 frames", batched_pipeline, {"frame_batch": 4, "tile_batch": 64})]
+            rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
     return rows
 
 
@@ -132,12 +116,14 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     """One table row: warm-up on a frame batch, then ``n_frames`` timed; E and z std from the localizations."""
     row = {"device": str(device), "size": size, "lever": name}
     changes = dict(changes)
-    overlap = changes.pop("overlap", 16)
+    tile = changes.pop("psi_tile", None)
     s = replace(pipeline.PredictSettings(device=device.type), **changes).validate()
     adu = stack.adu[:n_frames]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pipeline.PSI_OVERLAP = overlap
+    saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP
+    if tile is not None:
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = {device.type: tile}, 16 if tile < 256 else 32
     try:
         if device.type == "cuda":  # warm-up: allocations, cuDNN's algorithm search, compilation
             run(models, adu[:min(len(adu), s.frame_batch)], s, device)
@@ -149,7 +135,7 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     except Exception as exc:  # noqa: BLE001 (a lever that fails is reported, not fatal)
         return row | {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
     finally:
-        pipeline.PSI_OVERLAP = 16
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = saved
     row |= {"frames": len(adu), "frames_per_s": len(adu) / seconds, "s_per_frame": seconds / len(adu),
             "cpu_s_per_frame": cpu_seconds / len(adu),
             "peak_rss_gb": peak_rss_gb(),

@@ -25,7 +25,7 @@ from ..models.registry import Models
 from ..physics.camera import Camera
 from ..physics.kde import from_model
 from .calibration import Calibration
-from .localize import DEFAULT_THRESHOLD, localize
+from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner
 from .streams import frame_generator
@@ -216,23 +216,29 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
 @dataclass
 class KdeStatistics:
     """Per-pixel statistics of ``B`` frames' KDE samples (KDE units, host arrays): ``mean``, ``std`` (ddof 1)
-    and ``sample`` ``(B, 4H, 4W)``, the samples ``(B, n, 4H, 4W)`` (None for phi alone)."""
+    and ``sample`` ``(B, 4H, 4W)``; the peaks (SR px, :func:`peaks_of`) of each frame's mean and, but for phi
+    alone (None), of each of its samples."""
 
     mean: np.ndarray
     std: np.ndarray
     sample: np.ndarray
-    samples: np.ndarray | None
+    peaks: list[np.ndarray]
+    sample_peaks: list[list[np.ndarray]] | None
 
 
-def kde_statistics(z: torch.Tensor | None, z_phi: torch.Tensor) -> KdeStatistics:
-    """Statistics of model-space samples ``(B, n, 1, 4H, 4W)``, taken on their device, or of phi's output
-    ``(B, 1, 4H, 4W)`` alone (``z`` None: std 0, the sample is the mean)."""
+def kde_statistics(z: torch.Tensor | None, z_phi: torch.Tensor, threshold: float) -> KdeStatistics:
+    """Statistics and peaks of model-space samples ``(B, n, 1, 4H, 4W)``, taken on their device, or of phi's
+    output ``(B, 1, 4H, 4W)`` alone (``z`` None: std 0, the sample is the mean)."""
     if z is None:
-        mean = from_model(z_phi[:, 0]).cpu().numpy()
-        return KdeStatistics(mean, np.zeros_like(mean), mean, None)
+        mean = from_model(z_phi[:, 0])
+        host = mean.cpu().numpy()
+        return KdeStatistics(host, np.zeros_like(host), host, peaks_of(mean, threshold), None)
     y = from_model(z[:, :, 0])
+    b, n = y.shape[:2]
     mean, std = y.mean(1), y.std(1, correction=1)
-    return KdeStatistics(*(t.float().cpu().numpy() for t in (mean, std, y[:, 0])), y.cpu().numpy())
+    found = peaks_of(torch.cat([mean, y.flatten(0, 1)]), threshold)
+    return KdeStatistics(*(t.float().cpu().numpy() for t in (mean, std, y[:, 0])), found[:b],
+                         [found[b + i * n:b + (i + 1) * n] for i in range(b)])
 
 
 def frame_result(index: int, stats: KdeStatistics, i: int, raw: np.ndarray, snr: np.ndarray, s: PredictSettings,
@@ -240,8 +246,8 @@ def frame_result(index: int, stats: KdeStatistics, i: int, raw: np.ndarray, snr:
     """Frame ``index`` (item ``i`` of ``stats``, raw frame ``raw`` in ADU): localized, refined on the raw
     pixels when ``refiner`` is given; ``seconds`` of network time, plus this host work."""
     t0 = time.perf_counter()
-    samples = None if stats.samples is None else stats.samples[i]
-    locs = localize(stats.mean[i], samples, index, s.threshold, calibration, snr)
+    sample_peaks = None if stats.sample_peaks is None else stats.sample_peaks[i]
+    locs = localize_peaks(stats.peaks[i], sample_peaks, index, stats.mean.shape[1:], calibration, snr)
     if refiner is not None:
         locs = refiner(locs, raw)
     return FrameResult(index, stats.mean[i], stats.std[i], stats.sample[i], locs,
@@ -279,7 +285,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
                     z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
                     if z is None:
                         return
-                stats = kde_statistics(z, z_phi[part])
+                stats = kde_statistics(z, z_phi[part], s.threshold)
                 seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
                 done, pending = pending, [host.submit(frame_result, b0 + i, stats, i - part.start, batch[i], snr[i, 0],
                                                       s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
