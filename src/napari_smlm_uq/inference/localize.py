@@ -24,11 +24,16 @@ MATCH_RADIUS = 2.0          # SR pixels
 
 
 def peaks_of(kdes: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> list[np.ndarray]:
-    """Local maxima (3x3, zero outside the image) above ``threshold`` of each image of ``(N, H, W)`` KDEs, found
-    on their device, refined by a log-parabola (exact for a sampled Gaussian). Returns ``(n_i, 2)`` (row, col)
+    """Local maxima (3x3, zero outside the image; one per plateau) above ``threshold`` of each image of
+    ``(N, H, W)`` KDEs (any float dtype), found on their device, refined by a log-parabola (exact for a sampled Gaussian). Returns ``(n_i, 2)`` (row, col)
     in SR pixels per image."""
     k = kdes[:, None].float()
-    is_peak = (k == F.max_pool2d(F.pad(k, (1, 1, 1, 1)), 3, stride=1)) & (k > threshold)
+    h, w = k.shape[-2:]
+    low = F.pad(k, (1, 1, 1, 1), value=-float("inf"))
+    before = torch.stack([low[..., dr:dr + h, dc:dc + w] for dr, dc in ((0, 0), (0, 1), (0, 2), (1, 0))]).amax(0)
+    # a maximum of its 3x3 neighbourhood (zero outside the image) that exceeds its neighbours before it in
+    # raster order: one peak per plateau of equal pixels (a saturated or rounded peak), not one per pixel
+    is_peak = (k == F.max_pool2d(F.pad(k, (1, 1, 1, 1)), 3, stride=1)) & (k > before) & (k > threshold)
     idx = torch.nonzero(is_peak[:, 0])  # (m, 3): image, row, col
     padded = F.pad(k, (1, 1, 1, 1), mode="replicate")[:, 0]
     i, r, c = idx[:, 0], idx[:, 1] + 1, idx[:, 2] + 1
