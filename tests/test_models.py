@@ -169,7 +169,8 @@ def test_tile_grid_split_merge_round_trip(shape):
     smooth = torch.from_numpy(np.stack([np.sin(rr / 9.0) * np.cos(cc / 13.0), np.full(shape, 0.7)])).float()
     x = torch.stack([smooth, -2 * smooth])  # (B=2, C=2, H, W)
     tiles = grid.split(x)
-    th, tw = min(64, shape[0]), min(64, shape[1])
+    th, tw = grid.size
+    assert th <= min(64, shape[0]) and tw <= min(64, shape[1])
     assert tiles.shape == (2 * len(grid.slices), 2, th, tw)
     # tiles of one image are consecutive
     assert torch.equal(tiles[0], x[0][:, grid.slices[0][0], grid.slices[0][1]])
@@ -190,7 +191,7 @@ def test_tile_blending_is_smooth_across_tiles():
     n = len(grid.slices)
     assert n > 4
     offsets = torch.arange(n, dtype=torch.float32)
-    tiles = torch.zeros(n, 1, tile, tile) + offsets[:, None, None, None]
+    tiles = torch.zeros(n, 1, *grid.size) + offsets[:, None, None, None]
     out = grid.merge(tiles, 1)[0, 0]
     step = max(out.diff(dim=0).abs().max().item(), out.diff(dim=1).abs().max().item())
     spread = offsets.max().item()
@@ -648,3 +649,14 @@ def test_train_settings_refuses_the_bundled_weights_folder(tmp_path):
             settings(out).validate()
     assert settings(tmp_path / "fine").validate().out_dir == str(tmp_path / "fine")
     assert settings(tmp_path / "fine", background=(0.0, 5.0), density=(0.0, 0.0), read_noise=(0.0, 0.0)).validate()
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(512, 256, 32), (1024, 256, 32), (400, 256, 32), (70, 64, 16), (256, 256, 32)])
+def test_fitted_tiles_are_as_few_and_no_larger_than_needed(size, tile, overlap):
+    fitted = tiling.fitted_tile(size, tile, overlap)
+    assert fitted <= tile and (fitted % 16 == 0 or fitted == size)
+    starts = tiling.tile_starts(size, fitted, overlap)
+    assert len(starts) == len(tiling.tile_starts(size, tile, overlap))  # as few tiles as the largest allows
+    assert np.all(np.diff(starts) <= fitted - overlap) and starts[-1] + fitted == size
+    if size > tile:  # and 16 px less would need another tile or break the overlap
+        assert len(starts) * (fitted - 16) - (len(starts) - 1) * overlap < size

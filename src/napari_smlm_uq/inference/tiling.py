@@ -21,6 +21,15 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, size - tile, n)})
 
 
+def fitted_tile(size: int, tile: int, overlap: int, multiple: int = 16) -> int:
+    """The smallest tile (a multiple of ``multiple`` pixels, at most ``tile``) that covers ``size`` pixels with
+    as few tiles as ``tile`` would, overlapping by at least ``overlap``: no more pixels than needed."""
+    if size <= tile:
+        return size
+    n = int(np.ceil((size - overlap) / (tile - overlap)))
+    return min(tile, int(np.ceil((size + (n - 1) * overlap) / n / multiple)) * multiple)
+
+
 def ramp(tile: int, overlap: int) -> np.ndarray:
     """1D blending weights: rising linearly over ``overlap`` pixels at both ends, never zero."""
     w = np.ones(tile)
@@ -31,10 +40,11 @@ def ramp(tile: int, overlap: int) -> np.ndarray:
 
 
 class TileGrid:
-    """The tiles of an ``(H, W)`` image and their blending weights."""
+    """The tiles of an ``(H, W)`` image and their blending weights: tiles of at most ``tile`` pixels, as small
+    as the same number of tiles allows (:func:`fitted_tile`)."""
 
     def __init__(self, shape: tuple[int, int], tile: int, overlap: int):
-        th, tw = min(tile, shape[0]), min(tile, shape[1])
+        th, tw = fitted_tile(shape[0], tile, overlap), fitted_tile(shape[1], tile, overlap)
         self.shape, self.size = shape, (th, tw)
         rows, cols = tile_starts(shape[0], th, overlap), tile_starts(shape[1], tw, overlap)
         self.slices = [(slice(r, r + th), slice(c, c + tw)) for r in rows for c in cols]
