@@ -105,10 +105,10 @@ def run(models, stack, settings: PredictSettings) -> tuple[list, float]:
     return results, (time.perf_counter() - t0) / sim.frames
 
 
-def refined(results: list, adu: np.ndarray, camera: Camera, calibration: Calibration | None) -> tuple[Localizations, float]:
-    """Every frame's localizations refined on its raw frame, as the pipeline does with the model's refined
-    ``calibration``; seconds per frame for the refinement."""
-    refiner = Refiner(camera, calibration=calibration)
+def refined(results: list, adu: np.ndarray, camera: Camera, models) -> tuple[Localizations, float]:
+    """Every frame's localizations refined on its raw frame, as the pipeline does (the model's refined
+    calibration applied); seconds per frame for the refinement."""
+    refiner = Refiner(camera, calibration=Calibration.refined(models.calibration))
     t0 = time.perf_counter()
     locs = [refiner(r.localizations, adu[r.index]) for r in results]
     return Localizations.concat(locs), (time.perf_counter() - t0) / len(results)
@@ -148,7 +148,7 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
 def diffusion_weight_scan(deep: Localizations, refined_locs: Localizations, gt, sim: SimulationSettings,
                           weights=(0.0, 0.1, 0.25, 0.5, 1.0)) -> dict:
     """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + c sigma_diffusion^2`` for each ``c``
-    (sigma_fisher recovered from the uncalibrated refined uncertainty, which used refine.DIFFUSION_WEIGHT)."""
+    (sigma_fisher recovered from the refined uncertainty, which used refine.DIFFUSION_WEIGHT)."""
     fisher2 = refined_locs.uncertainty**2 - DIFFUSION_WEIGHT * deep.uncertainty**2
     kept = refined_locs.uncertainty != deep.uncertainty
     out = {}
@@ -164,9 +164,8 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
     phi, phi_s = run(models, stack, replace(settings, samples=0))
     diff, diff_s = run(models, stack, settings)
     phi_locs, diff_locs = (Localizations.concat([r.localizations for r in res]) for res in (phi, diff))
-    table = Calibration.refined(models.calibration)
-    phi_ref, phi_ref_s = refined(phi, stack.adu, sim.camera, table)
-    diff_ref, diff_ref_s = refined(diff, stack.adu, sim.camera, table)
+    phi_ref, phi_ref_s = refined(phi, stack.adu, sim.camera, models)
+    diff_ref, diff_ref_s = refined(diff, stack.adu, sim.camera, models)
     res = {
         "phi": dict(score(phi_locs, gt, sim), seconds_per_frame=phi_s),
         "diffusion": dict(score(diff_locs, gt, sim), seconds_per_frame=diff_s),
@@ -177,7 +176,7 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
         "phi_phase_bias": phase_bias(phi_locs, gt, sim),
         "diffusion_phase_bias": phase_bias(diff_locs, gt, sim),
         "phi_refined_phase_bias": phase_bias(phi_ref, gt, sim),
-        "z_std_by_diffusion_weight": diffusion_weight_scan(diff_locs, refined(diff, stack.adu, sim.camera, None)[0], gt, sim),
+        "z_std_by_diffusion_weight": diffusion_weight_scan(diff_locs, diff_ref, gt, sim),
     }
     res["settings"] = {k: v for k, v in MOVIES[name].items() if k != "camera"} | {"frames": sim.frames}
     print(name, json.dumps({k: [round(v.get("efficiency", np.nan), 1), round(v.get("isolated_1000nm", {}).get("rmse_over_crlb", np.nan), 2),
