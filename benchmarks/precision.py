@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from napari_smlm_uq.analysis import metrics
-from napari_smlm_uq.inference.calibration import Calibration
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
 from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, Refiner, fit_frame
 from napari_smlm_uq.localizations import Localizations
@@ -105,10 +104,9 @@ def run(models, stack, settings: PredictSettings) -> tuple[list, float]:
     return results, (time.perf_counter() - t0) / sim.frames
 
 
-def refined(results: list, adu: np.ndarray, camera: Camera, models) -> tuple[Localizations, float]:
-    """Every frame's localizations refined on its raw frame, as the pipeline does (the model's refined
-    calibration applied); seconds per frame for the refinement."""
-    refiner = Refiner(camera, calibration=Calibration.refined(models.calibration))
+def refined(results: list, adu: np.ndarray, camera: Camera) -> tuple[Localizations, float]:
+    """Every frame's localizations refined on its raw frame; seconds per frame for the refinement."""
+    refiner = Refiner(camera)
     t0 = time.perf_counter()
     locs = [refiner(r.localizations, adu[r.index]) for r in results]
     return Localizations.concat(locs), (time.perf_counter() - t0) / len(results)
@@ -164,8 +162,8 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
     phi, phi_s = run(models, stack, replace(settings, samples=0))
     diff, diff_s = run(models, stack, settings)
     phi_locs, diff_locs = (Localizations.concat([r.localizations for r in res]) for res in (phi, diff))
-    phi_ref, phi_ref_s = refined(phi, stack.adu, sim.camera, models)
-    diff_ref, diff_ref_s = refined(diff, stack.adu, sim.camera, models)
+    phi_ref, phi_ref_s = refined(phi, stack.adu, sim.camera)
+    diff_ref, diff_ref_s = refined(diff, stack.adu, sim.camera)
     res = {
         "phi": dict(score(phi_locs, gt, sim), seconds_per_frame=phi_s),
         "diffusion": dict(score(diff_locs, gt, sim), seconds_per_frame=diff_s),

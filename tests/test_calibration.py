@@ -82,32 +82,3 @@ def test_localize_applies_the_scale_of_each_context():
     np.testing.assert_allclose(scaled.uncertainty / raw.uncertainty, nearest)
     assert sorted(raw.snr) == [30.0, 80.0, 80.0, 80.0]
     assert np.all(np.isfinite(raw.uncertainty)) and np.all(raw.uncertainty < 0.2)
-
-
-def test_the_refiner_applies_the_refined_calibration_per_context():
-    """The refined uncertainty (Fisher bound combined with the samples' spread) times the refined table's
-    scale of each localization's context; without a table it is left as combined."""
-    from dataclasses import replace as dc_replace
-
-    from napari_smlm_uq.inference.refine import Refiner
-    from napari_smlm_uq.localizations import Localizations
-    from napari_smlm_uq.physics.camera import Camera
-    from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
-
-    sim = simulate(SimulationSettings(frames=1, size=24, density=0.0, seed=1))
-    cam = Camera(offset=100.0, gain=1.0, read_noise=1.5)
-    rr, cc = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
-    frame = sim.adu[0].copy()
-    for r, c in ((12.2, 11.7), (0.6, 10.3)):  # an isolated emitter and one at the edge, 3000 photons each
-        frame += 3000.0 / (2 * np.pi) * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / 2)
-    locs = Localizations(np.zeros(2, int), np.array([12.0, 0.5]), np.array([11.8, 10.2]), np.array([0.05, 0.05]),
-                         np.ones(2), np.array([80.0, 80.0]))
-    plain = Refiner(cam, psf_sigma=1.0)(locs, frame)
-    table = Calibration(np.arange(1.0, 28.0).reshape(3, 3, 3))
-    scaled = Refiner(cam, psf_sigma=1.0, calibration=table)(locs, frame)
-    np.testing.assert_allclose(scaled.row, plain.row)
-    # edge bins 2 and 1 (the refined row 0.6 is 1.1 px from the edge), neighbours 0, SNR 80: bin 2
-    np.testing.assert_allclose(scaled.uncertainty / plain.uncertainty, [1 + 18 + 2, 1 + 9 + 2])
-    assert Calibration.refined({"scales": table.to_dict()["scales"]}) is None
-    assert np.array_equal(Calibration.refined({"refined": table.to_dict()}).scales, table.scales)
-    assert dc_replace(locs, uncertainty=plain.uncertainty).uncertainty[0] < 0.05  # the Fisher bound at 3000 photons

@@ -601,8 +601,6 @@ def test_training_refits_the_calibration_when_asked(tmp_path):
     assert items[-1].loss == pytest.approx(report["calibrated_spread"])
     assert items[-1].val_loss == pytest.approx(report["raw_spread"])
     assert report["calibrated_spread"] == pytest.approx(1.0, abs=0.1)  # fitted on these stacks: unit spread
-    assert np.array(loaded.calibration["refined"]["scales"]).shape == (3, 3, 3)  # and the refined uncertainty's table
-    assert report["refined_calibrated_spread"] == pytest.approx(1.0, abs=0.1)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])

@@ -69,66 +69,38 @@ def _raw_localizations(models, adu: np.ndarray, settings, should_stop) -> list:
         models.calibration = calibration
 
 
-def _errors(locs: Localizations, gt: Emitters, pixel_size: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised errors ``(n, 2)`` (x and y error / uncertainty) of the localizations matched to ``gt`` within
-    250 nm, and their context bins ``(3, n)`` (calibration.frame_context)."""
-    m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
-                      tolerance=250.0 / pixel_size)
-    bins = np.stack(frame_context(locs.frame, locs.row, locs.col, locs.snr, shape))[:, m.loc_idx]
-    err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
-    return err / locs.uncertainty[m.loc_idx, None], bins
-
-
-def _refined(frames: list[Localizations], adu: np.ndarray, camera, cal: Calibration, shape) -> Localizations:
-    """The frames' localizations with ``cal`` applied to their raw uncertainties, then refined on the raw frames
-    (inference/refine.py, uncalibrated): what the pipeline reports before the refined calibration."""
-    from ..inference.refine import Refiner
-
-    refiner, out = Refiner(camera, excess=camera.excess_noise), []
-    for locs in frames:
-        scaled = replace(locs, uncertainty=locs.uncertainty * cal.factors(locs.frame, locs.row, locs.col, locs.snr, shape))
-        out.append(refiner(scaled, adu[int(locs.frame[0])]) if len(locs) else scaled)
-    return Localizations.concat(out)
-
-
 def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
-    """Fit the uncertainty calibration (calibration.py) on simulated validation stacks, in two stages: per
-    context (distance to the frame edge, close neighbours, peak SNR), the spread of ``error / raw uncertainty``
-    of the diffusion samples over matched localizations; then, on the same results refined on the raw pixels,
-    the spread of ``error / refined uncertainty`` (the ``refined`` table, applied by the refiner). ``sims`` is a
-    list of :class:`SimulationSettings` (never the test seeds). Returns the calibration (``to_dict`` form, the
-    refined table under ``refined``) and, for the model card, the counts and raw spread per context and the raw
-    and calibrated spread per stack. ``models.calibration`` is left as it was."""
+    """Fit the uncertainty calibration (calibration.py) on simulated validation stacks: per context
+    (distance to the frame edge, close neighbours, peak SNR), the spread of ``error / raw uncertainty`` over
+    matched localizations. ``sims`` is a list of :class:`SimulationSettings` (never the test seeds).
+    Returns the calibration (``to_dict`` form) and, for the model card, the counts and raw spread per
+    context and the raw and calibrated spread per stack. ``models.calibration`` is left as it was."""
     from ..physics.simulate import simulate
 
-    stacks = [simulate(sim) for sim in sims]
-    frames = [_raw_localizations(models, st.adu, replace(settings, camera=sim.camera, pixel_size=sim.pixel_size), should_stop)
-              for sim, st in zip(sims, stacks)]
-    found = [_errors(Localizations.concat(f), st.emitters, sim.pixel_size, sim.shape) for f, st, sim in zip(frames, stacks, sims)]
-    stack_of = np.concatenate([np.full(len(z), k) for k, (z, _) in enumerate(found)])
-    z, bins = np.concatenate([z for z, _ in found]), tuple(np.concatenate([b for _, b in found], axis=1))
+    z, bins, stack_of = [], [], []
+    for k, sim in enumerate(sims):
+        stack = simulate(sim)
+        sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
+        locs = Localizations.concat(_raw_localizations(models, stack.adu, sim_settings, should_stop))
+        gt = stack.emitters
+        m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
+                          tolerance=250.0 / sim.pixel_size)
+        bins_of = frame_context(locs.frame, locs.row, locs.col, locs.snr, sim.shape)
+        err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
+        z.append(err / locs.uncertainty[m.loc_idx, None])
+        bins.append(np.stack(bins_of)[:, m.loc_idx])
+        stack_of.append(np.full(len(m.loc_idx), k))
+    z, bins, stack_of = np.concatenate(z), tuple(np.concatenate(bins, axis=1)), np.concatenate(stack_of)
     cal = Calibration.fit(z, bins)
     calibrated = z / cal.scales[bins][:, None]
-    refined = [_errors(_refined(f, st.adu, sim.camera, cal, sim.shape), st.emitters, sim.pixel_size, sim.shape)
-               for f, st, sim in zip(frames, stacks, sims)]
-    z_ref, bins_ref = np.concatenate([z for z, _ in refined]), tuple(np.concatenate([b for _, b in refined], axis=1))
-    cal_ref = Calibration.fit(z_ref, bins_ref)
-    refined_of = np.concatenate([np.full(len(z), k) for k, (z, _) in enumerate(refined)])
     ok = np.isfinite(z).all(axis=1)
     spread = lambda v, sel: float(np.std(v[sel & ok])) if (sel & ok).any() else float("nan")  # noqa: E731
     per_context = {f"edge {e} neighbours {n} snr {k}": {"n": int((sel & ok).sum()), "raw_spread": spread(z, sel)}
                    for (e, n, k) in np.ndindex(cal.scales.shape)
                    for sel in [(bins[0] == e) & (bins[1] == n) & (bins[2] == k)]}
-    z_ref_cal = z_ref / cal_ref.scales[bins_ref][:, None]
-    ok_ref = np.isfinite(z_ref).all(axis=1)
     per_stack = [{"photons": sim.photons, "background": sim.background, "density": sim.density, "psf_sigma": sim.psf_sigma,
                   "n": int(((stack_of == k) & ok).sum()), "raw_spread": spread(z, stack_of == k),
-                  "calibrated_spread": spread(calibrated, stack_of == k),
-                  "refined_spread": float(np.std(z_ref[(refined_of == k) & ok_ref])),
-                  "refined_calibrated_spread": float(np.std(z_ref_cal[(refined_of == k) & ok_ref]))}
-                 for k, sim in enumerate(sims)]
-    return {"calibration": cal.to_dict() | {"refined": cal_ref.to_dict()}, "raw_spread": spread(z, ok),
-            "calibrated_spread": spread(calibrated, ok), "refined_spread": float(np.std(z_ref[ok_ref])),
-            "refined_calibrated_spread": float(np.std(z_ref_cal[ok_ref])),
+                  "calibrated_spread": spread(calibrated, stack_of == k)} for k, sim in enumerate(sims)]
+    return {"calibration": cal.to_dict(), "raw_spread": spread(z, ok), "calibrated_spread": spread(calibrated, ok),
             "contexts": per_context, "stacks": per_stack,
             "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start}}

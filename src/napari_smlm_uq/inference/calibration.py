@@ -61,11 +61,6 @@ class Calibration:
     snr_bins: tuple[float, ...] = SNR_BINS
 
     @classmethod
-    def refined(cls, d: dict | None) -> "Calibration | None":
-        """The refined-uncertainty table of a model's stored calibration (``d["refined"]``), None without one."""
-        return cls.from_dict(d["refined"]) if d and "refined" in d else None
-
-    @classmethod
     def uniform(cls, scale: float) -> "Calibration":
         return cls(np.full(_shape(EDGE_BINS, NEIGHBOUR_BINS, SNR_BINS), float(scale)))
 

@@ -265,8 +265,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     refinement) runs in a thread while the network draws the next batch's samples."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
-    refiner = Refiner(s.camera, excess=s.camera.excess_noise,
-                      calibration=Calibration.refined(models.calibration)) if s.refine else None
+    refiner = Refiner(s.camera, excess=s.camera.excess_noise) if s.refine else None
     per_psi = psi_frames(s, device)
     with torch.inference_mode(), ThreadPoolExecutor(1) as host:
         pending: list[Future] = []

@@ -5,8 +5,7 @@ raw pixels around it, together with up to ``NEIGHBOURS - 1`` other localizations
 the box (centres within ``REACH`` px of it), starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
 running median over the frames seen) unless given. The reported uncertainty combines the fit's
 Cramer-Rao bound (what the photons allow) with the diffusion samples' calibrated spread (where the
-scene is ambiguous): ``sigma^2 = sigma_fisher^2 + DIFFUSION_WEIGHT * sigma_diffusion^2``, times the model's
-refined calibration for the localization's context (calibration.py; fitted on validation stacks). A fit that
+scene is ambiguous): ``sigma^2 = sigma_fisher^2 + DIFFUSION_WEIGHT * sigma_diffusion^2``. A fit that
 moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
 degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
 uncertainty.
@@ -21,7 +20,6 @@ from scipy.spatial import cKDTree
 from ..localizations import Localizations
 from ..physics.camera import Camera
 from ..physics.fit import RoiFit, fit_rois
-from .calibration import Calibration
 
 REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
 NEIGHBOURS = 6            # emitters fitted jointly per box (the localization and its nearest neighbours)
@@ -122,13 +120,11 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
 @dataclass
 class Refiner:
     """Refines a stack frame by frame (``__call__``), keeping the PSF width estimated from the isolated
-    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``;
-    ``calibration``: scales of the refined uncertainty per context (None: 1)."""
+    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``."""
 
     camera: Camera
     psf_sigma: float | None = None
     excess: float = 1.0
-    calibration: Calibration | None = None
     widths: list = field(default_factory=list)
 
     def width(self) -> float:
@@ -152,8 +148,4 @@ class Refiner:
         self.learn_width(e, locs, read_variance)
         fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess)
         combined = np.sqrt(fit.fisher**2 + DIFFUSION_WEIGHT * locs.uncertainty**2)  # NaN stays NaN (phi alone)
-        out = replace(locs, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, locs.uncertainty))
-        if self.calibration is not None and len(out):
-            scale = self.calibration.factors(out.frame, out.row, out.col, out.snr, frame_adu.shape)
-            out = replace(out, uncertainty=out.uncertainty * scale)
-        return out
+        return replace(locs, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, locs.uncertainty))
