@@ -217,6 +217,21 @@ def test_find_peaks_recovers_positions():
     assert len(localize.find_peaks(0.2 * kde.render_kde([5.0], [5.0], (12, 12)))) == 0
 
 
+def test_find_peaks_gives_one_peak_per_plateau():
+    """Equal adjacent maxima are one emitter: an emitter on a raw pixel centre (4 equal SR pixels around it),
+    a peak rounded in the result store, a sample saturated at 1."""
+    np.testing.assert_allclose(localize.find_peaks(kde.render_kde([5.0], [5.0], (12, 12))), [[21.5, 21.5]], atol=1e-6)
+    y = kde.render_kde([5.125], [5.125], (12, 12))  # on SR pixel (22, 22)
+    flat = y.copy()
+    flat[22, 23] = flat[22, 22]                     # two equal pixels: one peak, half-way between them
+    np.testing.assert_allclose(localize.find_peaks(flat), [[22, 22.5]], atol=1e-6)
+    flat[23, 22:24] = flat[22, 22]                  # a 2x2 plateau: still one
+    assert len(localize.find_peaks(flat)) == 1
+    assert len(localize.find_peaks(np.round(y / 2**-4) * 2**-4)) == 1   # coarse steps
+    assert len(localize.find_peaks(np.clip(3 * y, 0, 1))) == 1          # saturated
+    np.testing.assert_allclose(localize.find_peaks(y.astype(np.float16)), localize.find_peaks(y), atol=0.01)
+
+
 def test_localize_positions_in_raw_pixels_without_samples():
     rng = np.random.default_rng(7)
     rows, cols, shape = emitters(rng)

@@ -21,11 +21,23 @@ DEFAULT_THRESHOLD = 0.3     # KDE units (the continuous kernel's peak is 1)
 MATCH_RADIUS = 2.0          # SR pixels
 
 
-def find_peaks(kde: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Local maxima (3x3) above ``threshold``, refined by a log-parabola (exact for a sampled Gaussian).
-    Returns ``(n, 2)`` (row, col) in SR pixels."""
+def local_maxima(kde: np.ndarray) -> np.ndarray:
+    """Boolean mask of the 3x3 local maxima of ``kde``, one per plateau of equal neighbours: a pixel equal to
+    its 3x3 maximum counts only if it exceeds its neighbours before it in raster order (up-left, up, up-right,
+    left), so two equal adjacent pixels (a rounded or saturated peak) give one maximum, not two."""
     kde = np.asarray(kde)
-    peaks = np.argwhere((kde == maximum_filter(kde, size=3, mode="constant")) & (kde > threshold))
+    padded = np.pad(kde, 1, mode="constant", constant_values=-np.inf)
+    h, w = kde.shape
+    before = np.maximum.reduce([padded[dr:dr + h, dc:dc + w] for dr, dc in ((0, 0), (0, 1), (0, 2), (1, 0))])
+    return (kde == maximum_filter(kde, size=3, mode="constant")) & (kde > before)
+
+
+def find_peaks(kde: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Local maxima (3x3, :func:`local_maxima`) above ``threshold``, refined by a log-parabola (exact for a
+    sampled Gaussian). Returns ``(n, 2)`` (row, col) in SR pixels; float16 KDEs (a compact result store) too."""
+    kde = np.asarray(kde)
+    kde = kde.astype(np.promote_types(kde.dtype, np.float32), copy=False)
+    peaks = np.argwhere(local_maxima(kde) & (kde > threshold))
     if len(peaks) == 0:
         return np.zeros((0, 2))
     padded = np.pad(kde, 1, mode="edge")
