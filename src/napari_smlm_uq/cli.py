@@ -537,9 +537,10 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the defaults live with the settings
     from .inference.distributed import DEFAULT_CHUNK_FRAMES
     from .inference.pipeline import PredictSettings as D
-    from .io.store import DEFAULT_ENCODING, ENCODINGS  # the defaults live with the settings
+    from .io.store import DEFAULT_ENCODING, ENCODINGS
     from .physics import camera_estimation as estimation
     from .physics.simulate import SimulationSettings as SIM
     from .training import TrainSettings as T

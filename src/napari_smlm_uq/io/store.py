@@ -32,8 +32,9 @@ UPSAMPLING = 4  # SR pixels per raw pixel (physics/kde.py; io/ must not import t
 @dataclass(frozen=True)
 class Encoding:
     """How the per-frame arrays are stored. ``floor`` (KDE units; 0: none): mean and sample values of
-    magnitude below it are stored as 0, and where the mean is, the std as at least ``floor / 2`` (so mean
-    +/- 2 std still covers the value dropped). ``compressor``: ``"blosc"`` (zstd 3, bit-shuffle: best for
+    magnitude below it are stored as 0; where the mean is, the std becomes ``std + |mean| / 2`` rounded up to
+    a multiple of ``floor / 2``, so stored mean +/- 2 stored std holds every value that mean +/- 2 std held
+    (``|v| <= |v - mean| + |mean|``), and psi's background compresses to almost nothing. ``compressor``: ``"blosc"`` (zstd 3, bit-shuffle: best for
     noisy floats) or ``"zstd"`` (zstd 3: best for runs of zeros). ``bound``: upper bytes per SR pixel and
     array on disk, for the free-space check before a run (docs/store.md: about twice the densest measured)."""
 
@@ -47,8 +48,8 @@ class Encoding:
         """The values stored for one frame (before the cast to ``dtype``)."""
         if not self.floor:
             return mean, std, sample
-        low = np.abs(mean) < self.floor
-        return (np.where(low, 0.0, mean), np.where(low, np.maximum(std, self.floor / 2), std),
+        low, step = np.abs(mean) < self.floor, self.floor / 2
+        return (np.where(low, 0.0, mean), np.where(low, np.ceil((std + np.abs(mean) / 2) / step) * step, std),
                 np.where(np.abs(sample) < self.floor, 0.0, sample))
 
     def codec(self):
@@ -60,7 +61,8 @@ class Encoding:
 
     def describe(self) -> dict:
         """The store attribute ``encoding``: what a reader needs to know about the stored values."""
-        return {"name": self.name, "dtype": self.dtype, "floor": self.floor, "std_min_where_floored": self.floor / 2,
+        return {"name": self.name, "dtype": self.dtype, "floor": self.floor,
+                "std_where_floored": f"std + |mean| / 2 rounded up to a multiple of {self.floor / 2:g}",
                 "compressor": "zstd level 3" if self.compressor == "zstd" else "blosc zstd level 3, bit-shuffle"}
 
 
