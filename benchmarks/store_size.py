@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(1)
     models = registry.load(registry.DEFAULT_MODEL)
     settings = pipeline.PredictSettings(device="cpu")
-    encodings = [*ENCODINGS.values(), *ALTERNATIVES]
+    chosen = list(ENCODINGS.values())   # before stored() adds the alternatives to ENCODINGS
     runs = []
     for size, frames in ((64, args.frames), (256, args.big_frames)):
         for density in DENSITIES if frames else ():
@@ -172,7 +172,7 @@ def main() -> None:
             results = list(pipeline.predict(stack.adu, models, settings))
             print(f"{size}x{size} px, {density} /um^2: {frames} frames predicted in "
                   f"{(time.process_time() - t0) / frames:.1f} CPU s each", flush=True)
-            rows = [measure(results, stack, e) for e in (encodings if size == 64 else ENCODINGS.values())]
+            rows = [measure(results, stack, e) for e in (chosen + list(ALTERNATIVES) if size == 64 else chosen)]
             runs.append({"size": size, "density_per_um2": density, "frames": frames, "rows": rows})
     info = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
             "cpu_threads": 1, "pipeline": "bundled default model, 8 samples, 3 steps",
