@@ -4,7 +4,7 @@ levers measured in the same run (each in try/except: an error lands in the table
 
     PYTHONPATH=src python benchmarks/throughput.py [--quick] [--devices cpu,cuda] [--cap 280] [--out DIR]
 
-Needs torch, numpy, scipy, tifffile; zarr is optional (the result-store size per frame). Prints one table
+Needs torch, numpy, scipy, tifffile (the result store's size: benchmarks/store_size.py). Prints one table
 and writes DIR/throughput.json (DIR defaults to benchmarks/results). E and the spread of the normalised
 localization errors (z std) are checked against the default pipeline on the 64x64 frames of each device.
 """
@@ -15,7 +15,6 @@ import json
 import platform
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,14 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_smlm_uq.analysis.evaluation import (
-    localization_report,
-    pixel_report,
-    true_kdes,
-)
+from napari_smlm_uq.analysis.evaluation import localization_report
 from napari_smlm_uq.analysis.render import render
 from napari_smlm_uq.inference import pipeline
-from napari_smlm_uq.inference.localize import localize
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.kde import from_model
@@ -166,33 +160,6 @@ def first_frames(emitters: Emitters, n: int) -> Emitters:
     return Emitters(*(getattr(emitters, k)[keep] for k in ("frame", "row", "col", "photons")))
 
 
-def store_check(models, stack, device) -> dict:
-    """Compressed bytes per frame of the result store (float32 and float16) from predicted frames, and what
-    float16 changes: E of the peaks of the stored mean, coverage of mean +/- 2 std against the true KDEs."""
-    try:
-        from napari_smlm_uq.io.store import ResultStore
-    except ImportError as exc:
-        return {"error": f"zarr missing ({exc})"}
-    results = list(pipeline.predict(stack.adu, models, pipeline.PredictSettings(device=device.type)))
-    truth = true_kdes(stack.emitters, range(len(results)), stack.adu.shape[1:])
-    gt = first_frames(stack.emitters, len(results))
-    out = {"frames": len(results), "raw_shape": list(stack.adu.shape[1:])}
-    for dtype, bits in (("float32", None), ("float16", None), ("float16", 10), ("float16", 7)):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = ResultStore.create(tmp, len(results), stack.adu.shape[1:], stack.settings.pixel_size, dtype=dtype,
-                                       step_bits=bits)
-            for r in results:
-                store.write(r)
-            size = sum(p.stat().st_size for name in ("mean", "std", "sample")
-                       for p in (store.path / name).rglob("*") if p.is_file())
-            mean, std = (store.group[k][:].astype(np.float32) for k in ("mean", "std"))
-        locs = Localizations.concat([localize(m, None, i) for i, m in enumerate(mean)])
-        out[dtype + ("" if bits is None else f", step 2^-{bits}")] = {"bytes_per_frame": size / len(results), "bytes_per_sr_pixel": size / mean.size / 3,
-                      "E_of_stored_mean": localization_report(locs, gt, stack.settings.pixel_size)["efficiency"],
-                      "coverage_2std": pixel_report(mean, std, truth)["coverage_2std"]}
-    return out
-
-
 def render_check(n: int = 10**6, pixel_nm: float = 10.0) -> dict:
     """Seconds to render ``n`` localizations (uncertainty 5-15 nm) over a 25.6 um field at ``pixel_nm``."""
     rng = np.random.default_rng(0)
@@ -239,7 +206,6 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=280.0, help="total seconds; later rows are skipped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--model", default=registry.DEFAULT_MODEL)
-    ap.add_argument("--store-frames", type=int, default=4, help="64x64 frames per density for the store check (0: none)")
     ap.add_argument("--cpu-frames", type=int, default=0, help="frames per CPU pipeline row (0: 4 at 64x64, 1 at 256x256)")
     args = ap.parse_args()
     clock = Clock(args.cap)
@@ -264,13 +230,10 @@ def main() -> None:
             "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "quick": args.quick, "density_per_um2": DENSITY, "seconds": args.cap - clock.left()}
     result = {"machine": info, "rows": rows}
-    if clock.left() > 0 and args.store_frames:
-        models.to(devices[0])
-        result["store"] = {d: store_check(models, movie(64, args.store_frames, d), devices[0]) for d in (0.5, 3.0)}
     if clock.left() > 0:
         result["render_1e6"] = render_check()
     print(table(rows))
-    print(json.dumps({k: result.get(k) for k in ("machine", "store", "render_1e6")}, default=str))
+    print(json.dumps({k: result.get(k) for k in ("machine", "render_1e6")}, default=str))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -88,3 +88,18 @@ def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
         return np.mean(values)
 
     assert local_std(pair) > 1.5 * local_std(~pair)
+
+
+def test_default_store_of_a_predicted_frame_fits_the_acquisition_budget(models, tmp_path):
+    """10,000 frames of 256x256 px in <= 10 GB: <= 1 MB per frame of 1024x1024 SR pixels, so <= 0.95 bytes per
+    SR pixel for mean, std and sample together, on a frame predicted at the dense benchmark density."""
+    from napari_smlm_uq.io.store import ResultStore
+
+    dense = simulate(SimulationSettings(frames=1, size=32, density=3.0, photons=2000.0, background=20.0, seed=31338))
+    result = next(predict(dense.adu, models, PredictSettings()))
+    store = ResultStore.create(tmp_path, 1, dense.adu.shape[1:], 100.0)
+    store.write(result)
+    size = sum(p.stat().st_size for k in ("mean", "std", "sample") for p in (store.path / k / "c").rglob("*")
+               if p.is_file())
+    assert result.mean.size == 128 * 128 and result.std.mean() > 1e-3   # psi's background is there to floor
+    assert size / result.mean.size <= 0.95, size

@@ -25,7 +25,9 @@ def model_file(tiny_model_file):
 
 
 def open_widget(viewer):
+    """The prediction widget, storing lossless float32 (the layers are compared with the pipeline's numbers)."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    widget.encoding.value = "float32"
     return widget
 
 

@@ -44,8 +44,9 @@ def inputs(tmp_path_factory, tiny_model_file) -> dict[str, Path]:
 
 
 def predict_args(inputs, out, *extra) -> list:
+    """A TIFF run (the tests below read the stacks; test_predict_zarr the default store)."""
     return ["predict", inputs["stack"], "--out", out, "--model", inputs["model"], "--samples", "2", "--steps", "2",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--format", "tif", *extra]
 
 
 def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
@@ -100,6 +101,34 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     assert summary["settings"]["pixel_size_nm"] == pixel and summary["settings"]["bf16"] is False
     assert summary["timing"]["seconds"] > 0
     assert not list(out.glob("*.partial"))
+
+
+def test_predict_zarr_is_the_default_and_compact(inputs, tmp_path, capsys):
+    """``--format zarr`` (the default): results.zarr in the compact encoding, within its documented bound of the
+    pipeline's numbers, complete, with sum.tif, localizations.csv and summary.json beside it."""
+    from napari_smlm_uq.io.store import ResultStore
+
+    out = tmp_path / "out"
+    args = [a for a in predict_args(inputs, out, "--frames", "1:3") if a not in ("--format", "tif")]
+    code, _, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["localizations.csv", "results.zarr", "sum.tif", "summary.json"]
+    store = ResultStore.open(out)
+    assert store.complete and store.meta["encoding"]["name"] == "compact" and store.meta["accumulated_frames"] == 2
+    assert store.meta["settings"]["frames"] == [1, 3] and store.group["mean"].dtype == np.float16
+    expected = list(pipeline.predict(tifffile.imread(inputs["stack"]), registry.load(inputs["model"]),
+                                     pipeline.PredictSettings(samples=2, steps=2, device="cpu", pixel_size=120.0),
+                                     frames=range(1, 3)))
+    mean, std = np.stack([r.mean for r in expected]), np.stack([r.std for r in expected])
+    stored_mean, stored_std = (store.group[k][:].astype(np.float32) for k in ("mean", "std"))
+    low = mean < 0.02
+    assert np.all(stored_mean[low] == 0) and low.any() and (~low).any()
+    np.testing.assert_allclose(stored_mean[~low], mean[~low], rtol=2.0**-11)
+    np.testing.assert_allclose(stored_std, np.where(low, np.ceil((std + mean / 2) / 0.01) * 0.01, std), rtol=2.0**-11)
+    np.testing.assert_allclose(store.group["sum"][:], mean.sum(0), rtol=1e-5, atol=1e-5)  # from the exact means
+    assert json.loads((out / "summary.json").read_text())["frames"] == [1, 3]
+    code, _, err = run_main(capsys, *args)
+    assert code == 2 and "results.zarr" in err and "--overwrite" in err   # never mixed with an earlier run
 
 
 def test_predict_samples_zero_and_frame_range(inputs, tmp_path, capsys):
@@ -298,6 +327,19 @@ def test_interrupted_predict_leaves_nothing_complete(interrupt, existing, inputs
     assert left == [], left  # no result that looks complete, no .partial files left behind
 
 
+def test_interrupted_zarr_run_keeps_a_partial_store(inputs, tmp_path, capsys, monkeypatch):
+    from napari_smlm_uq.io.store import ResultStore
+
+    out = tmp_path / "out"
+    _interrupt_after_first_frame(monkeypatch)
+    args = [a for a in predict_args(inputs, out) if a not in ("--format", "tif")]
+    assert run_main(capsys, *args)[0] == 130
+    assert sorted(p.name for p in out.iterdir()) == ["results.zarr"]   # no tables, no summary
+    store = ResultStore.open(out)
+    assert not store.complete and store.meta["done_ranges"] == [[0, 1]] and store.meta["accumulated_frames"] == 1
+    assert store.group["mean"][0].max() > 0 and store.group["mean"][1].max() == 0
+
+
 # --- train --------------------------------------------------------------------------------------
 
 def test_train_then_predict(inputs, tmp_path, capsys):
@@ -316,7 +358,9 @@ def test_train_then_predict(inputs, tmp_path, capsys):
     code, _, err = run_main(capsys, "predict", inputs["stack"], "--out", pred, "--model", model, "--samples", "2",
                             "--steps", "2", "--device", "cpu")
     assert code == 0, err
-    assert tifffile.imread(pred / "mean.tif").shape == (FRAMES, 4 * SIZE, 4 * SIZE)
+    from napari_smlm_uq.io.store import ResultStore
+
+    assert ResultStore.open(pred).group["mean"].shape == (FRAMES, 4 * SIZE, 4 * SIZE)
     assert json.loads((pred / "summary.json").read_text())["model"] == "trained"
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.io.files import InputError
-from napari_smlm_uq.io.store import STORE_NAME, ResultStore, check_writable, frame_ranges
+from napari_smlm_uq.io.store import (
+    ENCODINGS,
+    STORE_NAME,
+    ResultStore,
+    check_writable,
+    estimated_bytes,
+    frame_ranges,
+)
 
 RAW = (8, 12)  # raw pixels -> SR (32, 48)
 
@@ -21,7 +28,7 @@ def frame(i: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
 
 def test_round_trip_in_any_order_with_ngff_metadata(tmp_path):
     rng = np.random.default_rng(0)
-    store = ResultStore.create(tmp_path, 5, RAW, pixel_size=100.0, settings={"samples": 8})
+    store = ResultStore.create(tmp_path, 5, RAW, pixel_size=100.0, settings={"samples": 8}, encoding="float32")
     frames = {i: frame(i, rng) for i in (3, 0, 4, 1, 2)}
     for i, (m, s, x) in frames.items():
         store.write_frame(i, m, s, x)
@@ -95,7 +102,7 @@ def test_unwritable_folder_and_full_disk_are_refused_before_work(tmp_path):
 
 def test_float16_store_error_is_bounded(tmp_path):
     rng = np.random.default_rng(2)
-    store = ResultStore.create(tmp_path, 1, RAW, 100.0, dtype="float16")
+    store = ResultStore.create(tmp_path, 1, RAW, 100.0, encoding="float16")
     mean, std, sample = frame(0, rng)
     std = std * rng.uniform(0.01, 1.0, std.shape).astype(np.float32)
     store.write_frame(0, mean, std, sample)
@@ -110,16 +117,35 @@ def test_frame_ranges():
     assert frame_ranges(np.zeros(3, bool)) == []
 
 
-def test_quantized_store_rounds_to_its_step_and_compresses(tmp_path):
+def test_compact_store_floors_the_background_within_its_bound(tmp_path):
+    """The default encoding: |mean|, |sample| < 0.02 stored as 0, the std there as std + |mean| / 2 rounded up
+    to 0.01 steps, the rest float16; psi-like background noise (~0.005 KDE units) then costs almost nothing, and
+    stored mean +/- 2 std holds every value the exact mean +/- 2 std held."""
     rng = np.random.default_rng(4)
-    noise = rng.gamma(4.0, 1.2e-3, (2, 32, 48)).astype(np.float32)  # a background like psi's (KDE ~0.005)
+    noise = rng.gamma(4.0, 1.2e-3, (3, 2, 32, 48)).astype(np.float32)     # a background like psi's
+    noise[:, :, 10:14, 20:24] += rng.uniform(0.0, 0.9, (3, 2, 4, 4)).astype(np.float32)   # an emitter
+    mean, std, sample = noise
     sizes = {}
-    for bits in (None, 7):
-        store = ResultStore.create(tmp_path / str(bits), 2, RAW, 100.0, step_bits=bits)
+    for name in ("float32", "compact"):
+        store = ResultStore.create(tmp_path / name, 2, RAW, 100.0, encoding=name)
         for i in range(2):
-            store.write_frame(i, noise[i], noise[i], noise[i])
-        sizes[bits] = sum(p.stat().st_size for p in (store.path / "std" / "c").rglob("*") if p.is_file())
-        back = store.group["std"][:]
-        assert np.abs(back - noise).max() <= (0 if bits is None else 2.0**-bits / 2 + 1e-9)
-    assert ResultStore.open(tmp_path / "7").meta["quantization_step"] == 2.0**-7
-    assert sizes[7] < sizes[None] / 4
+            store.write_frame(i, mean[i], std[i], sample[i])
+        sizes[name] = sum(p.stat().st_size for k in ("mean", "std", "sample")
+                          for p in (store.path / k / "c").rglob("*") if p.is_file())
+    back = ResultStore.open(tmp_path / "compact")
+    assert back.encoding is ENCODINGS["compact"]
+    assert back.meta["encoding"] == {"name": "compact", "dtype": "float16", "floor": 0.02, "compressor": "zstd level 3",
+                                     "std_where_floored": "std + |mean| / 2 rounded up to a multiple of 0.01"}
+    m, s, x = (back.group[k][:].astype(np.float32) for k in ("mean", "std", "sample"))
+    assert back.group["mean"].dtype == np.float16
+    low = mean < 0.02
+    assert low.mean() > 0.9 and np.all(m[low] == 0) and np.all(x[sample < 0.02] == 0)
+    np.testing.assert_allclose(m[~low], mean[~low], rtol=2.0**-11)                # float16 above the floor
+    np.testing.assert_allclose(s[low], np.ceil((std[low] + mean[low] / 2) / 0.01) * 0.01, rtol=2.0**-11)
+    np.testing.assert_allclose(s[~low], std[~low], rtol=2.0**-11)
+    truth = mean + rng.uniform(-2, 2, mean.shape) * std                             # held by mean +/- 2 std ...
+    assert np.all(np.abs(truth - m) <= 2 * s * (1 + 2.0**-10) + 1e-6)              # ... and by the stored ones
+    assert sizes["compact"] < sizes["float32"] / 20
+    assert estimated_bytes(10_000, (256, 256)) <= 10e9   # the free-space check asks no more than the target
+    with pytest.raises(InputError, match="encoding must be one of compact, float16, float32"):
+        ResultStore.create(tmp_path / "bad", 2, RAW, 100.0, encoding="jpeg")

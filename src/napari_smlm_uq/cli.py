@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.files import InputError
+from .io.store import STORE_NAME
 
 EXIT_USAGE = 2
 
@@ -233,7 +234,8 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    output_folder("predict", out, OUTPUTS, a.overwrite)
+    # a cluster run resumes into its results.zarr (distributed.open_store checks it); one here never does
+    output_folder("predict", out, OUTPUTS if a.workers or a.scheduler else OUTPUTS + (STORE_NAME,), a.overwrite)
     return stack, frames, settings, choice
 
 
@@ -297,6 +299,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         raise UsageError("smlm-uq predict: use either --workers N (N >= 1) or --scheduler ADDRESS")
     if a.resume and not (a.workers or a.scheduler):
         raise UsageError("smlm-uq predict: --resume completes a cluster run: add --workers N or --scheduler ADDRESS")
+    if a.format == "tif" and (a.workers or a.scheduler):
+        raise UsageError("smlm-uq predict: a cluster run writes results.zarr; --format tif is for runs in one process")
     if a.workers or a.scheduler:
         return predict_on_cluster(a, sources)
     if len(sources) == 1:
@@ -322,33 +326,57 @@ def report_failures(failures: list[str]) -> int:
     return EXIT_USAGE if failures else 0
 
 
+def frame_writer(a: argparse.Namespace, files, job, total, model_name: str):
+    """``write(result)`` of one frame's mean, std and sample: into ``job.out/results.zarr`` (``--format
+    zarr``; when ``files`` closes, the sums of ``total`` are stored and the store marked complete, or partial
+    with the frames done if the run stopped) or into three TIFF stacks."""
+    from .physics.kde import UPSAMPLING
+
+    first = job.frames.start
+    if a.format == "zarr":
+        from .io.store import ResultStore
+
+        store = ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
+                                   encoding=job.encoding, settings=job.run(a.model))
+
+        def close() -> None:
+            if total.total is not None:
+                store.write_sums(total.total.astype(np.float32), total.std.astype(np.float32), total.frames)
+            store.finish()
+        files.callback(close)
+        return lambda r: store.write_frame(r.index - first, r.mean, r.std, r.sample)
+    from .io.tiff import StackWriter
+
+    sr = job.settings.pixel_size / UPSAMPLING
+    writers = {k: files.enter_context(StackWriter(job.out / f"{k}.tif", sr, kind=f"SR {k}", model=model_name))
+               for k in ("mean", "std", "sample")}
+    return lambda r: [writer.write(getattr(r, key)[None]) for key, writer in writers.items()]
+
+
 def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     """One stack in this process."""
     import time
     from contextlib import ExitStack
 
+    from .inference.distributed import StackJob
     from .inference.pipeline import StackSum, keep_freed_buffers, predict
-    from .io.tiff import StackWriter
     from .localizations import Localizations
-    from .physics.kde import UPSAMPLING
 
     stack, frames, settings, choice = prepare_stack(a, source, out)
     models = load_model(a)
     print("\n".join(choice.messages))
     clear_outputs(out, a.overwrite)
-    sr = settings.pixel_size / UPSAMPLING
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
-        writers = {k: files.enter_context(StackWriter(out / f"{k}.tif", sr, kind=f"SR {k}", model=models.name))
-                   for k in ("mean", "std", "sample")}
+        job = StackJob(source.resolve(), frames, stack.shape[1:], settings, out, a.store_encoding)
+        write = frame_writer(a, files, job, total, models.name)
         bar = progress_bar(files, n)
         for result in predict(stack.data, models, settings, frames):
             for note in result.notes:
                 bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
-            for key, writer in writers.items():
-                writer.write(getattr(result, key)[None])
+            write(result)
             total.add(result)
             locs.append(result.localizations)
             bar.update()
@@ -373,7 +401,7 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
         try:
             stack, frames, settings, choice = prepare_stack(a, source, out)
             print("\n".join(f"{source.name}: {m}" for m in choice.messages))
-            jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out))
+            jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out, a.store_encoding))
             cameras[source.resolve()] = choice.as_dict()
         except (UsageError, InputError) as exc:
             failures.append(failure(source, exc))
@@ -509,8 +537,10 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the defaults live with the settings
     from .inference.distributed import DEFAULT_CHUNK_FRAMES
-    from .inference.pipeline import PredictSettings as D  # the defaults live with the settings
+    from .inference.pipeline import PredictSettings as D
+    from .io.store import DEFAULT_ENCODING, ENCODINGS
     from .physics import camera_estimation as estimation
     from .physics.simulate import SimulationSettings as SIM
     from .training import TrainSettings as T
@@ -579,6 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--format", choices=("zarr", "tif"), default="zarr",
+                   help="per-frame mean/std/sample: a results.zarr store (docs/store.md) or three TIFF stacks")
+    p.add_argument("--store-encoding", choices=tuple(ENCODINGS), default=DEFAULT_ENCODING,
+                   help="how results.zarr stores them: compact (float16, |values| < 0.02 as 0: ~0.1-0.5 MB per "
+                        "256x256 frame), float16, or float32 (lossless); docs/store.md")
     p.add_argument("--background", choices=("frame", "local"), default=None,
                    help="background estimate for the normalisation (default: the one the model was trained with)")
     p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map: 3-plane TIFF or .npy (offset ADU, "

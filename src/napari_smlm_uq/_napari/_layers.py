@@ -16,7 +16,7 @@ import numpy as np
 
 from ..analysis.render import render
 from ..inference.pipeline import FrameResult, StackSum
-from ..io.store import ResultStore
+from ..io.store import DEFAULT_ENCODING, ResultStore
 from ..io.tables import localizations_table, px_to_nm, read_table, table_localizations, write_localizations
 from ..localizations import Localizations
 from ..physics.camera import Camera
@@ -179,13 +179,14 @@ class PredictionResults:
     @classmethod
     def create(cls, folder: str | Path, n_frames: int, raw_shape: tuple[int, int], pixel_size: float,
                first_frame: int = 0, info: dict | None = None, grid: RawGrid | None = None,
-               render_pixel: float = DEFAULT_RENDER_PIXEL) -> "PredictionResults":
-        """A new (partial) store in ``folder``; raises :class:`InputError` when it cannot be written or the
-        disk is too small for it."""
+               render_pixel: float = DEFAULT_RENDER_PIXEL, encoding: str = DEFAULT_ENCODING) -> "PredictionResults":
+        """A new (partial) store in ``folder`` (``encoding``: io/store.py ``ENCODINGS``); raises
+        :class:`InputError` when it cannot be written or the disk is too small for it."""
         grid = grid or RawGrid.for_pixel_size(pixel_size)
         settings = {**(info or {}), "first_frame": int(first_frame),
                     "grid": {"scale": list(grid.scale), "translate": list(grid.translate)}}
-        return cls(ResultStore.create(folder, n_frames, raw_shape, pixel_size, settings=settings), render_pixel)
+        return cls(ResultStore.create(folder, n_frames, raw_shape, pixel_size, encoding=encoding, settings=settings),
+                   render_pixel)
 
     @classmethod
     def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> "PredictionResults":

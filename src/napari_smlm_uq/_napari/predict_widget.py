@@ -36,6 +36,7 @@ from ..inference import distributed
 from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import FrameResult, PredictSettings, available_devices
 from ..io.camera_map import read_camera_map
+from ..io.store import DEFAULT_ENCODING
 from ..physics.camera import EXCESS_NOISE, Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
@@ -122,6 +123,10 @@ class PredictWidget(Container):
         self.output = FileEdit(mode="d", nullable=True, label="output folder",
                                tooltip="each run writes results.zarr and localizations.csv into a new folder "
                                        "here; empty: a temporary folder")
+        self.encoding = ComboBox(choices=[("compact (float16, |values| < 0.02 as 0)", "compact"), ("float16", "float16"),
+                                          ("float32 (lossless)", "float32")], value=DEFAULT_ENCODING, label="stored as",
+                                 tooltip="how results.zarr keeps each frame's mean, std and sample: compact takes "
+                                         "~0.1-0.5 MB per 256x256 frame, float32 ~9 MB (docs/store.md)")
         self.keep = CheckBox(value=False, text="keep temporary results",
                              tooltip="without an output folder the results are removed when napari quits, "
                                      "unless this is ticked")
@@ -138,7 +143,7 @@ class PredictWidget(Container):
             self.layer, self.pixel_size, self.camera_kind, self.offset, self.gain, self.read_noise, self.camera_map,
             self.estimate_button, self.camera_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
-            self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.keep,
+            self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.encoding, self.keep,
             self.cluster,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
             self.progress, self.status, self.precision])
@@ -271,7 +276,7 @@ class PredictWidget(Container):
             self._source = layer.name
             if scheduler:
                 job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
-                                           settings, self.output_folder())
+                                           settings, self.output_folder(), self.encoding.value)
                 self.results = PredictionResults(distributed.open_store(job, model, resume=False),
                                                  self.render_pixel.value)
                 self.results.in_order = False
@@ -280,7 +285,7 @@ class PredictWidget(Container):
                     self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
                     info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
                           "steps": settings.steps},
-                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value)
+                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value, encoding=self.encoding.value)
         except (ValueError, OSError) as exc:  # InputError is a ValueError
             show_error(f"Check the settings: {exc}")
             return None

@@ -5,9 +5,15 @@ the prediction widget made are offered (``metadata["smlm_uq"]``), so raw frames 
 relative to the mean (``std / (mean + eps)``), marks the uncertain SR pixels; the widget shows the mean
 with those pixels zeroed (``<mean> filtered``), the uncertain region (``<mean> uncertain``), hides the
 localizations that fall in it and reports the fractions of signal and localizations kept.
+
+Everything is lazy, so a stack read from a result store of any length is never read whole: the two layers
+are dask expressions computed by napari for the frame on screen; the slider's range and the signal kept come
+from up to :data:`SAMPLE_FRAMES` frames spread over the stack; the uncertainty at each localization's pixel is
+read once per choice of layers and mode, chunk by chunk in a thread, and then filtered at every slider move.
 """
 from __future__ import annotations
 
+import dask.array as da
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider
@@ -17,10 +23,12 @@ from superqt.utils import qdebounced
 
 from ._layers import TAG, world_to_index
 from ._widgets import layer_chooser, note
+from ._workers import start_worker
 
 EPS = 0.01          # KDE units (a kernel's peak is 1): keeps std / (mean + eps) finite on empty background
 MODES = {"std (KDE units)": "absolute", "std / mean": "relative"}
 STEPS = 1000
+SAMPLE_FRAMES = 8   # frames read for the slider's range and the signal kept (all of a shorter stack)
 NO_RESULTS = "No results yet: run 'Super-resolve with uncertainty' first; its mean and std layers are listed here."
 
 
@@ -43,7 +51,10 @@ class ThresholdWidget(Container):
         self.points_fraction = float("nan")
         self._cache: tuple | None = None
         self._points_layer = None
+        self._at_points: tuple | None = None   # (key, uncertainty at each localization, inside the mean's extent)
+        self._reading = None                   # (key, worker) reading them
         self._schedule = qdebounced(self.apply, timeout=30, parent=self.native)  # deleted with the widget
+        self.native.destroyed.connect(lambda *_: setattr(self, "_reading", None))  # a late read is dropped
 
         self.mean.changed.connect(self._mean_changed)
         self.std.changed.connect(lambda _: self._reset_range())
@@ -85,25 +96,29 @@ class ThresholdWidget(Container):
     # --- computing -----------------------------------------------------------------------------
 
     def _arrays(self):
-        """``(mean, metric)`` arrays of the chosen layers (cached), or None with a reason."""
+        """``(mean, metric, sampled mean, sampled metric)`` of the chosen layers (cached): the first two lazy
+        (dask, float32, one chunk per frame of a numpy stack), the others numpy arrays of
+        :func:`sample_frames` (the whole image of a 2D layer); or None with a reason."""
         mean, std = self.mean.value, self.std.value
         if mean is None or std is None:
             return None, NO_RESULTS
         mode = self.mode.value
         key = (id(mean), id(std), id(mean.data), id(std.data), np.shape(mean.data), np.shape(std.data), mode)
         if self._cache is None or self._cache[0] != key:
-            m, s = np.asarray(mean.data, dtype=np.float32), np.asarray(std.data, dtype=np.float32)
+            m, s = lazy(mean.data), lazy(std.data)
             if m.shape != s.shape:
                 return None, f"'{mean.name}' {m.shape} and '{std.name}' {s.shape} differ in shape."
-            metric = s if mode == "absolute" else s / (np.clip(m, 0, None) + EPS)
-            self._cache = (key, m, metric, float(np.clip(m, 0, None).sum()))
+            metric = s if mode == "absolute" else s / (da.clip(m, 0, None) + np.float32(EPS))
+            frames = sample_frames(len(m)) if m.ndim == 3 else slice(None)
+            sampled_mean, sampled_metric = da.compute(da.clip(m[frames], 0, None), metric[frames])
+            self._cache = (key, m, metric, sampled_mean, sampled_metric)
         return self._cache[1:], ""
 
     def _reset_range(self) -> None:
         arrays, _ = self._arrays()
         top = 1.0
         if arrays is not None:
-            metric = arrays[1]
+            metric = arrays[3]
             top = float(np.max(metric)) if metric.size else 1.0
             top = top if top > 0 else 1.0
         decimals = max(2, int(np.ceil(-np.log10(top / STEPS))))
@@ -122,11 +137,13 @@ class ThresholdWidget(Container):
         if arrays is None:
             self.kept.value = why
             return
-        mean_arr, metric, total = arrays
+        mean_arr, metric, sampled_mean, sampled_metric = arrays
         mean = self.mean.value
         uncertain = metric > self.threshold()
-        filtered = np.where(uncertain, 0.0, mean_arr).astype(np.float32)
-        self.signal_fraction = float(np.clip(filtered, 0, None).sum() / total) if total > 0 else 1.0
+        filtered = da.where(uncertain, np.float32(0), mean_arr)
+        total = float(sampled_mean.sum(dtype=np.float64))
+        kept = float(sampled_mean[sampled_metric <= self.threshold()].sum(dtype=np.float64))
+        self.signal_fraction = kept / total if total > 0 else 1.0
         geometry = {"scale": mean.scale, "translate": mean.translate, "units": mean.units,
                     "axis_labels": mean.axis_labels, "metadata": {
             **{k: v for k, v in mean.metadata.items() if k in ("source", "pixel_size", "frames", "partial")},
@@ -135,15 +152,20 @@ class ThresholdWidget(Container):
                    {"colormap": mean.colormap.name, "contrast_limits": mean.contrast_limits, **geometry})
         self._show(f"{mean.name} uncertain", uncertain.astype(np.uint8), "uncertain", mean,
                    {"colormap": "red", "contrast_limits": (0, 1), "blending": "additive", "opacity": 0.6, **geometry})
-        self._filter_points(mean, uncertain)
+        self._filter_points(mean, metric)
         text = f"signal kept: {100 * self.signal_fraction:.1f} %"
+        if mean_arr.ndim == 3 and len(sampled_mean) < len(mean_arr):
+            text += f" (in {len(sampled_mean)} of {len(mean_arr)} frames)"
         if self._points_layer is not None:
             n = len(self._points_layer.data)
-            text += f" · localizations kept: {int(round(self.points_fraction * n))} / {n}"
-            text += f" ({100 * self.points_fraction:.1f} %)" if n else ""
+            if self.points_pending:
+                text += f" · localizations: reading the uncertainty at {n}…"
+            else:
+                text += f" · localizations kept: {int(round(self.points_fraction * n))} / {n}"
+                text += f" ({100 * self.points_fraction:.1f} %)" if n else ""
         self.kept.value = text
 
-    def _show(self, name: str, data: np.ndarray, kind: str, mean, kwargs: dict) -> None:
+    def _show(self, name: str, data, kind: str, mean, kwargs: dict) -> None:
         """Update layer ``name`` or add it just above ``mean`` (so localizations above stay visible)."""
         kwargs["metadata"][TAG] = kind
         layers = self.viewer.layers
@@ -156,7 +178,13 @@ class ThresholdWidget(Container):
         if mean in layers:
             layers.move(layers.index(layer), layers.index(mean) + 1)
 
-    def _filter_points(self, mean, uncertain: np.ndarray) -> None:
+    @property
+    def points_pending(self) -> bool:
+        """Whether the uncertainty at the chosen localizations is still being read."""
+        return self._reading is not None
+
+    def _filter_points(self, mean, metric) -> None:
+        """Hide the localizations whose SR pixel's uncertainty is above the threshold (read first, once)."""
         points = self.points.value
         old = self._points_layer
         if old is not None and old is not points and old in self.viewer.layers:
@@ -169,11 +197,55 @@ class ThresholdWidget(Container):
             self.points_fraction = 1.0
             return
         world = np.asarray(points.data) * np.asarray(points.scale) + np.asarray(points.translate)
-        if world.shape[1] < uncertain.ndim:
+        if world.shape[1] < metric.ndim:
             show_warning(f"'{points.name}' has fewer dimensions than '{mean.name}'; localizations not filtered.")
             self.points_fraction = float("nan")
             return
-        idx, inside = world_to_index(world, mean.scale, mean.translate, uncertain.shape)
-        hidden = inside & uncertain[tuple(idx.T)]
+        key = (self._cache[0], id(points), id(points.data), len(points.data), tuple(points.scale),
+               tuple(points.translate))
+        if self._at_points is None or self._at_points[0] != key:
+            self._read_at_points(key, metric, *world_to_index(world, mean.scale, mean.translate, metric.shape))
+            return
+        _, values, inside = self._at_points
+        hidden = inside & (values > self.threshold())
         points.shown = ~hidden
         self.points_fraction = float((~hidden).mean())
+
+    def _read_at_points(self, key: tuple, metric, idx: np.ndarray, inside: np.ndarray) -> None:
+        """Read ``metric`` at ``idx`` in a thread (chunk by chunk: a stored stack is never read whole), then apply."""
+        if self._reading is not None and self._reading[0] == key:
+            return
+        worker = start_worker(values_at, metric, idx)
+
+        def done(values: np.ndarray) -> None:
+            if self._reading is not None and self._reading[1] is worker:
+                self._reading, self._at_points = None, (key, values, inside)
+                self.apply()
+
+        def failed(exc: BaseException) -> None:
+            if self._reading is not None and self._reading[1] is worker:
+                self._reading = None
+                show_warning(f"Could not read the uncertainty at the localizations: {exc}")
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self._reading = (key, worker)
+        worker.start()
+
+
+def lazy(data) -> da.Array:
+    """A layer's data as a float32 dask array: a store-backed stack as it is chunked, a numpy stack one chunk
+    per frame (nothing is read or copied here)."""
+    array = data if isinstance(data, da.Array) else da.from_array(
+        data, chunks=(1, *np.shape(data)[1:]) if np.ndim(data) == 3 else -1)
+    return array.astype(np.float32)
+
+
+def sample_frames(n: int) -> np.ndarray:
+    """Up to :data:`SAMPLE_FRAMES` frame indices spread evenly over ``n`` frames, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, SAMPLE_FRAMES)).round().astype(int))
+
+
+def values_at(array: da.Array, idx: np.ndarray) -> np.ndarray:
+    """``array`` at the integer indices ``idx`` ``(n, ndim)``, reading only the chunks that hold them."""
+    return np.asarray(array.vindex[tuple(idx.T)].compute()) if len(idx) else np.zeros(0, array.dtype)

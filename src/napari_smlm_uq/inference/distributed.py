@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..io.files import InputError, atomic_path
-from ..io.store import STORE_NAME, ResultStore
+from ..io.store import DEFAULT_ENCODING, STORE_NAME, ResultStore
 from ..localizations import Localizations
 from ..models import registry
 from ..models.registry import Models
@@ -40,13 +40,14 @@ LOC_FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
 @dataclass(frozen=True, eq=False)   # one job per stack: compared (and hashed) by identity
 class StackJob:
     """One stack to predict: its TIFF (a path every worker can read), frame range, raw frame shape (pixels),
-    settings and output folder."""
+    settings, output folder and how its result store keeps the frames (io/store.py ``ENCODINGS``)."""
 
     source: Path
     frames: range
     shape: tuple[int, int]
     settings: PredictSettings
     out: Path
+    encoding: str = DEFAULT_ENCODING
 
     def chunks(self, size: int) -> list[range]:
         """The frame ranges still missing (after an interrupted run), cut into chunks of ``size`` frames."""
@@ -124,7 +125,7 @@ def open_store(job: StackJob, model: str, resume: bool) -> ResultStore:
         shutil.rmtree(job.out / PARTS, ignore_errors=True)
         (job.out / PARTS).mkdir(parents=True)
         return ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
-                                  settings=job.run(model))
+                                  encoding=job.encoding, settings=job.run(model))
     store = ResultStore.open(job.out, "r+")
     if store.complete:
         raise InputError(f"{job.out} already holds results ({STORE_NAME}); use --overwrite")

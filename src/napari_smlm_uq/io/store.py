@@ -1,7 +1,8 @@
 """The result store of a prediction: ``DIR/results.zarr``, a zarr v3 group with OME-Zarr (NGFF 0.5) metadata.
 
 Arrays (docs/store.md): ``mean``, ``std``, ``sample`` of shape ``(T, 4H, 4W)`` in KDE units, one chunk per
-``frames_per_chunk`` frames, Blosc/zstd-compressed (the per-frame KDEs are mostly zeros); ``done`` ``(T,)``
+``frames_per_chunk`` frames, stored with an :class:`Encoding` (by default ``compact``: float16, values below a
+floor stored as 0, zstd; ``float32`` is lossless) recorded in the attributes; ``done`` ``(T,)``
 uint8 marks the frames written (chunked like the frames, so workers owning different chunks never write the
 same file); ``sum`` and ``sum_std`` ``(4H, 4W)`` float32 hold the accumulated image and its std. SR pixels
 are ``pixel_size / 4`` nm, their centres shifted by ``-(1 - 1/4) / 2`` raw pixels (docs/physics.md), so a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,57 @@ STORE_NAME = "results.zarr"
 FRAME_ARRAYS = ("mean", "std", "sample")
 IMAGE_ARRAYS = ("sum", "sum_std")
 UPSAMPLING = 4  # SR pixels per raw pixel (physics/kde.py; io/ must not import the models)
-# lossless, psi's background noise compresses little: 71-81 % of the raw bytes measured on predicted frames
-# of the benchmark movies (docs/store.md); the estimate before a run takes 85 %
-COMPRESSED_FRACTION_BOUND = 0.85
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the per-frame arrays are stored. ``floor`` (KDE units; 0: none): mean and sample values of
+    magnitude below it are stored as 0; where the mean is, the std becomes ``std + |mean| / 2`` rounded up to
+    a multiple of ``floor / 2``, so stored mean +/- 2 stored std holds every value that mean +/- 2 std held
+    (``|v| <= |v - mean| + |mean|``), and psi's background compresses to almost nothing. ``compressor``: ``"blosc"`` (zstd 3, bit-shuffle: best for
+    noisy floats) or ``"zstd"`` (zstd 3: best for runs of zeros). ``bound``: upper bytes per SR pixel and
+    array on disk, for the free-space check before a run (docs/store.md: about twice the densest measured)."""
+
+    name: str
+    dtype: str
+    floor: float
+    compressor: str
+    bound: float
+
+    def apply(self, mean: np.ndarray, std: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The values stored for one frame (before the cast to ``dtype``)."""
+        if not self.floor:
+            return mean, std, sample
+        low, step = np.abs(mean) < self.floor, self.floor / 2
+        return (np.where(low, 0.0, mean), np.where(low, np.ceil((std + np.abs(mean) / 2) / step) * step, std),
+                np.where(np.abs(sample) < self.floor, 0.0, sample))
+
+    def codec(self):
+        from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+        if self.compressor == "zstd":
+            return ZstdCodec(level=3)
+        return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
+
+    def describe(self) -> dict:
+        """The store attribute ``encoding``: what a reader needs to know about the stored values."""
+        return {"name": self.name, "dtype": self.dtype, "floor": self.floor,
+                "std_where_floored": f"std + |mean| / 2 rounded up to a multiple of {self.floor / 2:g}",
+                "compressor": "zstd level 3" if self.compressor == "zstd" else "blosc zstd level 3, bit-shuffle"}
+
+
+# lossless, psi's background noise compresses little (71-81 % of the raw bytes); ``compact`` stores 0.06-0.49
+# MB per 256x256 frame at 0.5-3 emitters/um^2 (measured on predicted frames, docs/store.md)
+ENCODINGS = {e.name: e for e in (Encoding("compact", "float16", 0.02, "zstd", 0.3),
+                                  Encoding("float16", "float16", 0.0, "blosc", 1.7),
+                                  Encoding("float32", "float32", 0.0, "blosc", 3.4))}
+DEFAULT_ENCODING = "compact"
+
+
+def encoding_named(name: str) -> Encoding:
+    if name not in ENCODINGS:
+        raise InputError(f"result store encoding must be one of {', '.join(ENCODINGS)} (got {name!r})")
+    return ENCODINGS[name]
 
 
 def _zarr():
@@ -64,10 +114,10 @@ def frame_ranges(done: np.ndarray) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 
-def estimated_bytes(frames: int, raw_shape: tuple[int, int], dtype: str = "float32") -> int:
+def estimated_bytes(frames: int, raw_shape: tuple[int, int], encoding: str = DEFAULT_ENCODING) -> int:
     """Upper estimate of a store's size on disk (bytes) for ``frames`` raw frames of ``raw_shape`` pixels."""
-    sr = raw_shape[0] * raw_shape[1] * UPSAMPLING**2 * np.dtype(dtype).itemsize
-    return int(frames * len(FRAME_ARRAYS) * sr * COMPRESSED_FRACTION_BOUND + 2 * sr * 2)
+    sr = raw_shape[0] * raw_shape[1] * UPSAMPLING**2
+    return int(frames * len(FRAME_ARRAYS) * sr * encoding_named(encoding).bound + 2 * sr * 4)
 
 
 def check_writable(directory: str | os.PathLike, needed_bytes: int = 0) -> None:
@@ -91,43 +141,41 @@ class ResultStore:
     def __init__(self, group, path: Path):
         self.group, self.path = group, path
         self.meta = dict(group.attrs[FORMAT])
+        # stores written before encodings were recorded hold their values as given (float32 or float16)
+        self.encoding = ENCODINGS.get(self.meta.get("encoding", {}).get("name"), ENCODINGS[str(group["mean"].dtype)])
 
     # --- creating and opening --------------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str | os.PathLike, frames: int, raw_shape: tuple[int, int], pixel_size: float,
-               dtype: str = "float32", frames_per_chunk: int = 1, settings: dict | None = None,
-               check_space: bool = True, step_bits: int | None = None) -> "ResultStore":
-        """A new, empty (partial) store in ``directory``; refuses to replace an existing one. ``step_bits``:
-        round the frame arrays to multiples of ``2**-step_bits`` (KDE units) before compression (lossy,
-        plain float arrays any reader understands; docs/store.md gives the sizes and what it changes)."""
+               encoding: str = DEFAULT_ENCODING, frames_per_chunk: int = 1, settings: dict | None = None,
+               check_space: bool = True) -> "ResultStore":
+        """A new, empty (partial) store in ``directory``; refuses to replace an existing one. ``encoding``: a
+        name of :data:`ENCODINGS` (``compact``: lossy as documented in docs/store.md; ``float32``: lossless);
+        the stored arrays are plain floats any zarr reader understands."""
         if frames < 1 or min(raw_shape) < 1 or not pixel_size > 0:
             raise InputError(f"a result store needs frames >= 1, a frame shape and a pixel size > 0 nm "
                              f"(got {frames}, {raw_shape}, {pixel_size})")
-        if np.dtype(dtype) not in (np.float32, np.float16):
-            raise InputError(f"result dtype must be float32 or float16 (got {dtype})")
+        enc = encoding_named(encoding)
         path = Path(directory) / STORE_NAME
         if path.exists():
             raise InputError(f"{path} exists already: open it to resume, or choose another output folder")
-        check_writable(directory, estimated_bytes(frames, raw_shape, dtype) if check_space else 0)
+        check_writable(directory, estimated_bytes(frames, raw_shape, encoding) if check_space else 0)
         zarr = _zarr()
-        from zarr.codecs import BloscCodec, BloscShuffle
 
         group = zarr.open_group(path, mode="w-", zarr_format=3)
         sr = (raw_shape[0] * UPSAMPLING, raw_shape[1] * UPSAMPLING)
-        codec = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
         fpc = max(1, min(frames_per_chunk, frames))
         for name in FRAME_ARRAYS:
-            group.create_array(name, shape=(frames, *sr), chunks=(fpc, *sr), dtype=dtype, compressors=codec,
+            group.create_array(name, shape=(frames, *sr), chunks=(fpc, *sr), dtype=enc.dtype, compressors=enc.codec(),
                                fill_value=0.0, dimension_names=("t", "y", "x"))
         for name in IMAGE_ARRAYS:
-            group.create_array(name, shape=sr, chunks=sr, dtype="float32", compressors=codec, fill_value=0.0,
-                               dimension_names=("y", "x"))
+            group.create_array(name, shape=sr, chunks=sr, dtype="float32", compressors=ENCODINGS["float32"].codec(),
+                               fill_value=0.0, dimension_names=("y", "x"))
         group.create_array("done", shape=(frames,), chunks=(fpc,), dtype="uint8", fill_value=0)
         group.attrs["ome"] = {"version": "0.5", "multiscales": ngff_multiscales(pixel_size)}
         group.attrs[FORMAT] = {"version": VERSION, "frames": frames, "raw_shape": list(raw_shape),
                                "pixel_size_nm": pixel_size, "complete": False, "accumulated_frames": 0,
-                               "quantization_step": None if step_bits is None else 2.0**-step_bits,
-                               "settings": settings or {}}
+                               "encoding": enc.describe(), "settings": settings or {}}
         return cls(group, path)
 
     @classmethod
@@ -180,9 +228,8 @@ class ResultStore:
         """Store one frame's KDEs ``(4H, 4W)``, then mark it done (a crash in between leaves it missing)."""
         if not 0 <= index < self.frames:
             raise IndexError(f"frame {index} outside the store's 0..{self.frames - 1}")
-        step = self.meta.get("quantization_step")
-        for name, image in zip(FRAME_ARRAYS, (mean, std, sample)):
-            self.group[name][index] = image if step is None else np.round(np.asarray(image) / step) * step
+        for name, image in zip(FRAME_ARRAYS, self.encoding.apply(mean, std, sample)):
+            self.group[name][index] = image
         self.group["done"][index] = 1
 
     def write(self, result) -> None:
