@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.analysis.precision import consecutive_frame_precision
+from napari_smlm_uq.inference.background_choice import choose_background, tile_background, variation
 from napari_smlm_uq.inference.camera_choice import choose_camera
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
 from napari_smlm_uq.io.camera_map import read_camera_map
@@ -96,6 +98,32 @@ def background_part(frames: int, finetuned: str | None) -> dict:
             s = PredictSettings(samples=0, camera=choice.camera, device="cpu")
             out[f"{bg_map}, default, camera from the data"] = scores(run_predict(sim.adu, models["default"], s),
                                                                      sim.emitters, 100.0) | {"camera": choice.as_dict()}
+    return out
+
+
+def background_choice_part(frames: int) -> dict:
+    """E and false positives around the frame median and the local estimate (phi alone, true camera) on
+    movies whose background varies 1-6x across the field (gradient, illumination, cells) at two mean
+    levels, with the variation that background_choice measures and the estimate it picks."""
+    models = registry.load("default")
+    out = {}
+    movies = [(None, 1.0)] + [(m, r) for m in ("gradient", "illumination", "cells") for r in (1.25, 1.5, 2.0, 3.0, 6.0)]
+    for level in (20.0, 100.0):
+        for bg_map, ratio in movies:
+            sim = simulate(SimulationSettings(frames=frames, size=64, density=1.0, photons=2000.0, background=level,
+                                              background_map=bg_map, background_ratio=ratio, seed=9401))
+            cam = sim.settings.camera
+            tiles = tile_background(sim.adu, cam)
+            row = {"variation": variation(tiles), "level": float(np.median(tiles)),
+                   "pedestal": float((np.percentile(tiles, 95) - np.median(tiles)) / np.sqrt(np.median(tiles))),
+                   "chosen": choose_background(sim.adu, cam).estimate}
+            for estimate in ("frame", "local"):
+                s = PredictSettings(samples=0, camera=cam, background=estimate, device="cpu")
+                row[estimate] = scores(run_predict(sim.adu, models, s), sim.emitters, 100.0)
+            out[f"{bg_map or 'flat'} {ratio:g}x, background {level:g}"] = row
+            print(f"{bg_map or 'flat'} {ratio:g}x bg {level:g}: variation {row['variation']:.2f} pedestal "
+                  f"{row['pedestal']:.2f} E frame {row['frame']['E']:.1f} ({100 * row['frame']['fp_fraction']:.1f} % fp) "
+                  f"local {row['local']['E']:.1f} ({100 * row['local']['fp_fraction']:.1f} % fp)", flush=True)
     return out
 
 
@@ -190,7 +218,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--finetuned", default=None, help="a model fine-tuned with --background-estimate local")
     a = p.parse_args()
+    torch.set_num_threads(1)   # the dev machine's CPU is shared
     parts = {"camera": lambda: camera_part(a.frames), "background": lambda: background_part(a.frames, a.finetuned),
+             "background_choice": lambda: background_choice_part(a.frames),
              "blinking": lambda: blinking_part(a.frames, a.samples), "real": lambda: real_part(a.samples),
              "real_background": lambda: real_background_part(a.finetuned)}
     for name in a.parts.split(","):

@@ -109,6 +109,26 @@ def test_predict_without_camera_options(inputs, tmp_path, capsys):
     assert set(summary["precision"]) == {"pairs", "nena_nm", "nena_se_nm", "z_std_x", "z_std_y"}
 
 
+def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):
+    """The 6x gradient of ``inputs`` -> local; a flat field -> the model's own (frame); --background wins."""
+    flat = tmp_path / "flat.tif"
+    assert cli.main(["simulate", str(flat), "--frames", "20", "--size", "32", "--density", "0.5", "--on-time", "3",
+                     "--seed", "1"]) == 0
+    for stack, extra, want, source in ((inputs["stack"], [], "local", "from the data"),
+                                       (flat, [], "frame", "from the data"),
+                                       (inputs["stack"], ["--background", "frame"], "frame", "given")):
+        out = tmp_path / f"out-{want}-{source}"
+        code, stdout, err = run_main(capsys, "predict", stack, "--out", out, "--model", inputs["model"],
+                                     "--samples", "0", "--device", "cpu", *extra)
+        assert code == 0, err
+        line = next(x for x in stdout.splitlines() if x.startswith("background estimate:"))
+        summary = json.loads((out / "summary.json").read_text())
+        assert line.startswith(f"background estimate: {want} (") and summary["settings"]["background"] == want
+        assert summary["background"]["estimate"] == want and summary["background"]["source"] == source
+        variation = summary["background"]["variation"]
+        assert (variation > 3.0 if stack == inputs["stack"] else variation < 1.15) and f"{variation:.2f}x" in line
+
+
 def test_predict_warns_when_the_camera_disagrees(inputs, tmp_path, capsys):
     code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out", "--model", inputs["model"],
                                  "--samples", "0", "--device", "cpu", "--gain", "0.5")

@@ -96,8 +96,8 @@ def test_cluster_gives_single_process_results(inputs, single, client, tmp_path, 
 
 def test_killed_worker_leaves_every_frame_once(inputs, client, tmp_path):
     out = tmp_path / "killed"
-    stack, frames, settings, _ = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
-                                                inputs["stack"], out)
+    stack, frames, settings, *_ = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
+                                                 inputs["stack"], out, registry.load(inputs["model"]))
     settings = replace(settings, samples=4, steps=6)   # slow enough that chunks are still running after the first
     job = dist.StackJob(inputs["stack"], frames, stack.shape[1:], settings, out, encoding="float32")
     pids = client.run(os.getpid)

@@ -143,6 +143,9 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     assert f"gain {widget.gain.value:.4g} ADU/e- (estimated from the data)" in widget.camera_note.value
     assert "photon transfer" in widget.camera_note.value and "+/-" in widget.camera_note.value
     assert widget.camera_note.native.wordWrap()
+    # the 6x gradient: the background estimate is chosen local, and the label says why
+    assert widget.background_note.value.startswith("background estimate: local (chosen from the data: the background varies")
+    assert widget.settings().background == "local" and widget.background_choice.variation > 2
     # metadata with a wrong gain wins over the estimate ...
     viewer.add_image(camera_movie(true), name="wrong gain", metadata=dict(CAMERA))
     widget.layer.value = viewer.layers["wrong gain"]

@@ -72,10 +72,11 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     assert total.metadata["pixel_size"] == pytest.approx(sr)
     np.testing.assert_allclose(np.asarray(total.data)[0], images["mean"].sum(0), rtol=1e-5, atol=1e-5)
 
-    # the same numbers as the pipeline itself with the same settings
+    # the same numbers as the pipeline itself with the same settings (the background estimate chosen from the data)
+    background = json.loads((out / "summary.json").read_text())["background"]["estimate"]
     expected = list(pipeline.predict(tifffile.imread(inputs["stack"]), registry.load(inputs["model"]),
                                      pipeline.PredictSettings(samples=2, steps=2, device="cpu", bf16=False,
-                                                              pixel_size=pixel)))
+                                                              pixel_size=pixel, background=background)))
     np.testing.assert_array_equal(images["mean"], np.stack([r.mean for r in expected]))
     np.testing.assert_array_equal(images["std"], np.stack([r.std for r in expected]))
 

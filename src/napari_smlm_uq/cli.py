@@ -207,11 +207,13 @@ def input_stacks(patterns: list[str]) -> list[Path]:
     return found
 
 
-def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
-    """Check one stack before any work: the file, the frame range, the camera, the settings, the output folder.
-    Returns the stack, its frame range, the settings and the camera choice (values, sources, messages)."""
+def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
+    """Check one stack before any work: the file, the frame range, the camera, the background estimate (for
+    ``models``), the settings, the output folder. Returns the stack, its frame range, the settings, the
+    camera choice (values, sources, messages) and the background choice."""
+    from .inference.background_choice import choose_background
     from .inference.camera_choice import choose_camera
-    from .inference.pipeline import PredictSettings
+    from .inference.pipeline import PredictSettings, background_estimate
     from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
     from .physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
@@ -225,10 +227,11 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
     first = stack.data[frames.start:min(frames.stop, frames.start + CAMERA_FRAMES)]  # what the estimate reads
     choice = choose_camera(first, {"offset": a.offset, "gain": a.gain, "read_noise": a.read_noise},
                            meta, a.camera_kind, camera_map, f"camera map {a.camera_map}")
+    background = choose_background(first, choice.camera, background_estimate(models, PredictSettings()), a.background)
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=choice.camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", PredictSettings.pixel_size), device=a.device,
                                bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
-                               background=a.background)
+                               background=background.estimate)
     try:
         settings.validate()
         settings.torch_device()
@@ -236,7 +239,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path):
         raise UsageError(f"smlm-uq predict: {exc}") from None
     # a cluster run resumes into its results.zarr (distributed.open_store checks it); one here never does
     output_folder("predict", out, OUTPUTS if a.workers or a.scheduler else OUTPUTS + (STORE_NAME,), a.overwrite)
-    return stack, frames, settings, choice
+    return stack, frames, settings, choice, background
 
 
 def load_model(a: argparse.Namespace):
@@ -362,9 +365,9 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     from .inference.pipeline import StackSum, keep_freed_buffers, predict
     from .localizations import Localizations
 
-    stack, frames, settings, choice = prepare_stack(a, source, out)
     models = load_model(a)
-    print("\n".join(choice.messages))
+    stack, frames, settings, choice, background = prepare_stack(a, source, out, models)
+    print("\n".join(choice.messages + [background.describe()]))
     clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
@@ -382,7 +385,8 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
             bar.update()
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
-    check = write_results(out, source, frames, models.name, settings, total, all_locs, seconds, choice.as_dict())
+    check = write_results(out, source, frames, models.name, settings, total, all_locs, seconds, choice.as_dict(),
+                          background=background.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     print(check)
     return 0
@@ -395,17 +399,17 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
 
     from .inference import distributed as dist
 
-    jobs, failures, cameras, many = [], [], {}, len(sources) > 1
+    jobs, failures, choices, many = [], [], {}, len(sources) > 1
+    models = load_model(a)
     for source in sources:
         out = Path(a.out) / source.stem if many else Path(a.out)
         try:
-            stack, frames, settings, choice = prepare_stack(a, source, out)
-            print("\n".join(f"{source.name}: {m}" for m in choice.messages))
+            stack, frames, settings, choice, background = prepare_stack(a, source, out, models)
+            print("\n".join(f"{source.name}: {m}" for m in choice.messages + [background.describe()]))
             jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out, a.store_encoding))
-            cameras[source.resolve()] = choice.as_dict()
+            choices[source.resolve()] = choice.as_dict(), background.as_dict()
         except (UsageError, InputError) as exc:
             failures.append(failure(source, exc))
-    models = load_model(a)
     for job in jobs:
         clear_outputs(job.out, a.overwrite)
     client = dist.connect(a.scheduler, a.workers)
@@ -421,7 +425,7 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
                 elif isinstance(item, dist.StackFailed):
                     failures.append(f"{item.job.source}: {item.error}")
                 else:
-                    check = finish_stack(item, models.name, time.perf_counter() - t0, a, cameras[item.job.source])
+                    check = finish_stack(item, models.name, time.perf_counter() - t0, a, *choices[item.job.source])
                     bar.write(f"{item.job.source.name}: {len(item.job.frames)} frames, "
                               f"{len(item.localizations)} localizations -> {item.job.out}; {check}", file=sys.stdout)
     except KeyboardInterrupt:
@@ -432,12 +436,12 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
     return report_failures(failures)
 
 
-def finish_stack(done, model: str, seconds: float, a: argparse.Namespace, camera: dict) -> str:
+def finish_stack(done, model: str, seconds: float, a: argparse.Namespace, camera: dict, background: dict) -> str:
     """A complete stack on the cluster (its KDEs in results.zarr): the other outputs."""
     cluster = {"scheduler": a.scheduler or f"local, {a.workers} workers", "chunk_frames": a.chunk_frames,
                "worker_seconds": done.seconds}
     return write_results(done.job.out, done.job.source, done.job.frames, model, done.job.settings, done.sums,
-                         done.localizations, seconds, camera, cluster=cluster)
+                         done.localizations, seconds, camera, cluster=cluster, background=background)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -614,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-encoding", choices=tuple(ENCODINGS), default=DEFAULT_ENCODING,
                    help="how results.zarr stores them: compact (float16, |values| < 0.02 as 0: ~0.1-0.5 MB per "
                         "256x256 frame), float16, or float32 (lossless); docs/store.md")
-    p.add_argument("--background", choices=("frame", "local"), default=None,
-                   help="background estimate for the normalisation (default: the one the model was trained with)")
+    p.add_argument("--background", choices=("auto", "frame", "local"), default="auto",
+                   help="background estimate for the normalisation: the frame median, a local estimate, or auto "
+                        "(local when the background varies across the field, else the model's own)")
     p.add_argument("--camera-map", default=None, help="sCMOS per-pixel map: 3-plane TIFF or .npy (offset ADU, "
                    "variance ADU^2, gain ADU/e-); replaces --offset/--gain/--read-noise")
 

@@ -4,7 +4,8 @@ The core's :func:`pipeline.predict` runs in a napari thread worker; every finish
 the main thread and is written to the result store of the output folder (:class:`_layers.PredictionResults`,
 docs/store.md). The layers ``<name> SR mean/sample/std`` read the store lazily; ``<name> SR sum``, ``SR sum
 std``, ``rendered`` and ``localizations`` (in memory) grow as frames are done. The camera comes from
-:func:`camera_choice.choose_camera` (metadata, else the estimate from the data).
+:func:`camera_choice.choose_camera` (metadata, else the estimate from the data), the background estimate
+from :func:`background_choice.choose_background` (local when the background varies across the field).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from psygnal import Signal
 
 from ..analysis.precision import consecutive_frame_precision
 from ..inference import distributed
+from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import FrameResult, PredictSettings, available_devices
 from ..io.camera_map import read_camera_map
@@ -78,6 +80,7 @@ class PredictWidget(Container):
         self.worker = None
         self.results: PredictionResults | None = None
         self.camera_choice: CameraChoice | None = None
+        self.background_choice: BackgroundChoice | None = None
         self._stop = threading.Event()
         self._layers: dict = {}
         self._error: str | None = None
@@ -105,6 +108,7 @@ class PredictWidget(Container):
         self.estimate_button = PushButton(text="Estimate from data",
                                           tooltip="estimate gain, offset and read noise from the frames' noise")
         self.camera_note = note()
+        self.background_note = note()
         self.model = ModelChooser()
         self.samples = SpinBox(value=d.samples, min=0, max=64, label="samples",
                                tooltip="diffusion samples per frame (0: DeepSTORM alone, no uncertainty)")
@@ -141,7 +145,7 @@ class PredictWidget(Container):
         self.precision = note()
         super().__init__(widgets=[
             self.layer, self.pixel_size, self.camera_kind, self.offset, self.gain, self.read_noise, self.camera_map,
-            self.estimate_button, self.camera_note,
+            self.estimate_button, self.camera_note, self.background_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
             self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.encoding, self.keep,
             self.cluster,
@@ -165,6 +169,7 @@ class PredictWidget(Container):
         if layer is None:
             self.camera_note.value = ("Open a camera stack (File > Open) or a sample (File > Open Sample): "
                                       "layers of camera counts are listed here.")
+            self.background_note.value = ""
             return
         meta = camera_settings(layer.metadata)
         self.pixel_size.value = meta["pixel_size"]
@@ -172,7 +177,9 @@ class PredictWidget(Container):
         self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
         self.start_frame.value, self.stop_frame.value = 0, n
         known = {k: layer.metadata[k] for k in meta["found"] if k != "pixel_size"}
-        self._show_camera(choose_camera(self._camera_frames(layer), {}, known, self.camera_kind.value))
+        frames = self._camera_frames(layer)
+        self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
+        self._show_background(frames, self.camera_choice.camera)
         self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if "pixel_size" in meta["found"]
                                    else f"; pixel size: default {DEFAULT_PIXEL_SIZE:g} nm, check it")
         extra = layer.metadata.get("note")
@@ -189,6 +196,11 @@ class PredictWidget(Container):
             getattr(self, key).value = float(np.median(getattr(choice.camera, key)))
         self.camera_choice = choice
         self.camera_note.value = "\n".join(choice.messages)
+
+    def _show_background(self, frames, camera: Camera) -> None:
+        """Choose the background estimate from ``frames`` (ADU) with ``camera`` and say why."""
+        self.background_choice = choose_background(frames, camera)
+        self.background_note.value = self.background_choice.describe()
 
     def estimate_camera(self) -> CameraChoice | None:
         """Estimate gain, offset and read noise from the chosen layer's frames and fill the fields."""
@@ -208,8 +220,10 @@ class PredictWidget(Container):
 
     def settings(self, camera: Camera | None = None) -> PredictSettings:
         camera = camera or Camera(self.offset.value, self.gain.value, self.read_noise.value, self.camera_kind.value)
+        background = self.background_choice.estimate if self.background_choice else None
         return PredictSettings(samples=self.samples.value, steps=self.steps.value, camera=camera,
-                               pixel_size=self.pixel_size.value, device=self.device.value).validate()
+                               pixel_size=self.pixel_size.value, device=self.device.value,
+                               background=background).validate()
 
     def checked_camera(self, frames) -> Camera:
         """The camera of the fields (or the sCMOS map), checked against the data's background noise: a
@@ -272,7 +286,9 @@ class PredictWidget(Container):
                        "workers can read (File > Open), or leave the cluster field empty.")
             return None
         try:
-            settings = self.settings(self.checked_camera(frames[start:]))
+            camera = self.checked_camera(frames[start:])
+            self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
+            settings = self.settings(camera)
             self._source = layer.name
             if scheduler:
                 job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],

@@ -27,16 +27,24 @@ def shifted_photoelectrons(adu: np.ndarray, camera: Camera) -> torch.Tensor:
     return torch.from_numpy(camera.shifted_photoelectrons(np.asarray(adu))).reshape(-1, 1, *np.shape(adu)[-2:])
 
 
-def local_background(e_shifted: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """``(B, 1, H, W)`` -> a smooth background of the same shape: the median of each ``block`` x ``block``
-    tile (edge tiles padded by reflection), bilinearly interpolated between tile centres."""
+def block_medians(e_shifted: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> ``(B, 1, ceil(H / block), ceil(W / block))``: the median of each ``block`` x
+    ``block`` tile (edge tiles padded by reflection)."""
     h, w = e_shifted.shape[-2:]
     ph, pw = -h % block, -w % block
     padded = F.pad(e_shifted, (0, pw, 0, ph), mode="reflect") if ph or pw else e_shifted
     b, c, hp, wp = padded.shape
     tiles = padded.reshape(b, c, hp // block, block, wp // block, block).permute(0, 1, 2, 4, 3, 5).flatten(-2)
-    coarse = tiles.median(dim=-1).values
-    return F.interpolate(coarse, size=(hp, wp), mode="bilinear", align_corners=False)[..., :h, :w]
+    return tiles.median(dim=-1).values
+
+
+def local_background(e_shifted: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> a smooth background of the same shape: :func:`block_medians` bilinearly
+    interpolated between tile centres."""
+    h, w = e_shifted.shape[-2:]
+    coarse = block_medians(e_shifted, block)
+    size = (coarse.shape[-2] * block, coarse.shape[-1] * block)
+    return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
 
 
 def background(e_shifted: torch.Tensor, estimate: str = "frame") -> torch.Tensor:
