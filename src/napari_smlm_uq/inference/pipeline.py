@@ -23,7 +23,7 @@ from ..models.deepstorm import DeepSTORM
 from ..models.diffusion import Schedule, ancestral_sampler
 from ..models.registry import Models
 from ..physics.camera import Camera
-from ..physics.kde import from_model
+from ..physics.kde import UPSAMPLING, from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
@@ -299,9 +299,10 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
                 return
 
 
-def smaller_batches(s: PredictSettings, device: torch.device) -> PredictSettings | None:
-    """Settings with halved tile and frame batches, or None when both are already 1."""
-    tiles = tile_batch(s, device)
+def smaller_batches(s: PredictSettings, device: torch.device, tile_pixels: int) -> PredictSettings | None:
+    """Settings with halved tile and frame batches (psi tiles of ``tile_pixels`` SR pixels), or None when both
+    are already 1."""
+    tiles = tile_batch(s, device, tile_pixels)
     if tiles == 1 and s.frame_batch == 1:
         return None
     return replace(s, tile_batch=max(1, tiles // 2), frame_batch=max(1, s.frame_batch // 2))
@@ -330,7 +331,8 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
                 yield r
             return
         except torch.cuda.OutOfMemoryError:
-            s = smaller_batches(s, device)
+            grid = TileGrid((UPSAMPLING * stack.shape[1], UPSAMPLING * stack.shape[2]), psi_tile(device), PSI_OVERLAP)
+            s = smaller_batches(s, device, grid.size[0] * grid.size[1])
             if s is None:
                 raise
             torch.cuda.empty_cache()
