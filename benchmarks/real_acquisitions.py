@@ -23,8 +23,16 @@ import tifffile
 import torch
 
 from napari_smlm_uq.analysis import metrics
-from napari_smlm_uq.analysis.precision import consecutive_frame_precision
-from napari_smlm_uq.inference.background_choice import choose_background, tile_background, variation
+from napari_smlm_uq.analysis.precision import (
+    consecutive_frame_precision,
+    consecutive_pairs,
+    robust_std,
+)
+from napari_smlm_uq.inference.background_choice import (
+    choose_background,
+    tile_background,
+    variation,
+)
 from napari_smlm_uq.inference.camera_choice import choose_camera
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
 from napari_smlm_uq.io.camera_map import read_camera_map
@@ -116,7 +124,7 @@ def background_choice_part(frames: int) -> dict:
             tiles = tile_background(sim.adu, cam)
             row = {"variation": variation(tiles), "level": float(np.median(tiles)),
                    "pedestal": float((np.percentile(tiles, 95) - np.median(tiles)) / np.sqrt(np.median(tiles))),
-                   "chosen": choose_background(sim.adu, cam).estimate}
+                   "chosen": choose_background(sim.adu, cam, "frame").estimate}
             for estimate in ("frame", "local"):
                 s = PredictSettings(samples=0, camera=cam, background=estimate, device="cpu")
                 row[estimate] = scores(run_predict(sim.adu, models, s), sim.emitters, 100.0)
@@ -127,25 +135,76 @@ def background_choice_part(frames: int) -> dict:
     return out
 
 
+ISOLATION_PX = 2.0   # the contamination filter measured: no third localization this close in either frame
+
+
+def isolated(locs: Localizations, i: np.ndarray, j: np.ndarray, radius: float = ISOLATION_PX) -> np.ndarray:
+    """Pairs ``(i, j)`` with no other localization within ``radius`` raw px of either, in either frame."""
+    xy = np.column_stack([locs.col, locs.row])
+    keep = np.ones(len(i), bool)
+    for k, (a, b) in enumerate(zip(i, j)):
+        for t in (locs.frame[a], locs.frame[b]):
+            others = np.flatnonzero((locs.frame == t) & (np.arange(len(locs)) != a) & (np.arange(len(locs)) != b))
+            near = np.hypot(*(xy[others, None] - xy[[a, b]]).transpose(2, 0, 1)) < radius
+            keep[k] &= not near.any()
+    return keep
+
+
+def z_scales(z: np.ndarray) -> dict:
+    """std and robust std (1.4826 median |z|) per axis of ``(n, 2)`` z values."""
+    return {"std": [float(np.std(z[:, k])) for k in (0, 1)], "robust": [robust_std(z[:, k]) for k in (0, 1)],
+            "n": len(z)}
+
+
+def pair_diagnostics(locs: Localizations, truth) -> dict:
+    """The consecutive-frame z against the truth z on the same localizations: pairs of one molecule or of
+    two (from the truth), the truth z on the localizations in pairs and on all matched ones, the error
+    correlation between the two localizations of one molecule, and the isolation filter."""
+    m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), truth.frame,
+                      np.column_stack([truth.col, truth.row]), TOLERANCE_NM / 100.0)
+    gt = np.full(len(locs), -1)
+    gt[m.loc_idx] = m.gt_idx
+    err = np.full((len(locs), 2), np.nan)
+    err[m.loc_idx] = np.column_stack([locs.col[m.loc_idx] - truth.col[m.gt_idx], locs.row[m.loc_idx] - truth.row[m.gt_idx]])
+    z_truth = err / locs.uncertainty[:, None]
+    ok = np.isfinite(z_truth).all(axis=1)
+    i, j = consecutive_pairs(locs)
+    scale = np.sqrt(locs.uncertainty[i] ** 2 + locs.uncertainty[j] ** 2)[:, None]
+    z_pair = np.column_stack([locs.col[j] - locs.col[i], locs.row[j] - locs.row[i]]) / scale
+    same = (gt[i] >= 0) & (gt[j] >= 0)
+    same[same] = (truth.col[gt[i[same]]] == truth.col[gt[j[same]]]) & (truth.row[gt[i[same]]] == truth.row[gt[j[same]]])
+    matched = lambda *idx: (k := np.unique(np.concatenate(idx)))[ok[k]]
+    keep = isolated(locs, i, j)
+    e1, e2 = err[i[same]], err[j[same]]
+    return {"pairs": len(i), "pairs_of_two_molecules": int((~same).sum()),
+            "consecutive": z_scales(z_pair), "consecutive_one_molecule": z_scales(z_pair[same]),
+            "consecutive_isolated": z_scales(z_pair[keep]),
+            "truth_all": z_scales(z_truth[ok]), "truth_in_pairs": z_scales(z_truth[matched(i, j)]),
+            "truth_in_isolated_pairs": z_scales(z_truth[matched(i[keep], j[keep])]),
+            "outliers_pct": {"truth": float(100 * (np.abs(z_truth[ok]) > 5).any(axis=1).mean()),
+                             "consecutive": float(100 * (np.abs(z_pair) > 5).any(axis=1).mean())},
+            "error_correlation_one_molecule": [float(np.corrcoef(e1[:, k], e2[:, k])[0, 1]) for k in (0, 1)],
+            "rmse_truth_nm_per_axis": float(np.sqrt(np.mean(err[ok] ** 2)) * 100.0)}
+
+
 def blinking_part(frames: int, samples: int) -> dict:
-    """Consecutive-frame z std and NeNA against the z std and RMSE computed against the ground truth."""
+    """Consecutive-frame z std and NeNA against the z std and RMSE computed against the ground truth, on a
+    flat and a 6x gradient background, with the background estimate chosen from the data and the other one."""
     models = registry.load("default")
     out = {}
     for bg_map in (None, "gradient"):
         sim = simulate(SimulationSettings(frames=frames, size=48, density=0.5, photons=(1000.0, 5000.0), background=20.0,
                                           on_time=3.0, background_map=bg_map, seed=9301))
-        locs = run_predict(sim.adu, models, PredictSettings(samples=samples, camera=sim.settings.camera, device="cpu"))
-        truth = sim.emitters
-        m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), truth.frame,
-                          np.column_stack([truth.col, truth.row]), TOLERANCE_NM / 100.0)
-        err = np.column_stack([locs.col[m.loc_idx] - truth.col[m.gt_idx], locs.row[m.loc_idx] - truth.row[m.gt_idx]])
-        z_gt = err / locs.uncertainty[m.loc_idx, None]
-        ok = np.isfinite(z_gt).all(axis=1)
-        check = consecutive_frame_precision(locs, 100.0)
-        out[bg_map or "flat"] = {"check": check.as_dict(), "z_std_truth_x": float(np.std(z_gt[ok, 0])),
-                                 "z_std_truth_y": float(np.std(z_gt[ok, 1])),
-                                 "rmse_truth_nm_per_axis": float(np.sqrt(np.mean(err[ok] ** 2)) * 100.0),
-                                 "samples": samples} | scores(locs, truth, 100.0)
+        cam = sim.settings.camera
+        chosen = choose_background(sim.adu, cam, "frame")
+        for estimate in (chosen.estimate, {"frame": "local", "local": "frame"}[chosen.estimate]):
+            locs = run_predict(sim.adu, models, PredictSettings(samples=samples, camera=cam, background=estimate,
+                                                                device="cpu"))
+            key = f"{bg_map or 'flat'}, {estimate}" + (" (chosen)" if estimate == chosen.estimate else "")
+            out[key] = {"check": consecutive_frame_precision(locs, 100.0).as_dict(), "samples": samples,
+                        "background_choice": chosen.as_dict(), **pair_diagnostics(locs, sim.emitters),
+                        **scores(locs, sim.emitters, 100.0)}
+            print(key, json.dumps(out[key], default=float), flush=True)
     return out
 
 
@@ -168,9 +227,12 @@ def real_part(samples: int) -> dict:
     runs = {"calibration map, phi alone": (adu, cal, 0), "estimate, phi alone": (adu, estimate.camera(), 0),
             f"calibration map, samples {samples}, central 64x64 px": (adu[crop], replace(cal, **{
                 k: getattr(cal, k)[crop[1:]] for k in ("offset", "gain", "read_noise")}), samples)}
-    for name, (frames, cam, n_samples) in runs.items():
-        locs = run_predict(frames, models, PredictSettings(samples=n_samples, camera=cam, pixel_size=160.0, device="cpu"))
+    for name, (frames, cam, n_samples) in runs.items():   # the background estimate chosen as predict does
+        background = choose_background(frames, cam, "frame")
+        locs = run_predict(frames, models, PredictSettings(samples=n_samples, camera=cam, pixel_size=160.0, device="cpu",
+                                                           background=background.estimate))
         out[f"scmos, {name}"] = {"localizations": len(locs), "per_frame": len(locs) / len(frames),
+                                 "background": background.as_dict(),
                                  "check": consecutive_frame_precision(locs, 160.0).as_dict()}
     picasso = data / "picasso-testdata"
     adu = tifffile.imread(picasso / "testdata.tif")
@@ -178,15 +240,22 @@ def real_part(samples: int) -> dict:
     ref = ref[ref["frame"] < len(adu)]
     choice = choose_camera(adu, {}, {})
     out["picasso camera"] = choice.as_dict()
+    background = choose_background(adu, choice.camera, "frame")
     # phi alone: Picasso's movie holds 30 localizations in 100 frames
-    locs = run_predict(adu, models, PredictSettings(samples=0, camera=choice.camera, pixel_size=160.0, device="cpu"))
+    locs = run_predict(adu, models, PredictSettings(samples=0, camera=choice.camera, pixel_size=160.0, device="cpu",
+                                                    background=background.estimate))
     m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), ref["frame"].astype(int),
                       np.column_stack([ref["x"], ref["y"]]), 1.0)
     d = np.hypot(locs.col[m.loc_idx] - ref["x"][m.gt_idx], locs.row[m.loc_idx] - ref["y"][m.gt_idx]) * 160.0
     out["picasso, phi alone"] = {"localizations": len(locs), "picasso_localizations": len(ref),
                                  "matched_within_1px": len(m.loc_idx),
                                  "median_distance_to_picasso_nm": float(np.median(d)) if len(d) else None,
+                                 "background": background.as_dict(),
                                  "check": consecutive_frame_precision(locs, 160.0).as_dict()}
+    locs = run_predict(adu, models, PredictSettings(samples=samples, camera=choice.camera, pixel_size=160.0,
+                                                    device="cpu", background=background.estimate))
+    out[f"picasso, samples {samples}"] = {"localizations": len(locs),
+                                          "check": consecutive_frame_precision(locs, 160.0).as_dict()}
     return out
 
 

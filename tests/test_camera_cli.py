@@ -106,7 +106,8 @@ def test_predict_without_camera_options(inputs, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["camera"]["sources"]["gain"] == "estimated from the data"
     assert summary["camera"]["gain"] == pytest.approx(3.0, rel=0.1)
-    assert set(summary["precision"]) == {"pairs", "nena_nm", "nena_se_nm", "z_std_x", "z_std_y"}
+    assert set(summary["precision"]) == {"pairs", "nena_nm", "nena_se_nm", "z_std_x", "z_std_y",
+                                          "z_robust_x", "z_robust_y"}
 
 
 def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):

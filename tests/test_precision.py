@@ -41,8 +41,17 @@ def test_nena_and_z_std_on_simulated_pairs():
     assert check.pairs == n
     assert check.nena_nm == pytest.approx(8.0, rel=0.04) and check.nena_se_nm < 0.2
     assert check.z_std_x == pytest.approx(1.0, rel=0.04)                           # d / sqrt(2 sigma^2): std 1
+    assert check.z_robust_x == pytest.approx(1.0, rel=0.05) and check.z_robust_y == pytest.approx(1.0, rel=0.05)
     halved = consecutive_frame_precision(localizations(f, xy[:, 1], xy[:, 0], sigma / 2), pixel_size=100.0)
     assert halved.z_std_y == pytest.approx(2.0, rel=0.04)                          # uncertainty too small by 2
+    assert halved.z_robust_y == pytest.approx(2.0, rel=0.05)
+    # 3 % of the pairs are two different molecules 0.5 px apart in x and y (|z| about 4.4): the std rises by a
+    # quarter, the robust std stays
+    swap = rng.uniform(size=n) < 0.03
+    moved = second + np.where(swap[:, None], 0.5 * np.sign(rng.standard_normal((n, 2))), 0.0)
+    mixed = consecutive_frame_precision(localizations(f, *np.concatenate([first, moved])[:, ::-1].T, sigma), 100.0)
+    assert mixed.pairs > 0.99 * n and mixed.z_std_x > 1.2 and mixed.z_std_y > 1.2
+    assert mixed.z_robust_x == pytest.approx(1.0, rel=0.05) and mixed.z_robust_y == pytest.approx(1.0, rel=0.05)
 
 
 def test_nena_ignores_a_share_of_random_pairs():
@@ -99,4 +108,4 @@ def test_random_pairs_give_no_nena():
     rng = np.random.default_rng(0)
     d = np.sqrt(rng.uniform(0, 1, 40))   # uniform over the unit disc: density 2 d
     assert np.isnan(nena(d)[0])
-    assert "NeNA not determined" in PrecisionCheck(40, *nena(d), 1.0, 1.0).describe()
+    assert "NeNA not determined" in PrecisionCheck(40, *nena(d), 1.0, 1.0, 1.0, 1.0).describe()

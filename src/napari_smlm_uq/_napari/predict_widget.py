@@ -234,6 +234,8 @@ class PredictWidget(Container):
         given = {k: getattr(self, k).value for k in ("offset", "gain", "read_noise")}
         choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
                                f"camera map {self.camera_map.value}")
+        if camera_map is not None:   # the note says which camera the run uses
+            self.camera_note.value = "\n".join(choice.messages)
         if choice.warning:
             show_warning(choice.warning.replace("command line", "the widget"))
         return choice.camera

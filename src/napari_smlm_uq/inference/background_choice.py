@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES
@@ -26,9 +25,8 @@ MODEL_OWN = "the model's own"
 @dataclass
 class BackgroundChoice:
     """The estimate chosen (None: the model's own), where it came from (``given``, ``from the data``), the
-    measured variation
-    (p95 / p5 of the tiles' background; NaN: not measured), the median background (photo-electrons per
-    pixel, incl. the read-noise shift) and why."""
+    measured variation (p95 / p5 of the tiles' background), the median tile background (photo-electrons
+    per pixel, incl. the read-noise shift) and why."""
 
     estimate: str | None
     source: str
@@ -48,9 +46,9 @@ def tile_background(frames, camera: Camera, max_frames: int = MAX_FRAMES) -> np.
     8x8-pixel tile: the :data:`TEMPORAL_QUANTILE` over frames of the tiles' medians, shifted photo-electrons
     ``(h, w)``."""
     frames = frames[:max_frames]
-    tiles = [block_medians(shifted_photoelectrons(np.asarray(frames[i:i + BATCH]), camera))[:, 0]
+    tiles = [block_medians(shifted_photoelectrons(np.asarray(frames[i:i + BATCH]), camera))[:, 0].numpy()
              for i in range(0, len(frames), BATCH)]
-    return torch.quantile(torch.cat(tiles), TEMPORAL_QUANTILE, dim=0).numpy()
+    return np.quantile(np.concatenate(tiles), TEMPORAL_QUANTILE, axis=0)   # torch.quantile caps the input size
 
 
 def variation(tiles: np.ndarray) -> float:
