@@ -18,6 +18,13 @@ from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 
+def napari_dask_cache():
+    """The cache napari keeps for the dask-backed layers that allow it."""
+    from napari.utils import resize_dask_cache
+
+    return resize_dask_cache().cache
+
+
 def open_widget(viewer, model_file, samples=2, steps=2, encoding="float32"):
     """The prediction widget; lossless stores (``encoding``) unless a test checks the default's bounds."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
@@ -57,6 +64,14 @@ def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization
         assert isinstance(layer.data, da.Array) and layer.data.shape == (3, 64, 64)
         np.testing.assert_array_equal(np.asarray(layer.data), store.group[kind][...])
     assert float(np.asarray(viewer.layers["raw SR std"].data).max()) > 0
+    # frames shown are read again when shown again, not kept in napari's dask cache (it would grow to 1/4 of
+    # the RAM over a long run)
+    cache = napari_dask_cache()
+    before = cache.total_bytes
+    for t in range(3):
+        viewer.dims.set_current_step(0, t)
+        qtbot.wait(10)
+    assert cache.total_bytes == before
     # memory holds only 2D images and the localizations: no (T, 4H, 4W) stack
     arrays = [v for v in vars(results).values() if isinstance(v, np.ndarray)]
     arrays += [v for v in vars(results.total).values() if isinstance(v, np.ndarray)]

@@ -46,7 +46,8 @@ from ._layers import DEFAULT_PIXEL_SIZE, DEFAULT_RENDER_PIXEL, PredictionResults
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
-REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run
+REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
+DRAW_SHARE = 0.1  # ... and at most this share of the viewer's time (10^6 localizations take a while to draw)
 
 
 TEMPORARY: set[Path] = set()   # run folders in the system's temporary folder, removed when Python exits
@@ -86,7 +87,7 @@ class PredictWidget(Container):
         self._error: str | None = None
         self._source = ""
         self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
-        self._t0 = self._last_draw = 0.0
+        self._t0 = self._next_draw = 0.0
         d, cam = PredictSettings(), Camera()
 
         self.layer = layer_chooser(napari_viewer, ("raw",), "camera frames")
@@ -323,7 +324,7 @@ class PredictWidget(Container):
         self.cancel_button.enabled = True
         self.progress.max, self.progress.value = stop - start, 0
         self._say(f"loading model {_models.label(model)}…")
-        self._t0 = self._last_draw = time.perf_counter()
+        self._t0 = self._next_draw = time.perf_counter()
         self.worker_started.emit(worker)
         worker.start()
         return worker
@@ -368,9 +369,10 @@ class PredictWidget(Container):
         self.progress.value = done
         self._say(f"{text} · {eta(time.perf_counter() - self._t0, done, total)}")
         now = time.perf_counter()
-        if not self._layers or now - self._last_draw > REFRESH_SECONDS:
+        if not self._layers or now > self._next_draw:
             self._draw(partial=False)
-            self._last_draw = now
+            end = time.perf_counter()
+            self._next_draw = end + max(REFRESH_SECONDS, (end - now) * (1 / DRAW_SHARE - 1))
 
     def _draw(self, partial: bool) -> None:
         """Create or update the five result layers from the frames done so far."""
