@@ -52,9 +52,14 @@ def test_predict_job_turns_notes_into_notices(tiny_model_file, monkeypatch):
 
     monkeypatch.setattr(pipeline, "predict", noted)
     settings = pipeline.PredictSettings(samples=0, device="cpu")
-    items = list(_workers.predict_job(tiny_stack(4, 16), str(model), settings, range(1, 4), lambda: False))
+    kept = []
+    items = list(_workers.predict_job(tiny_stack(4, 16), str(model), settings, range(1, 4), lambda: False, kept.append))
     kinds = [type(i).__name__ if isinstance(i, _workers.Notice) else i.index for i in items]
     assert kinds == [1, "Notice", 2, 3] and items[1].text == "retried"
+    # the worker keeps each result (the store's write) before it tells the viewer, which gets no arrays
+    assert [r.index for r in kept] == [1, 2, 3]
+    done = [i for i in items if isinstance(i, _workers.FrameDone)]
+    assert [d.localizations for d in done] == [len(r.localizations) for r in kept]
 
 
 def test_validation_reports_scores_beside_the_crlb(tiny_model_file, tmp_path):

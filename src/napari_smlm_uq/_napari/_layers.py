@@ -9,6 +9,7 @@ the results always overlay the layer they came from.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -173,6 +174,7 @@ class PredictionResults:
         self.total = StackSum()
         self.locs: list[Localizations] = []
         self._unrendered: list[Localizations] = []
+        self._locs_lock = threading.Lock()   # a worker adds frames while the viewer draws
         self.done = 0
         self.in_order = True   # frames arrive in order (False: chunks of a cluster run; every frame is shown)
         self.seconds = 0.0
@@ -213,7 +215,8 @@ class PredictionResults:
         return self.done == self.n_frames
 
     def add(self, result: FrameResult) -> None:
-        """Write one frame to the store and add it to the accumulated images and localizations."""
+        """Write one frame to the store and add it to the accumulated images and localizations (in the
+        prediction's worker thread; ``done`` counts it once it is in the store)."""
         i = result.index - self.first_frame
         if i != self.done:
             raise ValueError(f"frame {result.index} arrived out of order (expected {self.first_frame + self.done})")
@@ -229,11 +232,14 @@ class PredictionResults:
         self._add_locs(locs)
 
     def _add_locs(self, locs: Localizations) -> None:
-        self.locs.append(locs)
-        self._unrendered.append(locs)
+        with self._locs_lock:
+            self.locs.append(locs)
+            self._unrendered.append(locs)
 
     def localizations(self) -> Localizations:
-        return Localizations.concat(self.locs)
+        with self._locs_lock:
+            parts = list(self.locs)
+        return Localizations.concat(parts)
 
     def finish(self) -> bool:
         """Write the accumulated images and the localizations beside the store, then mark the store complete
@@ -248,8 +254,9 @@ class PredictionResults:
     def render_pending(self) -> np.ndarray:
         """The rendering (``render_pixel`` nm pixels), with the localizations added since the last call drawn
         as Gaussians of their uncertainty (one render pixel when they have none: no samples)."""
-        locs = Localizations.concat(self._unrendered)
-        self._unrendered = []
+        with self._locs_lock:
+            pending, self._unrendered = self._unrendered, []
+        locs = Localizations.concat(pending)
         if len(locs):
             p = self.pixel_size
             sigma = np.where(np.isfinite(locs.uncertainty), locs.uncertainty * p, self.render_pixel)

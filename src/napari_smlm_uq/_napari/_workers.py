@@ -32,12 +32,25 @@ def start_worker(job: Callable, *args, **kwargs):
     return thread_worker(job, ignore_errors=True, start_thread=False)(*args, **kwargs)
 
 
-def predict_job(stack, model: str, settings: pipeline.PredictSettings, frames: range, should_stop: Callable[[], bool]):
-    """Load ``model`` (bundled name or file), then yield a :class:`FrameResult` per frame of ``frames``, each
-    preceded by a :class:`Notice` for each of its notes (an out-of-memory retry)."""
+@dataclass
+class FrameDone:
+    """A frame predicted and kept by the worker: its index, localization count and network seconds."""
+
+    index: int
+    localizations: int
+    seconds: float
+
+
+def predict_job(stack, model: str, settings: pipeline.PredictSettings, frames: range, should_stop: Callable[[], bool],
+                keep: Callable[[pipeline.FrameResult], None]):
+    """Load ``model`` (bundled name or file), then for each frame of ``frames`` call ``keep(result)`` here, in
+    the worker's thread (the result store's write and sums: the viewer's thread only draws, at any frame
+    rate), and yield a :class:`FrameDone`, preceded by a :class:`Notice` for each of its notes (an
+    out-of-memory retry)."""
     for result in pipeline.predict(stack, registry.load(model), settings, frames, should_stop):
         yield from (Notice(note) for note in result.notes)
-        yield result
+        keep(result)
+        yield FrameDone(result.index, len(result.localizations), result.seconds)
 
 
 def cluster_job(scheduler: str, job, model: str, chunk_frames: int, should_stop: Callable[[], bool]):

@@ -36,7 +36,7 @@ from ..analysis.precision import consecutive_frame_precision
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
-from ..inference.pipeline import FrameResult, PredictSettings, available_devices
+from ..inference.pipeline import PredictSettings, available_devices
 from ..io.camera_map import read_camera_map
 from ..io.store import DEFAULT_ENCODING
 from ..physics.camera import EXCESS_NOISE, Camera
@@ -44,7 +44,7 @@ from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
 from ._layers import DEFAULT_PIXEL_SIZE, DEFAULT_RENDER_PIXEL, PredictionResults, RawGrid, camera_settings
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
-from ._workers import Notice, as_frames, cluster_job, eta, predict_job, start_worker
+from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
 DRAW_SHARE = 0.1  # ... and at most this share of the viewer's time (10^6 localizations take a while to draw)
@@ -315,7 +315,8 @@ class PredictWidget(Container):
             worker = start_worker(cluster_job, scheduler, job, model, distributed.DEFAULT_CHUNK_FRAMES,
                                   self._stop.is_set)
         else:
-            worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set)
+            worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set,
+                                  self.results.add)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
@@ -349,9 +350,8 @@ class PredictWidget(Container):
             return
         if self.results is None:
             return
-        if isinstance(item, FrameResult):
-            self.results.add(item)
-            text = f"frame {item.index}: {len(item.localizations)} localizations"
+        if isinstance(item, FrameDone):   # the worker has written it to the store
+            text = f"frame {item.index}: {item.localizations} localizations"
         elif isinstance(item, distributed.ChunkDone):
             self.results.done += len(item.frames)
             for line in item.notes:
