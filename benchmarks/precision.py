@@ -5,7 +5,8 @@
 For the benchmark movies (64x64 px, 100 nm px, PSF sigma 1 px, 2000 photons, background 20, densities 0.5
 and 3 /um^2, seeds 9105/9130), a stack outside them (PSF sigma 1.4 px, 700 photons, background 80) and a
 photon sweep (500-10,000 photons log-uniform, 0.5 /um^2): phi alone, the diffusion mean and both refined
-on the raw pixels (inference/refine.py), scored by E, RMSE, isolated RMSE / CRLB (no other emitter within
+on the raw pixels (inference/refine.py; the refined diffusion also with the uncertainty rule used before
+2026-11-27), scored by E, RMSE, isolated RMSE / CRLB (no other emitter within
 1 um, and within 500 nm), the localization z std (error / uncertainty per axis), seconds per frame; and,
 on phi alone, where the isolated error comes from: the part that depends on the emitter's sub-pixel phase
 on the 4x SR grid (the read-out's bias), and the read-out by a kernel fit to the KDE around each peak.
@@ -27,7 +28,7 @@ import torch
 
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, Refiner, fit_frame
+from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, Refiner, fit_frame, refine_frame
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
@@ -112,6 +113,20 @@ def refined(results: list, adu: np.ndarray, camera: Camera) -> tuple[Localizatio
     return Localizations.concat(locs), (time.perf_counter() - t0) / len(results)
 
 
+def former_rule(results: list, adu: np.ndarray, camera: Camera) -> Localizations:
+    """The refined positions with the uncertainty of the rule used until 2026-11-27 (``sigma^2 = sigma_fisher^2
+    + 0.1 sigma_diffusion^2`` for every kept fit: no width excess, diffusion spread also on isolated spots)."""
+    refiner, parts = Refiner(camera), []
+    for r in results:
+        loc, e = r.localizations, camera.to_photoelectrons(adu[r.index]).astype(np.float64)
+        read_variance = np.asarray(camera.read_noise, float) ** 2
+        refiner.learn_width(e, loc, read_variance)
+        fit = refine_frame(e, loc.row, loc.col, refiner.width(), read_variance)
+        unc = np.where(fit.ok, np.sqrt(fit.fisher**2 + 0.1 * loc.uncertainty**2), loc.uncertainty)
+        parts.append(replace(loc, row=fit.row, col=fit.col, uncertainty=unc))
+    return Localizations.concat(parts)
+
+
 def kernel_fit_readout(results: list) -> Localizations:
     """Positions from a least-squares fit of the known KDE kernel (7x7 SR px) around each mean-KDE peak."""
     parts = []
@@ -144,15 +159,16 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
 
 
 def diffusion_weight_scan(deep: Localizations, refined_locs: Localizations, gt, sim: SimulationSettings,
-                          weights=(0.0, 0.1, 0.25, 0.5, 1.0)) -> dict:
-    """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + c sigma_diffusion^2`` for each ``c``
-    (sigma_fisher recovered from the refined uncertainty, which used refine.DIFFUSION_WEIGHT)."""
-    fisher2 = refined_locs.uncertainty**2 - DIFFUSION_WEIGHT * deep.uncertainty**2
+                          weights=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)) -> dict:
+    """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2`` for each
+    ``c`` (the first two recovered from the refined uncertainty, which used refine.DIFFUSION_WEIGHT)."""
+    rest = refined_locs.uncertainty**2 - DIFFUSION_WEIGHT * deep.uncertainty**2
     kept = refined_locs.uncertainty != deep.uncertainty
     out = {}
     for c in weights:
-        unc = np.where(kept, np.sqrt(np.clip(fisher2, 0, None) + c * deep.uncertainty**2), deep.uncertainty)
-        out[f"{c:g}"] = score(replace(refined_locs, uncertainty=unc), gt, sim)["z_std"]
+        unc = np.where(kept, np.sqrt(np.clip(rest, 0, None) + c * deep.uncertainty**2), deep.uncertainty)
+        scored = score(replace(refined_locs, uncertainty=unc), gt, sim)
+        out[f"{c:g}"] = {k: scored[k] for k in ("z_std", "z_std_robust")}
     return out
 
 
@@ -170,6 +186,7 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
         "phi_refined": dict(score(phi_ref, gt, sim), seconds_per_frame=phi_s + phi_ref_s, refine_seconds_per_frame=phi_ref_s),
         "diffusion_refined": dict(score(diff_ref, gt, sim), seconds_per_frame=diff_s + diff_ref_s,
                                   refine_seconds_per_frame=diff_ref_s),
+        "diffusion_refined_former_rule": score(former_rule(diff, stack.adu, sim.camera), gt, sim),
         "phi_kernel_fit_readout": score(kernel_fit_readout(phi), gt, sim),
         "phi_phase_bias": phase_bias(phi_locs, gt, sim),
         "diffusion_phase_bias": phase_bias(diff_locs, gt, sim),

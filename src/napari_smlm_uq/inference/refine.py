@@ -4,8 +4,13 @@ Each localization is refitted by maximum likelihood (physics/fit.py) in a box of
 raw pixels around it, together with up to ``NEIGHBOURS - 1`` other localizations whose light reaches
 the box (centres within ``REACH`` px of it), starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
 running median over the frames seen) unless given. The reported uncertainty combines the fit's
-Cramer-Rao bound (what the photons allow) with the diffusion samples' calibrated spread (where the
-scene is ambiguous): ``sigma^2 = sigma_fisher^2 + DIFFUSION_WEIGHT * sigma_diffusion^2``. A fit that
+Cramer-Rao bound (what the photons allow), the spot's width beyond the PSF's (two emitters closer than
+the PSF width, localized as one at their centre), and, where other localizations share the box, the
+diffusion samples' calibrated spread (overlapping spots: where the scene is ambiguous):
+``sigma^2 = sigma_fisher^2 + excess + DIFFUSION_WEIGHT * sigma_diffusion^2 * crowded`` with
+``excess = s^2 - sigma_psf^2`` where the box's fitted width ``s`` exceeds the PSF's by more than
+``WIDTH_NOISE`` of its Cramer-Rao bound (else 0). An isolated spot's position is limited by its photons
+alone, which the bound states (the diffusion spread there only restates it). A fit that
 moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
 degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
 uncertainty.
@@ -25,19 +30,24 @@ REACH = 2.0               # raw pixels beyond the box: neighbours whose light re
 NEIGHBOURS = 6            # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
-DIFFUSION_WEIGHT = 0.1    # c in sigma^2 = sigma_fisher^2 + c sigma_diffusion^2 (measured: benchmarks.md)
+DIFFUSION_WEIGHT = 0.14   # c in sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 crowded (benchmarks.md)
+WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF beyond this many of its bounds
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
-MIN_WIDTH_FITS = 5        # isolated-spot fits before their median replaces the default width
+MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
+MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
 
 
 @dataclass
 class RefinedFrame:
     """One frame's refit: raw-pixel ``row``/``col``, ``fisher`` (per-axis Cramer-Rao bound, px),
-    ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
+    ``excess`` (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (other localizations
+    share the box), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
 
     row: np.ndarray
     col: np.ndarray
     fisher: np.ndarray
+    excess: np.ndarray
+    crowded: np.ndarray
     photons: np.ndarray
     background: np.ndarray
     ok: np.ndarray
@@ -93,15 +103,29 @@ def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, ps
 
 def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
                  read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> RefinedFrame:
-    """Maximum-likelihood positions of one frame's localizations (see the module docstring)."""
+    """Maximum-likelihood positions of one frame's localizations, the PSF width fitted per box from
+    ``psf_sigma`` on (see the module docstring)."""
     if not len(rows):
         z = np.zeros(0)
-        return RefinedFrame(z, z, z, z, z, z.astype(bool))
-    fit, corner, _ = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
+        return RefinedFrame(z, z, z, z, z.astype(bool), z, z, z.astype(bool))
+    fit, corner, active = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = np.sqrt(0.5 * (fit.crlb_row[:, 0] ** 2 + fit.crlb_col[:, 0] ** 2))
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
-    return RefinedFrame(np.where(ok, row, rows), np.where(ok, col, cols), fisher, fit.photons[:, 0], fit.background, ok)
+    row, col = np.where(ok, row, rows), np.where(ok, col, cols)
+    # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
+    wide, _, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
+    return RefinedFrame(row, col, fisher, width_excess(wide.sigma, wide.crlb_sigma, psf_sigma),
+                        active[:, 1:].any(axis=1), fit.photons[:, 0], fit.background, ok)
+
+
+def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
+    """``sigma^2 - psf_sigma^2`` (px^2) where a spot's fitted width ``sigma`` exceeds the PSF's by more than
+    ``WIDTH_NOISE`` of its bound, else 0: two emitters ``d`` apart fitted as one widen the spot by about
+    ``d^2 / 8`` (per axis, on average), and their centre is ``d / 2`` from each, along one axis: a position
+    variance of ``d^2 / 8`` per axis on average."""
+    wider = np.nan_to_num(sigma - psf_sigma > WIDTH_NOISE * crlb_sigma, nan=False)
+    return np.where(wider, np.clip(sigma**2 - psf_sigma**2, 0.0, None), 0.0)
 
 
 def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
@@ -138,7 +162,7 @@ class Refiner:
         fit, _ = isolated_widths(e, locs.row, locs.col, self.width(), read_variance, self.excess)
         if fit is None:
             return
-        good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < 0.05) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
+        good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
         self.widths.extend(fit.sigma[good].tolist())
 
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
@@ -147,5 +171,6 @@ class Refiner:
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
         fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess)
-        combined = np.sqrt(fit.fisher**2 + DIFFUSION_WEIGHT * locs.uncertainty**2)  # NaN stays NaN (phi alone)
+        diffusion = DIFFUSION_WEIGHT * fit.crowded * locs.uncertainty**2   # NaN stays NaN (phi alone)
+        combined = np.sqrt(fit.fisher**2 + fit.excess + diffusion)
         return replace(locs, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, locs.uncertainty))
