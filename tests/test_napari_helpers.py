@@ -52,14 +52,40 @@ def test_predict_job_turns_notes_into_notices(tiny_model_file, monkeypatch):
 
     monkeypatch.setattr(pipeline, "predict", noted)
     settings = pipeline.PredictSettings(samples=0, device="cpu")
-    kept = []
-    items = list(_workers.predict_job(tiny_stack(4, 16), str(model), settings, range(1, 4), lambda: False, kept.append))
+    kept, closed = [], []
+
+    def close():
+        closed.append(len(kept))
+        return "outcome"
+
+    job = _workers.predict_job(tiny_stack(4, 16), str(model), settings, range(1, 4), lambda: False, kept.append, close)
+    items = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            items.append(next(job))
+    assert stop.value.value == "outcome" and closed == [3]   # closed once, after the last frame
     kinds = [type(i).__name__ if isinstance(i, _workers.Notice) else i.index for i in items]
     assert kinds == [1, "Notice", 2, 3] and items[1].text == "retried"
     # the worker keeps each result (the store's write) before it tells the viewer, which gets no arrays
     assert [r.index for r in kept] == [1, 2, 3]
     done = [i for i in items if isinstance(i, _workers.FrameDone)]
     assert [d.localizations for d in done] == [len(r.localizations) for r in kept]
+
+
+def test_predict_job_closes_the_run_when_the_prediction_fails(tiny_model_file, monkeypatch):
+    real = pipeline.predict
+
+    def failing(*args, **kwargs):
+        yield next(real(*args, **kwargs))
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pipeline, "predict", failing)
+    kept, closed = [], []
+    job = _workers.predict_job(tiny_stack(4, 16), str(tiny_model_file), pipeline.PredictSettings(samples=0, device="cpu"),
+                               range(4), lambda: False, kept.append, lambda: closed.append(len(kept)))
+    with pytest.raises(OSError, match="No space"):
+        list(job)
+    assert closed == [1]   # the frame done is written before the error reaches the widget
 
 
 def test_validation_reports_scores_beside_the_crlb(tiny_model_file, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.precision import consecutive_frame_precision
 from ..analysis.render import render
 from ..inference.pipeline import FrameResult, StackSum
 from ..io.store import DEFAULT_ENCODING, ResultStore
@@ -147,6 +148,16 @@ def world_to_index(coords: np.ndarray, scale, translate, shape) -> tuple[np.ndar
     return idx, inside
 
 
+@dataclass
+class RunOutcome:
+    """How a run ended: its store complete or not, its localization count, the consecutive-frame precision
+    check described ("" without frames)."""
+
+    complete: bool
+    localizations: int
+    precision: str
+
+
 class PredictionResults:
     """One run's results: the per-frame KDE stacks go to a :class:`ResultStore` on disk (the layers read
     them lazily, chunk by chunk); memory holds only the accumulated images (sum and its std), the rendering
@@ -250,6 +261,14 @@ class PredictionResults:
         locs = self.localizations()
         write_localizations(self.path / LOCALIZATIONS_FILE, localizations_table(locs, self.pixel_size))
         return self.store.finish()
+
+    def close(self) -> RunOutcome:
+        """:meth:`finish` and the run's summary; for the prediction's worker thread (writing and checking 10^6
+        localizations takes a while)."""
+        complete = self.finish()
+        locs = self.localizations()
+        check = consecutive_frame_precision(locs, self.pixel_size).describe() if self.done else ""
+        return RunOutcome(complete, len(locs), check)
 
     def render_pending(self) -> np.ndarray:
         """The rendering (``render_pixel`` nm pixels), with the localizations added since the last call drawn

@@ -42,29 +42,43 @@ class FrameDone:
 
 
 def predict_job(stack, model: str, settings: pipeline.PredictSettings, frames: range, should_stop: Callable[[], bool],
-                keep: Callable[[pipeline.FrameResult], None]):
+                keep: Callable[[pipeline.FrameResult], None], close: Callable[[], object]):
     """Load ``model`` (bundled name or file), then for each frame of ``frames`` call ``keep(result)`` here, in
     the worker's thread (the result store's write and sums: the viewer's thread only draws, at any frame
     rate), and yield a :class:`FrameDone`, preceded by a :class:`Notice` for each of its notes (an
-    out-of-memory retry)."""
-    for result in pipeline.predict(stack, registry.load(model), settings, frames, should_stop):
-        yield from (Notice(note) for note in result.notes)
-        keep(result)
-        yield FrameDone(result.index, len(result.localizations), result.seconds)
+    out-of-memory retry). However it ends, ``close()`` runs here too (writing what was done); its value is
+    returned."""
+    try:
+        for result in pipeline.predict(stack, registry.load(model), settings, frames, should_stop):
+            yield from (Notice(note) for note in result.notes)
+            keep(result)
+            yield FrameDone(result.index, len(result.localizations), result.seconds)
+    finally:
+        outcome = close()
+    return outcome
 
 
-def cluster_job(scheduler: str, job, model: str, chunk_frames: int, should_stop: Callable[[], bool]):
+def cluster_job(scheduler: str, job, model: str, chunk_frames: int, should_stop: Callable[[], bool],
+                keep_stack: Callable, close: Callable[[], object]):
     """Predict ``job`` (an ``inference.distributed.StackJob`` whose store the widget created) on the dask
-    scheduler at ``scheduler``: yields its ChunkDone events, then StackDone or StackFailed; the workers write
-    the frames into the store."""
+    scheduler at ``scheduler``: yields its ChunkDone events, then StackDone (after ``keep_stack(sums,
+    localizations)`` here) or StackFailed; the workers write the frames into the store. ``close()`` as in
+    :func:`predict_job`."""
     from ..inference import distributed
 
-    client = distributed.connect(scheduler)
     try:
-        yield from distributed.predict_on_cluster(client, [job], model, chunk_frames, resume=True,
-                                                  should_stop=should_stop)
+        client = distributed.connect(scheduler)
+        try:
+            for item in distributed.predict_on_cluster(client, [job], model, chunk_frames, resume=True,
+                                                       should_stop=should_stop):
+                if isinstance(item, distributed.StackDone):
+                    keep_stack(item.sums, item.localizations)
+                yield item
+        finally:
+            distributed.close(client)
     finally:
-        distributed.close(client)
+        outcome = close()
+    return outcome
 
 
 def train_and_validate_job(settings: training.TrainSettings, should_stop: Callable[[], bool]):

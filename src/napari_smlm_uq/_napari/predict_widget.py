@@ -32,7 +32,6 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from ..analysis.precision import consecutive_frame_precision
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
@@ -42,7 +41,14 @@ from ..io.store import DEFAULT_ENCODING
 from ..physics.camera import EXCESS_NOISE, Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
-from ._layers import DEFAULT_PIXEL_SIZE, DEFAULT_RENDER_PIXEL, PredictionResults, RawGrid, camera_settings
+from ._layers import (
+    DEFAULT_PIXEL_SIZE,
+    DEFAULT_RENDER_PIXEL,
+    PredictionResults,
+    RawGrid,
+    RunOutcome,
+    camera_settings,
+)
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
@@ -85,6 +91,7 @@ class PredictWidget(Container):
         self._stop = threading.Event()
         self._layers: dict = {}
         self._error: str | None = None
+        self._outcome: RunOutcome | None = None   # what the worker returned on closing the run
         self._source = ""
         self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
         self._t0 = self._next_draw = 0.0
@@ -313,11 +320,13 @@ class PredictWidget(Container):
         self._stop = threading.Event()
         if scheduler:
             worker = start_worker(cluster_job, scheduler, job, model, distributed.DEFAULT_CHUNK_FRAMES,
-                                  self._stop.is_set)
+                                  self._stop.is_set, self.results.add_stack, self.results.close)
         else:
             worker = start_worker(predict_job, frames, model, settings, range(start, stop), self._stop.is_set,
-                                  self.results.add)
+                                  self.results.add, self.results.close)
+        self._outcome = None
         worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -357,8 +366,7 @@ class PredictWidget(Container):
             for line in item.notes:
                 show_warning(line)
             text = f"frames {item.frames.start}-{item.frames.stop - 1} done on the cluster"
-        elif isinstance(item, distributed.StackDone):
-            self.results.add_stack(item.sums, item.localizations)
+        elif isinstance(item, distributed.StackDone):   # the worker has added its sums and localizations
             return
         elif isinstance(item, distributed.StackFailed):
             self._on_errored(ValueError(item.error))
@@ -400,18 +408,22 @@ class PredictWidget(Container):
         show_error(f"Prediction stopped: {self._error}")
         self._stop.set()
 
+    def _on_returned(self, outcome: RunOutcome) -> None:
+        self._outcome = outcome
+
     def _on_finished(self) -> None:
+        """The worker has closed the run (results.close: written, checked); show how it ended."""
         results, self.worker = self.results, None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         if results is None:
             return
-        partial = not results.finish()
+        outcome = self._outcome or RunOutcome(False, len(results.localizations()), "")  # failed
+        partial = not outcome.complete
         if results.done:
             self._draw(partial=partial)
         seconds = time.perf_counter() - self._t0
-        locs = results.localizations()
-        n_locs = len(locs)
+        n_locs = outcome.localizations
         if self._error:
             self._say(f"failed after {results.done} of {results.n_frames} frames: {self._error}")
         elif partial:
@@ -420,8 +432,7 @@ class PredictWidget(Container):
         else:
             self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
-        if results.done:
-            self.precision.value = consecutive_frame_precision(locs, results.pixel_size).describe()
+        self.precision.value = outcome.precision
         self.run_finished.emit(results)
 
     def _say(self, text: str) -> None:
