@@ -109,3 +109,20 @@ def test_random_pairs_give_no_nena():
     d = np.sqrt(rng.uniform(0, 1, 40))   # uniform over the unit disc: density 2 d
     assert np.isnan(nena(d)[0])
     assert "NeNA not determined" in PrecisionCheck(40, *nena(d), 1.0, 1.0, 1.0, 1.0).describe()
+
+
+def test_pairs_no_closer_than_chance_do_not_test_the_uncertainty():
+    """Two frames whose spots are 0-1 px apart at random (two different molecules, not one seen twice): no
+    NeNA, and no z figures, which would otherwise read as badly calibrated uncertainties."""
+    from napari_smlm_uq.analysis.precision import consecutive_frame_precision
+
+    rng = np.random.default_rng(1)
+    grid = np.stack(np.meshgrid(np.arange(10) * 5.0, np.arange(10) * 5.0), -1).reshape(-1, 2)
+    r, a = np.sqrt(rng.uniform(0, 1, 100)), rng.uniform(0, 2 * np.pi, 100)   # uniform over the link disc
+    second = grid + np.column_stack([r * np.cos(a), r * np.sin(a)])
+    rows, cols = np.concatenate([grid[:, 0], second[:, 0]]), np.concatenate([grid[:, 1], second[:, 1]])
+    locs = Localizations(np.repeat([0, 1], 100), rows, cols, np.full(200, 0.01), np.ones(200), np.full(200, np.nan))
+    check = consecutive_frame_precision(locs, 100.0)
+    assert check.pairs == 100 and np.isnan(check.nena_nm)
+    assert np.isnan([check.z_std_x, check.z_std_y, check.z_robust_x, check.z_robust_y]).all()
+    assert "no check of the uncertainties" in check.describe() and "d/sqrt" not in check.describe()

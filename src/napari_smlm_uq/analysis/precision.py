@@ -90,7 +90,8 @@ class PrecisionCheck:
              f"{self.z_std_x:.2f}, y {self.z_std_y:.2f} (1 when the uncertainty is right; the std also counts "
              "pairs of two molecules)" if np.isfinite(self.z_std_x) else "")
         nena = (f"NeNA {self.nena_nm:.1f} +/- {self.nena_se_nm:.1f} nm" if np.isfinite(self.nena_nm)
-                else "NeNA not determined (too few pairs, or no closer than random ones)")
+                else "NeNA not determined (too few pairs, or no closer than random ones), so no check of the "
+                     "uncertainties either")
         return f"precision check on {self.pairs} consecutive-frame pairs: {nena}{z}"
 
 
@@ -100,7 +101,8 @@ def consecutive_frame_precision(locs: Localizations, pixel_size: float, radius: 
     dx, dy = locs.col[j] - locs.col[i], locs.row[j] - locs.row[i]
     sigma, se = nena(np.hypot(dx, dy), radius)
     scale = np.sqrt(locs.uncertainty[i] ** 2 + locs.uncertainty[j] ** 2)
-    ok = np.isfinite(scale) & (scale > 0)
+    # without a NeNA the pairs are no closer than chance: not one molecule twice, so no test of the uncertainty
+    ok = np.isfinite(scale) & (scale > 0) & np.isfinite(sigma)
     z = [v[ok] / scale[ok] for v in (dx, dy)]
     z_std = [float(np.std(v)) if len(v) > 1 else float("nan") for v in z]
     return PrecisionCheck(len(i), sigma * pixel_size, se * pixel_size, *z_std, *map(robust_std, z))
