@@ -62,7 +62,7 @@ def run(models, adu, settings, name: str) -> tuple[list, float]:
     tile, overlap = VARIANTS[name]
     saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP
     if tile is not None:
-        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = {"cpu": tile, "cuda": tile}, overlap
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, overlap
     try:
         t0 = time.process_time()
         results = list(pipeline.predict(adu, models, settings))

@@ -96,7 +96,8 @@ def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
         rows += [("2 steps", default_pipeline, {"steps": 2}),
                  ("4 samples", default_pipeline, {"samples": 4})]
         if not quick:
-            rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
+            rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64}),
+                     ("psi tiles of 256 px (before)", default_pipeline, {"psi_tile": 256})]
     return rows
 
 
@@ -117,7 +118,7 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
         torch.cuda.reset_peak_memory_stats(device)
     saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP
     if tile is not None:
-        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = {device.type: tile}, 16 if tile < 256 else 32
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, 16 if tile < 256 else 32
     try:
         if device.type == "cuda":  # warm-up: allocations, cuDNN's algorithm search, compilation
             run(models, adu[:min(len(adu), s.frame_batch)], s, device)

@@ -50,6 +50,19 @@ def test_predict_one_result_per_frame(models, frames):
     assert not np.array_equal(results[0].mean, results[1].mean)
 
 
+def test_frames_larger_than_psis_tile_go_in_blended_tiles(models, frames, monkeypatch):
+    """With psi's tile below the frame (64 SR px in tiles of 48 blended over 16), the frame is predicted in
+    tiles whose GroupNorm statistics are pooled: the mean and std stay close to the whole frame's."""
+    whole = list(pipeline.predict(frames, models, cpu(samples=4)))
+    monkeypatch.setattr(pipeline, "PSI_TILE", 48)
+    monkeypatch.setattr(pipeline, "PSI_OVERLAP", 16)
+    tiled = list(pipeline.predict(frames, models, cpu(samples=4)))
+    for a, b in zip(whole, tiled):
+        assert b.mean.shape == a.mean.shape and np.isfinite(b.std).all()
+        assert not np.array_equal(a.std, b.std)       # the tiled path ran
+        assert np.abs(b.mean - a.mean).mean() < 0.01 and abs(b.std.mean() - a.std.mean()) < 0.2 * a.std.mean()
+
+
 def test_predict_a_range_of_frames(models, frames):
     full = list(pipeline.predict(frames, models, cpu(samples=0)))
     part = list(pipeline.predict(frames, models, cpu(samples=0), range(1, 3)))

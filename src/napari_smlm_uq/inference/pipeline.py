@@ -31,10 +31,11 @@ from .refine import Refiner
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
 
-# psi runs on whole frames up to PSI_TILE SR pixels, with attention in windows of its training patch
-# (64 SR px); larger frames in tiles blended over PSI_OVERLAP, GroupNorm statistics pooled over each frame's
-# tiles. The CPU tile is the fastest per pixel there (benchmarks.md); a GPU takes frames up to 256x256 px whole.
-PSI_TILE = {"cpu": 256, "cuda": 1024}   # SR pixels
+# psi runs on whole frames up to PSI_TILE SR pixels (256x256 raw px), with attention in windows of its
+# training patch (64 SR px); larger frames in tiles blended over PSI_OVERLAP, GroupNorm statistics pooled over
+# each frame's tiles (so a frame's tiles go through psi together). On the CPU too whole frames were 2x faster
+# than 256-px tiles, with less memory (benchmarks.md).
+PSI_TILE = 1024                          # SR pixels
 PSI_OVERLAP = 32                         # SR pixels
 PSI_WINDOW = 64                          # SR pixels: training.PATCH raw pixels
 PSI_PIXELS = {"cpu": 256 * 256, "cuda": 1024 * 1024 * 16}   # SR pixels per psi call: cache-sized, filling a GPU
@@ -138,15 +139,10 @@ class StackSum:
         return None if self.variance is None else np.sqrt(self.variance)
 
 
-def psi_tile(device: torch.device) -> int:
-    """psi's tile on ``device`` (SR pixels): frames up to this size go through whole."""
-    return PSI_TILE.get(device.type, PSI_TILE["cpu"])
-
-
 def tile_batch(s: PredictSettings, device: torch.device, tile_pixels: int | None = None) -> int:
     """psi tiles per network call: the settings' value, else the device's pixel budget over a tile's pixels."""
     budget = PSI_PIXELS.get(device.type, PSI_PIXELS["cpu"])
-    return s.tile_batch or max(1, budget // (tile_pixels or psi_tile(device) ** 2))
+    return s.tile_batch or max(1, budget // (tile_pixels or PSI_TILE**2))
 
 
 def available_devices() -> list[str]:
@@ -194,7 +190,7 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
     one psi batch, frame ``b`` drawing from ``generators[b]`` (the same samples whatever the batch); None when
     ``should_stop()`` turned true between diffusion steps."""
     b, n, shape = len(x), s.samples, tuple(z_phi.shape[-2:])
-    grid = TileGrid(shape, psi_tile(device), PSI_OVERLAP)
+    grid = TileGrid(shape, PSI_TILE, PSI_OVERLAP)
     per_image = len(grid.slices)
     cond = grid.split(psi_condition(x, z_phi).repeat_interleave(n, dim=0)).contiguous(memory_format=torch.channels_last)
     max_batch = per_image * max(1, tile_batch(s, device, grid.size[0] * grid.size[1]) // per_image)
@@ -331,7 +327,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
                 yield r
             return
         except torch.cuda.OutOfMemoryError:
-            grid = TileGrid((UPSAMPLING * stack.shape[1], UPSAMPLING * stack.shape[2]), psi_tile(device), PSI_OVERLAP)
+            grid = TileGrid((UPSAMPLING * stack.shape[1], UPSAMPLING * stack.shape[2]), PSI_TILE, PSI_OVERLAP)
             s = smaller_batches(s, device, grid.size[0] * grid.size[1])
             if s is None:
                 raise
