@@ -32,7 +32,6 @@ SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum":
 DEFAULT_RENDER_PIXEL = 10.0  # nm: pixel size of the rendered localizations
 LOCALIZATIONS_FILE = "localizations.csv"  # beside results.zarr, as the CLI writes it
 PARTIAL = " (partial)"
-LAZY = ("mean", "sample", "std")  # the per-frame stacks, read from the store on demand
 TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
 #                  "sum std", "rendered", "localizations", "ground truth", "filtered", "uncertain"
 AXIS_LABELS = ("frame", "y", "x")
@@ -315,10 +314,10 @@ class PredictionResults:
                   "sum": (total.astype(np.float32), flat, "inferno", None),
                   "sum std": (total_std.astype(np.float32), flat, "viridis", None),
                   "rendered": (self.render_pending().copy(), self.rendered_geometry(), "hot", None)}
-        out = {kind: (array, {**geometry, "colormap": cmap, "contrast_limits": (0.0, top or upper_limit(array))}, "image")
+        # cache=False: napari's dask cache would keep every stored frame shown, up to 1/4 of the RAM (benchmarks.md)
+        out = {kind: (array, {**geometry, "colormap": cmap, "contrast_limits": (0.0, top or upper_limit(array)),
+                              "cache": False}, "image")
                for kind, (array, geometry, cmap, top) in images.items()}
-        for kind in LAZY:  # napari's dask cache would keep every frame shown, up to 1/4 of the RAM (benchmarks.md)
-            out[kind][1]["cache"] = False
         coords, features = points_data(self.localizations(), p, self.grid)
         out["localizations"] = (coords, {"features": features, "size": 0.5 * self.grid.scale[-1], "symbol": "ring",
                                          "face_color": "cyan", "border_width": 0.0, "ndim": 3,

@@ -1,7 +1,7 @@
 """Jobs run in napari thread workers: plain generators over the core's generators.
 
-They never touch layers or notifications: they yield results and :class:`Notice` objects, and the
-widgets update the viewer on the main thread.
+They never touch layers or notifications: they yield results (or, for a prediction, :class:`FrameDone`
+after keeping the frame) and :class:`Notice` objects, and the widgets update the viewer on the main thread.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Dock widget "Super-resolve with uncertainty": run the pipeline on an image layer.
 
-The core's :func:`pipeline.predict` runs in a napari thread worker; every finished frame comes back to
-the main thread and is written to the result store of the output folder (:class:`_layers.PredictionResults`,
-docs/store.md). The layers ``<name> SR mean/sample/std`` read the store lazily; ``<name> SR sum``, ``SR sum
+The core's :func:`pipeline.predict` runs in a napari thread worker, which also writes every finished frame
+to the result store of the output folder (:class:`_layers.PredictionResults`, docs/store.md) and, at the end,
+the localizations; the main thread only draws. The layers ``<name> SR mean/sample/std`` read the store lazily; ``<name> SR sum``, ``SR sum
 std``, ``rendered`` and ``localizations`` (in memory) grow as frames are done. The camera comes from
 :func:`camera_choice.choose_camera` (metadata, else the estimate from the data), the background estimate
 from :func:`background_choice.choose_background` (local when the background varies across the field).

@@ -139,10 +139,15 @@ class StackSum:
         return None if self.variance is None else np.sqrt(self.variance)
 
 
-def tile_batch(s: PredictSettings, device: torch.device, tile_pixels: int | None = None) -> int:
+def psi_grid(shape: tuple[int, int]) -> TileGrid:
+    """psi's tiles of an SR image of ``shape`` (one tile, the whole image, up to PSI_TILE)."""
+    return TileGrid(shape, PSI_TILE, PSI_OVERLAP)
+
+
+def tile_batch(s: PredictSettings, device: torch.device, tile_pixels: int) -> int:
     """psi tiles per network call: the settings' value, else the device's pixel budget over a tile's pixels."""
     budget = PSI_PIXELS.get(device.type, PSI_PIXELS["cpu"])
-    return s.tile_batch or max(1, budget // (tile_pixels or PSI_TILE**2))
+    return s.tile_batch or max(1, budget // tile_pixels)
 
 
 def available_devices() -> list[str]:
@@ -190,7 +195,7 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
     one psi batch, frame ``b`` drawing from ``generators[b]`` (the same samples whatever the batch); None when
     ``should_stop()`` turned true between diffusion steps."""
     b, n, shape = len(x), s.samples, tuple(z_phi.shape[-2:])
-    grid = TileGrid(shape, PSI_TILE, PSI_OVERLAP)
+    grid = psi_grid(shape)
     per_image = len(grid.slices)
     cond = grid.split(psi_condition(x, z_phi).repeat_interleave(n, dim=0)).contiguous(memory_format=torch.channels_last)
     max_batch = per_image * max(1, tile_batch(s, device, grid.size[0] * grid.size[1]) // per_image)
@@ -327,7 +332,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
                 yield r
             return
         except torch.cuda.OutOfMemoryError:
-            grid = TileGrid((UPSAMPLING * stack.shape[1], UPSAMPLING * stack.shape[2]), PSI_TILE, PSI_OVERLAP)
+            grid = psi_grid((UPSAMPLING * stack.shape[1], UPSAMPLING * stack.shape[2]))
             s = smaller_batches(s, device, grid.size[0] * grid.size[1])
             if s is None:
                 raise

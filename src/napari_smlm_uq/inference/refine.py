@@ -124,8 +124,8 @@ def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) ->
     ``WIDTH_NOISE`` of its bound, else 0: two emitters ``d`` apart fitted as one widen the spot by about
     ``d^2 / 8`` (per axis, on average), and their centre is ``d / 2`` from each, along one axis: a position
     variance of ``d^2 / 8`` per axis on average."""
-    wider = np.nan_to_num(sigma - psf_sigma > WIDTH_NOISE * crlb_sigma, nan=False)
-    return np.where(wider, np.clip(sigma**2 - psf_sigma**2, 0.0, None), 0.0)
+    wider = sigma - psf_sigma > WIDTH_NOISE * crlb_sigma   # False where the fit gave no bound (NaN)
+    return np.where(wider, sigma**2 - psf_sigma**2, 0.0)
 
 
 def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
