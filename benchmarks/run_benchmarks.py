@@ -86,7 +86,7 @@ def movie(density: str, seed: int, frames: int, tag: str) -> Path:
 def predict(stack: Path, name: str, *options: str) -> dict:
     """``smlm-uq predict`` then ``smlm-uq evaluate`` and the uncertainty figures."""
     out = MOVIES / "runs" / f"{stack.stem}_{name}"
-    _, wall, rss = run([str(BIN / "smlm-uq"), "predict", str(stack), "--out", str(out), "--overwrite", *options])
+    _, wall, rss = run([str(BIN / "smlm-uq"), "predict", str(stack), "--out", str(out), "--overwrite", "--format", "tif", *options])
     text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(out / "localizations.csv"), str(stack.with_suffix(".csv")), "--json"])
     summary = json.loads((out / "summary.json").read_text())
     result = {"name": name, "options": list(options), "evaluate": json.loads(text),
@@ -200,15 +200,15 @@ def finetune(frames: int) -> dict:
 def schedule_study(frames: int, long_frames: int) -> dict:
     """Steps, samples, start, schedule and precision variants on the test settings (own seeds); the
     50- and 100-step variants on a ``long_frames`` movie only (they cost 17-33x the default)."""
-    variants = [(f"steps{k}", "--steps", str(k)) for k in (5, 10, 20)]
+    variants = [(f"steps{k}", "--steps", str(k)) for k in (2, 5, 10, 20)]
     variants += [(f"samples{n}", "--samples", str(n)) for n in (4, 16)]
-    variants += [("pure_noise_start_steps10", "--start", "1", "--steps", "10"), ("bf16", "--bf16")]
+    variants += [("pure_noise_start_steps10", "--start", "1", "--steps", "10"), ("fp32", "--precision", "fp32")]
     long = [("steps50", "--steps", "50"), ("steps100_paper", "--steps", "100", "--schedule", "paper", "--start", "1")]
     res = {"frames": frames, "long_frames": long_frames}
     for density, seed in DENSITIES.items():
         stack = movie(density, seed + 1, frames, "study")
         runs = [predict(stack, "default")] + [predict(stack, v[0], *v[1:]) for v in variants]
-        runs += [predict(stack, "phi", "--samples", "0"), predict(stack, "phi_bf16", "--samples", "0", "--bf16")]
+        runs += [predict(stack, "phi", "--samples", "0"), predict(stack, "phi_fp32", "--samples", "0", "--precision", "fp32")]
         short = movie(density, seed + 1, long_frames, "study")
         runs += [dict(predict(short, v[0], *v[1:]), frames=long_frames) for v in long]
         res[density] = runs

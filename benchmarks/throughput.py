@@ -84,20 +84,22 @@ def compiled(run):
 
 def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
     """(name, runner, settings changes) of every row measured on ``device``; the default pipeline first.
-    ``psi_tile``: psi's tile (SR px, overlap 16 below 256) instead of the device's own."""
+    ``psi_tile`` / ``phi_tile``: psi's tile (SR px, overlap 16 below 256) or phi's (raw px) instead of the default."""
     rows = [("phi alone", phi_alone, {"samples": 0}), ("default pipeline", default_pipeline, {})]
     if device.type == "cuda":
-        rows += [("bf16 autocast", default_pipeline, {"bf16": True}),
+        rows += [("fp32", default_pipeline, {"precision": "fp32"}),
                  ("frame batch 32", default_pipeline, {"frame_batch": 32}),
                  ("torch.compile", compiled(default_pipeline), {}),
-                 ("frame batch 32 + bf16 + compile", compiled(default_pipeline), {"frame_batch": 32, "bf16": True}),
+                 ("frame batch 32 + compile", compiled(default_pipeline), {"frame_batch": 32}),
                  ("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
     else:
-        rows += [("2 steps", default_pipeline, {"steps": 2}),
+        rows += [("phi alone, fp32", phi_alone, {"samples": 0, "precision": "fp32"}),
+                 ("phi alone, fp32, tiles of 128 px (before)", phi_alone, {"samples": 0, "precision": "fp32", "phi_tile": 128}),
+                 ("fp32", default_pipeline, {"precision": "fp32"}),
+                 ("2 steps", default_pipeline, {"steps": 2}),
                  ("4 samples", default_pipeline, {"samples": 4})]
         if not quick:
-            rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64}),
-                     ("psi tiles of 256 px (before)", default_pipeline, {"psi_tile": 256})]
+            rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
     return rows
 
 
@@ -111,12 +113,13 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     """One table row: warm-up on a frame batch, then ``n_frames`` timed; E and z std from the localizations."""
     row = {"device": str(device), "size": size, "lever": name}
     changes = dict(changes)
-    tile = changes.pop("psi_tile", None)
+    tile, phi_tile = changes.pop("psi_tile", None), changes.pop("phi_tile", pipeline.PHI_TILE)
     s = replace(pipeline.PredictSettings(device=device.type), **changes).validate()
     adu = stack.adu[:n_frames]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP
+    saved = pipeline.PSI_TILE, pipeline.PSI_OVERLAP, pipeline.PHI_TILE
+    pipeline.PHI_TILE = phi_tile
     if tile is not None:
         pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, 16 if tile < 256 else 32
     try:
@@ -130,7 +133,7 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     except Exception as exc:  # noqa: BLE001 (a lever that fails is reported, not fatal)
         return row | {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
     finally:
-        pipeline.PSI_TILE, pipeline.PSI_OVERLAP = saved
+        pipeline.PSI_TILE, pipeline.PSI_OVERLAP, pipeline.PHI_TILE = saved
     row |= {"frames": len(adu), "frames_per_s": len(adu) / seconds, "s_per_frame": seconds / len(adu),
             "cpu_s_per_frame": cpu_seconds / len(adu),
             "peak_rss_gb": peak_rss_gb(),
@@ -188,11 +191,11 @@ def table(rows: list[dict]) -> str:
 
 def frames_for(device: torch.device, size: int, lever: str, quick: bool, cpu_frames: int) -> int:
     """Frames timed per row: enough for a stable rate, little enough for the time cap."""
-    if device.type == "cpu" and lever != "phi alone" and cpu_frames:
+    if device.type == "cpu" and not lever.startswith("phi alone") and cpu_frames:
         return cpu_frames
     if device.type == "cuda":
-        n = (256 if size == 64 else 32) if lever == "phi alone" else (128 if size == 64 else 16)
-    elif lever == "phi alone":
+        n = (256 if size == 64 else 32) if lever.startswith("phi alone") else (128 if size == 64 else 16)
+    elif lever.startswith("phi alone"):
         n = 16 if size == 64 else 4
     else:
         n = 4 if size == 64 else 1
@@ -229,6 +232,7 @@ def main() -> None:
     check_against_default(rows)
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "auto_precision": {str(d): "bf16" if pipeline.native_bf16(d) else "fp32" for d in devices},
             "quick": args.quick, "density_per_um2": DENSITY, "seconds": args.cap - clock.left()}
     result = {"machine": info, "rows": rows}
     if clock.left() > 0:

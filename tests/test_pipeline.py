@@ -29,7 +29,7 @@ def frames() -> np.ndarray:
 
 
 def cpu(**kw) -> PredictSettings:
-    return PredictSettings(**({"samples": 2, "steps": 2, "device": "cpu", "bf16": False} | kw))
+    return PredictSettings(**({"samples": 2, "steps": 2, "device": "cpu", "precision": "fp32"} | kw))
 
 
 # ================================================================================================
@@ -176,6 +176,7 @@ def test_stack_sum_of_predictions(models, frames):
     (dict(start=0.0), "start"), (dict(start=1.2), "start"), (dict(pixel_size=0.0), "pixel size"),
     (dict(pixel_size=float("nan")), "pixel size"), (dict(device="gpu"), "device"), (dict(device="tpu:0"), "device"),
     (dict(frame_batch=0), "batch"), (dict(tile_batch=0), "batch"), (dict(camera=Camera(gain=0.0)), "gain"),
+    (dict(precision="fp16"), "precision"),
 ])
 def test_predict_settings_validate(change, word, models, frames):
     with pytest.raises(ValueError, match=word):
@@ -189,6 +190,13 @@ def test_predict_settings_accepts_good_values():
         settings = cpu(**kw)
         assert settings.validate() is settings and settings == cpu(**kw)  # chains, changes nothing
     assert str(cpu(device="cpu").torch_device()) == "cpu"
+
+
+def test_precision_auto_follows_the_hardware():
+    cpu_device = torch.device("cpu")
+    assert cpu(precision="bf16").bf16(cpu_device) and not cpu(precision="fp32").bf16(cpu_device)
+    assert cpu(precision="auto").bf16(cpu_device) is pipeline.native_bf16(cpu_device)
+    assert PredictSettings().precision == "auto"
 
 
 def test_phi_only_model_needs_samples_zero(models, frames):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from conftest import OutOfMemoryOnce
 
 from napari_smlm_uq import cli
@@ -75,7 +76,7 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     # the same numbers as the pipeline itself with the same settings (the background estimate chosen from the data)
     background = json.loads((out / "summary.json").read_text())["background"]["estimate"]
     expected = list(pipeline.predict(tifffile.imread(inputs["stack"]), registry.load(inputs["model"]),
-                                     pipeline.PredictSettings(samples=2, steps=2, device="cpu", bf16=False,
+                                     pipeline.PredictSettings(samples=2, steps=2, device="cpu",
                                                               pixel_size=pixel, background=background)))
     np.testing.assert_array_equal(images["mean"], np.stack([r.mean for r in expected]))
     np.testing.assert_array_equal(images["std"], np.stack([r.std for r in expected]))
@@ -99,7 +100,8 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     assert summary["localizations"] == n and summary["frames"] == [0, FRAMES]
     assert summary["sr_pixel_size_nm"] == pytest.approx(sr) and summary["model"] == "tiny"
     assert summary["settings"]["samples"] == 2 and summary["settings"]["steps"] == 2
-    assert summary["settings"]["pixel_size_nm"] == pixel and summary["settings"]["bf16"] is False
+    assert summary["settings"]["pixel_size_nm"] == pixel and summary["settings"]["precision"] == "auto"
+    assert summary["settings"]["bf16"] is pipeline.native_bf16(torch.device("cpu"))
     assert summary["timing"]["seconds"] > 0
     assert not list(out.glob("*.partial"))
 

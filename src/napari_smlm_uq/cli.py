@@ -230,7 +230,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     background = choose_background(first, choice.camera, background_estimate(models, PredictSettings()), a.background)
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=choice.camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", PredictSettings.pixel_size), device=a.device,
-                               bf16=a.bf16, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
+                               precision=a.precision, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
                                background=background.estimate)
     try:
         settings.validate()
@@ -278,7 +278,8 @@ def write_results(out: Path, source: Path, frames: range, model: str, settings, 
     summary = {"input": str(Path(source).resolve()), "frames": [frames.start, frames.stop], "model": model,
                "settings": {"samples": settings.samples, "steps": settings.steps, "start": settings.start,
                             "pixel_size_nm": settings.pixel_size, "device": str(settings.torch_device()),
-                            "bf16": settings.bf16, "background": settings.background,
+                            "precision": settings.precision, "bf16": settings.bf16(settings.torch_device()),
+                            "background": settings.background,
                             "threshold": settings.threshold, "seed": settings.seed,
                             "schedule": settings.schedule or "model"},
                "timing": {"seconds": seconds, "frames_per_second": n / seconds, "seconds_per_frame": seconds / n},
@@ -543,7 +544,7 @@ def cmd_postprocess(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # the defaults live with the settings
     from .inference.distributed import DEFAULT_CHUNK_FRAMES
-    from .inference.pipeline import PredictSettings as D
+    from .inference.pipeline import PRECISIONS, PredictSettings as D
     from .io.store import DEFAULT_ENCODING, ENCODINGS
     from .physics import camera_estimation as estimation
     from .physics.simulate import SimulationSettings as SIM
@@ -611,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", default=None, help="frame range a:b (0-based, b exclusive)")
     p.add_argument("--threshold", type=_positive(), default=D.threshold, help="KDE peak threshold")
     p.add_argument("--seed", type=int, default=D.seed)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on some CPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default=D.precision,
+                   help="network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it "
+                        "natively: 1.5-2.3x faster at the same E and calibration; docs/benchmarks.md)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--format", choices=("zarr", "tif"), default="zarr",
                    help="per-frame mean/std/sample: a results.zarr store (docs/store.md) or three TIFF stacks")

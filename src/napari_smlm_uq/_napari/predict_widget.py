@@ -35,7 +35,7 @@ from psygnal import Signal
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
-from ..inference.pipeline import PredictSettings, available_devices
+from ..inference.pipeline import PRECISIONS, PredictSettings, available_devices
 from ..io.camera_map import read_camera_map
 from ..io.store import DEFAULT_ENCODING
 from ..physics.camera import EXCESS_NOISE, Camera
@@ -128,6 +128,9 @@ class PredictWidget(Container):
         devices = available_devices()
         self.device = ComboBox(choices=[(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices],
                                label="device")
+        self.arithmetic = ComboBox(choices=PRECISIONS, value=d.precision, label="arithmetic",
+                                   tooltip="auto: bf16 where the GPU or CPU computes it natively (1.5-2.3x faster, "
+                                           "same localizations), else fp32")
         self.render_pixel = FloatSpinBox(value=DEFAULT_RENDER_PIXEL, min=0.5, max=1e4, step=0.5,
                                          label="render pixel (nm)",
                                          tooltip="pixel size of the rendered localizations (Gaussians of their "
@@ -155,7 +158,7 @@ class PredictWidget(Container):
             self.layer, self.pixel_size, self.camera_kind, self.offset, self.gain, self.read_noise, self.camera_map,
             self.estimate_button, self.camera_note, self.background_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
-            self.model, self.samples, self.steps, self.device, self.render_pixel, self.output, self.encoding, self.keep,
+            self.model, self.samples, self.steps, self.device, self.arithmetic, self.render_pixel, self.output, self.encoding, self.keep,
             self.cluster,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
             self.progress, self.status, self.precision])
@@ -231,7 +234,7 @@ class PredictWidget(Container):
         background = self.background_choice.estimate if self.background_choice else None
         return PredictSettings(samples=self.samples.value, steps=self.steps.value, camera=camera,
                                pixel_size=self.pixel_size.value, device=self.device.value,
-                               background=background).validate()
+                               precision=self.arithmetic.value, background=background).validate()
 
     def checked_camera(self, frames) -> Camera:
         """The camera of the fields (or the sCMOS map), checked against the data's background noise: a

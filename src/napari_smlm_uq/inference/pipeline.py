@@ -39,7 +39,8 @@ PSI_TILE = 1024                          # SR pixels
 PSI_OVERLAP = 32                         # SR pixels
 PSI_WINDOW = 64                          # SR pixels: training.PATCH raw pixels
 PSI_PIXELS = {"cpu": 256 * 256, "cuda": 1024 * 1024 * 16}   # SR pixels per psi call: cache-sized, filling a GPU
-PHI_TILE = 128       # raw pixels
+PHI_TILE = 256       # raw pixels: whole frames up to 256x256 (tiles of 128 cost 2x in margins: benchmarks.md)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def never() -> bool:
@@ -53,12 +54,12 @@ class PredictSettings:
     fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
 
     samples: int = 8
-    steps: int = 3
+    steps: int = 2
     start: float = 0.5
     camera: Camera = field(default_factory=Camera)
     pixel_size: float = 100.0
     device: str = "auto"
-    bf16: bool = False   # bf16 autocast: slower than fp32 on the 2-core CPU measured (benchmarks.md)
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the device computes it natively
     frame_batch: int = 8     # frames read and put through phi together; through psi together on a GPU
     tile_batch: int | None = None   # psi tiles (or whole frames) per network call; None: PSI_PIXELS of the device
     threshold: float = DEFAULT_THRESHOLD
@@ -80,6 +81,8 @@ class PredictSettings:
             Schedule.named(self.schedule)
         if self.background not in (None, *BACKGROUND_ESTIMATES):
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.frame_batch < 1 or (self.tile_batch is not None and self.tile_batch < 1):
             raise ValueError("batch sizes must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -93,6 +96,19 @@ class PredictSettings:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device cuda was asked for, but no CUDA GPU is available")
         return torch.device(self.device)
+
+    def bf16(self, device: torch.device) -> bool:
+        """Whether the networks run in bf16 autocast on ``device``."""
+        return self.precision == "bf16" or (self.precision == "auto" and native_bf16(device))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: a CUDA GPU from Ampere on, or a CPU with AVX512-BF16 or AMX (where phi ran 2.3x and
+    the default pipeline 1.5x faster than in fp32, at the same E and calibration: benchmarks.md)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 @dataclass
@@ -183,7 +199,7 @@ def run_phi(phi: DeepSTORM, frames: np.ndarray, s: PredictSettings, device: torc
     """Normalised inputs ``(B, 1, H, W)`` and phi's model-space KDEs ``(B, 1, 4H, 4W)`` (float32).
     On CPU one frame at a time: larger batches leave the cache and run 1.4x slower (benchmarks.md)."""
     x = normalise(shifted_photoelectrons(frames, s.camera), estimate).to(device)
-    with _autocast(device, s.bf16):
+    with _autocast(device, s.bf16(device)):
         z = chunked(lambda t: phi_tiled(phi, t, PHI_TILE, phi.receptive_radius), x,
                     max_batch=1 if device.type == "cpu" else s.frame_batch)
     return x, z.float()
@@ -202,7 +218,7 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
         sg = sqrt_gamma[:1].repeat(len(cond))
-        with models.psi.inference_layout(per_image, PSI_WINDOW), _autocast(device, s.bf16):
+        with models.psi.inference_layout(per_image, PSI_WINDOW), _autocast(device, s.bf16(device)):
             eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond, sg,
                           max_batch=max_batch)
         return grid.merge(eps, len(y))
