@@ -1,6 +1,6 @@
 """Against the CRLB (issue 9): isolated-emitter lateral RMSE over each emitter's own Cramer-Rao bound.
 
-    PYTHONPATH=src python benchmarks/precision.py [--device cuda] [--frames 200] [--samples 8]
+    PYTHONPATH=src python benchmarks/precision.py [--device cuda] [--frames 200] [--samples 8] [--steps 2] [--precision auto]
 
 For the benchmark movies (64x64 px, 100 nm px, PSF sigma 1 px, 2000 photons, background 20, densities 0.5
 and 3 /um^2, seeds 9105/9130), a stack outside them (PSF sigma 1.4 px, 700 photons, background 80) and a
@@ -229,18 +229,21 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=PredictSettings.steps)
+    ap.add_argument("--precision", default=PredictSettings.precision, help="auto, fp32 or bf16")
     ap.add_argument("--movies", default=",".join(MOVIES))
     ap.add_argument("--out", type=Path, default=RESULTS / "precision.json")
     ap.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or model file")
     ap.add_argument("--plot", type=Path, default=IMG / "precision_crlb.png")
     a = ap.parse_args()
     models = registry.load(a.model)
-    settings = PredictSettings(samples=a.samples, device=a.device, refine=False)  # refined below, on the same results
+    settings = PredictSettings(samples=a.samples, steps=a.steps, precision=a.precision, device=a.device, refine=False)  # refined below, on the same results
     device = settings.torch_device()
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU",
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     t0 = time.perf_counter()
-    res = {"frames": a.frames, "samples": a.samples, "machine": machine, "model": a.model}
+    res = {"frames": a.frames, "samples": a.samples, "steps": settings.steps, "bf16": settings.bf16(device),
+           "machine": machine, "model": a.model}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.movies.split(","):  # written after every movie: a long run can be read as it goes
         res[name] = study(models, name, SimulationSettings(frames=a.frames, **MOVIES[name]), settings)

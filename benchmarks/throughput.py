@@ -7,6 +7,8 @@ levers measured in the same run (each in try/except: an error lands in the table
 Needs torch, numpy, scipy, tifffile (the result store's size: benchmarks/store_size.py). Prints one table
 and writes DIR/throughput.json (DIR defaults to benchmarks/results). E and the spread of the normalised
 localization errors (z std) are checked against the default pipeline on the 64x64 frames of each device.
+The default pipeline runs at the arithmetic ``--precision auto`` picks (bf16 where the device has it natively;
+``machine.auto_precision`` in the JSON); the ``fp32`` rows force fp32.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
     rows = [("phi alone", phi_alone, {"samples": 0}), ("default pipeline", default_pipeline, {})]
     if device.type == "cuda":
         rows += [("fp32", default_pipeline, {"precision": "fp32"}),
+                 ("3 steps", default_pipeline, {"steps": 3}),
                  ("frame batch 32", default_pipeline, {"frame_batch": 32}),
                  ("torch.compile", compiled(default_pipeline), {}),
                  ("frame batch 32 + compile", compiled(default_pipeline), {"frame_batch": 32}),
@@ -96,7 +99,8 @@ def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
         rows += [("phi alone, fp32", phi_alone, {"samples": 0, "precision": "fp32"}),
                  ("phi alone, fp32, tiles of 128 px (before)", phi_alone, {"samples": 0, "precision": "fp32", "phi_tile": 128}),
                  ("fp32", default_pipeline, {"precision": "fp32"}),
-                 ("2 steps", default_pipeline, {"steps": 2}),
+                 ("3 steps", default_pipeline, {"steps": 3}),
+                 ("fp32, 3 steps (before)", default_pipeline, {"precision": "fp32", "steps": 3}),
                  ("4 samples", default_pipeline, {"samples": 4})]
         if not quick:
             rows += [("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
@@ -123,8 +127,8 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     if tile is not None:
         pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, 16 if tile < 256 else 32
     try:
-        if device.type == "cuda":  # warm-up: allocations, cuDNN's algorithm search, compilation
-            run(models, adu[:min(len(adu), s.frame_batch)], s, device)
+        if device.type == "cuda" or run is phi_alone or size <= 64:  # warm-up: allocations, cuDNN/oneDNN kernels, compilation
+            run(models, adu[:min(len(adu), s.frame_batch if device.type == "cuda" else 1)], s, device)
             sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         locs = run(models, adu, s, device)
@@ -198,7 +202,7 @@ def frames_for(device: torch.device, size: int, lever: str, quick: bool, cpu_fra
     elif lever.startswith("phi alone"):
         n = 16 if size == 64 else 4
     else:
-        n = 4 if size == 64 else 1
+        n = 8 if size == 64 else 1
     return max(1, n // 4) if quick else n
 
 
@@ -210,7 +214,7 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=280.0, help="total seconds; later rows are skipped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--model", default=registry.DEFAULT_MODEL)
-    ap.add_argument("--cpu-frames", type=int, default=0, help="frames per CPU pipeline row (0: 4 at 64x64, 1 at 256x256)")
+    ap.add_argument("--cpu-frames", type=int, default=0, help="frames per CPU pipeline row (0: 8 at 64x64, 1 at 256x256)")
     args = ap.parse_args()
     clock = Clock(args.cap)
     # CUDA first: on a GPU machine its rows matter most within the time cap
