@@ -258,3 +258,14 @@ def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napar
             viewer.layers.remove(layer)
             qtbot.wait(10)
         assert [layer.name for layer in viewer.layers] == ["flat", "full"][: len(viewer.layers)]
+
+
+def test_arithmetic_choice_reaches_the_settings(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_raw(viewer)
+    widget = open_widget(viewer)
+    native = pipeline.native_bf16(pipeline.PredictSettings(device="auto").torch_device())
+    assert widget.arithmetic.value == "auto" and widget.settings().precision == "auto"
+    assert widget.arithmetic.native.currentText() == f"auto ({'bf16' if native else 'fp32'})"
+    widget.arithmetic.value = "fp32"
+    assert widget.settings().precision == "fp32" and not widget.settings().bf16(widget.settings().torch_device())
