@@ -483,7 +483,7 @@ def test_pickled_code_is_never_run(tmp_path):
 
 def settings(out, **kw) -> training.TrainSettings:
     base = dict(iterations=4, batch_size=2, checkpoint_every=2, val_size=4, out_dir=str(out),
-                config=registry.tiny_config(), bf16=False)
+                config=registry.tiny_config(), precision="fp32")
     return training.TrainSettings(**(base | kw))
 
 
@@ -634,6 +634,7 @@ def test_training_patches_put_that_fraction_of_emitters_up_to_the_edge(tmp_path,
     (dict(target="psi"), "init"),
     (dict(edge_patches=1.5), "edge patches"),
     (dict(calibration_frames=-1), "calibration frames"),
+    (dict(precision="half"), "precision"),
 ])
 def test_train_settings_rejects_bad_values(tmp_path, change, word):
     with pytest.raises(ValueError, match=word):

@@ -457,7 +457,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              batch_size=a.batch_size, lr=a.lr, photons=tuple(a.photons), background=tuple(a.background),
                              psf_sigma=tuple(a.psf_sigma), density=tuple(a.density), read_noise=tuple(a.read_noise),
                              pixel_size=a.pixel_size, edge_patches=a.edge_patches, out_dir=a.out, init=a.init, seed=a.seed,
-                             checkpoint_every=a.checkpoint_every, bf16=a.bf16, calibration_frames=a.calibrate,
+                             checkpoint_every=a.checkpoint_every, precision=a.precision, calibration_frames=a.calibrate,
                              device=a.device, data_workers=a.data_workers, stage_seconds=a.stage_seconds,
                              background_estimate=a.background_estimate, background_maps=a.background_maps,
                              camera_kind=a.camera_kind,
@@ -665,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "spanning the training ranges (0: keep the calibration of --init)")
     p.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; slower on the CPU measured)")
+    p.add_argument("--precision", choices=PRECISIONS, default=T.precision,
+                   help="network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it "
+                        "natively: phi trains 2.2x faster on the CPU measured)")
     p.add_argument("--device", default=T.device, help="auto, cpu or cuda")
     p.add_argument("--data-workers", type=int, default=T.data_workers,
                    help="processes simulating training patches beside the optimiser (0: in line)")
