@@ -131,5 +131,6 @@ def tiny_config() -> dict:
 
 
 def default_config() -> dict:
-    """The architecture of the bundled weights."""
-    return {"phi": DeepSTORM().config, "psi": UNet(16).config, "schedule": Schedule.named("default").config()}
+    """The architecture of the bundled weights (phi's super-resolution part at 16 channels since its
+    distillation, docs/models.md)."""
+    return {"phi": DeepSTORM(up_channels=16).config, "psi": UNet(16).config, "schedule": Schedule.named("default").config()}
