@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_smlm_uq.inference.pipeline import PredictSettings
+from napari_smlm_uq.inference.pipeline import bf16_autocast
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.models.deepstorm import DeepSTORM
 from napari_smlm_uq.training import TrainSettings, simulate_patches
@@ -36,9 +36,10 @@ def student_of(teacher: DeepSTORM, up_channels: int) -> DeepSTORM:
     return student
 
 
-def teacher_output(teacher: DeepSTORM, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+def output(phi: DeepSTORM, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``phi(x)`` without gradients (float32)."""
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return teacher(x).float()
+        return phi(x).float()
 
 
 def distil(teacher: DeepSTORM, student: DeepSTORM, iterations: int, lr: float, seed: int, bf16: bool) -> list[dict]:
@@ -51,7 +52,7 @@ def distil(teacher: DeepSTORM, student: DeepSTORM, iterations: int, lr: float, s
     log, t0 = [], time.perf_counter()
     for it in range(iterations):
         x = simulate_patches(rng, 32, s)[0].contiguous(memory_format=torch.channels_last)
-        target = teacher_output(teacher, x, bf16)
+        target = output(teacher, x, bf16)
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / iterations))
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -70,8 +71,7 @@ def validation_mse(teacher: DeepSTORM, student: DeepSTORM, bf16: bool, n: int = 
     """MSE of the student to the teacher, and of the teacher to the true KDEs, on fresh patches."""
     x, z0 = simulate_patches(np.random.default_rng(99), n, TrainSettings())
     x = x.contiguous(memory_format=torch.channels_last)
-    t = teacher_output(teacher, x, bf16)
-    s = teacher_output(student, x, bf16)
+    t, s = output(teacher, x, bf16), output(student, x, bf16)
     return {"student_to_teacher": float(F.mse_loss(s, t)), "teacher_to_truth": float(F.mse_loss(t, z0)),
             "student_to_truth": float(F.mse_loss(s, z0))}
 
@@ -87,7 +87,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     models = registry.load(a.init)
-    bf16 = PredictSettings().bf16(torch.device("cpu"))
+    bf16 = bf16_autocast("auto", torch.device("cpu"))
     student = student_of(models.phi, a.up_channels).to(memory_format=torch.channels_last)
     log = distil(models.phi, student, a.iterations, a.lr, a.seed, bf16)
     check = validation_mse(models.phi, student, bf16)

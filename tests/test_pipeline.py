@@ -196,6 +196,8 @@ def test_precision_auto_follows_the_hardware():
     cpu_device = torch.device("cpu")
     assert cpu(precision="bf16").bf16(cpu_device) and not cpu(precision="fp32").bf16(cpu_device)
     assert cpu(precision="auto").bf16(cpu_device) is pipeline.native_bf16(cpu_device)
+    assert [pipeline.bf16_autocast(p, cpu_device) for p in pipeline.PRECISIONS] == \
+        [pipeline.native_bf16(cpu_device), False, True]   # the rule training uses too
     assert PredictSettings().precision == "auto"
 
 

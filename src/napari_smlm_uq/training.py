@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .analysis.evaluation import calibrate, localization_report
-from .inference.pipeline import PredictSettings, predict
+from .inference.pipeline import PredictSettings, bf16_autocast, predict
 from .inference.preprocessing import BACKGROUND_ESTIMATES, normalise, psi_condition
 from .io.files import InputError, atomic_path
 from .localizations import Localizations
@@ -173,7 +173,7 @@ class _Stage:
         for net in (models.phi, models.psi):
             net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=s.lr)
-        self.bf16 = PredictSettings(precision=s.precision).bf16(device)
+        self.bf16 = bf16_autocast(s.precision, device)
         self.state_path = out / f"train_state_{name}.pt"
         self.iteration, self.best = 0, math.inf
         self.rng = np.random.default_rng([s.seed, 0 if name == "phi" else 1])
