@@ -15,7 +15,7 @@ from napari_smlm_uq.inference import tiling
 from napari_smlm_uq.io.files import InputError
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.models.diffusion import Schedule, ancestral_sampler
-from napari_smlm_uq.models.unet import noise_level_embedding
+from napari_smlm_uq.models.unet import ResBlock, noise_level_embedding
 
 
 def tiny(seed: int = 0, randomise: bool = True) -> registry.Models:
@@ -105,6 +105,32 @@ def test_noise_level_embedding_distinguishes_gamma():
         a2 = models.psi(y_t, cond, torch.tensor([0.5]).sqrt())
     assert torch.equal(a, a2)
     assert (a - b).abs().max() > 1e-3
+
+
+
+def test_shared_noise_level_folds_the_modulation_into_the_norms():
+    """Sampling gives the whole batch one noise level: the modulation then rides on the GroupNorm's affine
+    parameters (one embedding row); per item, as in training, it is applied to the activations. Same
+    function, and the same gradients."""
+    models = tiny()
+    block = next(m for m in models.psi.modules() if isinstance(m, ResBlock))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, block.conv1.in_channels, 16, 16, generator=gen)
+    emb = models.psi.embed(noise_level_embedding(torch.tensor([0.6]), models.psi.emb_dim)).detach()
+    outputs, grads = [], []
+    for e in (emb, emb.expand(3, -1)):   # one row for the batch (folded), or one per item
+        block.zero_grad()
+        out = block(x, e)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(block.norm2.weight.grad.clone())
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5) and (outputs[0] - x).abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6) and grads[0].abs().max() > 0
+    with torch.no_grad():   # and the network takes the folded path for a batch at one noise level
+        y_t, cond = torch.randn(3, 1, 32, 32, generator=gen), torch.randn(3, 2, 32, 32, generator=gen)
+        batch = models.psi(y_t, cond, torch.full((3,), 0.6))
+        alone = torch.cat([models.psi(y_t[i:i + 1], cond[i:i + 1], torch.full((1,), 0.6)) for i in range(3)])
+    assert torch.allclose(batch, alone, atol=1e-5)
 
 
 # ================================================================================================

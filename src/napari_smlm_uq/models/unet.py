@@ -30,14 +30,19 @@ class TileGroupNorm(nn.GroupNorm):
 
     tiles: int = 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``, ``shift`` ``(C,)``: a modulation ``y * (1 + scale) + shift`` shared by the whole batch,
+        folded into the affine parameters (no extra pass over the activations)."""
+        weight, bias = self.weight, self.bias
+        if scale is not None:
+            weight, bias = weight * (1 + scale), bias * (1 + scale) + shift
         if self.tiles == 1:
-            return super().forward(x)
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
         b, c, h, w = x.shape
         t = self.tiles
         # an image's tiles stacked into one tall image (a free view of a channels-last batch), normalised natively
         tall = x.reshape(b // t, t, c, h, w).permute(0, 2, 1, 3, 4).reshape(b // t, c, t * h, w)
-        y = F.group_norm(tall, self.num_groups, self.weight, self.bias, self.eps)
+        y = F.group_norm(tall, self.num_groups, weight, bias, self.eps)
         return y.reshape(b // t, c, t, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
 
 
@@ -56,10 +61,14 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
-        return self.skip(x) + h
+        """``emb`` ``(B, E)``, or ``(1, E)`` for one noise level shared by the batch (inference)."""
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        scale, shift = self.emb(emb).chunk(2, dim=1)
+        if len(emb) == 1:
+            h = self.norm2(h, scale[0], shift[0])
+        else:
+            h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return self.conv2(F.silu(h, inplace=True)).add_(self.skip(x))
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -175,7 +184,8 @@ class UNet(nn.Module):
                 m.window = 0
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))
+        shared = bool((sqrt_gamma == sqrt_gamma[0]).all())  # one noise level (sampling): one embedding row
+        emb = self.embed(noise_level_embedding(sqrt_gamma[:1] if shared else sqrt_gamma, self.emb_dim))
         h = self.inp(torch.cat([y_t, cond], dim=1))
         hs = [h]
         for layer in self.down:
