@@ -13,7 +13,7 @@ from scipy.special import erf
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
-from napari_smlm_uq.physics.crlb import crlb, crlb_nm, fisher_information
+from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, crlb_nm, fisher_information
 from napari_smlm_uq.physics.simulate import (
     Emitters,
     SimulationSettings,
@@ -278,6 +278,19 @@ def test_crlb_shot_noise_limit_scaling():
         np.testing.assert_allclose(scaled, scaled[0], rtol=1e-9)
         assert scaled[0] == pytest.approx(sigma_a, rel=0.01)
     assert crlb_nm(2000, 0.0, 1.0, 100, 0.0) == pytest.approx(100 * np.sqrt(1 + 1 / 12) / np.sqrt(2000), rel=0.01)
+
+
+def test_crlb_in_frame_counts_only_the_pixels_recorded():
+    """Inside the frame the bound is the box's; an emitter on the frame's edge (shot noise only) records half
+    its photons: the bound along the edge grows by sqrt(2) (sigma_a / sqrt(N / 2)), across it by more."""
+    inside = crlb_in_frame(2000, 20, 1.0, 32.0, 32.0, (64, 64), 1.5)
+    np.testing.assert_allclose(inside, crlb(2000, 20, 1.0, 1.5), rtol=1e-9)
+    full = crlb(2000, 1e-6, 1.0, 0.0)[0]
+    edge = crlb_in_frame(2000, 1e-6, 1.0, 32.0, -0.5, (64, 64))
+    assert edge[1] == pytest.approx(np.sqrt(2) * full, rel=0.02)
+    assert edge[0] > 1.5 * full
+    corner = crlb_in_frame(2000, 20, 1.0, 0.0, 63.0, (64, 64), 1.5)
+    assert corner[0] > inside[0] and corner[1] > inside[1]
 
 
 def test_crlb_grows_with_background_and_read_noise():

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
+
+
 @dataclass
 class Localizations:
     """Raw-pixel ``row``/``col``, ``uncertainty`` (raw px, per axis; NaN without samples),
@@ -28,8 +31,11 @@ class Localizations:
     def concat(cls, parts: list["Localizations"]) -> "Localizations":
         if not parts:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in
-                     ("frame", "row", "col", "uncertainty", "detection", "snr")))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in FIELDS))
+
+    def take(self, index: np.ndarray) -> "Localizations":
+        """The localizations at ``index`` (integer positions, repeats allowed, or a boolean mask)."""
+        return Localizations(*(getattr(self, k)[index] for k in FIELDS))
 
     def __len__(self) -> int:
         return len(self.row)

@@ -24,7 +24,7 @@ import torch
 
 from ..io.files import InputError, atomic_path
 from ..io.store import DEFAULT_ENCODING, STORE_NAME, ResultStore
-from ..localizations import Localizations
+from ..localizations import FIELDS as LOC_FIELDS, Localizations
 from ..models import registry
 from ..models.registry import Models
 from .pipeline import PredictSettings, StackSum, keep_freed_buffers, never, predict
@@ -34,7 +34,6 @@ DEFAULT_CHUNK_FRAMES = 32   # frames per task: dask's cost (<= 60 ms a chunk, be
 POLL_S = 0.1                # seconds between looks at the finished chunks (and at should_stop)
 CONNECT_TIMEOUT_S = 5       # an unreachable scheduler is reported after this many seconds
 PARTS = "parts"             # OUT/parts/: localizations and sums of the finished chunks of an incomplete run
-LOC_FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
 
 
 @dataclass(frozen=True, eq=False)   # one job per stack: compared (and hashed) by identity

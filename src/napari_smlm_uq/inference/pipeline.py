@@ -222,10 +222,10 @@ def sample_frames(models: Models, x: torch.Tensor, z_phi: torch.Tensor, s: Predi
     max_batch = per_image * max(1, tile_batch(s, device, grid.size[0] * grid.size[1]) // per_image)
 
     def eps_fn(y: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        sg = sqrt_gamma[:1].repeat(len(cond))
+        level = sqrt_gamma[:1]   # one noise level for every tile and sample
         with models.psi.inference_layout(per_image, PSI_WINDOW), _autocast(device, s.bf16(device)):
-            eps = chunked(models.psi, grid.split(y).contiguous(memory_format=torch.channels_last), cond, sg,
-                          max_batch=max_batch)
+            eps = chunked(lambda tiles, c: models.psi(tiles, c, level),
+                          grid.split(y).contiguous(memory_format=torch.channels_last), cond, max_batch=max_batch)
         return grid.merge(eps, len(y))
 
     schedule = Schedule.named(s.schedule) if s.schedule else models.schedule

@@ -13,7 +13,9 @@ diffusion samples' calibrated spread (overlapping spots: where the scene is ambi
 alone, which the bound states (the diffusion spread there only restates it). A fit that
 moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
 degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
-uncertainty.
+uncertainty. A spot wider than the PSF is also fitted as two emitters, started apart along its long axis;
+where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2`` and both carry at least
+``SPLIT_SHARE`` of the photons, the pair replaces it (two localizations, each with its own bound).
 """
 from __future__ import annotations
 
@@ -35,14 +37,19 @@ WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF be
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
+SPLIT_GAIN = 25.0         # twice the log-likelihood a second emitter must add to a wide spot (chi2(3): p ~ 2e-5)
+SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
+SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
 
 
 @dataclass
 class RefinedFrame:
-    """One frame's refit: raw-pixel ``row``/``col``, ``fisher`` (per-axis Cramer-Rao bound, px),
-    ``excess`` (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (other localizations
-    share the box), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
+    """One frame's refit, per localization out: ``parent`` (the input localization it comes from; a split
+    spot gives two), raw-pixel ``row``/``col``, ``fisher`` (per-axis Cramer-Rao bound, px), ``excess``
+    (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (other localizations share the
+    box), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
 
+    parent: np.ndarray
     row: np.ndarray
     col: np.ndarray
     fisher: np.ndarray
@@ -51,6 +58,28 @@ class RefinedFrame:
     photons: np.ndarray
     background: np.ndarray
     ok: np.ndarray
+
+    def with_splits(self, split: "Split") -> "RefinedFrame":
+        """The split spots' first emitters in their place, their second ones appended."""
+        i = split.index
+        out = RefinedFrame(*(np.array(getattr(self, k)) for k in self.__dataclass_fields__))
+        out.row[i], out.col[i], out.fisher[i], out.photons[i] = split.row[:, 0], split.col[:, 0], split.fisher[:, 0], split.photons[:, 0]
+        out.excess[i], out.crowded[i], out.ok[i] = 0.0, True, True
+        second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], np.zeros(len(i)),
+                              np.ones(len(i), bool), split.photons[:, 1], self.background[i], np.ones(len(i), bool))
+        return RefinedFrame(*(np.concatenate([getattr(out, k), getattr(second, k)]) for k in self.__dataclass_fields__))
+
+
+@dataclass
+class Split:
+    """Spots fitted as two emitters: ``index`` ``(m,)`` of the localizations, and per emitter ``(m, 2)``
+    raw-pixel ``row``, ``col``, per-axis bound ``fisher`` (px) and ``photons``."""
+
+    index: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    fisher: np.ndarray
+    photons: np.ndarray
 
 
 def box_half_width(psf_sigma: float) -> int:
@@ -87,18 +116,43 @@ def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int, k: int = NEIG
     return slots, active
 
 
+@dataclass
+class Boxes:
+    """The boxes of some localizations of a frame: photo-electrons ``e`` ``(n, S, S)``, ``inside`` (pixels in
+    the frame), ``corner`` ``(n, 2)``, read variance ``r2`` (scalar or per box), and each box's emitters:
+    box-pixel ``rows``/``cols`` ``(n, k)`` (slot 0 the localization itself) and which slots are ``active``."""
+
+    e: np.ndarray
+    inside: np.ndarray
+    corner: np.ndarray
+    r2: float | np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    active: np.ndarray
+
+    @classmethod
+    def around(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int,
+               read_variance: float | np.ndarray = 0.0, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> "Boxes":
+        """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame."""
+        which = np.arange(len(rows)) if which is None else which
+        e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
+        r2 = read_variance if np.ndim(read_variance) == 0 else \
+            extract_boxes(np.asarray(read_variance, float), rows[which], cols[which], half)[0]
+        slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
+        return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
+
+    def fit(self, psf_sigma: float, excess: float = 1.0, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
+        return fit_rois(self.e, self.cols, self.rows, self.active, psf_sigma, self.r2, excess, self.inside, fit_sigma,
+                        iterations)
+
+
 def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
               read_variance: float | np.ndarray = 0.0, excess: float = 1.0, fit_sigma: bool = False,
               k: int = NEIGHBOURS) -> tuple[RoiFit, np.ndarray, np.ndarray]:
     """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
     ``rows``/``cols``). Returns the fit (slot 0 is each localization), box corners and the slots' activity."""
-    half = box_half_width(psf_sigma)
-    boxes, inside, corner = extract_boxes(photoelectrons, rows, cols, half)
-    r2 = read_variance if np.ndim(read_variance) == 0 else extract_boxes(np.asarray(read_variance, float), rows, cols, half)[0]
-    slots, active = neighbour_slots(rows, cols, half, k)
-    fit = fit_rois(boxes, cols[slots] - corner[:, 1:], rows[slots] - corner[:, :1], active, psf_sigma, r2, excess,
-                   inside, fit_sigma)
-    return fit, corner, active
+    boxes = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), read_variance, k)
+    return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner, boxes.active
 
 
 def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
@@ -107,16 +161,69 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     ``psf_sigma`` on (see the module docstring)."""
     if not len(rows):
         z = np.zeros(0)
-        return RefinedFrame(z, z, z, z, z.astype(bool), z, z, z.astype(bool))
+        return RefinedFrame(z.astype(int), z, z, z, z, z.astype(bool), z, z, z.astype(bool))
     fit, corner, active = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
-    fisher = np.sqrt(0.5 * (fit.crlb_row[:, 0] ** 2 + fit.crlb_col[:, 0] ** 2))
+    fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
     row, col = np.where(ok, row, rows), np.where(ok, col, cols)
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
     wide, _, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
-    return RefinedFrame(row, col, fisher, width_excess(wide.sigma, wide.crlb_sigma, psf_sigma),
-                        active[:, 1:].any(axis=1), fit.photons[:, 0], fit.background, ok)
+    width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
+    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, active[:, 1:].any(axis=1),
+                           fit.photons[:, 0], fit.background, ok)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero(width > 0), psf_sigma, read_variance, excess)
+    return refined.with_splits(split)
+
+
+def axis_bound(crlb_row: np.ndarray, crlb_col: np.ndarray) -> np.ndarray:
+    """The per-axis Cramer-Rao bound (px): root mean square of the row and column bounds."""
+    return np.sqrt(0.5 * (crlb_row**2 + crlb_col**2))
+
+
+def long_axis(boxes: Boxes, fit: RoiFit, psf_sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each box's spot (slot 0 of ``fit``) by its second moments above the background within 2.5 PSF sigmas:
+    the unit vector ``(d_row, d_col)`` of its long axis and the separation ``d`` (px) of two PSFs that would
+    widen it that much along it (``d^2 / 4`` beyond ``psf_sigma^2``)."""
+    size = boxes.e.shape[-1]
+    r = np.arange(size)[None, :, None] - fit.row[:, :1, None]
+    c = np.arange(size)[None, None, :] - fit.col[:, :1, None]
+    w = np.clip(boxes.e - fit.background[:, None, None], 0, None) * boxes.inside * (np.hypot(r, c) <= 2.5 * psf_sigma)
+    total = w.sum(axis=(1, 2)) + 1e-9
+    rr, cc, rc = ((w * a * b).sum(axis=(1, 2)) / total for a, b in ((r, r), (c, c), (r, c)))
+    angle = 0.5 * np.arctan2(2 * rc, cc - rr)
+    longest = 0.5 * (rr + cc) + np.sqrt(0.25 * (cc - rr) ** 2 + rc**2)
+    d = np.clip(2 * np.sqrt(np.clip(longest - psf_sigma**2, 0, None)), 0.6 * psf_sigma, 2.5 * psf_sigma)
+    return np.sin(angle), np.cos(angle), d
+
+
+def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, candidates: np.ndarray,
+                     psf_sigma: float, read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> Split:
+    """The ``candidates`` of a frame's localizations (spots wider than the PSF) fitted as one emitter and as
+    two, with the same neighbours in the same box; the pairs that pass the module's tests (SPLIT_*)."""
+    none = Split(np.zeros(0, int), *(np.zeros((0, 2)) for _ in range(4)))
+    if not len(candidates):
+        return none
+    one = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), read_variance, which=candidates)
+    single = one.fit(psf_sigma, excess)
+    u, v, d = long_axis(one, single, psf_sigma)
+    r0, c0 = single.row[:, :1], single.col[:, :1]
+    step_r, step_c = (0.5 * d * u)[:, None], (0.5 * d * v)[:, None]
+    two = replace(one, rows=np.concatenate([r0 - step_r, r0 + step_r, one.rows[:, 1:]], axis=1),
+                  cols=np.concatenate([c0 - step_c, c0 + step_c, one.cols[:, 1:]], axis=1),
+                  active=np.concatenate([np.ones((len(candidates), 1), bool), one.active], axis=1))
+    pair = two.fit(psf_sigma, excess)
+    photons = pair.photons[:, :2]
+    separation = np.hypot(*(np.diff(a[:, :2], axis=1)[:, 0] for a in (pair.row, pair.col))) / psf_sigma
+    fisher = axis_bound(pair.crlb_row[:, :2], pair.crlb_col[:, :2])
+    keep = ((pair.log_likelihood - single.log_likelihood) * 2 > SPLIT_GAIN) & (pair.chi2 <= MAX_CHI2) \
+        & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) \
+        & (separation >= SPLIT_SEPARATION[0]) & (separation <= SPLIT_SEPARATION[1]) & np.isfinite(fisher).all(axis=1)
+    if not keep.any():
+        return none
+    corner = one.corner[keep]
+    return Split(candidates[keep], pair.row[keep, :2] + corner[:, :1], pair.col[keep, :2] + corner[:, 1:],
+                 fisher[keep], photons[keep])
 
 
 def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
@@ -144,11 +251,13 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
 @dataclass
 class Refiner:
     """Refines a stack frame by frame (``__call__``), keeping the PSF width estimated from the isolated
-    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``."""
+    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``;
+    ``diffusion_weight``: ``c`` of the uncertainty (module docstring)."""
 
     camera: Camera
     psf_sigma: float | None = None
     excess: float = 1.0
+    diffusion_weight: float = DIFFUSION_WEIGHT
     widths: list = field(default_factory=list)
 
     def width(self) -> float:
@@ -171,6 +280,7 @@ class Refiner:
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
         fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess)
-        diffusion = DIFFUSION_WEIGHT * fit.crowded * locs.uncertainty**2   # NaN stays NaN (phi alone)
+        source = locs.take(fit.parent)   # a split spot's two emitters keep its frame, detection, SNR and spread
+        diffusion = self.diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)
         combined = np.sqrt(fit.fisher**2 + fit.excess + diffusion)
-        return replace(locs, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, locs.uncertainty))
+        return replace(source, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, source.uncertainty))

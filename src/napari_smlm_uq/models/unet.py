@@ -124,7 +124,9 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """``forward(y_t, cond, sqrt_gamma)``: ``(B,1,S,S)``, ``(B,2,S,S)``, ``(B,)`` -> predicted noise ``(B,1,S,S)``.
+    """``forward(y_t, cond, sqrt_gamma)``: ``(B,1,S,S)``, ``(B,2,S,S)``, ``(B,)`` -> predicted noise ``(B,1,S,S)``;
+    ``sqrt_gamma`` ``(1,)``: one noise level for the whole batch (sampling; each block's modulation then
+    rides on its GroupNorm's affine parameters instead of a pass over the activations).
 
     ``S`` must be divisible by ``2 ** (len(mults) - 1)``."""
 
@@ -184,8 +186,7 @@ class UNet(nn.Module):
                 m.window = 0
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        shared = bool((sqrt_gamma == sqrt_gamma[0]).all())  # one noise level (sampling): one embedding row
-        emb = self.embed(noise_level_embedding(sqrt_gamma[:1] if shared else sqrt_gamma, self.emb_dim))
+        emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))   # one row: the batch's one level
         h = self.inp(torch.cat([y_t, cond], dim=1))
         hs = [h]
         for layer in self.down:

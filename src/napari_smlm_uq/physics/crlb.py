@@ -12,9 +12,11 @@ from .psf import integrated_gaussian_1d, integrated_gaussian_1d_dmu
 
 
 def fisher_information(photons: float, background: float, psf_sigma: float, read_noise: float = 0.0,
-                       roi: int = 11, position: tuple[float, float] | None = None) -> np.ndarray:
+                       roi: int = 11, position: tuple[float, float] | None = None,
+                       mask: np.ndarray | None = None) -> np.ndarray:
     """4x4 Fisher matrix for one emitter in a ``roi`` x ``roi`` pixel box (emitter at its centre by
-    default; ``position = (u0, v0)`` in box pixels otherwise)."""
+    default; ``position = (u0, v0)`` in box pixels otherwise); ``mask`` ``(roi, roi)``: the pixels that
+    exist (a box over the frame's edge), the others carry no information."""
     centres = np.arange(roi, dtype=np.float64)
     u0, v0 = position if position is not None else ((roi - 1) / 2, (roi - 1) / 2)
     dx = integrated_gaussian_1d(centres, [u0], psf_sigma)[0]
@@ -28,6 +30,8 @@ def fisher_information(photons: float, background: float, psf_sigma: float, read
         np.ones((roi, roi)),          # d omega / d b
     ]).reshape(4, -1)
     omega_prime = (background + photons * np.outer(dy, dx) + read_noise**2).ravel()
+    if mask is not None:
+        grads = grads * np.asarray(mask, bool).ravel()
     return (grads / omega_prime) @ grads.T
 
 
@@ -44,3 +48,16 @@ def crlb_nm(photons: float, background: float, psf_sigma: float, pixel_size: flo
             roi: int = 11) -> float:
     """Per-axis localization bound in nm (the x and y bounds are equal for a centred emitter)."""
     return float(crlb(photons, background, psf_sigma, read_noise, roi)[0] * pixel_size)
+
+
+def crlb_in_frame(photons: float, background: float, psf_sigma: float, row: float, col: float,
+                  shape: tuple[int, int], read_noise: float = 0.0, roi: int = 11) -> np.ndarray:
+    """Bounds (x [px], y [px], photons, background) of an emitter at ``row``/``col`` (frame pixels) of a
+    frame of ``shape``, from the pixels of the ``roi`` box around it that lie in the frame: near an edge
+    part of its light is never recorded, and the bound grows."""
+    half = roi // 2
+    r0, c0 = int(np.rint(row)) - half, int(np.rint(col)) - half
+    rows, cols = np.arange(r0, r0 + roi), np.arange(c0, c0 + roi)
+    mask = ((rows >= 0) & (rows < shape[0]))[:, None] & ((cols >= 0) & (cols < shape[1]))[None, :]
+    info = fisher_information(photons, background, psf_sigma, read_noise, roi, (col - c0, row - r0), mask)
+    return np.sqrt(np.diag(np.linalg.inv(info)))
