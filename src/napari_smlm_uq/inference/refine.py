@@ -14,8 +14,9 @@ alone, which the bound states (the diffusion spread there only restates it). A f
 moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
 degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
 uncertainty. A spot wider than the PSF is also fitted as two emitters, started apart along its long axis;
-where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2`` and both carry at least
-``SPLIT_SHARE`` of the photons, the pair replaces it (two localizations, each with its own bound).
+where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2``, both carry at least
+``SPLIT_SHARE`` of the photons and both lie in the frame, the pair replaces it (two localizations, each
+with its own bound).
 """
 from __future__ import annotations
 
@@ -216,14 +217,13 @@ def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     photons = pair.photons[:, :2]
     separation = np.hypot(*(np.diff(a[:, :2], axis=1)[:, 0] for a in (pair.row, pair.col))) / psf_sigma
     fisher = axis_bound(pair.crlb_row[:, :2], pair.crlb_col[:, :2])
+    row, col = pair.row[:, :2] + one.corner[:, :1], pair.col[:, :2] + one.corner[:, 1:]
+    h, w = photoelectrons.shape
+    in_frame = ((row >= -0.5) & (row <= h - 0.5) & (col >= -0.5) & (col <= w - 0.5)).all(axis=1)
     keep = ((pair.log_likelihood - single.log_likelihood) * 2 > SPLIT_GAIN) & (pair.chi2 <= MAX_CHI2) \
-        & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) \
+        & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) & in_frame \
         & (separation >= SPLIT_SEPARATION[0]) & (separation <= SPLIT_SEPARATION[1]) & np.isfinite(fisher).all(axis=1)
-    if not keep.any():
-        return none
-    corner = one.corner[keep]
-    return Split(candidates[keep], pair.row[keep, :2] + corner[:, :1], pair.col[keep, :2] + corner[:, 1:],
-                 fisher[keep], photons[keep])
+    return Split(candidates[keep], row[keep], col[keep], fisher[keep], photons[keep])
 
 
 def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
