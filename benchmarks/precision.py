@@ -28,7 +28,7 @@ import torch
 
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import Refiner, fit_frame, refine_frame
+from napari_smlm_uq.inference.refine import Refiner, fit_frame, refined_localizations
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
@@ -132,11 +132,7 @@ def former_rule(results: list, adu: np.ndarray, camera: Camera) -> Localizations
     + 0.1 sigma_diffusion^2`` for every kept fit: no width excess, diffusion spread also on isolated spots)."""
     refiner, parts = Refiner(camera), []
     for r in results:
-        loc, e = r.localizations, camera.to_photoelectrons(adu[r.index]).astype(np.float64)
-        read_variance = np.asarray(camera.read_noise, float) ** 2
-        refiner.learn_width(e, loc, read_variance)
-        fit = refine_frame(e, loc.row, loc.col, refiner.width(), read_variance)
-        loc = loc.take(fit.parent)
+        fit, loc = refiner.refit(r.localizations, adu[r.index])
         unc = np.where(fit.ok, np.sqrt(fit.fisher**2 + 0.1 * loc.uncertainty**2), loc.uncertainty)
         parts.append(replace(loc, row=fit.row, col=fit.col, uncertainty=unc))
     return Localizations.concat(parts)
@@ -176,11 +172,12 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
 def diffusion_weight_scan(results: list, adu: np.ndarray, gt, sim: SimulationSettings,
                           weights=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)) -> dict:
     """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 [crowded]``
-    for each ``c`` (the frames refined again with that weight)."""
+    for each ``c`` (one refit of every frame, its uncertainty combined with each ``c``)."""
+    refiner = Refiner(sim.camera)
+    fits = [refiner.refit(r.localizations, adu[r.index]) for r in results]
     out = {}
     for c in weights:
-        refiner = Refiner(sim.camera, diffusion_weight=c)
-        scored = score(Localizations.concat([refiner(r.localizations, adu[r.index]) for r in results]), gt, sim)
+        scored = score(Localizations.concat([refined_localizations(*f, diffusion_weight=c) for f in fits]), gt, sim)
         out[f"{c:g}"] = {k: scored[k] for k in ("z_std", "z_std_robust")}
     return out
 

@@ -251,13 +251,11 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
 @dataclass
 class Refiner:
     """Refines a stack frame by frame (``__call__``), keeping the PSF width estimated from the isolated
-    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``;
-    ``diffusion_weight``: ``c`` of the uncertainty (module docstring)."""
+    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``."""
 
     camera: Camera
     psf_sigma: float | None = None
     excess: float = 1.0
-    diffusion_weight: float = DIFFUSION_WEIGHT
     widths: list = field(default_factory=list)
 
     def width(self) -> float:
@@ -274,13 +272,23 @@ class Refiner:
         good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
         self.widths.extend(fit.sigma[good].tolist())
 
-    def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
-        """``locs`` of one frame refined on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
+    def refit(self, locs: Localizations, frame_adu: np.ndarray) -> tuple[RefinedFrame, Localizations]:
+        """The refit of one frame's ``locs`` on its camera frame ``frame_adu`` (``(H, W)`` ADU), and per refined
+        localization the one it comes from (a split spot's two emitters keep its frame, detection, SNR and spread)."""
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
         fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess)
-        source = locs.take(fit.parent)   # a split spot's two emitters keep its frame, detection, SNR and spread
-        diffusion = self.diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)
-        combined = np.sqrt(fit.fisher**2 + fit.excess + diffusion)
-        return replace(source, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, source.uncertainty))
+        return fit, locs.take(fit.parent)
+
+    def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
+        """``locs`` of one frame refined on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
+        return refined_localizations(*self.refit(locs, frame_adu))
+
+
+def refined_localizations(fit: RefinedFrame, source: Localizations, diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
+    """The refit's positions with the uncertainty of the module docstring (``c`` = ``diffusion_weight``); the
+    ``source`` localization's where the fit was not kept."""
+    diffusion = diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)
+    combined = np.sqrt(fit.fisher**2 + fit.excess + diffusion)
+    return replace(source, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, source.uncertainty))
