@@ -143,6 +143,7 @@ class Boxes:
         return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
 
     def fit(self, psf_sigma: float, excess: float = 1.0, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
+        """Maximum-likelihood fit of every box's active emitters (physics/fit.py)."""
         return fit_rois(self.e, self.cols, self.rows, self.active, psf_sigma, self.r2, excess, self.inside, fit_sigma,
                         iterations)
 

@@ -186,7 +186,7 @@ class UNet(nn.Module):
                 m.window = 0
 
     def forward(self, y_t: torch.Tensor, cond: torch.Tensor, sqrt_gamma: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))   # one row: the batch's one level
+        emb = self.embed(noise_level_embedding(sqrt_gamma, self.emb_dim))   # (1, E) when the batch shares one level
         h = self.inp(torch.cat([y_t, cond], dim=1))
         hs = [h]
         for layer in self.down:
