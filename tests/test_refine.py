@@ -111,13 +111,11 @@ def test_a_box_with_a_missed_emitter_is_not_refined_as_one_but_split():
     assert both.crowded.all()   # the diffusion spread counts where spots overlap
 
 
-def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_are_not():
-    """Pairs 1.2 px apart localized once, at their centre, over 200 noisy boxes: the refinement fits most as
-    two emitters, each near its true position within the bound the pair's fit reports; the pairs it keeps as
-    one spot report the spot's width beyond the PSF's (the offset from either emitter) instead of the bound
-    alone. Single emitters of the same brightness stay single, at their Cramer-Rao bound."""
-    rng = np.random.default_rng(10)
-    d, n, photons = 1.2, 200, 2000.0
+def refined_pairs(d: float, n: int = 200, photons: float = 2000.0, seed: int = 10):
+    """``n`` noisy boxes of two emitters ``d`` px apart (random orientation, background 20), each localized once
+    at their centre and refined; and the same with single emitters. Returns the refits, the truths ``(n, 2, 2)``
+    and the single emitters' refits."""
+    rng = np.random.default_rng(seed)
     angle = rng.uniform(0, np.pi, n)
     centre = np.column_stack([rng.uniform(9.5, 10.5, n), rng.uniform(9.5, 10.5, n)])
     pair, single, truths = [], [], []
@@ -128,8 +126,15 @@ def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_
         truths.append(truth)
         mean = render_emitters(np.array([r]), np.array([c]), np.array([photons]), (21, 21), 1.0)
         single.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0))
-    split = [len(f.row) == 2 for f in pair]
-    assert np.mean(split) > 0.8 and all(len(f.row) in (1, 2) for f in pair)
+    return pair, np.array(truths), single
+
+
+def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_are_not():
+    """Pairs 1.2 px apart localized once, at their centre, over 200 noisy boxes: the refinement fits nearly all
+    as two emitters, each near its true position within the bound the pair's fit reports. Single emitters of
+    the same brightness stay single, at their Cramer-Rao bound."""
+    pair, truths, single = refined_pairs(1.2)
+    assert np.mean([len(f.row) == 2 for f in pair]) > 0.95 and all(len(f.row) in (1, 2) for f in pair)
     z = []
     for f, truth in zip(pair, truths):
         if len(f.row) == 2:
@@ -140,13 +145,25 @@ def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_
             z.append((found - truth) / f.fisher[:, None])
     z = np.concatenate(z).ravel()
     assert 0.7 < np.std(z) < 1.4 and np.mean(np.abs(z) > 4) < 0.02      # each emitter where its bound says
-    kept = [f for f, s in zip(pair, split) if not s]
-    assert all(f.excess[0] > 0 or f.fisher[0] ** 2 > 0.05 for f in kept)   # a one-spot pair never reports the bound alone
-    bound = crlb(photons, 20.0, 1.0, 0.0)[0]
+    bound = crlb(2000.0, 20.0, 1.0, 0.0)[0]
     assert np.mean([len(f.row) == 2 for f in single]) < 0.03
     single_unc = np.array([np.sqrt(f.fisher[0] ** 2 + f.excess[0]) for f in single])
     assert np.mean([f.excess[0] > 0 for f in single]) < 0.1
     assert np.median(single_unc) == pytest.approx(bound, rel=0.15)
+
+
+def test_pairs_kept_as_one_spot_widen_the_uncertainty_to_their_offset():
+    """Pairs 0.8 px apart, too close for most to be split: those kept as one spot, at the pair's centre, report
+    the spot's width beyond the PSF's, most of the offset from either emitter (per axis, on average; the kept
+    ones are the pairs that looked narrowest), where the bound alone is far too small."""
+    d = 0.8
+    pair, _, _ = refined_pairs(d)
+    kept = [f for f in pair if len(f.row) == 1]
+    assert len(kept) > 100
+    offset_var = (d / 2) ** 2 / 2     # per axis: (d/2)^2 along the pair, 0 across it
+    assert 0.5 * offset_var < np.mean([f.fisher[0] ** 2 + f.excess[0] for f in kept]) < 1.3 * offset_var
+    assert np.mean([f.fisher[0] ** 2 for f in kept]) < 0.1 * offset_var
+    assert np.mean([f.excess[0] > 0 for f in kept]) > 0.5
 
 
 def test_refiner_gives_a_split_spot_two_localizations_of_its_frame():

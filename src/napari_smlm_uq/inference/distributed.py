@@ -24,7 +24,7 @@ import torch
 
 from ..io.files import InputError, atomic_path
 from ..io.store import DEFAULT_ENCODING, STORE_NAME, ResultStore
-from ..localizations import FIELDS as LOC_FIELDS, Localizations
+from ..localizations import FIELDS, Localizations
 from ..models import registry
 from ..models.registry import Models
 from .pipeline import PredictSettings, StackSum, keep_freed_buffers, never, predict
@@ -138,7 +138,7 @@ def open_store(job: StackJob, model: str, resume: bool) -> ResultStore:
 
 def keep_chunk(out: Path, chunk: ChunkResult) -> None:
     """Keep a chunk's localizations and sums (atomically: the file marks the chunk finished)."""
-    locs = {f"loc_{k}": getattr(chunk.localizations, k) for k in LOC_FIELDS}
+    locs = {f"loc_{k}": getattr(chunk.localizations, k) for k in FIELDS}
     with atomic_path(_part(out, chunk.frames)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, total=chunk.sums.total, variance=chunk.sums.variance, seconds=chunk.seconds, **locs)
 
@@ -147,7 +147,7 @@ def read_chunk(out: Path, frames: range) -> ChunkResult:
     with np.load(_part(out, frames)) as z:
         sums = StackSum()
         sums.total, sums.variance, sums.frames = z["total"], z["variance"], len(frames)
-        locs = Localizations(*(z[f"loc_{k}"] for k in LOC_FIELDS))
+        locs = Localizations(*(z[f"loc_{k}"] for k in FIELDS))
         return ChunkResult(frames, locs, sums, float(z["seconds"]), ())
 
 

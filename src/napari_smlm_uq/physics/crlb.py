@@ -35,13 +35,16 @@ def fisher_information(photons: float, background: float, psf_sigma: float, read
     return (grads / omega_prime) @ grads.T
 
 
-def crlb(photons: float, background: float, psf_sigma: float, read_noise: float = 0.0, roi: int = 11) -> np.ndarray:
-    """Standard-deviation bounds ``sqrt(diag(I^-1))`` for (x [px], y [px], photons, background)."""
+def crlb(photons: float, background: float, psf_sigma: float, read_noise: float = 0.0, roi: int = 11,
+         position: tuple[float, float] | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Standard-deviation bounds ``sqrt(diag(I^-1))`` for (x [px], y [px], photons, background); ``position``
+    and ``mask`` as for :func:`fisher_information`."""
     if photons <= 0:
         raise ValueError(f"photons must be > 0 (got {photons})")
     if background < 0 or psf_sigma <= 0 or read_noise < 0:
         raise ValueError("background and read noise must be >= 0 and psf sigma > 0")
-    return np.sqrt(np.diag(np.linalg.inv(fisher_information(photons, background, psf_sigma, read_noise, roi))))
+    info = fisher_information(photons, background, psf_sigma, read_noise, roi, position, mask)
+    return np.sqrt(np.diag(np.linalg.inv(info)))
 
 
 def crlb_nm(photons: float, background: float, psf_sigma: float, pixel_size: float, read_noise: float = 0.0,
@@ -59,5 +62,4 @@ def crlb_in_frame(photons: float, background: float, psf_sigma: float, row: floa
     r0, c0 = int(np.rint(row)) - half, int(np.rint(col)) - half
     rows, cols = np.arange(r0, r0 + roi), np.arange(c0, c0 + roi)
     mask = ((rows >= 0) & (rows < shape[0]))[:, None] & ((cols >= 0) & (cols < shape[1]))[None, :]
-    info = fisher_information(photons, background, psf_sigma, read_noise, roi, (col - c0, row - r0), mask)
-    return np.sqrt(np.diag(np.linalg.inv(info)))
+    return crlb(photons, background, psf_sigma, read_noise, roi, (col - c0, row - r0), mask)
