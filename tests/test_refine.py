@@ -153,17 +153,18 @@ def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_
 
 
 def test_pairs_kept_as_one_spot_widen_the_uncertainty_to_their_offset():
-    """Pairs 0.8 px apart, too close for most to be split: those kept as one spot, at the pair's centre, report
-    the spot's width beyond the PSF's, most of the offset from either emitter (per axis, on average; the kept
-    ones are the pairs that looked narrowest), where the bound alone is far too small."""
-    d = 0.8
+    """Pairs 0.7 px apart, too close for most to be split: those kept as one spot (133 of 200), at the pair's
+    centre, report the spot's width beyond the PSF's, much of the offset from either emitter (per axis, on
+    average: 0.57x measured; the kept ones are the pairs that looked narrowest), where the bound alone is far
+    too small (0.006x)."""
+    d = 0.7
     pair, _, _ = refined_pairs(d)
     kept = [f for f in pair if len(f.row) == 1]
     assert len(kept) > 100
     offset_var = (d / 2) ** 2 / 2     # per axis: (d/2)^2 along the pair, 0 across it
-    assert 0.5 * offset_var < np.mean([f.fisher[0] ** 2 + f.excess[0] for f in kept]) < 1.3 * offset_var
+    assert 0.4 * offset_var < np.mean([f.fisher[0] ** 2 + f.excess[0] for f in kept]) < 1.3 * offset_var
     assert np.mean([f.fisher[0] ** 2 for f in kept]) < 0.1 * offset_var
-    assert np.mean([f.excess[0] > 0 for f in kept]) > 0.5
+    assert np.mean([f.excess[0] > 0 for f in kept]) > 0.4
 
 
 def test_refiner_gives_a_split_spot_two_localizations_of_its_frame():
@@ -177,3 +178,21 @@ def test_refiner_gives_a_split_spot_two_localizations_of_its_frame():
     assert len(out) == 2 and out.frame.tolist() == [4, 4] and out.detection.tolist() == [0.9, 0.9]
     assert np.sort(out.col) == pytest.approx([9.4, 10.6], abs=0.15) and out.row == pytest.approx([10.0, 10.0], abs=0.15)
     assert (out.uncertainty > np.sqrt(DIFFUSION_WEIGHT) * 0.3).all() and (out.uncertainty < 0.3).all()
+
+
+def test_a_cluster_of_nine_overlapping_spots_is_refined_at_the_bound():
+    """Nine emitters on a 2.2-px grid (PSF sigma 1 px): every box holds the light of up to eight neighbours,
+    all fitted jointly, so each emitter lands where its bound says (error / bound: rms 0.94 measured; with
+    the six emitters per box used until 2026-11-27 it was 6.0)."""
+    g = np.arange(3) * 2.2 + 8.0
+    rows, cols = (a.ravel() + np.random.default_rng(12).uniform(-0.5, 0.5, 9) for a in np.meshgrid(g, g, indexing="ij"))
+    z, ok = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        e = rng.poisson(render_emitters(rows, cols, np.full(9, 3000.0), (24, 24), 1.0) + 20.0).astype(float)
+        fit = refine_frame(e, rows + rng.normal(0, 0.25, 9), cols + rng.normal(0, 0.25, 9), 1.0)
+        assert len(fit.row) == 9 and fit.crowded.all()
+        z.append((np.hypot(fit.row - rows, fit.col - cols) / (np.sqrt(2) * fit.fisher))[fit.ok])
+        ok.append(fit.ok)
+    z = np.concatenate(z)
+    assert np.mean(ok) > 0.95 and 0.7 < np.sqrt(np.mean(z**2)) < 1.3 and z.max() < 5

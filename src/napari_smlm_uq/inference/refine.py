@@ -1,12 +1,14 @@
 """Refinement of the deep localizations on the raw pixels (docs/method.md, "Refinement at the CRLB").
 
-Each localization is refitted by maximum likelihood (physics/fit.py) in a box of ``2 ceil(3 sigma) + 1``
-raw pixels around it, together with up to ``NEIGHBOURS - 1`` other localizations whose light reaches
-the box (centres within ``REACH`` px of it), starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
+Each localization is refitted by maximum likelihood (physics/fit.py) in a box of ``2 ceil(3 sigma + 1/2) + 1``
+raw pixels around it (3 sigma beyond the emitter wherever it lies in the centre pixel), together with up to
+``NEIGHBOURS - 1`` other localizations whose light reaches the box (centres within ``REACH`` px of it),
+starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
 running median over the frames seen) unless given. The reported uncertainty combines the fit's
 Cramer-Rao bound (what the photons allow), the spot's width beyond the PSF's (two emitters closer than
-the PSF width, localized as one at their centre), and, where other localizations share the box, the
-diffusion samples' calibrated spread (overlapping spots: where the scene is ambiguous):
+the PSF width, localized as one at their centre), and, where other localizations lie near, the
+diffusion samples' calibrated spread (overlapping spots: where the scene is ambiguous;
+``crowded``: another localization within ``CROWDED`` PSF sigmas):
 ``sigma^2 = sigma_fisher^2 + excess + DIFFUSION_WEIGHT * sigma_diffusion^2 * crowded`` with
 ``excess = s^2 - sigma_psf^2`` where the box's fitted width ``s`` exceeds the PSF's by more than
 ``WIDTH_NOISE`` of its Cramer-Rao bound (else 0). An isolated spot's position is limited by its photons
@@ -14,9 +16,10 @@ alone, which the bound states (the diffusion spread there only restates it). A f
 moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
 degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
 uncertainty. A spot wider than the PSF is also fitted as two emitters, started apart along its long axis;
-where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2``, both carry at least
-``SPLIT_SHARE`` of the photons and both lie in the frame, the pair replaces it (two localizations, each
-with its own bound).
+where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2``
+where other emitters share the box), both carry at least ``SPLIT_SHARE`` of the photons, both lie in the
+frame and each lies nearer its truth than the pair's centre would (half their separation at least their
+lateral bound), the pair replaces it (two localizations, each with its own bound).
 """
 from __future__ import annotations
 
@@ -30,15 +33,17 @@ from ..physics.camera import Camera
 from ..physics.fit import RoiFit, fit_rois
 
 REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
-NEIGHBOURS = 6            # emitters fitted jointly per box (the localization and its nearest neighbours)
+NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
 DIFFUSION_WEIGHT = 0.14   # c in sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 crowded (benchmarks.md)
+CROWDED = 5.0             # PSF sigmas: a localization with another this near is crowded (its spread counts)
 WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF beyond this many of its bounds
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
-SPLIT_GAIN = 25.0         # twice the log-likelihood a second emitter must add to a wide spot (chi2(3): p ~ 2e-5)
+SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
+SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
 
@@ -47,8 +52,8 @@ SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split m
 class RefinedFrame:
     """One frame's refit, per localization out: ``parent`` (the input localization it comes from; a split
     spot gives two), raw-pixel ``row``/``col``, ``fisher`` (per-axis Cramer-Rao bound, px), ``excess``
-    (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (other localizations share the
-    box), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
+    (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (another localization within
+    ``CROWDED`` PSF sigmas), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
 
     parent: np.ndarray
     row: np.ndarray
@@ -84,7 +89,8 @@ class Split:
 
 
 def box_half_width(psf_sigma: float) -> int:
-    return max(3, int(np.ceil(3.0 * psf_sigma)))
+    """Raw pixels from a box's centre pixel to its edge: 3 PSF sigmas beyond an emitter anywhere in that pixel."""
+    return max(3, int(np.ceil(3.0 * psf_sigma + 0.5)))
 
 
 def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,10 +156,11 @@ class Boxes:
 
 def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
               read_variance: float | np.ndarray = 0.0, excess: float = 1.0, fit_sigma: bool = False,
-              k: int = NEIGHBOURS) -> tuple[RoiFit, np.ndarray, np.ndarray]:
+              k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray, np.ndarray]:
     """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
-    ``rows``/``cols``). Returns the fit (slot 0 is each localization), box corners and the slots' activity."""
-    boxes = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), read_variance, k)
+    ``rows``/``cols``) in boxes of half-width ``half`` (``box_half_width`` by default). Returns the fit (slot 0
+    is each localization), box corners and the slots' activity."""
+    boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(psf_sigma), read_variance, k)
     return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner, boxes.active
 
 
@@ -164,7 +171,7 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     if not len(rows):
         z = np.zeros(0)
         return RefinedFrame(z.astype(int), z, z, z, z, z.astype(bool), z, z, z.astype(bool))
-    fit, corner, active = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
+    fit, corner, _ = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
@@ -172,10 +179,18 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
     wide, _, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
-    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, active[:, 1:].any(axis=1),
+    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
     split = split_wide_spots(photoelectrons, row, col, np.flatnonzero(width > 0), psf_sigma, read_variance, excess)
     return refined.with_splits(split)
+
+
+def crowded(rows: np.ndarray, cols: np.ndarray, psf_sigma: float) -> np.ndarray:
+    """Which localizations have another within ``CROWDED`` PSF sigmas."""
+    if len(rows) < 2:
+        return np.zeros(len(rows), bool)
+    pts = np.column_stack([rows, cols])
+    return cKDTree(pts).query(pts, k=2)[0][:, 1] <= CROWDED * psf_sigma
 
 
 def axis_bound(crlb_row: np.ndarray, crlb_col: np.ndarray) -> np.ndarray:
@@ -221,7 +236,9 @@ def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     row, col = pair.row[:, :2] + one.corner[:, :1], pair.col[:, :2] + one.corner[:, 1:]
     h, w = photoelectrons.shape
     in_frame = ((row >= -0.5) & (row <= h - 0.5) & (col >= -0.5) & (col <= w - 0.5)).all(axis=1)
-    keep = ((pair.log_likelihood - single.log_likelihood) * 2 > SPLIT_GAIN) & (pair.chi2 <= MAX_CHI2) \
+    gain = np.where(one.active[:, 1:].any(axis=1), SPLIT_GAIN_CROWDED, SPLIT_GAIN)
+    resolved = 0.5 * separation * psf_sigma >= np.hypot(fisher[:, 0], fisher[:, 1])   # nearer the truth than the centre
+    keep = ((pair.log_likelihood - single.log_likelihood) * 2 > gain) & (pair.chi2 <= MAX_CHI2) & resolved \
         & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) & in_frame \
         & (separation >= SPLIT_SEPARATION[0]) & (separation <= SPLIT_SEPARATION[1]) & np.isfinite(fisher).all(axis=1)
     return Split(candidates[keep], row[keep], col[keep], fisher[keep], photons[keep])
