@@ -13,7 +13,7 @@ from scipy.special import erf
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.physics import kde
 from napari_smlm_uq.physics.camera import Camera
-from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, crlb_nm, fisher_information
+from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, crlb_nm, fisher_information, pair_lateral_crlb
 from napari_smlm_uq.physics.simulate import (
     Emitters,
     SimulationSettings,
@@ -338,6 +338,31 @@ def test_fisher_matrix_matches_finite_differences():
     np.testing.assert_allclose(f[0, 0], g[1, 1], rtol=1e-10)
     np.testing.assert_allclose(f[0, 2], g[1, 2], rtol=1e-10)
 
+
+
+def test_two_emitters_fitted_jointly_part_their_information_only_where_their_light_overlaps():
+    """The joint Fisher matrix of two emitters: far apart, each one's position bound is its own (one emitter
+    in the same box), and the matrix is that of the finite-difference model; as they merge their
+    positions' bound grows without limit (the pair's lateral bound: 8 px apart = single, 1 px apart > 4x,
+    0.3 px apart > 30x)."""
+    n0, b0, sigma, r, roi = 2000.0, 20.0, 1.0, 1.5, 31
+    position = np.array([[8.0, 15.0], [22.0, 15.3]])
+    joint = np.linalg.inv(fisher_information(np.full(2, n0), b0, sigma, r, roi, position))
+    alone = np.linalg.inv(fisher_information(n0, b0, sigma, r, roi, position=(8.0, 15.0)))
+    np.testing.assert_allclose(np.diag(joint)[:2], np.diag(alone)[:2], rtol=1e-3)
+
+    def omega(th):   # th: u1, v1, N1, u2, v2, N2, b
+        return omega_model((roi, roi), [th[1], th[4]], [th[0], th[3]], [th[2], th[5]], sigma, th[6])
+
+    theta = np.array([14.2, 15.0, n0, 15.4, 15.5, 1500.0, b0])
+    steps = np.array([1e-5, 1e-5, 1e-3, 1e-5, 1e-5, 1e-3, 1e-5])
+    grads = np.array([((omega(theta + h * e) - omega(theta - h * e)) / (2 * h)).ravel() for h, e in zip(steps, np.eye(7))])
+    fd = (grads / (omega(theta).ravel() + r**2)) @ grads.T
+    analytic = fisher_information(theta[[2, 5]], b0, sigma, r, roi, theta[[0, 1, 3, 4]].reshape(2, 2))
+    np.testing.assert_allclose(analytic, fd, rtol=1e-6, atol=1e-9 * np.abs(fd).max())
+    single = np.sqrt(2) * crlb(n0, b0, sigma, r)[0]
+    assert pair_lateral_crlb(8.0, n0, b0, sigma, r) == pytest.approx(single, rel=0.01)
+    assert pair_lateral_crlb(1.0, n0, b0, sigma, r) > 4 * single and pair_lateral_crlb(0.3, n0, b0, sigma, r) > 30 * single
 
 def _fit_mle(data: np.ndarray, r2: float, sigma: float) -> np.ndarray:
     """Poisson maximum likelihood fit of (x, y, N, b) to ``data = e + r^2`` with model ``omega + r^2``."""

@@ -11,25 +11,26 @@ import numpy as np
 from .psf import integrated_gaussian_1d, integrated_gaussian_1d_dmu
 
 
-def fisher_information(photons: float, background: float, psf_sigma: float, read_noise: float = 0.0,
-                       roi: int = 11, position: tuple[float, float] | None = None,
+def fisher_information(photons: float | np.ndarray, background: float, psf_sigma: float, read_noise: float = 0.0,
+                       roi: int = 11, position: tuple[float, float] | np.ndarray | None = None,
                        mask: np.ndarray | None = None) -> np.ndarray:
-    """4x4 Fisher matrix for one emitter in a ``roi`` x ``roi`` pixel box (emitter at its centre by
-    default; ``position = (u0, v0)`` in box pixels otherwise); ``mask`` ``(roi, roi)``: the pixels that
-    exist (a box over the frame's edge), the others carry no information."""
+    """Fisher matrix for one emitter in a ``roi`` x ``roi`` pixel box (4x4: u0, v0, N0, b; emitter at its
+    centre by default; ``position = (u0, v0)`` in box pixels otherwise), or for ``n`` emitters fitted jointly
+    (``photons`` ``(n,)``, ``position`` ``(n, 2)``; ``3n + 1`` square: u, v, N of each, then b); ``mask``
+    ``(roi, roi)``: the pixels that exist (a box over the frame's edge), the others carry no information."""
     centres = np.arange(roi, dtype=np.float64)
-    u0, v0 = position if position is not None else ((roi - 1) / 2, (roi - 1) / 2)
-    dx = integrated_gaussian_1d(centres, [u0], psf_sigma)[0]
-    dy = integrated_gaussian_1d(centres, [v0], psf_sigma)[0]
-    ddx = integrated_gaussian_1d_dmu(centres, [u0], psf_sigma)[0]
-    ddy = integrated_gaussian_1d_dmu(centres, [v0], psf_sigma)[0]
+    n = np.atleast_1d(np.asarray(photons, np.float64))
+    uv = np.full((len(n), 2), (roi - 1) / 2) if position is None else np.asarray(position, np.float64).reshape(len(n), 2)
+    dx, dy = integrated_gaussian_1d(centres, uv[:, 0], psf_sigma), integrated_gaussian_1d(centres, uv[:, 1], psf_sigma)
+    ddx, ddy = integrated_gaussian_1d_dmu(centres, uv[:, 0], psf_sigma), integrated_gaussian_1d_dmu(centres, uv[:, 1], psf_sigma)
+    psf = dy[:, :, None] * dx[:, None, :]                                   # (n, roi, roi)
     grads = np.stack([
-        photons * np.outer(dy, ddx),  # d omega / d u0 (columns)
-        photons * np.outer(ddy, dx),  # d omega / d v0 (rows)
-        np.outer(dy, dx),             # d omega / d N0
-        np.ones((roi, roi)),          # d omega / d b
-    ]).reshape(4, -1)
-    omega_prime = (background + photons * np.outer(dy, dx) + read_noise**2).ravel()
+        n[:, None, None] * dy[:, :, None] * ddx[:, None, :],   # d omega / d u (columns)
+        n[:, None, None] * ddy[:, :, None] * dx[:, None, :],   # d omega / d v (rows)
+        psf,                                                   # d omega / d N
+    ], axis=1).reshape(3 * len(n), -1)
+    grads = np.concatenate([grads, np.ones((1, roi * roi))])   # d omega / d b
+    omega_prime = (background + np.einsum("k,kij->ij", n, psf) + read_noise**2).ravel()
     if mask is not None:
         grads = grads * np.asarray(mask, bool).ravel()
     return (grads / omega_prime) @ grads.T
@@ -63,3 +64,14 @@ def crlb_in_frame(photons: float, background: float, psf_sigma: float, row: floa
     rows, cols = np.arange(r0, r0 + roi), np.arange(c0, c0 + roi)
     mask = ((rows >= 0) & (rows < shape[0]))[:, None] & ((cols >= 0) & (cols < shape[1]))[None, :]
     return crlb(photons, background, psf_sigma, read_noise, roi, (col - c0, row - r0), mask)
+
+
+def pair_lateral_crlb(separation: float, photons: float, background: float, psf_sigma: float,
+                      read_noise: float = 0.0, roi: int = 15) -> float:
+    """Lateral bound (px, ``sqrt(crlb_x^2 + crlb_y^2)``) of each of two emitters of ``photons`` each,
+    ``separation`` px apart and fitted jointly: it grows without limit as they merge."""
+    half = (roi - 1) / 2
+    position = np.array([[half - separation / 2, half], [half + separation / 2, half]])
+    info = fisher_information(np.full(2, photons), background, psf_sigma, read_noise, roi, position)
+    bounds = np.sqrt(np.diag(np.linalg.inv(info)))
+    return float(np.hypot(bounds[0], bounds[1]))
