@@ -244,7 +244,7 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
     res["settings"] = {k: v for k, v in MOVIES[name].items() if k != "camera"} | {"frames": sim.frames}
     print(name, json.dumps({k: [round(v.get("efficiency", np.nan), 1), round(v.get("isolated_1000nm", {}).get("rmse_over_crlb", np.nan), 2),
                                 round(v.get("isolated_500nm", {}).get("rmse_over_crlb", np.nan), 2), round(v.get("z_std", np.nan), 2)]
-                            for k, v in res.items() if "efficiency" in v}), flush=True)
+                            for k, v in res.items() if v and "efficiency" in v}), flush=True)
     return res
 
 
