@@ -146,6 +146,8 @@ class Boxes:
         r2 = read_variance if np.ndim(read_variance) == 0 else \
             extract_boxes(np.asarray(read_variance, float), rows[which], cols[which], half)[0]
         slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
+        used = max(1, int(active.sum(axis=1).max(initial=1)))   # slots fill from 0: the rest are empty everywhere
+        slots, active = slots[:, :used], active[:, :used]
         return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
 
     def fit(self, psf_sigma: float, excess: float = 1.0, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:

@@ -138,8 +138,8 @@ def _scores(data, mu, jac, weight, free) -> tuple[np.ndarray, np.ndarray]:
     n = len(mu)
     residual = ((data / mu - 1.0) * weight).reshape(n, -1)
     jac = jac * free[..., None]
-    grad = np.einsum("bpk,bk->bp", jac, residual)
-    fisher = np.einsum("bpk,bqk->bpq", jac * (weight.reshape(n, 1, -1) / mu.reshape(n, 1, -1)), jac)
+    grad = (jac @ residual[..., None])[..., 0]
+    fisher = (jac * (weight.reshape(n, 1, -1) / mu.reshape(n, 1, -1))) @ jac.transpose(0, 2, 1)
     fisher += np.eye(fisher.shape[1]) * (~free)[:, None, :]
     return grad, fisher
 
