@@ -9,7 +9,8 @@ on the raw pixels (inference/refine.py; the refined diffusion also with the unce
 2026-11-27), scored by E, RMSE, isolated RMSE / CRLB (no other emitter within
 1 um, and within 500 nm), the localization z std (error / uncertainty per axis), seconds per frame; and,
 on phi alone, where the isolated error comes from: the part that depends on the emitter's sub-pixel phase
-on the 4x SR grid (the read-out's bias), and the read-out by a kernel fit to the KDE around each peak.
+on the 4x SR grid (the read-out's bias), and the read-out by a kernel fit to the KDE around each peak; and,
+for the movies of one photon count, the E an unbiased localizer at the CRLB would reach (``efficient_ceiling``).
 Writes benchmarks/results/precision.json and docs/img/precision_crlb.png. No napari needed.
 """
 from __future__ import annotations
