@@ -67,17 +67,6 @@ def lateral_bound(photons: float, row: float, col: float, sim: SimulationSetting
     return float(np.hypot(*crlb_in_frame(photons, sim.background, sim.psf_sigma, row, col, sim.shape, rn, roi)[:2]))
 
 
-def isolated(gt, radius_px: float) -> np.ndarray:
-    """Ground-truth emitters with no other emitter of their frame within ``radius_px``."""
-    out = np.zeros(len(gt.frame), bool)
-    for t in np.unique(gt.frame):
-        idx = np.flatnonzero(gt.frame == t)
-        d = np.hypot(gt.row[idx, None] - gt.row[None, idx], gt.col[idx, None] - gt.col[None, idx])
-        out[idx] = (d + np.eye(len(idx)) * 1e9).min(axis=1) > radius_px
-    return out
-
-
-
 def nearest_neighbour(gt) -> np.ndarray:
     """Distance (raw px) from each ground-truth emitter to the nearest other of its frame (inf if alone)."""
     out = np.full(len(gt.frame), np.inf)
@@ -87,6 +76,11 @@ def nearest_neighbour(gt) -> np.ndarray:
             d = np.hypot(gt.row[idx, None] - gt.row[None, idx], gt.col[idx, None] - gt.col[None, idx])
             out[idx] = (d + np.eye(len(idx)) * 1e9).min(axis=1)
     return out
+
+
+def isolated(gt, radius_px: float) -> np.ndarray:
+    """Ground-truth emitters with no other emitter of their frame within ``radius_px``."""
+    return nearest_neighbour(gt) > radius_px
 
 
 def efficient_ceiling(gt, sim: SimulationSettings, merge_below=np.arange(0.0, 1.55, 0.1)) -> dict:
@@ -102,10 +96,10 @@ def efficient_ceiling(gt, sim: SimulationSettings, merge_below=np.arange(0.0, 1.
     grid = np.linspace(0.05, 4.0, 80) * sim.psf_sigma
     pair = np.interp(nn, grid, [pair_lateral_crlb(d, sim.photons, sim.background, sim.psf_sigma, rn) for d in grid], right=0.0)
     bound2 = np.maximum(own, pair) ** 2 * sim.pixel_size**2
+    centre2 = (nn * sim.pixel_size / 2) ** 2 + own**2 * sim.pixel_size**2   # reported at the pair's centre
     rows = []
     for d in merge_below:
         merged = nn < d            # both of each such pair: half are missed, half carry the centre's offset
-        centre2 = (nn * sim.pixel_size / 2) ** 2 + own**2 * sim.pixel_size**2
         found = len(nn) - merged.sum() / 2
         mse = (bound2[~merged].sum() + centre2[merged].sum() / 2) / found
         jac = float(100.0 * found / len(nn))
@@ -113,6 +107,7 @@ def efficient_ceiling(gt, sim: SimulationSettings, merge_below=np.arange(0.0, 1.
                      "efficiency": metrics.efficiency(jac, float(np.sqrt(mse)))})
     best = max(rows, key=lambda r: r["efficiency"])
     return {"unbiased": rows[0], "best": best, "by_merge": rows}
+
 
 def score(locs: Localizations, gt, sim: SimulationSettings) -> dict:
     """E, JAC, RMSE (nm), z std, and isolated lateral RMSE / CRLB (overall and per photon bin)."""
@@ -182,7 +177,7 @@ def kernel_fit_readout(results: list) -> Localizations:
     for r in results:
         loc = r.localizations
         rows, cols = raw_to_sr(loc.row), raw_to_sr(loc.col)
-        fit, corner, _ = fit_frame(r.mean.astype(np.float64), rows, cols, KERNEL_SIGMA, read_variance=1e4, k=1) if len(loc) else (None, None, None)
+        fit, corner = fit_frame(r.mean.astype(np.float64), rows, cols, KERNEL_SIGMA, read_variance=1e4, k=1) if len(loc) else (None, None)
         if fit is not None:
             rows, cols = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
         parts.append(replace(loc, row=sr_to_raw(rows), col=sr_to_raw(cols)))

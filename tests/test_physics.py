@@ -339,7 +339,6 @@ def test_fisher_matrix_matches_finite_differences():
     np.testing.assert_allclose(f[0, 2], g[1, 2], rtol=1e-10)
 
 
-
 def test_two_emitters_fitted_jointly_part_their_information_only_where_their_light_overlaps():
     """The joint Fisher matrix of two emitters: far apart, each one's position bound is its own (one emitter
     in the same box), and the matrix is that of the finite-difference model; as they merge their
@@ -363,6 +362,7 @@ def test_two_emitters_fitted_jointly_part_their_information_only_where_their_lig
     single = np.sqrt(2) * crlb(n0, b0, sigma, r)[0]
     assert pair_lateral_crlb(8.0, n0, b0, sigma, r) == pytest.approx(single, rel=0.01)
     assert pair_lateral_crlb(1.0, n0, b0, sigma, r) > 4 * single and pair_lateral_crlb(0.3, n0, b0, sigma, r) > 30 * single
+
 
 def _fit_mle(data: np.ndarray, r2: float, sigma: float) -> np.ndarray:
     """Poisson maximum likelihood fit of (x, y, N, b) to ``data = e + r^2`` with model ``omega + r^2``."""

@@ -99,7 +99,7 @@ def test_a_box_with_a_missed_emitter_is_not_refined_as_one_but_split():
     rng = np.random.default_rng(9)
     rows, cols = np.array([10.2, 10.0]), np.array([10.1, 12.6])
     e = rng.poisson(render_emitters(rows, cols, np.array([3000.0, 6000.0]), (21, 21), 1.0) + 20.0).astype(float)
-    fit, _, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    fit, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
     assert fit.chi2[0] > MAX_CHI2
     alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
     assert len(alone.row) == 2 and alone.parent.tolist() == [0, 0] and alone.crowded.all()

@@ -20,8 +20,8 @@ from ..physics.camera import Camera
 TRAINING_RANGE = {"photons": (500.0, 10000.0), "background": (5.0, 100.0), "psf_sigma": (0.8, 1.5)}
 MIN_SNR = 6.0          # peak over the background's shot noise (smoothed frame) for a spot to be fitted
 ISOLATION = 6          # raw pixels: no other spot (at half the threshold) this close
-FIT_HALF = 4           # raw pixels: the fit box's half-width (3 START_SIGMA), 2 px clear of any other spot
 START_SIGMA = 1.3      # raw pixels: the fits' starting width
+FIT_HALF = int(np.ceil(3 * START_SIGMA))   # raw pixels: the fit box's half-width (4), 2 px clear of any other spot
 MIN_SPOTS = 10
 # Training ranges around an estimate: the median +/- WIDEN spreads (a spread is ~1 standard deviation, so
 # +/- 2 covers ~95 % of the spots), at least +/- MIN_HALF_WIDTH of the median, never below FLOOR.
@@ -108,7 +108,7 @@ def estimate_psf(frames_adu, camera: Camera, max_spots: int = 300, excess: float
         rows, cols = find_spots(e)
         if not len(rows):
             continue
-        fit, _, _ = fit_frame(e, rows, cols, START_SIGMA, read_variance, excess, fit_sigma=True, k=1, half=FIT_HALF)
+        fit, _ = fit_frame(e, rows, cols, START_SIGMA, read_variance, excess, fit_sigma=True, k=1, half=FIT_HALF)
         good = np.isfinite(fit.crlb_sigma) & (fit.sigma > 0.45) & (fit.sigma < 3.9) & (fit.photons[:, 0] > 0)
         fits.append(np.column_stack([fit.sigma, fit.photons[:, 0], fit.background])[good])
         found += int(good.sum())

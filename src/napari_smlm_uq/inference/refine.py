@@ -146,7 +146,7 @@ class Boxes:
         r2 = read_variance if np.ndim(read_variance) == 0 else \
             extract_boxes(np.asarray(read_variance, float), rows[which], cols[which], half)[0]
         slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
-        used = max(1, int(active.sum(axis=1).max(initial=1)))   # slots fill from 0: the rest are empty everywhere
+        used = int(active.sum(axis=1).max(initial=1))   # slots fill from 0: the rest are empty everywhere
         slots, active = slots[:, :used], active[:, :used]
         return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
 
@@ -158,12 +158,12 @@ class Boxes:
 
 def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
               read_variance: float | np.ndarray = 0.0, excess: float = 1.0, fit_sigma: bool = False,
-              k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray, np.ndarray]:
+              k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray]:
     """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
     ``rows``/``cols``) in boxes of half-width ``half`` (``box_half_width`` by default). Returns the fit (slot 0
-    is each localization), box corners and the slots' activity."""
+    is each localization) and the boxes' corners."""
     boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(psf_sigma), read_variance, k)
-    return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner, boxes.active
+    return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner
 
 
 def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
@@ -173,13 +173,13 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     if not len(rows):
         z = np.zeros(0)
         return RefinedFrame(z.astype(int), z, z, z, z, z.astype(bool), z, z, z.astype(bool))
-    fit, corner, _ = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
+    fit, corner = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
     row, col = np.where(ok, row, rows), np.where(ok, col, cols)
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
-    wide, _, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
+    wide, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
     refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
@@ -264,7 +264,7 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     alone = ~active[:, 1:].any(axis=1)
     if not alone.any():
         return None, alone
-    fit, _, _ = fit_frame(photoelectrons, rows[alone], cols[alone], psf_sigma, read_variance, excess, fit_sigma=True, k=1)
+    fit, _ = fit_frame(photoelectrons, rows[alone], cols[alone], psf_sigma, read_variance, excess, fit_sigma=True, k=1)
     return fit, alone
 
 
