@@ -203,8 +203,8 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
 
 
 def diffusion_weight_scan(results: list, adu: np.ndarray, gt, sim: SimulationSettings,
-                          weights=(0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)) -> dict:
-    """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 [crowded]``
+                          weights=(0.0, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)) -> dict:
+    """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + max(excess, hidden) + c sigma_diffusion^2 [crowded]``
     for each ``c`` (one refit of every frame, its uncertainty combined with each ``c``)."""
     refiner = Refiner(sim.camera)
     fits = [refiner.refit(r.localizations, adu[r.index]) for r in results]

@@ -9,17 +9,20 @@ Cramer-Rao bound (what the photons allow), the spot's width beyond the PSF's (tw
 the PSF width, localized as one at their centre), and, where other localizations lie near, the
 diffusion samples' calibrated spread (overlapping spots: where the scene is ambiguous;
 ``crowded``: another localization within ``CROWDED`` PSF sigmas):
-``sigma^2 = sigma_fisher^2 + excess + DIFFUSION_WEIGHT * sigma_diffusion^2 * crowded`` with
+``sigma^2 = sigma_fisher^2 + max(excess, hidden) + DIFFUSION_WEIGHT * sigma_diffusion^2 * crowded`` with
 ``excess = s^2 - sigma_psf^2`` where the box's fitted width ``s`` exceeds the PSF's by more than
-``WIDTH_NOISE`` of its Cramer-Rao bound (else 0). An isolated spot's position is limited by its photons
-alone, which the bound states (the diffusion spread there only restates it). A fit that
-moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves its box unexplained (chi-square per
-degree of freedom above ``MAX_CHI2``: an emitter the deep model missed), keeps the deep position and
-uncertainty. A spot wider than the PSF is also fitted as two emitters, started apart along its long axis;
-where the second emitter raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2``
-where other emitters share the box), both carry at least ``SPLIT_SHARE`` of the photons, both lie in the
-frame and each lies nearer its truth than the pair's centre would (half their separation at least their
-lateral bound), the pair replaces it (two localizations, each with its own bound).
+``WIDTH_NOISE`` of its Cramer-Rao bound (else 0), and ``hidden = (max(s, sigma_psf) + sigma_s)^2 - sigma_psf^2``
+(``sigma_s`` the width's bound) where the spot carries the photons of more than one of the stack's single
+emitters (``pair_like``; ``Refiner.single_photons``), else 0: two emitters closer than the width's noise shows.
+An isolated spot's position is limited by its photons alone, which the bound states (the diffusion spread
+there only restates it). A fit that moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves
+its box unexplained (chi-square per degree of freedom above ``MAX_CHI2``: an emitter the deep model
+missed), keeps the deep position and uncertainty. A spot wider than the PSF, or with the photons of two
+emitters, is also fitted as two emitters, started apart along its long axis; where the second emitter
+raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters
+share the box), both carry at least ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies
+nearer its truth than the pair's centre would (half their separation at least their lateral bound), the
+pair replaces it (two localizations, each with its own bound).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ REACH = 2.0               # raw pixels beyond the box: neighbours whose light re
 NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
-DIFFUSION_WEIGHT = 0.14   # c in sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 crowded (benchmarks.md)
+DIFFUSION_WEIGHT = 0.03   # c in sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 crowded (benchmarks.md)
 CROWDED = 5.0             # PSF sigmas: a localization with another this near is crowded (its spread counts)
 WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF beyond this many of its bounds
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
@@ -46,13 +49,16 @@ SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add t
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
+PAIR_PHOTONS = 1.5        # a spot with this many times the single emitters' median photons may be two emitters
+PAIR_SPREAD = 1.5         # ... and beyond this many of their log-photon spreads (a broad distribution hides pairs)
 
 
 @dataclass
 class RefinedFrame:
     """One frame's refit, per localization out: ``parent`` (the input localization it comes from; a split
     spot gives two), raw-pixel ``row``/``col``, ``fisher`` (per-axis Cramer-Rao bound, px), ``excess``
-    (px^2: the variance of the spot's width beyond the PSF's), ``crowded`` (another localization within
+    (px^2: the variance of the spot's width beyond the PSF's), ``hidden`` (px^2: the pair's width that a spot
+    with two emitters' photons may hide, else 0), ``crowded`` (another localization within
     ``CROWDED`` PSF sigmas), ``photons``, ``background`` (photons/px), and ``ok`` (the fit was kept)."""
 
     parent: np.ndarray
@@ -60,6 +66,7 @@ class RefinedFrame:
     col: np.ndarray
     fisher: np.ndarray
     excess: np.ndarray
+    hidden: np.ndarray
     crowded: np.ndarray
     photons: np.ndarray
     background: np.ndarray
@@ -70,8 +77,8 @@ class RefinedFrame:
         i = split.index
         out = RefinedFrame(*(np.array(getattr(self, k)) for k in self.__dataclass_fields__))
         out.row[i], out.col[i], out.fisher[i], out.photons[i] = split.row[:, 0], split.col[:, 0], split.fisher[:, 0], split.photons[:, 0]
-        out.excess[i], out.crowded[i], out.ok[i] = 0.0, True, True
-        second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], np.zeros(len(i)),
+        out.excess[i], out.hidden[i], out.crowded[i], out.ok[i] = 0.0, 0.0, True, True
+        second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], np.zeros(len(i)), np.zeros(len(i)),
                               np.ones(len(i), bool), split.photons[:, 1], self.background[i], np.ones(len(i), bool))
         return RefinedFrame(*(np.concatenate([getattr(out, k), getattr(second, k)]) for k in self.__dataclass_fields__))
 
@@ -167,12 +174,14 @@ def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, ps
 
 
 def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                 read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> RefinedFrame:
+                 read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
+                 single_photons: tuple[float, float] | None = None) -> RefinedFrame:
     """Maximum-likelihood positions of one frame's localizations, the PSF width fitted per box from
-    ``psf_sigma`` on (see the module docstring)."""
+    ``psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
+    photons and log spread (``Refiner.single_photons``), None where unknown."""
     if not len(rows):
         z = np.zeros(0)
-        return RefinedFrame(z.astype(int), z, z, z, z, z.astype(bool), z, z, z.astype(bool))
+        return RefinedFrame(z.astype(int), z, z, z, z, z, z.astype(bool), z, z, z.astype(bool))
     fit, corner = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
@@ -181,9 +190,12 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
     wide, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
-    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, crowded(rows, cols, psf_sigma),
+    pair = pair_like(fit.photons[:, 0], single_photons) & np.isfinite(wide.crlb_sigma)
+    hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
+    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero(width > 0), psf_sigma, read_variance, excess)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), psf_sigma, read_variance,
+                             excess)
     return refined.with_splits(split)
 
 
@@ -246,6 +258,21 @@ def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     return Split(candidates[keep], row[keep], col[keep], fisher[keep], photons[keep])
 
 
+def pair_like(photons: np.ndarray, single_photons: tuple[float, float] | None) -> np.ndarray:
+    """Which spots carry more photons than one of the stack's single emitters would: above ``PAIR_PHOTONS``
+    times their median and ``PAIR_SPREAD`` of their log spread (``single_photons``: median, spread)."""
+    if single_photons is None:
+        return np.zeros(len(photons), bool)
+    median, spread = single_photons
+    return photons > median * np.exp(max(np.log(PAIR_PHOTONS), PAIR_SPREAD * spread))
+
+
+def hidden_pair_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
+    """``(max(sigma, psf_sigma) + crlb_sigma)^2 - psf_sigma^2`` (px^2): the width excess of two emitters
+    that a spot's fitted width ``sigma`` allows within one bound, however little it exceeds the PSF's."""
+    return (np.maximum(sigma, psf_sigma) + crlb_sigma) ** 2 - psf_sigma**2
+
+
 def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
     """``sigma^2 - psf_sigma^2`` (px^2) where a spot's fitted width ``sigma`` exceeds the PSF's by more than
     ``WIDTH_NOISE`` of its bound, else 0: two emitters ``d`` apart fitted as one widen the spot by about
@@ -271,17 +298,27 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
 @dataclass
 class Refiner:
     """Refines a stack frame by frame (``__call__``), keeping the PSF width estimated from the isolated
-    spots seen so far when ``psf_sigma`` is None. ``excess``: the camera's excess noise factor ``F^2``."""
+    spots seen so far when ``psf_sigma`` is None, and the photons of the single emitters refined so far
+    (``single_photons``). ``excess``: the camera's excess noise factor ``F^2``."""
 
     camera: Camera
     psf_sigma: float | None = None
     excess: float = 1.0
     widths: list = field(default_factory=list)
+    photons: list = field(default_factory=list)
 
     def width(self) -> float:
         if self.psf_sigma is not None:
             return self.psf_sigma
         return float(np.median(self.widths)) if len(self.widths) >= MIN_WIDTH_FITS else DEFAULT_PSF_SIGMA
+
+    def single_photons(self) -> tuple[float, float] | None:
+        """Median photons and log spread (1.4826 median absolute deviation of log photons) of the single
+        emitters refined so far; None until ``MIN_WIDTH_FITS`` of them."""
+        if len(self.photons) < MIN_WIDTH_FITS:
+            return None
+        median = float(np.median(self.photons))
+        return median, float(1.4826 * np.median(np.abs(np.log(np.asarray(self.photons) / median))))
 
     def learn_width(self, e: np.ndarray, locs: Localizations, read_variance) -> None:
         if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
@@ -292,13 +329,20 @@ class Refiner:
         good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
         self.widths.extend(fit.sigma[good].tolist())
 
+    def learn_photons(self, fit: RefinedFrame) -> None:
+        """The photons of a refit's single emitters: kept, alone (not crowded), not wider than the PSF."""
+        if len(self.photons) < 1000:
+            single = fit.ok & ~fit.crowded & (fit.excess == 0) & (fit.photons > 0)
+            self.photons.extend(fit.photons[single].tolist())
+
     def refit(self, locs: Localizations, frame_adu: np.ndarray) -> tuple[RefinedFrame, Localizations]:
         """The refit of one frame's ``locs`` on its camera frame ``frame_adu`` (``(H, W)`` ADU), and per refined
         localization the one it comes from (a split spot's two emitters keep its frame, detection, SNR and spread)."""
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
-        fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess)
+        fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess, self.single_photons())
+        self.learn_photons(fit)
         return fit, locs.take(fit.parent)
 
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
@@ -310,5 +354,5 @@ def refined_localizations(fit: RefinedFrame, source: Localizations, diffusion_we
     """The refit's positions with the uncertainty of the module docstring (``c`` = ``diffusion_weight``); the
     ``source`` localization's where the fit was not kept."""
     diffusion = diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)
-    combined = np.sqrt(fit.fisher**2 + fit.excess + diffusion)
+    combined = np.sqrt(fit.fisher**2 + np.maximum(fit.excess, fit.hidden) + diffusion)
     return replace(source, row=fit.row, col=fit.col, uncertainty=np.where(fit.ok, combined, source.uncertainty))
