@@ -17,12 +17,12 @@ emitters (``pair_like``; ``Refiner.single_photons``), else 0: two emitters close
 An isolated spot's position is limited by its photons alone, which the bound states (the diffusion spread
 there only restates it). A fit that moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves
 its box unexplained (chi-square per degree of freedom above ``MAX_CHI2``: an emitter the deep model
-missed), keeps the deep position and uncertainty. A spot wider than the PSF, or with the photons of two
-emitters, is also fitted as two emitters, started apart along its long axis; where the second emitter
-raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters
-share the box), both carry at least ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies
-nearer its truth than the pair's centre would (half their separation at least their lateral bound), the
-pair replaces it (two localizations, each with its own bound).
+missed), keeps the deep position and uncertainty. A spot wider than the PSF is also fitted as two
+emitters, started apart along its long axis; where the second emitter raises the log-likelihood by more
+than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters share the box), both carry at
+least ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
+centre would (half their separation at least their lateral bound), the pair replaces it (two
+localizations, each with its own bound).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add t
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
-PAIR_PHOTONS = 1.5        # a spot with this many times the single emitters' median photons may be two emitters
+PAIR_PHOTONS = np.sqrt(2)  # a spot beyond this many times the single emitters' median photons (midway, in log, to two) may be two
 PAIR_SPREAD = 1.5         # ... and beyond this many of their log-photon spreads (a broad distribution hides pairs)
 
 
@@ -194,8 +194,7 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
     refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), psf_sigma, read_variance,
-                             excess)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero(width > 0), psf_sigma, read_variance, excess)
     return refined.with_splits(split)
 
 
