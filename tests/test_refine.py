@@ -206,11 +206,13 @@ def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hide
     """Pairs 0.5 px apart, mostly kept as one spot (their width hides in the noise), carry twice the photons of
     the stack's single emitters (2000 each, log spread 0.03): their uncertainty adds the width a pair could
     have within one bound of the fitted one, and covers their offset from either emitter (per axis: 1.9x
-    measured, 0.47x without). Single emitters of the same stack, and pairs in a stack whose emitters' photons spread
-    widely (log spread 1: twice the photons is no sign of two), keep their uncertainty."""
+    measured, 0.47x without). Single emitters of the same stack, and pairs in a stack whose emitters'
+    photons spread widely (log spread 1: twice the photons is no sign of two), keep their uncertainty."""
     d = 0.5
     offset_var = (d / 2) ** 2 / 2
-    variance = lambda fits: np.mean([f.fisher[0] ** 2 + max(f.excess[0], f.hidden[0]) for f in fits if len(f.row) == 1])
+
+    def variance(fits):   # per axis, over the spots kept as one
+        return np.mean([f.fisher[0] ** 2 + max(f.excess[0], f.hidden[0]) for f in fits if len(f.row) == 1])
     pair, _, single = refined_pairs(d, single_photons=(2000.0, 0.03))
     assert np.mean([len(f.row) == 1 for f in pair]) > 0.8 and np.mean([f.hidden[0] > 0 for f in pair]) > 0.95
     assert 1.0 * offset_var < variance(pair) < 2.5 * offset_var

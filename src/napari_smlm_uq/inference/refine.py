@@ -39,7 +39,7 @@ REACH = 2.0               # raw pixels beyond the box: neighbours whose light re
 NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
-DIFFUSION_WEIGHT = 0.03   # c in sigma^2 = sigma_fisher^2 + excess + c sigma_diffusion^2 crowded (benchmarks.md)
+DIFFUSION_WEIGHT = 0.03   # c in sigma^2 = sigma_fisher^2 + max(excess, hidden) + c sigma_diffusion^2 crowded
 CROWDED = 5.0             # PSF sigmas: a localization with another this near is crowded (its spread counts)
 WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF beyond this many of its bounds
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
@@ -49,7 +49,7 @@ SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add t
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
-PAIR_PHOTONS = np.sqrt(2)  # a spot beyond this many times the single emitters' median photons (midway, in log, to two) may be two
+PAIR_PHOTONS = np.sqrt(2) # a spot above this many times the single emitters' median photons may be two (log midpoint)
 PAIR_SPREAD = 1.5         # ... and beyond this many of their log-photon spreads (a broad distribution hides pairs)
 
 
@@ -78,8 +78,9 @@ class RefinedFrame:
         out = RefinedFrame(*(np.array(getattr(self, k)) for k in self.__dataclass_fields__))
         out.row[i], out.col[i], out.fisher[i], out.photons[i] = split.row[:, 0], split.col[:, 0], split.fisher[:, 0], split.photons[:, 0]
         out.excess[i], out.hidden[i], out.crowded[i], out.ok[i] = 0.0, 0.0, True, True
-        second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], np.zeros(len(i)), np.zeros(len(i)),
-                              np.ones(len(i), bool), split.photons[:, 1], self.background[i], np.ones(len(i), bool))
+        zero, true = np.zeros(len(i)), np.ones(len(i), bool)
+        second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], zero, zero, true,
+                              split.photons[:, 1], self.background[i], true)
         return RefinedFrame(*(np.concatenate([getattr(out, k), getattr(second, k)]) for k in self.__dataclass_fields__))
 
 
