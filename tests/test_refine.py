@@ -214,11 +214,23 @@ def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hide
     def variance(fits):   # per axis, over the spots kept as one
         return np.mean([f.fisher[0] ** 2 + max(f.excess[0], f.hidden[0]) for f in fits if len(f.row) == 1])
     pair, _, single = refined_pairs(d, single_photons=(2000.0, 0.03))
-    assert np.mean([len(f.row) == 1 for f in pair]) > 0.8 and np.mean([f.hidden[0] > 0 for f in pair]) > 0.95
+    kept = [f for f in pair if len(f.row) == 1]
+    assert len(kept) > 160 and np.mean([f.hidden[0] > 0 for f in kept]) > 0.95
     assert 1.0 * offset_var < variance(pair) < 2.5 * offset_var
-    assert not any(f.hidden.any() for f in single)
+    assert not any(f.hidden.any() for f in single) and all(len(f.row) == 1 for f in single)
     broad, _, _ = refined_pairs(d, single_photons=(2000.0, 1.0))
     assert not any(f.hidden.any() for f in broad) and variance(broad) < 0.5 * variance(pair)
+
+
+def test_spots_with_the_photons_of_two_emitters_split_at_a_lower_likelihood_gain():
+    """Pairs 0.8 px apart: knowing the single emitters' photons, a spot with twice them is tried as two even
+    where its width hides in the noise, and split where the second emitter adds 2 log L > 12 instead of 16
+    (167 of 200 split measured, 138 without); single emitters of the same brightness stay single."""
+    known, _, single = refined_pairs(0.8, single_photons=(2000.0, 0.03))
+    unknown, _, _ = refined_pairs(0.8)
+    split_known, split_unknown = (sum(len(f.row) == 2 for f in fits) for fits in (known, unknown))
+    assert split_known > split_unknown + 15 and split_known > 150
+    assert all(len(f.row) == 1 for f in single)
 
 
 def test_refiner_learns_the_single_emitters_photons():

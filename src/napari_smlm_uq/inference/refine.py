@@ -17,10 +17,11 @@ emitters (``pair_like``; ``Refiner.single_photons``), else 0: two emitters close
 An isolated spot's position is limited by its photons alone, which the bound states (the diffusion spread
 there only restates it). A fit that moves a localization by more than ``MAX_SHIFT`` raw pixels, or leaves
 its box unexplained (chi-square per degree of freedom above ``MAX_CHI2``: an emitter the deep model
-missed), keeps the deep position and uncertainty. A spot wider than the PSF is also fitted as two
-emitters, started apart along its long axis; where the second emitter raises the log-likelihood by more
-than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters share the box), both carry at
-least ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
+missed), keeps the deep position and uncertainty. A spot wider than the PSF, or with two emitters'
+photons, is also fitted as two emitters, started apart along its long axis; where the second emitter
+raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters
+share the box; at most ``SPLIT_GAIN_PAIR / 2`` where the photons already say two), both carry at least
+``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
 centre would (half their separation at least their lateral bound), the pair replaces it (two
 localizations, each with its own bound).
 """
@@ -47,6 +48,7 @@ MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the 
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
 SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
+SPLIT_GAIN_PAIR = 12.0    # at most this where the spot has two emitters' photons (pair_like: they already say two)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
 PAIR_PHOTONS = np.sqrt(2) # a spot above this many times the single emitters' median photons may be two (log midpoint)
@@ -195,7 +197,8 @@ def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
     refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero(width > 0), psf_sigma, read_variance, excess)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), psf_sigma, read_variance,
+                             excess, pair)
     return refined.with_splits(split)
 
 
@@ -229,9 +232,11 @@ def long_axis(boxes: Boxes, fit: RoiFit, psf_sigma: float) -> tuple[np.ndarray, 
 
 
 def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, candidates: np.ndarray,
-                     psf_sigma: float, read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> Split:
-    """The ``candidates`` of a frame's localizations (spots wider than the PSF) fitted as one emitter and as
-    two, with the same neighbours in the same box; the pairs that pass the module's tests (SPLIT_*)."""
+                     psf_sigma: float, read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
+                     two_photons: np.ndarray | None = None) -> Split:
+    """The ``candidates`` of a frame's localizations (spots wider than the PSF, or with two emitters' photons:
+    ``two_photons``, per localization) fitted as one emitter and as two, with the same neighbours in the same box;
+    the pairs that pass the module's tests (SPLIT_*)."""
     none = Split(np.zeros(0, int), *(np.zeros((0, 2)) for _ in range(4)))
     if not len(candidates):
         return none
@@ -251,6 +256,8 @@ def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     h, w = photoelectrons.shape
     in_frame = ((row >= -0.5) & (row <= h - 0.5) & (col >= -0.5) & (col <= w - 0.5)).all(axis=1)
     gain = np.where(one.active[:, 1:].any(axis=1), SPLIT_GAIN_CROWDED, SPLIT_GAIN)
+    if two_photons is not None:
+        gain = np.where(two_photons[candidates], np.minimum(gain, SPLIT_GAIN_PAIR), gain)
     resolved = 0.5 * separation * psf_sigma >= np.hypot(fisher[:, 0], fisher[:, 1])   # nearer the truth than the centre
     keep = ((pair.log_likelihood - single.log_likelihood) * 2 > gain) & (pair.chi2 <= MAX_CHI2) & resolved \
         & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) & in_frame \
