@@ -20,7 +20,7 @@ its box unexplained (chi-square per degree of freedom above ``MAX_CHI2``: an emi
 missed), keeps the deep position and uncertainty. A spot wider than the PSF, or with two emitters'
 photons, is also fitted as two emitters, started apart along its long axis; where the second emitter
 raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED / 2`` where other emitters
-share the box; at most ``SPLIT_GAIN_PAIR / 2`` where the photons already say two), both carry at least
+share the box; ``SPLIT_GAIN_PAIR / 2`` where the photons already say two), both carry at least
 ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
 centre would (half their separation at least their lateral bound), the pair replaces it (two
 localizations, each with its own bound).
@@ -48,7 +48,7 @@ MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the 
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
 SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
-SPLIT_GAIN_PAIR = 12.0    # at most this where the spot has two emitters' photons (pair_like: they already say two)
+SPLIT_GAIN_PAIR = 12.0    # the same where the spot has two emitters' photons (pair_like: they already say two)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
 SPLIT_SEPARATION = (0.3, 3.0)   # PSF sigmas: the range of separations a split may take
 PAIR_PHOTONS = np.sqrt(2) # a spot above this many times the single emitters' median photons may be two (log midpoint)
@@ -257,7 +257,7 @@ def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     in_frame = ((row >= -0.5) & (row <= h - 0.5) & (col >= -0.5) & (col <= w - 0.5)).all(axis=1)
     gain = np.where(one.active[:, 1:].any(axis=1), SPLIT_GAIN_CROWDED, SPLIT_GAIN)
     if two_photons is not None:
-        gain = np.where(two_photons[candidates], np.minimum(gain, SPLIT_GAIN_PAIR), gain)
+        gain = np.where(two_photons[candidates], SPLIT_GAIN_PAIR, gain)
     resolved = 0.5 * separation * psf_sigma >= np.hypot(fisher[:, 0], fisher[:, 1])   # nearer the truth than the centre
     keep = ((pair.log_likelihood - single.log_likelihood) * 2 > gain) & (pair.chi2 <= MAX_CHI2) & resolved \
         & (photons.min(axis=1) >= SPLIT_SHARE * photons.sum(axis=1)) & in_frame \
@@ -271,7 +271,7 @@ def pair_like(photons: np.ndarray, single_photons: tuple[float, float] | None) -
     if single_photons is None:
         return np.zeros(len(photons), bool)
     median, spread = single_photons
-    return photons > median * np.exp(max(np.log(PAIR_PHOTONS), PAIR_SPREAD * spread))
+    return photons > median * max(PAIR_PHOTONS, np.exp(PAIR_SPREAD * spread))
 
 
 def hidden_pair_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) -> np.ndarray:
