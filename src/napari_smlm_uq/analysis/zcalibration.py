@@ -31,6 +31,8 @@ TRACK_WINDOW = 11       # frames: the running median over a bead's per-frame pea
 MAX_REL_ERROR = 0.1     # a frame's width is used when its Cramer-Rao bound is below this fraction of it
 WIDTH_FLOOR = 0.01      # relative width error added to the bound: model mismatch that the bound does not see
 ROBUST_SCALE = 3.0      # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
+NO_ASTIGMATISM = "the stack shows no astigmatism (or its focus lies outside the stack)"
+MIN_ELONGATION = 1.2    # sigma_x / sigma_y (or its inverse) each side of focus: far above a bead fit's 1-3 % noise
 
 
 @dataclass
@@ -218,8 +220,7 @@ def _crossing(x: DefocusCurve, y: DefocusCurve, lo: float, hi: float) -> float:
     diff = x.sigma(grid) - y.sigma(grid)
     cross = np.nonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) <= 0)[0]
     if len(cross) == 0:
-        raise InputError("sigma_x and sigma_y do not cross: the stack shows no astigmatism "
-                         "(or its focus lies outside the stack)")
+        raise InputError(f"sigma_x and sigma_y do not cross: {NO_ASTIGMATISM}")
     i = cross[np.argmin(np.abs(grid[cross] - (lo + hi) / 2))]
     return brentq(lambda v: float(x.sigma(v) - y.sigma(v)), grid[i], grid[i + 1]) if diff[i] != 0 else float(grid[i])
 
@@ -284,8 +285,7 @@ def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: flo
     beads.notes = [f"bead {j} at x {c:.0f}, y {r:.0f} px: " + ("" if ok else "widths do not cross")
                    for j, (r, c, ok) in enumerate(zip(rows, cols, crossing))]
     if not crossing.any():
-        raise InputError("sigma_x and sigma_y do not cross in any bead: the stack shows no astigmatism "
-                         "(or its focus lies outside the stack)")
+        raise InputError(f"sigma_x and sigma_y do not cross in any bead: {NO_ASTIGMATISM}")
     _require(crossing, settings, "whose widths cross")
     z0 = stage[None, :] - np.where(crossing, focus, 0.0).astype(float)[:, None]
     curves, offsets = _joint_fit(beads, z0, crossing, robust=True)
@@ -304,10 +304,21 @@ def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: flo
     beads.z, beads.kept = z - zc, kept
     x, y = _curve(curves[:5]), _curve(curves[5:])
     residuals = {"beads_found": len(rows), "beads_used": int(kept.sum()), **compare_models(beads, curves)}
-    cal = ZCalibration(x, y, valid_range(x, y, lo - zc, hi - zc), pixel_size, residuals, source).validate()
+    z_range = valid_range(x, y, lo - zc, hi - zc)
+    _check_astigmatism(x, y, z_range)
+    cal = ZCalibration(x, y, z_range, pixel_size, residuals, source).validate()
     splines = _splines(*(a[beads.valid & kept[:, None]] for a in (beads.z, beads.sigma_x, beads.sigma_y,
                                                                   beads.error_x, beads.error_y)))
     return ZCalibrationResult(cal, beads, splines, time.perf_counter() - started)
+
+
+def _check_astigmatism(x: DefocusCurve, y: DefocusCurve, z_range: tuple[float, float]) -> None:
+    """Refuse curves whose width ratio does not reach :data:`MIN_ELONGATION` on both sides of focus."""
+    ratio = np.log(x.sigma(np.array(z_range)) / y.sigma(np.array(z_range)))
+    if ratio.min() > -np.log(MIN_ELONGATION) or ratio.max() < np.log(MIN_ELONGATION):
+        raise InputError(f"sigma_x and sigma_y do not cross: their ratio is {np.exp(ratio[0]):.2f} at "
+                         f"{z_range[0]:.0f} nm and {np.exp(ratio[1]):.2f} at {z_range[1]:.0f} nm (beyond "
+                         f"{MIN_ELONGATION:g} each side of focus needed): {NO_ASTIGMATISM}")
 
 
 def _require(ok: np.ndarray, settings: ZCalibrationSettings, what: str) -> None:

@@ -94,7 +94,11 @@ class SimulationSettings:
             if self.z_range is not None:
                 raise ValueError("a z range needs a z calibration")
             return
-        lo, hi = self.z_calibration.validate().z_range
+        cal = self.z_calibration.validate()
+        if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
+            raise ValueError(f"the z calibration was measured with {cal.pixel_size:g} nm pixels, the simulation has "
+                             f"{self.pixel_size:g} nm pixels")
+        lo, hi = cal.z_range
         z_lo, z_hi = self.z_range or (lo, hi)
         if not (z_lo <= z_hi and lo <= z_lo and z_hi <= hi):
             raise ValueError(f"z range {z_lo:g} to {z_hi:g} nm is not within the calibration's {lo:g} to {hi:g} nm")
