@@ -7,9 +7,11 @@ own width), not taken from the package.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+from scipy.interpolate import make_interp_spline
 from scipy.special import erf
 
 from napari_smlm_uq.io.files import InputError
@@ -18,6 +20,7 @@ from napari_smlm_uq.io.zcalibration import read_zcalibration, write_zcalibration
 from napari_smlm_uq.physics.astigmatism import (
     AstigmaticModel,
     DefocusCurve,
+    SplineCurve,
     ZCalibration,
     crlb_3d,
     fisher_information_3d,
@@ -138,15 +141,35 @@ def test_z_from_widths_inverts_the_curves():
     np.testing.assert_allclose(z_from_widths(*CAL.sigmas(z), CAL), z, atol=0.05)
 
 
-def test_calibration_file_round_trip_and_bad_files(tmp_path):
-    cal = dataclasses.replace(CAL, residuals={"huang_rms_px": 0.03}, source="beads.tif")
+def spline_calibration() -> ZCalibration:
+    """CAL's curves as interpolating cubic splines (knots every 50 nm)."""
+    z = np.arange(-600.0, 601.0, 50.0)
+    splines = (make_interp_spline(z, curve.sigma(z), k=3) for curve in (CAL.x, CAL.y))
+    return ZCalibration(*(SplineCurve(tuple(s.t), tuple(s.c)) for s in splines), CAL.z_range, 100.0)
+
+
+def test_spline_curves_follow_their_points_and_slopes():
+    cal, z = spline_calibration(), np.linspace(-550.0, 550.0, 23)
+    assert cal.model == "spline" and CAL.model == "huang2008"
+    np.testing.assert_allclose(cal.x.sigma(z), CAL.x.sigma(z), atol=2e-3)
+    h = 1e-3
+    np.testing.assert_allclose(cal.y.slope(z), (cal.y.sigma(z + h) - cal.y.sigma(z - h)) / (2 * h), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(cal.y.slope(z), CAL.y.slope(z), atol=2e-4)            # px per nm
+    np.testing.assert_allclose(crlb_3d(2000.0, 20.0, 120.0, cal, 1.5), crlb_3d(2000.0, 20.0, 120.0, CAL, 1.5), rtol=0.03)
+
+
+@pytest.mark.parametrize("cal", [dataclasses.replace(CAL, residuals={"huang_rms_px": 0.03}, source="beads.tif"),
+                                 spline_calibration()])
+def test_calibration_file_round_trip_and_bad_files(tmp_path, cal):
     path = tmp_path / "cal.json"
     write_zcalibration(path, cal)
     assert read_zcalibration(path) == cal
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(InputError, match="not a z calibration"):
         read_zcalibration(tmp_path / "other.json")
-    (tmp_path / "broken.json").write_text(path.read_text().replace('"d": 400.0', '"d": -4.0'))
+    broken = json.loads(path.read_text())
+    broken["x"] = {"sigma0": 1.0, "c": 0.0, "d": -4.0}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(InputError, match="d > 0"):
         read_zcalibration(tmp_path / "broken.json")
     with pytest.raises(InputError, match="no such file"):

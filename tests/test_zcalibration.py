@@ -62,6 +62,31 @@ def test_calibration_recovers_the_width_curves(first_z, covered):
     assert cal.residuals["huang_heldout_rms_px"] < 1.2 * cal.residuals["huang_rms_px"]
 
 
+class SixthOrder:
+    """Widths the Huang form cannot follow: an extra 0.04 u^6 under the root (duck-typed calibration)."""
+
+    def sigmas(self, z):
+        return tuple(c.sigma0 * np.sqrt((c.sigma(z) / c.sigma0) ** 2 + 0.04 * ((np.asarray(z) - c.c) / c.d) ** 6)
+                     for c in (TRUTH.x, TRUTH.y))
+
+
+def test_splines_are_written_when_the_widths_do_not_follow_the_huang_form():
+    """With a sixth-order defocus term the Huang curves miss the widths by over 0.05 px at the range's ends;
+    the splines predict held-out beads better, are written, and stay within 0.025 px of the truth."""
+    truth = SixthOrder()
+    cross = brentq(lambda z: float(np.subtract(*truth.sigmas(z))), -250.0, 250.0)
+    result = calibrate(beads(truth=truth), ZCalibrationSettings(step=STEP), 100.0, 1.5)
+    cal = result.calibration
+    assert cal.model == "spline"
+    assert cal.residuals["spline_heldout_rms_px"] < 0.9 * cal.residuals["huang_heldout_rms_px"]
+    z = np.linspace(*cal.z_range, 200)
+    assert cal.z_range[0] < -450.0 and cal.z_range[1] > 450.0
+    assert np.abs(np.subtract(cal.sigmas(z), truth.sigmas(z + cross))).max() < 0.025
+    huang = np.array([c.sigma(z) for c in result.huang])
+    assert np.abs(huang - truth.sigmas(z + cross)).max() > 0.05
+    np.testing.assert_allclose(z_from_widths(*truth.sigmas(z[::20] + cross), cal), z[::20], atol=15.0)
+
+
 def test_z_from_fitted_widths_reaches_the_crlb():
     """Emitters of 5,000 photons at |z| <= 400 nm (calibration scale): their z from fitted widths and the
     recovered calibration has an rms error within 1.25x the mean 3D Cramer-Rao bound, and no bias."""

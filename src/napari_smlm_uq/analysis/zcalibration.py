@@ -5,24 +5,24 @@ frame (drift) and fitted in every frame with an elliptical pixel-integrated Gaus
 (physics/elliptical_fit.py). Each bead's z is the stage z (frame x step) minus its own focus, where
 sigma_x = sigma_y; one pair of Huang et al. 2008 defocus curves is then fitted to all beads at once,
 each bead's z offset refined with them (robust loss), beads that do not follow the common curves are
-dropped, and z = 0 is put where the fitted curves cross. A smoothing spline is fitted to the same points
-and both models are scored on held-out beads; the Huang curves are written (docs/3d.md compares them).
-The calibration holds where the width ratio sigma_x / sigma_y is monotone.
+dropped, and z = 0 is put where the fitted curves cross. Least-squares cubic splines are fitted to the
+same points and both models are scored on beads held out; the Huang curves are written unless the
+splines are clearly better (docs/3d.md). The calibration holds where sigma_x / sigma_y is monotone.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import UnivariateSpline
+from scipy.interpolate import make_lsq_spline
 from scipy.ndimage import gaussian_filter, maximum_filter, median_filter
 from scipy.optimize import brentq, least_squares
 
 from ..io.files import InputError, atomic_path
-from ..physics.astigmatism import DefocusCurve, ZCalibration
+from ..physics.astigmatism import Curve, DefocusCurve, SplineCurve, ZCalibration
 from ..physics.camera import Camera
 from ..physics.elliptical_fit import MIN_SIGMA, fit_elliptical
 
@@ -32,6 +32,8 @@ MAX_REL_ERROR = 0.1     # a frame's width is used when its Cramer-Rao bound is b
 WIDTH_FLOOR = 0.01      # relative width error added to the bound: model mismatch that the bound does not see
 ROBUST_SCALE = 3.0      # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
 NO_ASTIGMATISM = "the stack shows no astigmatism (or its focus lies outside the stack)"
+SPLINE_KNOTS = 100.0    # nm between spline knots: 5-10 z steps, smooth over one bead's frame-to-frame scatter
+SPLINE_PREFERENCE = 0.9  # the spline is written when its held-out rms is below 0.9x the Huang curves'
 MIN_ELONGATION = 1.2    # sigma_x / sigma_y (or its inverse) each side of focus: far above a bead fit's 1-3 % noise
 
 
@@ -80,18 +82,19 @@ class Beads:
     error_x: np.ndarray
     error_y: np.ndarray
     valid: np.ndarray
-    z: np.ndarray = None
-    kept: np.ndarray = None
+    z: np.ndarray | None = None
+    kept: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ZCalibrationResult:
-    """A calibration, the beads it came from and the spline comparison (per-axis splines)."""
+    """A calibration, the beads it came from, both models' (x, y) curves on its z scale, the time taken."""
 
     calibration: ZCalibration
     beads: Beads
-    splines: tuple[UnivariateSpline, UnivariateSpline]
+    huang: tuple[DefocusCurve, DefocusCurve]
+    splines: tuple[SplineCurve, SplineCurve]
     seconds: float
 
 
@@ -236,11 +239,15 @@ def valid_range(x: DefocusCurve, y: DefocusCurve, lo: float, hi: float) -> tuple
     return float(grid[left]), float(grid[right])
 
 
-def _splines(z: np.ndarray, sx: np.ndarray, sy: np.ndarray, ex: np.ndarray, ey: np.ndarray):
-    """Per-axis cubic smoothing splines (smoothing = number of points: chi-square about 1 per point)."""
+def spline_curves(z: np.ndarray, sx: np.ndarray, sy: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> tuple[SplineCurve, ...]:
+    """Per-axis weighted least-squares cubic splines, knots every :data:`SPLINE_KNOTS` nm over the points."""
     order = np.argsort(z, kind="stable")
-    z = z[order] + np.arange(len(z)) * 1e-9   # strictly increasing where beads share a z
-    return tuple(UnivariateSpline(z, s[order], w=1.0 / e[order], s=len(z)) for s, e in ((sx, ex), (sy, ey)))
+    z = z[order]
+    inner = np.arange(z[0] + SPLINE_KNOTS / 2, z[-1] - SPLINE_KNOTS / 2, SPLINE_KNOTS)
+    inner += (z[-1] - SPLINE_KNOTS / 2 - inner[-1]) / 2 if len(inner) else 0.0   # centred in the data
+    knots = np.concatenate([[z[0]] * 4, inner, [z[-1]] * 4])
+    fits = (make_lsq_spline(z, s[order], knots, k=3, w=1.0 / e[order]) for s, e in ((sx, ex), (sy, ey)))
+    return tuple(SplineCurve(tuple(f.t), tuple(f.c)) for f in fits)
 
 
 def compare_models(beads: Beads, curves: np.ndarray) -> dict:
@@ -249,41 +256,31 @@ def compare_models(beads: Beads, curves: np.ndarray) -> dict:
     use = beads.valid & beads.kept[:, None]
     z, sx, sy, ex, ey = (a[use] for a in (beads.z, beads.sigma_x, beads.sigma_y, beads.error_x, beads.error_y))
     bead = np.nonzero(use)[0]
-    spline_x, spline_y = _splines(z, sx, sy, ex, ey)
+    spline_x, spline_y = spline_curves(z, sx, sy, ex, ey)
     rms = lambda r: float(np.sqrt(np.mean(np.concatenate(r) ** 2)))  # noqa: E731
     out = {"huang_rms_px": rms([_curve(curves[:5]).sigma(z) - sx, _curve(curves[5:]).sigma(z) - sy]),
-           "spline_rms_px": rms([spline_x(z) - sx, spline_y(z) - sy])}
+           "spline_rms_px": rms([spline_x.sigma(z) - sx, spline_y.sigma(z) - sy])}
     held_h, held_s = [], []
     for j in np.unique(bead):
         tr, te = bead != j, bead == j
         px, py = _fit_curve(z[tr], sx[tr], ex[tr], curves[:5]), _fit_curve(z[tr], sy[tr], ey[tr], curves[5:])
         held_h += [_curve(px).sigma(z[te]) - sx[te], _curve(py).sigma(z[te]) - sy[te]]
-        kx, ky = _splines(z[tr], sx[tr], sy[tr], ex[tr], ey[tr])
+        kx, ky = spline_curves(z[tr], sx[tr], sy[tr], ex[tr], ey[tr])
         inside = (z[te] >= z[tr].min()) & (z[te] <= z[tr].max())   # a spline does not extrapolate
-        held_s += [(kx(z[te]) - sx[te])[inside], (ky(z[te]) - sy[te])[inside]]
+        held_s += [(kx.sigma(z[te]) - sx[te])[inside], (ky.sigma(z[te]) - sy[te])[inside]]
     out.update(huang_heldout_rms_px=rms(held_h), spline_heldout_rms_px=rms(held_s))
     return out
 
 
-def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: float, read_noise: float,
-              source: str = "") -> ZCalibrationResult:
-    """Calibrate from a bead stack ``(T, H, W)`` in photo-electrons; :class:`InputError` when it has too
-    few usable beads or no astigmatism."""
-    settings.validate()
-    started = time.perf_counter()
-    stack = np.asarray(stack, np.float64)
-    rows, cols = find_beads(stack, settings)
-    if len(rows) < settings.min_beads:
-        raise InputError(f"{len(rows)} isolated bead(s) found (at least {settings.min_beads} needed): "
-                         f"beads are spots {settings.min_snr:g} noise sds above the background, "
-                         f"{settings.box} px apart and that far from the edges")
-    beads = fit_beads(stack, rows, cols, read_noise, settings)
-    stage = np.arange(len(stack)) * settings.step
+def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
+    """Put every bead on one z scale (z = 0 where the Huang curves cross; sets ``beads.z``), drop beads
+    without a crossing or off the common curves (sets ``beads.kept``); returns the 10 curve parameters."""
+    stage = np.arange(beads.valid.shape[1]) * settings.step
     focus = np.array([bead_focus(stage[v], sx[v], sy[v]) if v.sum() > 2 else None
                       for v, sx, sy in zip(beads.valid, beads.sigma_x, beads.sigma_y)], dtype=object)
     crossing = np.array([f is not None for f in focus])
     beads.notes = [f"bead {j} at x {c:.0f}, y {r:.0f} px: " + ("" if ok else "widths do not cross")
-                   for j, (r, c, ok) in enumerate(zip(rows, cols, crossing))]
+                   for j, (r, c, ok) in enumerate(zip(beads.row, beads.col, crossing))]
     if not crossing.any():
         raise InputError(f"sigma_x and sigma_y do not cross in any bead: {NO_ASTIGMATISM}")
     _require(crossing, settings, "whose widths cross")
@@ -297,19 +294,54 @@ def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: flo
     _require(kept, settings, "that follow the common curves")
     curves, offsets = _joint_fit(beads, z0, kept, robust=False)
     z = z0 + offsets[:, None]
-    x, y = _curve(curves[:5]), _curve(curves[5:])
-    lo, hi = (float(np.median([f(z[j][beads.valid[j]]) for j in np.nonzero(kept)[0]])) for f in (np.min, np.max))
-    zc = _crossing(x, y, lo, hi)
+    zc = _crossing(_curve(curves[:5]), _curve(curves[5:]), *_coverage(z, beads.valid, kept))
     curves[[1, 6]] -= zc
     beads.z, beads.kept = z - zc, kept
-    x, y = _curve(curves[:5]), _curve(curves[5:])
-    residuals = {"beads_found": len(rows), "beads_used": int(kept.sum()), **compare_models(beads, curves)}
-    z_range = valid_range(x, y, lo - zc, hi - zc)
+    return curves
+
+
+def _coverage(z: np.ndarray, valid: np.ndarray, kept: np.ndarray) -> tuple[float, float]:
+    """The z span (nm) of the median kept bead's usable frames."""
+    return tuple(float(np.median([f(z[j][valid[j]]) for j in np.nonzero(kept)[0]])) for f in (np.min, np.max))
+
+
+def _shifted(curve: Curve, dz: float) -> Curve:
+    """``curve`` moved by ``-dz`` nm along z."""
+    if isinstance(curve, DefocusCurve):
+        return replace(curve, c=curve.c - dz)
+    return SplineCurve(tuple(np.asarray(curve.knots) - dz), curve.coefficients)
+
+
+def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: float, read_noise: float,
+              source: str = "") -> ZCalibrationResult:
+    """Calibrate from a bead stack ``(T, H, W)`` in photo-electrons; :class:`InputError` when it has too
+    few usable beads or no astigmatism. The Huang curves are kept unless the splines predict held-out
+    beads clearly better (:data:`SPLINE_PREFERENCE`)."""
+    settings.validate()
+    started = time.perf_counter()
+    stack = np.asarray(stack, np.float64)
+    rows, cols = find_beads(stack, settings)
+    if len(rows) < settings.min_beads:
+        raise InputError(f"{len(rows)} isolated bead(s) found (at least {settings.min_beads} needed): "
+                         f"beads are spots {settings.min_snr:g} noise sds above the background, "
+                         f"{settings.box} px apart and that far from the edges")
+    beads = fit_beads(stack, rows, cols, read_noise, settings)
+    curves = _align(beads, settings)
+    use = beads.valid & beads.kept[:, None]
+    huang = _curve(curves[:5]), _curve(curves[5:])
+    splines = spline_curves(*(a[use] for a in (beads.z, beads.sigma_x, beads.sigma_y, beads.error_x, beads.error_y)))
+    residuals = {"beads_found": len(rows), "beads_used": int(beads.kept.sum()), **compare_models(beads, curves)}
+    lo, hi = _coverage(beads.z, beads.valid, beads.kept)
+    x, y = huang
+    if residuals["spline_heldout_rms_px"] < SPLINE_PREFERENCE * residuals["huang_heldout_rms_px"]:
+        zc = _crossing(*splines, lo, hi)   # z = 0 where the curves written cross
+        huang, splines = tuple(_shifted(c, zc) for c in huang), tuple(_shifted(c, zc) for c in splines)
+        beads.z, lo, hi = beads.z - zc, lo - zc, hi - zc
+        x, y = splines
+    z_range = valid_range(x, y, lo, hi)
     _check_astigmatism(x, y, z_range)
     cal = ZCalibration(x, y, z_range, pixel_size, residuals, source).validate()
-    splines = _splines(*(a[beads.valid & kept[:, None]] for a in (beads.z, beads.sigma_x, beads.sigma_y,
-                                                                  beads.error_x, beads.error_y)))
-    return ZCalibrationResult(cal, beads, splines, time.perf_counter() - started)
+    return ZCalibrationResult(cal, beads, huang, splines, time.perf_counter() - started)
 
 
 def _check_astigmatism(x: DefocusCurve, y: DefocusCurve, z_range: tuple[float, float]) -> None:
@@ -327,7 +359,8 @@ def _require(ok: np.ndarray, settings: ZCalibrationSettings, what: str) -> None:
 
 
 def plot_calibration(result: ZCalibrationResult, path: str | os.PathLike) -> None:
-    """PNG of the beads' widths against z, the Huang curves, the splines and the valid range (atomic)."""
+    """PNG of the beads' widths against z, both models' curves (the one written thicker) and the valid
+    range (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,10 +376,14 @@ def plot_calibration(result: ZCalibrationResult, path: str | os.PathLike) -> Non
             for s, colour, axis in ((beads.sigma_x, "tab:blue", "x"), (beads.sigma_y, "tab:red", "y")):
                 ax.scatter(beads.z[use], s[use], s=6, **{"color": colour, **style},
                            label=f"sigma {axis}, beads" if kept else ("dropped beads" if axis == "x" else None))
-    grid = np.linspace(beads.z[beads.valid & beads.kept[:, None]].min(), beads.z[beads.valid & beads.kept[:, None]].max(), 400)
-    for curve, spline, colour, axis in ((cal.x, result.splines[0], "tab:blue", "x"), (cal.y, result.splines[1], "tab:red", "y")):
-        ax.plot(grid, curve.sigma(grid), color=colour, lw=2, label=f"sigma {axis}, Huang et al. 2008")
-        ax.plot(grid, spline(grid), color="k", lw=1, ls="--", label="smoothing splines" if axis == "x" else None)
+    used = beads.z[beads.valid & beads.kept[:, None]]
+    grid = np.linspace(used.min(), used.max(), 400)
+    written = cal.model == "huang2008"
+    for huang, spline, colour, axis in zip(result.huang, result.splines, ("tab:blue", "tab:red"), "xy"):
+        ax.plot(grid, huang.sigma(grid), color=colour, lw=2 if written else 1,
+                label=f"sigma {axis}, Huang et al. 2008" + (" (written)" if written else ""))
+        ax.plot(grid, spline.sigma(grid), color="k", lw=1 if written else 2, ls="--",
+                label=None if axis == "y" else "splines" + ("" if written else " (written)"))
     r = cal.residuals
     ax.set(xlabel="z [nm]", ylabel="PSF sigma [px]",
            title=f"{r['beads_used']} of {r['beads_found']} beads; held-out rms: Huang {r['huang_heldout_rms_px']:.3f} px, "

@@ -1,5 +1,5 @@
 """The astigmatic PSF (docs/3d.md): an elliptical pixel-integrated Gaussian whose widths follow the
-defocus model of Huang et al. 2008, its Jacobian, the Cramer-Rao bound of (x, y, z, photons, background)
+defocus model of Huang et al. 2008 (or a cubic spline of z), its Jacobian, the Cramer-Rao bound of (x, y, z, photons, background)
 and z from fitted widths.
 
 Coordinates as in psf.py (pixel ``k`` covers ``[k - 1/2, k + 1/2]``); ``x`` is the column, ``y`` the row;
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.interpolate import BSpline
 
 from .fit import _profile
 from .psf import integrated_gaussian_1d
@@ -43,13 +44,40 @@ class DefocusCurve:
 
 
 @dataclass(frozen=True)
+class SplineCurve:
+    """One axis's width as a cubic B-spline of z: ``knots`` (nm, the full knot vector) and ``coefficients``
+    (px); for PSFs whose widths do not follow the Huang form."""
+
+    knots: tuple[float, ...]
+    coefficients: tuple[float, ...]
+
+    def _spline(self) -> BSpline:
+        return BSpline(np.asarray(self.knots, np.float64), np.asarray(self.coefficients, np.float64), 3)
+
+    def sigma(self, z: np.ndarray | float) -> np.ndarray:
+        return np.clip(self._spline()(np.asarray(z, np.float64)), 1e-3, None)
+
+    def slope(self, z: np.ndarray | float) -> np.ndarray:
+        return self._spline().derivative()(np.asarray(z, np.float64))
+
+
+Curve = DefocusCurve | SplineCurve
+
+
+def _curve_from_dict(d: dict) -> Curve:
+    if "knots" in d:
+        return SplineCurve(tuple(map(float, d["knots"])), tuple(map(float, d["coefficients"])))
+    return DefocusCurve(**d)
+
+
+@dataclass(frozen=True)
 class ZCalibration:
     """An astigmatic calibration: the widths along x (columns) and y (rows) as functions of z, where
     they hold (``z_range``, nm: the width ratio is monotone there), the camera pixel size (nm) it was
     measured with, its fit residuals and the stack it came from."""
 
-    x: DefocusCurve
-    y: DefocusCurve
+    x: Curve
+    y: Curve
     z_range: tuple[float, float]               # nm
     pixel_size: float                          # nm per raw pixel
     residuals: dict = field(default_factory=dict)
@@ -70,17 +98,24 @@ class ZCalibration:
         if not self.pixel_size > 0:
             raise ValueError(f"z calibration: pixel size must be > 0 nm (got {self.pixel_size})")
         for name, curve in (("x", self.x), ("y", self.y)):
-            if not (curve.sigma0 > 0 and curve.d > 0 and np.all(np.isfinite(list(asdict(curve).values())))):
+            if isinstance(curve, DefocusCurve) and not (curve.sigma0 > 0 and curve.d > 0):
                 raise ValueError(f"z calibration: axis {name} needs sigma0 > 0 px and d > 0 nm (got {curve})")
+            widths = curve.sigma(np.linspace(lo, hi, 101))
+            if not np.all(np.isfinite(widths) & (widths > 0.05)):
+                raise ValueError(f"z calibration: axis {name}'s widths are not positive over its z range")
         return self
 
+    @property
+    def model(self) -> str:
+        return "huang2008" if isinstance(self.x, DefocusCurve) else "spline"
+
     def to_dict(self) -> dict:
-        return {"model": "huang2008", "x": asdict(self.x), "y": asdict(self.y), "z_range_nm": list(self.z_range),
+        return {"model": self.model, "x": asdict(self.x), "y": asdict(self.y), "z_range_nm": list(self.z_range),
                 "pixel_size_nm": self.pixel_size, "residuals": self.residuals, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ZCalibration":
-        return cls(DefocusCurve(**d["x"]), DefocusCurve(**d["y"]), tuple(map(float, d["z_range_nm"])),
+        return cls(_curve_from_dict(d["x"]), _curve_from_dict(d["y"]), tuple(map(float, d["z_range_nm"])),
                    float(d["pixel_size_nm"]), dict(d.get("residuals", {})), str(d.get("source", ""))).validate()
 
 
