@@ -203,7 +203,7 @@ def _joint_fit(beads: Beads, z0: np.ndarray, use: np.ndarray, robust: bool) -> t
                             np.zeros(len(used) - 1)])
     lower = np.array([1e-3, -np.inf, 10.0, -np.inf, -np.inf] * 2 + [-np.inf] * (len(used) - 1))
     res = least_squares(residuals, np.clip(start, lower, np.inf), bounds=(lower, np.inf),
-                        loss="soft_l1" if robust else "linear", f_scale=ROBUST_SCALE)
+                        loss="soft_l1" if robust else "linear", f_scale=ROBUST_SCALE, tr_solver="lsmr")
     offsets = np.zeros(len(use))
     offsets[used] = np.concatenate([[0.0], res.x[10:]])
     return res.x[:10], offsets
