@@ -164,17 +164,19 @@ class AstigmaticModel:
         return mu, jac.reshape(len(theta), jac.shape[1], -1)
 
 
-def default_roi(calibration: ZCalibration, z: float) -> int:
-    """An odd box side (px) holding +-4 widths of the spot at ``z``, at least 11 (crlb.py's default)."""
-    return max(11, 2 * int(np.ceil(4 * max(*calibration.sigmas(z)))) + 1)
+def default_roi(calibration: ZCalibration) -> int:
+    """An odd box side (px) holding +-4 widths of the widest spot of the calibration's z range, at least 11
+    (crlb.py's default): one box for every z, so bounds vary smoothly with z."""
+    widths = calibration.sigmas(np.linspace(*calibration.z_range, 201))
+    return max(11, 2 * int(np.ceil(4 * max(w.max() for w in widths))) + 1)
 
 
 def fisher_information_3d(photons: float, background: float, z: float, calibration: ZCalibration,
                           read_noise: float = 0.0, roi: int | None = None,
                           position: tuple[float, float] | None = None) -> np.ndarray:
     """5x5 Fisher matrix of (x [px], y [px], z [nm], photons, background [photons/px]) of one emitter at
-    ``z`` in a ``roi`` box (centred, or at ``position = (x, y)`` box px)."""
-    roi = roi or default_roi(calibration, z)
+    ``z`` in a ``roi`` box (default :func:`default_roi`; centred, or at ``position = (x, y)`` box px)."""
+    roi = roi or default_roi(calibration)
     x, y = ((roi - 1) / 2,) * 2 if position is None else position
     mu, jac = AstigmaticModel(roi, 1, calibration)(np.array([[background, x, y, z, photons]]))
     jac = jac[0][[1, 2, 3, 4, 0]]                     # (x, y, z, N, b)
