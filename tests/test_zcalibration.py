@@ -134,6 +134,7 @@ def test_calibrate_z_then_simulate_in_3d(tmp_path, capsys):
     assert code == 2 and "--step" in err and not cal_path.exists()
     code, out, err = run_main(capsys, "calibrate-z", tif, "--step", STEP, "--out", cal_path)
     assert code == 0 and err == "" and "6 of 7 beads" in out
+    assert "dropped bead at x 100, y 101 px: off the common curves" in out          # the doublet
     cal = read_zcalibration(cal_path)
     assert cal.pixel_size == 100.0 and cal.source == "beads.tif" and cal.z_range[0] < -400 < 400 < cal.z_range[1]
     assert (tmp_path / "cal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

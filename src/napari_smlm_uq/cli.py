@@ -101,6 +101,8 @@ def cmd_calibrate_z(a: argparse.Namespace) -> int:
     print(f"wrote {a.out} and {Path(a.out).with_suffix('.png')}: {r['beads_used']} of {r['beads_found']} beads, "
           f"z {cal.z_range[0]:.0f} to {cal.z_range[1]:.0f} nm, held-out width rms {r['huang_heldout_rms_px']:.3f} px "
           f"(spline {r['spline_heldout_rms_px']:.3f} px), {result.seconds:.1f} s")
+    for note in result.beads.notes:
+        print(f"  dropped {note}")
     return 0
 
 

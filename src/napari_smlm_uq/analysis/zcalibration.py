@@ -72,8 +72,8 @@ class ZCalibrationSettings:
 @dataclass
 class Beads:
     """The fitted beads: per bead ``row``, ``col`` (px, in the max projection); per bead and frame
-    ``(J, T)`` arrays ``sigma_x``, ``sigma_y``, their ``error`` (px) and ``valid`` (a usable fit); ``z``
-    ``(J, T)`` nm on the common scale (NaN before alignment) and ``kept`` ``(J,)``; ``notes`` per bead."""
+    ``(J, T)`` arrays ``sigma_x``, ``sigma_y``, their ``error`` (px) and ``valid`` (a usable fit); after
+    alignment ``z`` ``(J, T)`` nm on the common scale, ``kept`` ``(J,)`` and ``notes``: why beads were dropped."""
 
     row: np.ndarray
     col: np.ndarray
@@ -279,8 +279,8 @@ def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
     focus = np.array([bead_focus(stage[v], sx[v], sy[v]) if v.sum() > 2 else None
                       for v, sx, sy in zip(beads.valid, beads.sigma_x, beads.sigma_y)], dtype=object)
     crossing = np.array([f is not None for f in focus])
-    beads.notes = [f"bead {j} at x {c:.0f}, y {r:.0f} px: " + ("" if ok else "widths do not cross")
-                   for j, (r, c, ok) in enumerate(zip(beads.row, beads.col, crossing))]
+    where = [f"bead at x {c:.0f}, y {r:.0f} px" for r, c in zip(beads.row, beads.col)]
+    beads.notes = [f"{where[j]}: its widths do not cross" for j in np.nonzero(~crossing)[0]]
     if not crossing.any():
         raise InputError(f"sigma_x and sigma_y do not cross in any bead: {NO_ASTIGMATISM}")
     _require(crossing, settings, "whose widths cross")
@@ -290,7 +290,7 @@ def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
     limit = settings.reject * max(float(np.nanmedian(rms[crossing])), 1.0)
     kept = crossing & (rms <= limit)
     for j in np.nonzero(crossing & ~kept)[0]:
-        beads.notes[j] += f"dropped: residual rms {rms[j]:.1f} > {limit:.1f}"
+        beads.notes.append(f"{where[j]}: off the common curves (rms residual {rms[j]:.1f} error units, limit {limit:.1f})")
     _require(kept, settings, "that follow the common curves")
     curves, offsets = _joint_fit(beads, z0, kept, robust=False)
     z = z0 + offsets[:, None]
