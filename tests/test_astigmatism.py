@@ -26,7 +26,9 @@ from napari_smlm_uq.physics.astigmatism import (
     fisher_information_3d,
     z_from_widths,
 )
+from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, fisher_information
+from napari_smlm_uq.physics.elliptical_fit import fisher_scoring, fit_elliptical
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 # sigma 1 px in each axis's focus, foci 500 nm apart, a little asymmetry (a, b) as in real lenses
@@ -203,3 +205,32 @@ def test_3d_simulation_settings_are_checked():
         SimulationSettings(z_range=(-100.0, 100.0)).validate()
     default = simulate(SimulationSettings(frames=3, size=16, density=10.0, z_calibration=CAL)).emitters.z
     assert default.min() >= -550.0 and default.max() <= 550.0
+
+
+def test_maximum_likelihood_with_the_astigmatic_model_reaches_the_3d_bound():
+    """Fitting x, y, z, N, b by maximum likelihood (the model's Jacobian in Fisher scoring, started from the
+    elliptical fit's widths) attains the bound: rms errors within 10 % of the bound's rms for x, y and z
+    at 2,000 photons, background 20, |z| <= 400 nm."""
+    rng = np.random.default_rng(11)
+    n, roi, r = 600, 15, 1.5
+    truth = np.column_stack([np.full(n, 20.0), 7.0 + rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(-400, 400, n),
+                             np.full(n, 2000.0)])                                   # b, x, y, z, N
+    omega = np.stack([image(roi, x, y, z, nn, b) for b, x, y, z, nn in truth])
+    data = Camera().to_photoelectrons(Camera(read_noise=r).expose(omega, rng)).astype(np.float64)
+    start = fit_elliptical(data, r)
+    theta = np.column_stack([start["background"], start["col"], start["row"],
+                             z_from_widths(start["sigma_x"], start["sigma_y"], CAL), start["photons"]])
+    model = AstigmaticModel(roi, 1, CAL)
+
+    def expected(t):
+        mu, jac = model(t)
+        return mu + r**2, jac
+
+    def clip(t):
+        return np.column_stack([t[:, 0].clip(1e-3), t[:, 1:3].clip(-1, roi), t[:, 3].clip(*CAL.z_range), t[:, 4].clip(1)])
+
+    fitted, _, _ = fisher_scoring(np.clip(data + r**2, 0, None), expected, theta, clip, 30)
+    bounds = np.array([crlb_3d(2000.0, 20.0, z, CAL, r, roi, (x, y)) for _, x, y, z, _ in truth])
+    for column, bound in ((1, 0), (2, 1), (3, 2)):
+        ratio = np.sqrt(np.mean((fitted[:, column] - truth[:, column]) ** 2)) / np.sqrt(np.mean(bounds[:, bound] ** 2))
+        assert ratio == pytest.approx(1.0, abs=0.1)
