@@ -62,6 +62,18 @@ def test_calibration_recovers_the_width_curves(first_z, covered):
     assert cal.residuals["huang_heldout_rms_px"] < 1.2 * cal.residuals["huang_rms_px"]
 
 
+def test_a_round_spot_is_not_taken_for_a_bead():
+    """A bright round spot that does not change with focus (dirt, a saturated blob) passes the bead finder
+    but never gets 1.2x longer than wide: it is dropped and the calibration is the beads'."""
+    stack = beads().astype(np.float64)
+    stack[:, 60:64, 60:64] += 5e4
+    result = calibrate(stack, ZCalibrationSettings(step=STEP), 100.0, 1.5)
+    assert result.calibration.residuals["beads_found"] == 8 and result.calibration.residuals["beads_used"] == 6
+    assert any(note.startswith("bead at x 62, y 62 px: its widths do not cross") for note in result.beads.notes)
+    z = np.linspace(-450.0, 450.0, 50)
+    assert np.abs(np.subtract(result.calibration.sigmas(z), TRUTH.sigmas(z + Z_CROSS))).max() < 0.015
+
+
 class SixthOrder:
     """Widths the Huang form cannot follow: an extra 0.04 u^6 under the root (duck-typed calibration)."""
 

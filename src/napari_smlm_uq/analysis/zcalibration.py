@@ -31,7 +31,8 @@ TRACK_WINDOW = 11       # frames: the running median over a bead's per-frame pea
 MAX_REL_ERROR = 0.1     # a frame's width is used when its Cramer-Rao bound is below this fraction of it
 WIDTH_FLOOR = 0.01      # relative width error added to the bound: model mismatch that the bound does not see
 ROBUST_SCALE = 3.0      # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
-NO_ASTIGMATISM = "the stack shows no astigmatism (or its focus lies outside the stack)"
+NO_ASTIGMATISM = ("the stack shows no astigmatism, or its focus lies outside the stack, or it covers too little z "
+                  "around its focus")
 SPLINE_KNOTS = 100.0    # nm between spline knots: 5-10 z steps, smooth over one bead's frame-to-frame scatter
 SPLINE_PREFERENCE = 0.9  # the spline is written when its held-out rms is below 0.9x the Huang curves'
 MIN_ELONGATION = 1.2    # sigma_x / sigma_y (or its inverse) each side of focus: far above a bead fit's 1-3 % noise
@@ -274,15 +275,22 @@ def compare_models(beads: Beads, curves: np.ndarray) -> dict:
 
 def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
     """Put every bead on one z scale (z = 0 where the Huang curves cross; sets ``beads.z``), drop beads
-    without a crossing or off the common curves (sets ``beads.kept``); returns the 10 curve parameters."""
+    without a crossing, without :data:`MIN_ELONGATION` each side of it (a round spot: a blob, a hot pixel)
+    or off the common curves (sets ``beads.kept``); returns the 10 curve parameters."""
     stage = np.arange(beads.valid.shape[1]) * settings.step
     focus = np.array([bead_focus(stage[v], sx[v], sy[v]) if v.sum() > 2 else None
                       for v, sx, sy in zip(beads.valid, beads.sigma_x, beads.sigma_y)], dtype=object)
-    crossing = np.array([f is not None for f in focus])
+    ratio = np.log(beads.sigma_x / beads.sigma_y)
+    elongation = np.log(MIN_ELONGATION)
+    elongated = (np.where(beads.valid, ratio, -np.inf).max(axis=1) > elongation) & \
+        (np.where(beads.valid, ratio, np.inf).min(axis=1) < -elongation)
+    crossing = np.array([f is not None for f in focus]) & elongated
     where = [f"bead at x {c:.0f}, y {r:.0f} px" for r, c in zip(beads.row, beads.col)]
-    beads.notes = [f"{where[j]}: its widths do not cross" for j in np.nonzero(~crossing)[0]]
+    beads.notes = [f"{where[j]}: its widths do not cross, or its spot stays within {MIN_ELONGATION:g}x as long as "
+                   "wide on one side" for j in np.nonzero(~crossing)[0]]
     if not crossing.any():
-        raise InputError(f"sigma_x and sigma_y do not cross in any bead: {NO_ASTIGMATISM}")
+        raise InputError(f"in no bead do sigma_x and sigma_y cross with the spot {MIN_ELONGATION:g}x longer than "
+                         f"wide on both sides: {NO_ASTIGMATISM}")
     _require(crossing, settings, "whose widths cross")
     z0 = stage[None, :] - np.where(crossing, focus, 0.0).astype(float)[:, None]
     curves, offsets = _joint_fit(beads, z0, crossing, robust=True)
@@ -348,9 +356,9 @@ def _check_astigmatism(x: DefocusCurve, y: DefocusCurve, z_range: tuple[float, f
     """Refuse curves whose width ratio does not reach :data:`MIN_ELONGATION` on both sides of focus."""
     ratio = np.log(x.sigma(np.array(z_range)) / y.sigma(np.array(z_range)))
     if ratio.min() > -np.log(MIN_ELONGATION) or ratio.max() < np.log(MIN_ELONGATION):
-        raise InputError(f"sigma_x and sigma_y do not cross: their ratio is {np.exp(ratio[0]):.2f} at "
-                         f"{z_range[0]:.0f} nm and {np.exp(ratio[1]):.2f} at {z_range[1]:.0f} nm (beyond "
-                         f"{MIN_ELONGATION:g} each side of focus needed): {NO_ASTIGMATISM}")
+        raise InputError(f"sigma_x / sigma_y is only {np.exp(ratio[0]):.2f} at {z_range[0]:.0f} nm and "
+                         f"{np.exp(ratio[1]):.2f} at {z_range[1]:.0f} nm ({MIN_ELONGATION:g}x either way needed "
+                         f"on both sides of focus): {NO_ASTIGMATISM}")
 
 
 def _require(ok: np.ndarray, settings: ZCalibrationSettings, what: str) -> None:
