@@ -1,6 +1,6 @@
 """The astigmatic PSF (docs/3d.md): an elliptical pixel-integrated Gaussian whose widths follow the
-defocus model of Huang et al. 2008 (or a cubic spline of z), its Jacobian, the Cramer-Rao bound of (x, y, z, photons, background)
-and z from fitted widths.
+defocus model of Huang et al. 2008 (or a cubic spline of z), its Jacobian, the Cramer-Rao bound of
+(x, y, z, photons, background) and z from fitted widths.
 
 Coordinates as in psf.py (pixel ``k`` covers ``[k - 1/2, k + 1/2]``); ``x`` is the column, ``y`` the row;
 z in nm; widths in raw pixels. The noise model is that of crlb.py: Poisson with read noise folded in as
