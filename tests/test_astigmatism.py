@@ -234,3 +234,10 @@ def test_maximum_likelihood_with_the_astigmatic_model_reaches_the_3d_bound():
     for column, bound in ((1, 0), (2, 1), (3, 2)):
         ratio = np.sqrt(np.mean((fitted[:, column] - truth[:, column]) ** 2)) / np.sqrt(np.mean(bounds[:, bound] ** 2))
         assert ratio == pytest.approx(1.0, abs=0.1)
+
+
+def test_z_from_widths_in_chunks_equals_one_at_a_time():
+    z = np.random.default_rng(3).uniform(-500.0, 500.0, 9000)                  # over two chunks
+    together = z_from_widths(*CAL.sigmas(z), CAL)
+    np.testing.assert_allclose(together, z, atol=0.05)
+    np.testing.assert_array_equal(together[[0, 4096, 8999]], [z_from_widths(*CAL.sigmas(v), CAL)[0] for v in z[[0, 4096, 8999]]])

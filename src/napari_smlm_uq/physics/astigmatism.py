@@ -16,7 +16,8 @@ from scipy.interpolate import BSpline
 from .fit import _profile
 from .psf import integrated_gaussian_1d
 
-Z_GRID_STEP = 1.0   # nm: the lookup grid of :func:`z_from_widths`
+Z_GRID_STEP = 1.0       # nm: the lookup grid of :func:`z_from_widths`
+Z_LOOKUP_CHUNK = 4096   # fits per step of :func:`z_from_widths` (a few tens of MB for a +-600 nm range)
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,17 @@ def crlb_3d(photons: float, background: float, z: float, calibration: ZCalibrati
 def z_from_widths(sigma_x: np.ndarray, sigma_y: np.ndarray, calibration: ZCalibration) -> np.ndarray:
     """z (nm) whose calibrated widths are nearest to fitted ones, in Huang et al.'s distance
     ``(sqrt sx - sqrt sx(z))^2 + (sqrt sy - sqrt sy(z))^2``, searched over the calibration's z range
-    (1 nm grid, then a parabola through the best three points)."""
+    (1 nm grid, then a parabola through the best three points; :data:`Z_LOOKUP_CHUNK` fits at a time)."""
     grid = np.arange(calibration.z_range[0], calibration.z_range[1] + Z_GRID_STEP / 2, Z_GRID_STEP)
     gx, gy = (np.sqrt(s) for s in calibration.sigmas(grid))
-    sx, sy = np.sqrt(np.atleast_1d(sigma_x))[:, None], np.sqrt(np.atleast_1d(sigma_y))[:, None]
-    dist = (sx - gx) ** 2 + (sy - gy) ** 2                      # (n, G)
-    best = np.clip(np.argmin(dist, axis=1), 1, len(grid) - 2)
-    rows = np.arange(len(best))
-    lo, mid, hi = dist[rows, best - 1], dist[rows, best], dist[rows, best + 1]
-    curvature = lo - 2 * mid + hi
-    shift = np.where(curvature > 0, 0.5 * (lo - hi) / np.where(curvature > 0, curvature, 1.0), 0.0)
-    return grid[best] + np.clip(shift, -1.0, 1.0) * Z_GRID_STEP
+    sx, sy = np.sqrt(np.atleast_1d(sigma_x)), np.sqrt(np.atleast_1d(sigma_y))
+    out = np.empty(len(sx))
+    for i in range(0, len(sx), Z_LOOKUP_CHUNK):
+        dist = (sx[i:i + Z_LOOKUP_CHUNK, None] - gx) ** 2 + (sy[i:i + Z_LOOKUP_CHUNK, None] - gy) ** 2   # (n, G)
+        best = np.clip(np.argmin(dist, axis=1), 1, len(grid) - 2)
+        rows = np.arange(len(best))
+        lo, mid, hi = dist[rows, best - 1], dist[rows, best], dist[rows, best + 1]
+        curvature = lo - 2 * mid + hi
+        shift = np.where(curvature > 0, 0.5 * (lo - hi) / np.where(curvature > 0, curvature, 1.0), 0.0)
+        out[i:i + Z_LOOKUP_CHUNK] = grid[best] + np.clip(shift, -1.0, 1.0) * Z_GRID_STEP
+    return out
