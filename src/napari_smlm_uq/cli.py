@@ -1,4 +1,4 @@
-"""The ``smlm-uq`` command line: simulate | crlb | evaluate | camera | predict | train | demo | postprocess.
+"""The ``smlm-uq`` command line: simulate | crlb | evaluate | camera | predict | train | demo | postprocess | calibrate-z.
 
 Every user mistake ends in one line on stderr and exit status 2, before any output is written.
 """
@@ -62,13 +62,16 @@ def add_camera_kind(p: argparse.ArgumentParser) -> None:
 def cmd_simulate(a: argparse.Namespace) -> int:
     from .io.tables import emitters_table, write_localizations
     from .io.tiff import write_stack
+    from .io.zcalibration import read_zcalibration
     from .physics.camera import Camera
     from .physics.simulate import SimulationSettings, simulate
 
     settings = SimulationSettings(frames=a.frames, size=a.size, density=a.density, photons=a.photons,
                                   background=a.background, psf_sigma=a.psf_sigma, pixel_size=a.pixel_size,
                                   camera=Camera(a.offset, a.gain, a.read_noise, a.camera_kind), seed=a.seed,
-                                  on_time=a.on_time, background_map=a.background_map, background_ratio=a.background_ratio)
+                                  on_time=a.on_time, background_map=a.background_map, background_ratio=a.background_ratio,
+                                  z_calibration=a.z_calibration and read_zcalibration(a.z_calibration),
+                                  z_range=a.z_range and tuple(a.z_range))
     try:
         settings.validate()
     except ValueError as exc:
@@ -84,6 +87,36 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     print(f"wrote {out} ({adu.shape[0]} frames of {adu.shape[1]}x{adu.shape[2]} px) and {csv} "
           f"({len(stack.emitters)} emitters)")
     return 0
+
+
+# --- calibrate-z --------------------------------------------------------------------------------
+
+def cmd_calibrate_z(a: argparse.Namespace) -> int:
+    from .analysis.zcalibration import ZCalibrationSettings, calibrate_file
+
+    settings = ZCalibrationSettings(step=a.step, pixel_size=a.pixel_size, offset=a.offset, gain=a.gain,
+                                    read_noise=a.read_noise, box=a.box, min_beads=a.min_beads)
+    result = calibrate_file(a.beads, settings, a.out)
+    cal, r = result.calibration, result.calibration.residuals
+    print(f"wrote {a.out} and {Path(a.out).with_suffix('.png')}: {r['beads_used']} of {r['beads_found']} beads, "
+          f"z {cal.z_range[0]:.0f} to {cal.z_range[1]:.0f} nm, held-out width rms {r['huang_heldout_rms_px']:.3f} px "
+          f"(spline {r['spline_heldout_rms_px']:.3f} px), {result.seconds:.1f} s")
+    for note in result.beads.notes:
+        print(f"  dropped {note}")
+    return 0
+
+
+def add_calibrate_z_parser(sub) -> None:
+    from .analysis.zcalibration import ZCalibrationSettings as Z
+
+    p = sub.add_parser("calibrate-z", help="astigmatic z calibration from a bead z-stack (JSON and a PNG plot)")
+    p.add_argument("beads", help="bead z-stack TIFF (ADU), the focus moving one step per frame")
+    p.add_argument("--step", type=_positive(), required=True, help="focus step between frames, nm")
+    p.add_argument("--out", required=True, metavar="CAL.json", help="the calibration; its plot goes beside it (.png)")
+    p.add_argument("--box", type=int, default=Z.box, help="fit box side, px (odd)")
+    p.add_argument("--min-beads", type=int, default=Z.min_beads, help="fewer usable beads: refused")
+    add_camera_args(p, defaults=False)
+    p.set_defaults(func=cmd_calibrate_z)
 
 
 # --- crlb ---------------------------------------------------------------------------------------
@@ -567,9 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-map", choices=("gradient", "illumination", "cells"), default=None,
                    help="background varying across the field (mean --background)")
     p.add_argument("--background-ratio", type=_positive(), default=6.0, help="the map's highest / lowest background")
+    p.add_argument("--z-calibration", default=None, metavar="CAL.json",
+                   help="astigmatic PSF from this calibration (smlm-uq calibrate-z); the truth gains z [nm]")
+    p.add_argument("--z-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="uniform z of the emitters, nm (default: the calibration's range)")
     add_camera_args(p)
     add_camera_kind(p)
     p.set_defaults(func=cmd_simulate)
+    add_calibrate_z_parser(sub)
 
     p = sub.add_parser("crlb", help="Cramer-Rao lower bound of the localization precision")
     p.add_argument("--photons", type=float, default=SIM.photons)

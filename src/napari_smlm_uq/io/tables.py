@@ -63,9 +63,11 @@ def nm_to_px(coord: np.ndarray, pixel_size: float) -> np.ndarray:
 
 
 def emitters_table(emitters: Emitters, pixel_size: float) -> dict[str, np.ndarray]:
-    """Ground-truth table: frame (1-based), x [nm] (columns), y [nm] (rows), intensity [photon]."""
-    return {"frame": emitters.frame + 1, "x [nm]": px_to_nm(emitters.col, pixel_size),
-            "y [nm]": px_to_nm(emitters.row, pixel_size), "intensity [photon]": emitters.photons}
+    """Ground-truth table: frame (1-based), x [nm] (columns), y [nm] (rows), intensity [photon]; and
+    z [nm] for astigmatic simulations."""
+    table = {"frame": emitters.frame + 1, "x [nm]": px_to_nm(emitters.col, pixel_size),
+             "y [nm]": px_to_nm(emitters.row, pixel_size), "intensity [photon]": emitters.photons}
+    return table if emitters.z is None else {**table, "z [nm]": emitters.z}
 
 
 def table_xy(table: dict[str, np.ndarray]) -> np.ndarray:
@@ -90,11 +92,12 @@ def table_localizations(table: dict[str, np.ndarray], pixel_size: float) -> Loca
 
 
 def table_emitters(table: dict[str, np.ndarray], pixel_size: float) -> Emitters:
-    """Inverse of :func:`emitters_table` (photons NaN when the table has no intensity)."""
+    """Inverse of :func:`emitters_table` (photons NaN when the table has no intensity, z None without z)."""
     n = len(table["frame"])
     return Emitters(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
                     nm_to_px(table["x [nm]"], pixel_size),
-                    np.asarray(table.get("intensity [photon]", np.full(n, np.nan)), dtype=np.float64))
+                    np.asarray(table.get("intensity [photon]", np.full(n, np.nan)), dtype=np.float64),
+                    None if "z [nm]" not in table else np.asarray(table["z [nm]"], dtype=np.float64))
 
 
 UNCERTAINTY_ALIASES = ("uncertainty_xy [nm]",)  # ThunderSTORM's newer name of "uncertainty [nm]"

@@ -5,7 +5,8 @@ uniform positions). With ``on_time`` set, fixed molecules blink instead: each is
 of frames (mean ``on_time``) and its photons vary from frame to frame, so one molecule is localized in
 consecutive frames (the precision check of analysis/precision.py). Emitters are imaged through the
 pixel-integrated Gaussian PSF on a background, flat or shaped by a map (a gradient, a Gaussian
-illumination profile or cell-like blobs), then through the camera.
+illumination profile or cell-like blobs), then through the camera. With a z calibration the PSF is
+astigmatic (physics/astigmatism.py) and each emitter gets a uniform z.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .astigmatism import ZCalibration, render_astigmatic
 from .camera import Camera
 from .psf import render_emitters
 
@@ -61,6 +63,8 @@ class SimulationSettings:
     on_time: float | None = None
     background_map: str | None = None
     background_ratio: float = 6.0
+    z_calibration: ZCalibration | None = None     # astigmatic PSF (then psf_sigma is not used)
+    z_range: tuple[float, float] | None = None     # nm, uniform z per emitter; None: the calibration's range
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -81,25 +85,43 @@ class SimulationSettings:
         if self.background_map is not None and self.background_map not in BACKGROUND_MAPS:
             raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} (got {self.background_map!r})")
         _check_range("background_ratio", self.background_ratio, 1.0, strict=False)
+        self._validate_z()
         self.camera.validate()
         return self
+
+    def _validate_z(self) -> None:
+        if self.z_calibration is None:
+            if self.z_range is not None:
+                raise ValueError("a z range needs a z calibration")
+            return
+        cal = self.z_calibration.validate()
+        if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
+            raise ValueError(f"the z calibration was measured with {cal.pixel_size:g} nm pixels, the simulation has "
+                             f"{self.pixel_size:g} nm pixels")
+        lo, hi = cal.z_range
+        z_lo, z_hi = self.z_range or (lo, hi)
+        if not (z_lo <= z_hi and lo <= z_lo and z_hi <= hi):
+            raise ValueError(f"z range {z_lo:g} to {z_hi:g} nm is not within the calibration's {lo:g} to {hi:g} nm")
 
 
 @dataclass
 class Emitters:
-    """Ground truth: 0-based frame index, row and column in raw pixels (centres are integers), photons."""
+    """Ground truth: 0-based frame index, row and column in raw pixels (centres are integers), photons;
+    ``z`` (nm) for astigmatic simulations, else None."""
 
     frame: np.ndarray
     row: np.ndarray
     col: np.ndarray
     photons: np.ndarray
+    z: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def in_frame(self, t: int) -> "Emitters":
         keep = self.frame == t
-        return Emitters(self.frame[keep], self.row[keep], self.col[keep], self.photons[keep])
+        return Emitters(self.frame[keep], self.row[keep], self.col[keep], self.photons[keep],
+                        None if self.z is None else self.z[keep])
 
 
 @dataclass
@@ -131,8 +153,9 @@ def draw_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int
 
 
 def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], sigma: np.ndarray,
-                     background: np.ndarray) -> np.ndarray:
-    """omega (T, H, W): per-frame ``background`` (scalar per frame, or maps) plus the emitters' PSFs."""
+                     background: np.ndarray, z_calibration: ZCalibration | None = None) -> np.ndarray:
+    """omega (T, H, W): per-frame ``background`` (scalar per frame, or maps) plus the emitters' PSFs
+    (of width ``sigma`` per frame, or astigmatic at the emitters' z with a ``z_calibration``)."""
     omega = np.empty((n_frames, *shape))
     background = np.asarray(background, dtype=np.float64)
     omega[:] = background.reshape(n_frames, 1, 1) if background.ndim == 1 else background
@@ -140,7 +163,10 @@ def expected_photons(emitters: Emitters, n_frames: int, shape: tuple[int, int], 
     bounds = np.searchsorted(emitters.frame[order], np.arange(n_frames + 1))
     for t in range(n_frames):
         idx = order[bounds[t]:bounds[t + 1]]
-        if len(idx):
+        if len(idx) and z_calibration is not None:
+            omega[t] += render_astigmatic(emitters.row[idx], emitters.col[idx], emitters.z[idx], emitters.photons[idx],
+                                          shape, z_calibration)
+        elif len(idx):
             omega[t] += render_emitters(emitters.row[idx], emitters.col[idx], emitters.photons[idx], shape, sigma[t])
     return omega
 
@@ -203,5 +229,7 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     background = draw_values(rng, s.background, s.frames)
     if s.background_map is not None:
         background = background[:, None, None] * background_map(s.background_map, s.shape, s.background_ratio, rng)
-    omega = expected_photons(emitters, s.frames, s.shape, sigma, background)
+    if s.z_calibration is not None:  # drawn last: the 2D simulation of the same seed has the same emitters
+        emitters.z = rng.uniform(*(s.z_range or s.z_calibration.z_range), len(emitters))
+    omega = expected_photons(emitters, s.frames, s.shape, sigma, background, s.z_calibration)
     return SimulatedStack(s.camera.expose(omega, rng), omega, emitters, s)
