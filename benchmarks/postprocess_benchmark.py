@@ -48,7 +48,8 @@ def drift_case(sim: simulation.SimulatedLocalizations, frames: int) -> tuple[dic
     short = drift.rcc(sim.frame, sim.x, sim.y, frames, 200)  # RCC alone on the refinement's short segments
     return {"localizations": len(sim), "rcc_rms_nm": drift_rms(coarse, sim.drift),
             "rcc_200_frames_rms_nm": drift_rms(short, sim.drift),
-            "refined_rms_nm": drift_rms(fine, sim.drift), "median_se_nm": float(np.median(np.hypot(fine.x_se, fine.y_se))),
+            "refined_rms_nm": drift_rms(fine, sim.drift),
+            "median_se_nm": float(np.median(np.hypot(fine.x_se, fine.y_se))),
             "seconds_rcc": t_rcc, "seconds_refine": t_ref}, coarse, fine
 
 

@@ -6,12 +6,12 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from napari_smlm_uq.models import registry  # noqa: E402
+from napari_smlm_uq.models import registry
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -68,11 +68,17 @@ def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
     rows, cols, frames, pair = [], [], [], []
     for t in range(n_frames):
         for r0, c0 in ((6, 6), (6, 24), (24, 6), (24, 24)):  # isolated emitters
-            rows.append(r0 + rng.uniform(-0.5, 0.5)); cols.append(c0 + rng.uniform(-0.5, 0.5)); frames.append(t); pair.append(False)
+            rows.append(r0 + rng.uniform(-0.5, 0.5))
+            cols.append(c0 + rng.uniform(-0.5, 0.5))
+            frames.append(t)
+            pair.append(False)
         for r0, c0 in ((15, 8), (15, 22)):  # close pairs: 1.0-1.3 px apart
             d, a = rng.uniform(1.0, 1.3), rng.uniform(0, np.pi)
             for s in (-0.5, 0.5):
-                rows.append(r0 + s * d * np.sin(a)); cols.append(c0 + s * d * np.cos(a)); frames.append(t); pair.append(True)
+                rows.append(r0 + s * d * np.sin(a))
+                cols.append(c0 + s * d * np.cos(a))
+                frames.append(t)
+                pair.append(True)
     em = Emitters(np.array(frames), np.array(rows), np.array(cols), np.full(len(rows), 2000.0))
     omega = expected_photons(em, n_frames, shape, np.full(n_frames, 1.0), np.full(n_frames, 20.0))
     camera = Camera()

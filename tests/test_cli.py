@@ -224,7 +224,7 @@ def test_open_stack_truncated(tmp_path, keep):
     n = keep if isinstance(keep, int) else int(len(raw) * keep)
     cut = tmp_path / "cut.tif"
     cut.write_bytes(raw[:n])
-    with pytest.raises(InputError, match="truncated|corrupt|not a readable TIFF") as info:
+    with pytest.raises(InputError, match=r"truncated|corrupt|not a readable TIFF") as info:
         open_stack(cut)
     assert str(cut) in str(info.value)
 
@@ -236,7 +236,7 @@ def test_open_stack_truncated_compressed(tmp_path):
     assert open_stack(full).shape == (6, 32, 32)  # a readable compressed stack opens (page reader)
     cut = tmp_path / "zcut.tif"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(InputError, match="truncated|corrupt"):
+    with pytest.raises(InputError, match=r"truncated|corrupt"):
         open_stack(cut)
 
 

@@ -78,7 +78,7 @@ def test_scmos_read_noise_map_down_weights_noisy_pixels():
     e = rng.poisson(omega) + rng.normal(0, 1, omega.shape) * read
     with_map = fit_rois(e, cols, rows, np.ones((n, 1), bool), SIGMA, read**2)
     scalar = fit_rois(e, cols, rows, np.ones((n, 1), bool), SIGMA, READ**2)
-    rmse = lambda f: np.sqrt(np.mean((f.col - cols) ** 2))  # noqa: E731
+    rmse = lambda f: np.sqrt(np.mean((f.col - cols) ** 2))
     assert rmse(with_map) < 0.6 * rmse(scalar)
     assert rmse(with_map) == pytest.approx(np.median(with_map.crlb_col), rel=0.15)
 

@@ -55,7 +55,7 @@ def test_phi_upsamples_by_four_into_model_range(hw):
     models = tiny()
     phi = models.phi
     x = torch.randn(2, 1, *hw, generator=torch.Generator().manual_seed(1))
-    before_clip = lambda: phi.predict[:-1](phi.upsample(phi.context(x)))  # noqa: E731
+    before_clip = lambda: phi.predict[:-1](phi.upsample(phi.context(x)))
     with torch.no_grad():  # rescale the last conv so its output straddles [-1, 1] (mean 0, std 2)
         last, pre = phi.predict[-2], before_clip()
         k = 2.0 / pre.std()
@@ -333,11 +333,14 @@ def oracle(y0: torch.Tensor):
 @pytest.mark.parametrize("name", ["paper", "default"])
 @pytest.mark.parametrize("start, steps", [(1.0, 10), (1.0, 3), (0.5, 10), (0.3, 1)])
 def test_sampler_with_oracle_noise_returns_y0(name, start, steps):
-    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
-    noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
+    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands
+    on y0, from pure noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
     y0 = _y0()
     gen = torch.Generator().manual_seed(7)
-    start_mean = torch.zeros_like(y0) if start == 1.0 else (y0 + 0.2 * torch.randn(y0.shape, generator=gen)).clamp(-1, 1)
+    if start == 1.0:
+        start_mean = torch.zeros_like(y0)
+    else:
+        start_mean = (y0 + 0.2 * torch.randn(y0.shape, generator=gen)).clamp(-1, 1)
     gammas = Schedule.named(name).inference_gammas(steps, start)
     out = ancestral_sampler(oracle(y0), start_mean, gammas, gen)
     assert (out - y0).abs().max() < 1e-4
@@ -461,7 +464,7 @@ def test_corrupted_bundled_file_is_refused(bundled):
 
 
 def test_unknown_and_non_model_files_are_refused(tmp_path, bundled):
-    with pytest.raises(InputError, match="unknown model 'nope'.*tiny"):
+    with pytest.raises(InputError, match=r"unknown model 'nope'.*tiny"):
         registry.load("nope")
     with pytest.raises(InputError, match="unknown model"):
         registry.load(tmp_path / "missing.pt")
@@ -518,7 +521,8 @@ def test_train_phi_then_psi_and_writes_loadable_model(tmp_path):
     models = registry.build(registry.tiny_config())
     before = [p.detach().clone() for p in models.phi.parameters()]
     progress, path = drain(training.train(settings(out), models=models))
-    assert [(p.stage, p.iteration) for p in progress] == [("phi", i) for i in (1, 2, 3, 4)] + [("psi", i) for i in (1, 2, 3, 4)]
+    expected = [("phi", i) for i in (1, 2, 3, 4)] + [("psi", i) for i in (1, 2, 3, 4)]
+    assert [(p.stage, p.iteration) for p in progress] == expected
     assert all(p.iterations == 4 and math.isfinite(p.loss) for p in progress)
     assert [p.val_loss is not None for p in progress] == [False, True, False, True] * 2
     assert progress[0].model_path is None and all(p.model_path == out / "model.pt" for p in progress[1:])
@@ -676,7 +680,8 @@ def test_train_settings_refuses_the_bundled_weights_folder(tmp_path):
     assert settings(tmp_path / "fine", background=(0.0, 5.0), density=(0.0, 0.0), read_noise=(0.0, 0.0)).validate()
 
 
-@pytest.mark.parametrize("size, tile, overlap", [(512, 256, 32), (1024, 256, 32), (400, 256, 32), (70, 64, 16), (256, 256, 32)])
+@pytest.mark.parametrize("size, tile, overlap",
+                         [(512, 256, 32), (1024, 256, 32), (400, 256, 32), (70, 64, 16), (256, 256, 32)])
 def test_fitted_tiles_are_as_few_and_no_larger_than_needed(size, tile, overlap):
     fitted = tiling.fitted_tile(size, tile, overlap)
     assert fitted <= tile and (fitted % 16 == 0 or fitted == size)

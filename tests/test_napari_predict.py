@@ -92,7 +92,7 @@ def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file
     np.testing.assert_allclose(pts.features["x [nm]"], pts.data[:, 2] + p / 2)
     np.testing.assert_array_equal(pts.features["frame"], pts.data[:, 0] + 1)
     mean = layers[" SR mean"]
-    idx, inside = world_to_index(pts.data, mean.scale, mean.translate, mean.data.shape)
+    _, inside = world_to_index(pts.data, mean.scale, mean.translate, mean.data.shape)
     assert inside.all()
     sr = world_to_data(pts.data, mean.scale, mean.translate)
     for t in range(3):

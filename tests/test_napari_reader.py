@@ -102,7 +102,7 @@ def test_broken_tiff_gives_a_clear_message(tmp_path, make_napari_viewer):
     tifffile.imwrite(good, np.ones((4, 32, 32), np.uint16), photometric="minisblack")
     broken = tmp_path / "broken.tif"
     broken.write_bytes(good.read_bytes()[:3000])
-    with pytest.raises(InputError, match="could not open the stack: .*broken.tif: truncated"):
+    with pytest.raises(InputError, match=r"could not open the stack: .*broken.tif: truncated"):
         napari_get_reader(str(broken))(str(broken))
     text = tmp_path / "fake.tif"
     text.write_text("hello")

@@ -39,7 +39,7 @@ def test_train_then_predict_with_the_new_model(make_napari_viewer, qtbot, tmp_pa
     for data, kwargs, kind in simulated_stack():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     train = open_train(viewer)
-    predict_dock, predict = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
     # prefilled from the simulated layer's metadata
     assert [getattr(layer, "name", None) for layer in train.layer.choices] == [None, "simulated stack"]
     train.layer.value = viewer.layers["simulated stack"]
@@ -133,7 +133,8 @@ def test_estimate_from_a_layer_sets_ranges_around_the_truth(make_napari_viewer, 
     assert not train.estimate_button.enabled   # the UI is not blocked: the fit runs in the worker
     qtbot.waitUntil(lambda: train.estimate_worker is None and not worker.is_running, timeout=30_000)
     assert not errors and train.estimate_button.enabled
-    for box, truth in ((train.psf_sigma, 1.3), (train.photons, 3000.0), (train.background, 20.0), (train.read_noise, 1.5)):
+    expected = ((train.psf_sigma, 1.3), (train.photons, 3000.0), (train.background, 20.0), (train.read_noise, 1.5))
+    for box, truth in expected:
         low, high = box.value
         assert low < truth < high and high / low < 3, (box.label, box.value)
     note = train.estimate_note.value

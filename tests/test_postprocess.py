@@ -43,7 +43,7 @@ def test_rcc_and_refinement_recover_a_200_nm_drift():
     # statistical standard errors: below the actual errors, which include the interpolation within segments
     rms_axis = drift_rms(fine, sim.drift) / np.sqrt(2)
     assert 0.1 < np.median(fine.x_se) / rms_axis < 1.0
-    x, y, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
+    x, _, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
     assert np.all(sigma >= sim.sigma)
     assert np.std(x - sim.x_true) < np.std(sim.x - sim.x_true) / 3
 

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import (DIFFUSION_WEIGHT, MAX_CHI2, Refiner, extract_boxes, fit_frame,
-                                             neighbour_slots, refine_frame)
+from napari_smlm_uq.inference.refine import (
+    DIFFUSION_WEIGHT,
+    MAX_CHI2,
+    Refiner,
+    extract_boxes,
+    fit_frame,
+    neighbour_slots,
+    refine_frame,
+)
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.camera import Camera
@@ -122,7 +129,8 @@ def refined_pairs(d: float, n: int = 200, photons: float = 2000.0, seed: int = 1
     centre = np.column_stack([rng.uniform(9.5, 10.5, n), rng.uniform(9.5, 10.5, n)])
     pair, single, truths = [], [], []
     for (r, c), a in zip(centre, angle):
-        truth = np.array([[r - 0.5 * d * np.sin(a), c - 0.5 * d * np.cos(a)], [r + 0.5 * d * np.sin(a), c + 0.5 * d * np.cos(a)]])
+        half_row, half_col = 0.5 * d * np.sin(a), 0.5 * d * np.cos(a)
+        truth = np.array([[r - half_row, c - half_col], [r + half_row, c + half_col]])
         mean = render_emitters(truth[:, 0], truth[:, 1], np.full(2, photons), (21, 21), 1.0)
         pair.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0,
                                  single_photons=single_photons))
@@ -177,7 +185,8 @@ def test_refiner_gives_a_split_spot_two_localizations_of_its_frame():
     rng = np.random.default_rng(11)
     mean = render_emitters(np.array([10.0, 10.0]), np.array([9.4, 10.6]), np.full(2, 3000.0), (21, 21), 1.0)
     adu = CAMERA.offset + CAMERA.gain * rng.poisson(mean + 20.0)
-    deep = Localizations(np.array([4]), np.array([10.0]), np.array([10.0]), np.array([0.3]), np.array([0.9]), np.array([7.0]))
+    deep = Localizations(np.array([4]), np.array([10.0]), np.array([10.0]), np.array([0.3]), np.array([0.9]),
+                         np.array([7.0]))
     out = Refiner(CAMERA, psf_sigma=1.0)(deep, adu)
     assert len(out) == 2 and out.frame.tolist() == [4, 4] and out.detection.tolist() == [0.9, 0.9]
     assert np.sort(out.col) == pytest.approx([9.4, 10.6], abs=0.15) and out.row == pytest.approx([10.0, 10.0], abs=0.15)

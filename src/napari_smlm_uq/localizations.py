@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
 
 
@@ -23,17 +22,17 @@ class Localizations:
     snr: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Localizations":
+    def empty(cls) -> Localizations:
         z = np.zeros(0)
         return cls(z.astype(int), z, z, z, z, z)
 
     @classmethod
-    def concat(cls, parts: list["Localizations"]) -> "Localizations":
+    def concat(cls, parts: list[Localizations]) -> Localizations:
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in FIELDS))
 
-    def take(self, index: np.ndarray) -> "Localizations":
+    def take(self, index: np.ndarray) -> Localizations:
         """The localizations at ``index`` (integer positions, repeats allowed, or a boolean mask)."""
         return Localizations(*(getattr(self, k)[index] for k in FIELDS))
 

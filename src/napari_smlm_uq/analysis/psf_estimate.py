@@ -91,7 +91,8 @@ def find_spots(e: np.ndarray, min_snr: float = MIN_SNR, isolation: int = ISOLATI
     r, c = np.nonzero(weak)
     strong = smooth[r, c] > min_snr * noise
     inner = (r >= isolation) & (r < h - isolation) & (c >= isolation) & (c < w - isolation)
-    d = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :])) + isolation * np.eye(len(r), dtype=int)
+    d = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :]))
+    d = d + isolation * np.eye(len(r), dtype=int)
     alone = (d >= isolation).all(axis=1)
     keep = strong & inner & alone
     return r[keep].astype(float), c[keep].astype(float)

@@ -37,7 +37,8 @@ def _add_windows(image: torch.Tensor, width: int, y: np.ndarray, x: np.ndarray, 
     c0, wc = _axis_weights(x, s, radius)
     k = torch.arange(2 * radius + 1)
     offsets = k[:, None] * width + k[None, :]
-    vals = (torch.from_numpy(wr) * torch.from_numpy(w.astype(np.float32))[:, None])[:, :, None] * torch.from_numpy(wc)[:, None, :]
+    weighted_rows = torch.from_numpy(wr) * torch.from_numpy(w.astype(np.float32))[:, None]
+    vals = weighted_rows[:, :, None] * torch.from_numpy(wc)[:, None, :]
     image.index_add_(0, (torch.from_numpy(r0 * width + c0)[:, None, None] + offsets).view(-1), vals.view(-1))
 
 

@@ -19,7 +19,7 @@ def block_centres(size: int, tile: int, overlap: int) -> tuple[np.ndarray, np.nd
     """Centres (SR px) of the tiles' own parts and of the overlap strips along one axis of ``size`` pixels."""
     starts = tile_starts(size, tile, overlap)
     ends = [s + tile for s in starts]
-    inside = [(a + b) / 2 for a, b in zip([0] + ends[:-1], starts[1:] + [size])]
+    inside = [(a + b) / 2 for a, b in zip([0, *ends[:-1]], [*starts[1:], size])]
     shared = [(b + e) / 2 for b, e in zip(starts[1:], ends[:-1])]
     return np.array(inside), np.array(shared)
 

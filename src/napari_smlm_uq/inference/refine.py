@@ -46,7 +46,8 @@ WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF be
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
-SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
+# twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
+SPLIT_GAIN = 16.0
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_GAIN_PAIR = 12.0    # the same where the spot has two emitters' photons (pair_like: they already say two)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
@@ -74,11 +75,12 @@ class RefinedFrame:
     background: np.ndarray
     ok: np.ndarray
 
-    def with_splits(self, split: "Split") -> "RefinedFrame":
+    def with_splits(self, split: Split) -> RefinedFrame:
         """The split spots' first emitters in their place, their second ones appended."""
         i = split.index
         out = RefinedFrame(*(np.array(getattr(self, k)) for k in self.__dataclass_fields__))
-        out.row[i], out.col[i], out.fisher[i], out.photons[i] = split.row[:, 0], split.col[:, 0], split.fisher[:, 0], split.photons[:, 0]
+        out.row[i], out.col[i] = split.row[:, 0], split.col[:, 0]
+        out.fisher[i], out.photons[i] = split.fisher[:, 0], split.photons[:, 0]
         out.excess[i], out.hidden[i], out.crowded[i], out.ok[i] = 0.0, 0.0, True, True
         zero, true = np.zeros(len(i)), np.ones(len(i), bool)
         second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], zero, zero, true,
@@ -103,7 +105,8 @@ def box_half_width(psf_sigma: float) -> int:
     return max(3, int(np.ceil(3.0 * psf_sigma + 0.5)))
 
 
-def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes ``(n, S, S)`` of ``image`` (``(H, W)``, or ``(H, W)`` maps) centred on the pixels nearest to
     ``rows``/``cols``; pixels outside the frame are zero and masked. Returns boxes, mask, corners ``(n, 2)``."""
     h, w = image.shape
@@ -115,7 +118,8 @@ def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: i
     return np.where(inside, boxes, 0.0), inside, corner
 
 
-def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int,
+                    k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
     light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
     n = len(rows)
@@ -149,7 +153,7 @@ class Boxes:
 
     @classmethod
     def around(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int,
-               read_variance: float | np.ndarray = 0.0, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> "Boxes":
+               read_variance: float | np.ndarray = 0.0, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> Boxes:
         """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame."""
         which = np.arange(len(rows)) if which is None else which
         e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
@@ -357,7 +361,8 @@ class Refiner:
         return refined_localizations(*self.refit(locs, frame_adu))
 
 
-def refined_localizations(fit: RefinedFrame, source: Localizations, diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
+def refined_localizations(fit: RefinedFrame, source: Localizations,
+                          diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
     """The refit's positions with the uncertainty of the module docstring (``c`` = ``diffusion_weight``); the
     ``source`` localization's where the fit was not kept."""
     diffusion = diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)

@@ -51,7 +51,7 @@ def locs_array(table: dict[str, np.ndarray], pixel_nm: float, psf_sigma_px: floa
         while field in fields:
             field += "_"
         fields[field], names[field] = values, column
-    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy"] + list(names)
+    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", *names]
     dtype = [(k, np.uint32 if k == "frame" else np.float32) for k in order]
     locs = np.empty(n, dtype=dtype)
     for k in order:

@@ -83,7 +83,7 @@ def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.
 def table_localizations(table: dict[str, np.ndarray], pixel_size: float) -> Localizations:
     """Inverse of :func:`localizations_table`; absent uncertainty, detection or peak SNR columns become NaN."""
     n = len(table["frame"])
-    col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)  # noqa: E731
+    col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)
     return Localizations(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
                          nm_to_px(table["x [nm]"], pixel_size), col("uncertainty [nm]") / pixel_size,
                          col("detection"), col("peak snr"))

@@ -101,16 +101,19 @@ def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.nd
     r2 = np.broadcast_to(np.asarray(read_variance, np.float64), rois.shape) / excess
     data = np.clip(rois + r2, 0.0, None) / excess * weight
     theta = _start(rois, weight, np.asarray(cols, float), np.asarray(rows, float), active, psf_sigma)
-    free = np.concatenate([np.ones((n_roi, 1), bool), np.full((n_roi, 1), fit_sigma), np.repeat(active, 3, axis=1)], axis=1)
+    free = np.concatenate([np.ones((n_roi, 1), bool), np.full((n_roi, 1), fit_sigma), np.repeat(active, 3, axis=1)],
+                          axis=1)
     model = _Model(size, k)
-    expected = lambda t, jac: _expected(model, t, jac, r2, excess)  # noqa: E731
+    expected = lambda t, jac: _expected(model, t, jac, r2, excess)
     lam = np.full(n_roi, 1e-2)
     mu, jac = expected(theta, True)
     ll = _log_likelihood(data, mu, weight)
     for _ in range(iterations):
         grad, fisher = _scores(data, mu, jac, weight, free)
-        diag = np.diagonal(fisher, axis1=1, axis2=2) + 1e-9 * np.diagonal(fisher, axis1=1, axis2=2).max(axis=1, keepdims=True)
-        step = np.linalg.solve(fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0])), grad[..., None])[..., 0]
+        diag = np.diagonal(fisher, axis1=1, axis2=2)
+        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)
+        damped = fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0]))
+        step = np.linalg.solve(damped, grad[..., None])[..., 0]
         trial = _clip(theta + step, size, free)
         mu_t, jac_t = expected(trial, True)
         ll_t = _log_likelihood(data, mu_t, weight)
