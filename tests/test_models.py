@@ -587,6 +587,17 @@ def test_time_budget_cuts_the_iteration_count():
     assert training.fit_budget(10000, 50, 50.0, 10.0) == 100     # never fewer than already run
 
 
+def test_time_budget_applies_to_a_fresh_run_and_spares_a_run_resumed_inside_the_pace_window(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "PACE_ITERATIONS", 2)   # iterations 2-4 are timed
+    budget = dict(iterations=8, checkpoint_every=3, target="phi", stage_seconds=1e-9)
+    fresh, _ = drain(training.train(settings(tmp_path / "fresh", **budget)))
+    assert [p.iteration for p in fresh] == [1, 2, 3, 4]   # a budget of ~0 s: cut to the 2 x 2 already run
+    out = tmp_path / "resumed"
+    drain(training.train(settings(out, iterations=3, checkpoint_every=3, target="phi")))
+    resumed, path = drain(training.train(settings(out, **budget)))   # from iteration 3, inside the window
+    assert [p.iteration for p in resumed] == [4, 5, 6, 7, 8] and path == out / "model.pt"
+
+
 def test_train_device_is_checked(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
