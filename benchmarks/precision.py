@@ -31,9 +31,10 @@ import torch
 
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import Refiner, fit_frame, refined_localizations
+from napari_smlm_uq.inference.refine import Refiner, refined_localizations
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.boxes import fit_frame
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, pair_lateral_crlb
 from napari_smlm_uq.physics.kde import KERNEL_SIGMA, raw_to_sr, sr_to_raw

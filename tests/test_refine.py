@@ -5,17 +5,10 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import (
-    DIFFUSION_WEIGHT,
-    MAX_CHI2,
-    Refiner,
-    extract_boxes,
-    fit_frame,
-    neighbour_slots,
-    refine_frame,
-)
+from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, MAX_CHI2, Refiner, refine_frame
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.boxes import extract_boxes, fit_frame, neighbour_slots
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb
 from napari_smlm_uq.physics.psf import render_emitters

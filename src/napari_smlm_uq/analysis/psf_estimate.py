@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
-from ..inference.refine import fit_frame
+from ..physics.boxes import fit_frame
 from ..physics.camera import Camera
 
 # The bundled model's training range (docs/models.md): photons per emitter, background photons/px, PSF sigma px.
