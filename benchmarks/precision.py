@@ -37,6 +37,7 @@ from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.boxes import fit_frame
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, pair_lateral_crlb
+from napari_smlm_uq.physics.fit import ImagingModel
 from napari_smlm_uq.physics.kde import KERNEL_SIGMA, raw_to_sr, sr_to_raw
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
@@ -184,7 +185,7 @@ def kernel_fit_readout(results: list) -> Localizations:
         loc = r.localizations
         rows, cols = raw_to_sr(loc.row), raw_to_sr(loc.col)
         if len(loc):
-            fit, corner = fit_frame(r.mean.astype(np.float64), rows, cols, KERNEL_SIGMA, read_variance=1e4, k=1)
+            fit, corner = fit_frame(r.mean.astype(np.float64), rows, cols, ImagingModel(KERNEL_SIGMA, 1e4), k=1)
             rows, cols = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
         parts.append(replace(loc, row=sr_to_raw(rows), col=sr_to_raw(cols)))
     return Localizations.concat(parts)

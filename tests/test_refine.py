@@ -11,6 +11,7 @@ from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.boxes import extract_boxes, fit_frame, neighbour_slots
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb
+from napari_smlm_uq.physics.fit import ImagingModel
 from napari_smlm_uq.physics.psf import render_emitters
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
@@ -99,13 +100,13 @@ def test_a_box_with_a_missed_emitter_is_not_refined_as_one_but_split():
     rng = np.random.default_rng(9)
     rows, cols = np.array([10.2, 10.0]), np.array([10.1, 12.6])
     e = rng.poisson(render_emitters(rows, cols, np.array([3000.0, 6000.0]), (21, 21), 1.0) + 20.0).astype(float)
-    fit, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    fit, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, ImagingModel(1.0))
     assert fit.chi2[0] > MAX_CHI2
-    alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, ImagingModel(1.0))
     assert len(alone.row) == 2 and alone.parent.tolist() == [0, 0] and alone.crowded.all()
     order = np.argsort(alone.col)
     assert np.abs(alone.row[order] - rows).max() < 0.1 and np.abs(alone.col[order] - cols).max() < 0.1
-    both = refine_frame(e, rows + 0.1, cols - 0.1, 1.0)
+    both = refine_frame(e, rows + 0.1, cols - 0.1, ImagingModel(1.0))
     assert len(both.row) == 2 and both.parent.tolist() == [0, 1]
     assert both.ok.all() and np.abs(both.col - cols).max() < 0.1
     assert both.crowded.all()   # the diffusion spread counts where spots overlap
@@ -125,12 +126,12 @@ def refined_pairs(d: float, n: int = 200, photons: float = 2000.0, seed: int = 1
         half_row, half_col = 0.5 * d * np.sin(a), 0.5 * d * np.cos(a)
         truth = np.array([[r - half_row, c - half_col], [r + half_row, c + half_col]])
         mean = render_emitters(truth[:, 0], truth[:, 1], np.full(2, photons), (21, 21), 1.0)
-        pair.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0,
-                                 single_photons=single_photons))
+        pair.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]),
+                                 ImagingModel(1.0), single_photons=single_photons))
         truths.append(truth)
         mean = render_emitters(np.array([r]), np.array([c]), np.array([photons]), (21, 21), 1.0)
-        single.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0,
-                                   single_photons=single_photons))
+        single.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]),
+                                   ImagingModel(1.0), single_photons=single_photons))
     return pair, np.array(truths), single
 
 
@@ -196,7 +197,7 @@ def test_a_cluster_of_nine_overlapping_spots_is_refined_at_the_bound():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         e = rng.poisson(render_emitters(rows, cols, np.full(9, 3000.0), (24, 24), 1.0) + 20.0).astype(float)
-        fit = refine_frame(e, rows + rng.normal(0, 0.25, 9), cols + rng.normal(0, 0.25, 9), 1.0)
+        fit = refine_frame(e, rows + rng.normal(0, 0.25, 9), cols + rng.normal(0, 0.25, 9), ImagingModel(1.0))
         assert len(fit.row) == 9 and fit.crowded.all()
         z.append((np.hypot(fit.row - rows, fit.col - cols) / (np.sqrt(2) * fit.fisher))[fit.ok])
         ok.append(fit.ok)

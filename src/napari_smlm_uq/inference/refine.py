@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 from ..localizations import Localizations
 from ..physics.boxes import Boxes, box_half_width, fit_frame, neighbour_slots
 from ..physics.camera import Camera
-from ..physics.fit import RoiFit
+from ..physics.fit import ImagingModel, RoiFit
 
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
@@ -99,29 +99,28 @@ class Split:
     photons: np.ndarray
 
 
-def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                 read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
+def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: ImagingModel,
                  single_photons: tuple[float, float] | None = None) -> RefinedFrame:
     """Maximum-likelihood positions of one frame's localizations, the PSF width fitted per box from
-    ``psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
+    ``model.psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
     photons and log spread (``Refiner.single_photons``), None where unknown."""
     if not len(rows):
         z = np.zeros(0)
         return RefinedFrame(z.astype(int), z, z, z, z, z, z.astype(bool), z, z, z.astype(bool))
-    fit, corner = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
+    psf_sigma = model.psf_sigma
+    fit, corner = fit_frame(photoelectrons, rows, cols, model)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
     row, col = np.where(ok, row, rows), np.where(ok, col, cols)
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
-    wide, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
+    wide, _ = fit_frame(photoelectrons, row, col, model, fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
     pair = pair_like(fit.photons[:, 0], single_photons) & np.isfinite(wide.crlb_sigma)
     hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
     refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), psf_sigma, read_variance,
-                             excess, pair)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), model, pair)
     return refined.with_splits(split)
 
 
@@ -155,23 +154,23 @@ def long_axis(boxes: Boxes, fit: RoiFit, psf_sigma: float) -> tuple[np.ndarray, 
 
 
 def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, candidates: np.ndarray,
-                     psf_sigma: float, read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
-                     two_photons: np.ndarray | None = None) -> Split:
+                     model: ImagingModel, two_photons: np.ndarray | None = None) -> Split:
     """The ``candidates`` of a frame's localizations (spots wider than the PSF, or with two emitters' photons:
     ``two_photons``, per localization) fitted as one emitter and as two, with the same neighbours in the same box;
     the pairs that pass the module's tests (SPLIT_*)."""
     none = Split(np.zeros(0, int), *(np.zeros((0, 2)) for _ in range(4)))
     if not len(candidates):
         return none
-    one = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), read_variance, which=candidates)
-    single = one.fit(psf_sigma, excess)
+    psf_sigma = model.psf_sigma
+    one = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), model, which=candidates)
+    single = one.fit()
     u, v, d = long_axis(one, single, psf_sigma)
     r0, c0 = single.row[:, :1], single.col[:, :1]
     step_r, step_c = (0.5 * d * u)[:, None], (0.5 * d * v)[:, None]
     two = replace(one, rows=np.concatenate([r0 - step_r, r0 + step_r, one.rows[:, 1:]], axis=1),
                   cols=np.concatenate([c0 - step_c, c0 + step_c, one.cols[:, 1:]], axis=1),
                   active=np.concatenate([np.ones((len(candidates), 1), bool), one.active], axis=1))
-    pair = two.fit(psf_sigma, excess)
+    pair = two.fit()
     photons = pair.photons[:, :2]
     separation = np.hypot(*(np.diff(a[:, :2], axis=1)[:, 0] for a in (pair.row, pair.col))) / psf_sigma
     fisher = axis_bound(pair.crlb_row[:, :2], pair.crlb_col[:, :2])
@@ -212,16 +211,16 @@ def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) ->
     return np.where(wider, sigma**2 - psf_sigma**2, 0.0)
 
 
-def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                    read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> tuple[RoiFit | None, np.ndarray]:
-    """Free-width fits of the localizations alone in their box; returns the fit (None without any) and
-    which were isolated."""
-    half = box_half_width(psf_sigma)
+def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    model: ImagingModel) -> tuple[RoiFit | None, np.ndarray]:
+    """Free-width fits (from ``model.psf_sigma``) of the localizations alone in their box; returns the fit
+    (None without any) and which were isolated."""
+    half = box_half_width(model.psf_sigma)
     _, active = neighbour_slots(rows, cols, half)
     alone = ~active[:, 1:].any(axis=1)
     if not alone.any():
         return None, alone
-    fit, _ = fit_frame(photoelectrons, rows[alone], cols[alone], psf_sigma, read_variance, excess, fit_sigma=True, k=1)
+    fit, _ = fit_frame(photoelectrons, rows[alone], cols[alone], model, fit_sigma=True, k=1)
     return fit, alone
 
 
@@ -253,7 +252,7 @@ class Refiner:
     def learn_width(self, e: np.ndarray, locs: Localizations, read_variance) -> None:
         if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
             return
-        fit, _ = isolated_widths(e, locs.row, locs.col, self.width(), read_variance, self.excess)
+        fit, _ = isolated_widths(e, locs.row, locs.col, ImagingModel(self.width(), read_variance, self.excess))
         if fit is None:
             return
         good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
@@ -271,7 +270,8 @@ class Refiner:
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
-        fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess, self.single_photons())
+        model = ImagingModel(self.width(), read_variance, self.excess)
+        fit = refine_frame(e, locs.row, locs.col, model, self.single_photons())
         self.learn_photons(fit)
         return fit, locs.take(fit.parent)
 

@@ -3,12 +3,12 @@ fitted by maximum likelihood (fit.py). Box coordinates are box pixels; ``corner`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .fit import RoiFit, fit_rois
+from .fit import ImagingModel, RoiFit, fit_rois
 
 REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
 NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
@@ -54,41 +54,43 @@ def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int,
 @dataclass
 class Boxes:
     """The boxes of some localizations of a frame: photo-electrons ``e`` ``(n, S, S)``, ``inside`` (pixels in
-    the frame), ``corner`` ``(n, 2)``, read variance ``r2`` (scalar or per box), and each box's emitters:
-    box-pixel ``rows``/``cols`` ``(n, k)`` (slot 0 the localization itself) and which slots are ``active``."""
+    the frame), ``corner`` ``(n, 2)``, the imaging ``model`` (its read variance a scalar or per box), and each
+    box's emitters: box-pixel ``rows``/``cols`` ``(n, k)`` (slot 0 the localization itself) and which slots are
+    ``active``."""
 
     e: np.ndarray
     inside: np.ndarray
     corner: np.ndarray
-    r2: float | np.ndarray
+    model: ImagingModel
     rows: np.ndarray
     cols: np.ndarray
     active: np.ndarray
 
     @classmethod
     def around(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int,
-               read_variance: float | np.ndarray = 0.0, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> Boxes:
-        """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame."""
+               model: ImagingModel, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> Boxes:
+        """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame
+        (``model``: its read variance a scalar or the frame's map)."""
         which = np.arange(len(rows)) if which is None else which
         e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
-        r2 = read_variance if np.ndim(read_variance) == 0 else \
-            extract_boxes(np.asarray(read_variance, float), rows[which], cols[which], half)[0]
+        r2 = model.read_variance
+        if np.ndim(r2):
+            r2 = extract_boxes(np.asarray(r2, float), rows[which], cols[which], half)[0]
         slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
         used = int(active.sum(axis=1).max(initial=1))   # slots fill from 0: the rest are empty everywhere
         slots, active = slots[:, :used], active[:, :used]
-        return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
+        return cls(e, inside, corner, replace(model, read_variance=r2), rows[slots] - corner[:, :1],
+                   cols[slots] - corner[:, 1:], active)
 
-    def fit(self, psf_sigma: float, excess: float = 1.0, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
+    def fit(self, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
         """Maximum-likelihood fit of every box's active emitters (physics/fit.py)."""
-        return fit_rois(self.e, self.cols, self.rows, self.active, psf_sigma, self.r2, excess, self.inside, fit_sigma,
-                        iterations)
+        return fit_rois(self.e, self.cols, self.rows, self.active, self.model, self.inside, fit_sigma, iterations)
 
 
-def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-              read_variance: float | np.ndarray = 0.0, excess: float = 1.0, fit_sigma: bool = False,
-              k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray]:
+def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: ImagingModel,
+              fit_sigma: bool = False, k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray]:
     """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
-    ``rows``/``cols``) in boxes of half-width ``half`` (``box_half_width`` by default). Returns the fit (slot 0
-    is each localization) and the boxes' corners."""
-    boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(psf_sigma), read_variance, k)
-    return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner
+    ``rows``/``cols``; ``model`` its read variance a scalar or the frame's map) in boxes of half-width ``half``
+    (``box_half_width`` by default). Returns the fit (slot 0 is each localization) and the boxes' corners."""
+    boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(model.psf_sigma), model, k)
+    return boxes.fit(fit_sigma), boxes.corner
