@@ -174,6 +174,15 @@ def test_sr_grid_convention():
     # napari: raw layer scale p; SR layer scale p/f, translate -(1 - 1/f)/2 p. World positions agree.
     p = 100.0
     np.testing.assert_allclose(m * p / f - (1 - 1 / f) / 2 * p, kde.sr_to_raw(m) * p)
+    assert kde.grid_offset(1 / f) == kde.sr_to_raw(0.0) == -0.375
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0, 2.0, 10.0 / 3.0])
+def test_grid_offset_centres_a_grid_of_any_pixel_size_on_the_raw_one(ratio):
+    """Pixel ``k`` of a grid of pixels ``ratio`` raw pixels wide covers ``[k ratio - 1/2, (k + 1) ratio - 1/2)``
+    raw px: its centre is ``k ratio + grid_offset(ratio)``."""
+    k = np.arange(7)
+    np.testing.assert_allclose(k * ratio + kde.grid_offset(ratio), (k * ratio - 0.5 + (k + 1) * ratio - 0.5) / 2)
 
 
 @pytest.mark.parametrize("pos", [(10.3, 20.7), (5.05, 5.55), (17.84, 3.12), (25.49, 25.51)])
