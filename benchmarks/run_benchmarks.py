@@ -24,8 +24,9 @@ import numpy as np
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report
 from napari_smlm_uq.inference.calibration import Calibration
-from napari_smlm_uq.io.tables import nm_to_px, read_localizations, table_emitters, table_localizations, table_xy
+from napari_smlm_uq.io.tables import read_localizations, table_emitters, table_localizations, table_xy
 from napari_smlm_uq.io.tiff import open_stack
+from napari_smlm_uq.localizations import nm_to_px
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.crlb import crlb_nm
 from napari_smlm_uq.physics.kde import render_kde

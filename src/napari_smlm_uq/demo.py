@@ -8,8 +8,7 @@ import numpy as np
 
 from .analysis.evaluation import localization_report, pixel_report, true_kdes
 from .inference.pipeline import PredictSettings, predict
-from .io.tables import px_to_nm
-from .localizations import Localizations
+from .localizations import Localizations, px_to_nm
 from .models import registry
 from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate

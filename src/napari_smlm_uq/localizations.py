@@ -1,4 +1,5 @@
-"""The localization type shared by every stage: raw-pixel positions with their uncertainty."""
+"""The localization type shared by every stage: raw-pixel positions with their uncertainty, and the
+conversion of raw-pixel coordinates to the nm of localization tables."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 FIELDS = ("frame", "row", "col", "uncertainty", "detection", "snr")
+
+
+def px_to_nm(coord: np.ndarray, pixel_size: float) -> np.ndarray:
+    """Raw-pixel coordinate (pixel centres at integers) -> nm from the top-left corner of pixel (0, 0)."""
+    return (np.asarray(coord, dtype=np.float64) + 0.5) * pixel_size
+
+
+def nm_to_px(coord: np.ndarray, pixel_size: float) -> np.ndarray:
+    """nm from the top-left corner of pixel (0, 0) -> raw-pixel coordinate (the inverse of :func:`px_to_nm`)."""
+    return np.asarray(coord, dtype=np.float64) / pixel_size - 0.5
 
 
 @dataclass

@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..inference.calibration import Calibration, frame_context
-from ..io.tables import px_to_nm
-from ..localizations import Localizations
+from ..localizations import Localizations, px_to_nm
 from ..physics.kde import render_kde
 from ..physics.simulate import Emitters
 from . import metrics

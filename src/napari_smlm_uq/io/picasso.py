@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..localizations import nm_to_px, px_to_nm
 from .files import InputError, atomic_path
-from .tables import nm_to_px, px_to_nm
 
 COLUMNS_KEY = "napari-smlm-uq columns"
 # our columns that become Picasso's standard fields (converted to pixels, renamed or dropped: ``id``)
