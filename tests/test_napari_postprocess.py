@@ -1,6 +1,7 @@
 """The "Post-process" dock widget on a prediction-style localizations layer and on a table file."""
 from __future__ import annotations
 
+import localization_simulation as simulation
 import numpy as np
 import pytest
 from napari_helpers import PLUGIN
@@ -8,7 +9,6 @@ from napari_helpers import PLUGIN
 from napari_smlm_uq._napari._layers import points_data
 from napari_smlm_uq.io.tables import write_localizations
 from napari_smlm_uq.localizations import Localizations
-from napari_smlm_uq.postprocess import simulation
 
 POSTPROCESS = "Post-process"
 P = 100.0

@@ -2,12 +2,13 @@
 merging of blinks, FRC, and the workflow's checks of bad tables."""
 from __future__ import annotations
 
+import localization_simulation as simulation
 import numpy as np
 import pytest
 
 from napari_smlm_uq.analysis import render
 from napari_smlm_uq.io.files import InputError
-from napari_smlm_uq.postprocess import drift, frc, merge, simulation, workflow
+from napari_smlm_uq.postprocess import drift, frc, merge, workflow
 
 
 def drift_rms(estimate: drift.Drift, truth: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""How much of psi's tile grid shows in a per-pixel std map (issue 12, "no seams").
+"""How much of psi's tile grid shows in a per-pixel std map (for tests/test_seams.py and benchmarks/seams.py).
 
 Background blocks (``block`` SR pixels square, no signal in the mean KDE) are taken at two kinds of place
 of the nominal tile grid: inside the tiles (centred on each tile's own, non-overlapped part) and on the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inference.tiling import tile_starts
+from napari_smlm_uq.inference.tiling import tile_starts
 
 BACKGROUND_KDE = 0.1  # a block whose mean KDE exceeds this anywhere holds signal (KDE peak of an emitter ~0.6)
 
