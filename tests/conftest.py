@@ -14,6 +14,14 @@ import torch
 from napari_smlm_uq.models import registry
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that open a napari viewer (or any Qt widget) carry the ``gui`` marker: ``-m "not gui"`` runs the
+    Qt-free core alone."""
+    for item in items:
+        if {"make_napari_viewer", "qtbot", "qapp"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     torch.set_num_threads(1)

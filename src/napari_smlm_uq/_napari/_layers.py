@@ -49,12 +49,12 @@ class RawGrid:
     units: tuple = UNITS
 
     @classmethod
-    def for_pixel_size(cls, pixel_size: float) -> RawGrid:
+    def for_pixel_size(cls, pixel_size: float) -> "RawGrid":
         p = float(pixel_size)
         return cls((1.0, p, p))
 
     @classmethod
-    def of_layer(cls, layer) -> RawGrid:
+    def of_layer(cls, layer) -> "RawGrid":
         """The grid of a napari image layer (a 2D layer gets a frame axis of scale 1)."""
         lead = 3 - layer.ndim
         scale = (1.0,) * lead + tuple(float(v) for v in layer.scale)
@@ -192,7 +192,7 @@ class PredictionResults:
     @classmethod
     def create(cls, folder: str | Path, n_frames: int, raw_shape: tuple[int, int], pixel_size: float,
                first_frame: int = 0, info: dict | None = None, grid: RawGrid | None = None,
-               render_pixel: float = DEFAULT_RENDER_PIXEL, encoding: str = DEFAULT_ENCODING) -> PredictionResults:
+               render_pixel: float = DEFAULT_RENDER_PIXEL, encoding: str = DEFAULT_ENCODING) -> "PredictionResults":
         """A new (partial) store in ``folder`` (``encoding``: io/store.py ``ENCODINGS``); raises
         :class:`InputError` when it cannot be written or the disk is too small for it."""
         grid = grid or RawGrid.for_pixel_size(pixel_size)
@@ -202,7 +202,7 @@ class PredictionResults:
                    render_pixel)
 
     @classmethod
-    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> PredictionResults:
+    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> "PredictionResults":
         """The results kept in an output folder (or its ``results.zarr``): the frames done, the accumulated
         images, and the localizations of :data:`LOCALIZATIONS_FILE` (none if the run never finished);
         ``mode="r+"`` to go on writing (a cluster run's store, filled by the workers)."""
@@ -307,9 +307,7 @@ class PredictionResults:
         meta = {**self.info, "source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F,
                 "store": str(self.path), "frames": (self.first_frame, self.first_frame + n), "partial": partial}
         stack, flat = self.grid.sr(3, self.first_frame), self.grid.sr(2)
-        total = self.total.total
-        if total is None:
-            total = np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
+        total = self.total.total if self.total.total is not None else np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
         total_std = self.total.std if self.total.std is not None else np.zeros_like(total)
         images = {"mean": (self.store.lazy("mean")[:n], stack, "magma", 1.0),
                   "sample": (self.store.lazy("sample")[:n], stack, "magma", 1.0),
