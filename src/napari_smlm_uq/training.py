@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class TrainSettings:
     camera_kind: str = "ccd"   # "emccd": EMCCD shot noise (read noise then in effective photo-electrons)
     config: dict = field(default_factory=registry.default_config)
 
-    def validate(self) -> TrainSettings:
+    def validate(self) -> "TrainSettings":
         if self.target not in ("phi", "psi", "both"):
             raise ValueError(f"target must be phi, psi or both (got {self.target!r})")
         if int(self.calibration_frames) < 0:
@@ -96,8 +96,7 @@ class TrainSettings:
                           ("read_noise", -1e-12)):
             lo, hi = getattr(self, name)
             if not (lo > low and hi >= lo and math.isfinite(hi)):
-                below = "<" if low == 0 else "<="
-                raise ValueError(f"{name} range must satisfy {max(low, 0):g} {below} low <= high (got {lo}, {hi})")
+                raise ValueError(f"{name} range must satisfy {max(low, 0):g} {'<' if low == 0 else '<='} low <= high (got {lo}, {hi})")
         if self.stage_seconds is not None and not self.stage_seconds > 0:
             raise ValueError(f"stage seconds must be > 0 (got {self.stage_seconds})")
         if self.data_workers < 0:
@@ -153,8 +152,7 @@ def varying_backgrounds(rng: np.random.Generator, n: int, fraction: float, field
     from a ``field``-pixel background map (simulate.BACKGROUND_MAPS) whose highest / lowest is 1-6x."""
     shapes = np.ones((n, PATCH, PATCH))
     for i in np.flatnonzero(rng.uniform(size=n) < fraction):
-        kind = BACKGROUND_MAPS[rng.integers(len(BACKGROUND_MAPS))]
-        full = background_map(kind, (field, field), rng.uniform(1, 6), rng)
+        full = background_map(BACKGROUND_MAPS[rng.integers(len(BACKGROUND_MAPS))], (field, field), rng.uniform(1, 6), rng)
         r, c = rng.integers(0, field - PATCH + 1, 2)
         shapes[i] = full[r:r + PATCH, c:c + PATCH]
     return shapes

@@ -109,7 +109,7 @@ def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelS
         mean = _clipped(x, 3.0)[0]
         _, diff_var, keep = _clipped(np.diff(x, axis=0), 4.0)
         var, dof = diff_var / 2.0, keep.sum(axis=0) * 2.0 / 3.0   # overlapping differences: ~2/3 of the dof
-    pick = lambda a: a.ravel()[index]
+    pick = lambda a: a.ravel()[index]  # noqa: E731
     ok = pick(dof) >= 2
     return PixelStatistics(pick(mean)[ok], pick(var)[ok], pick(dof)[ok], index[ok])
 
@@ -193,8 +193,7 @@ class CameraEstimate:
         """``gain 18.6 +/- 0.4 ADU/e-, offset ... , read noise ...`` (``+/-`` only for measured values)."""
         def part(name: str, value: float, se: float, unit: str) -> str:
             return f"{name} {value:.3g}{f' +/- {se:.2g}' if np.isfinite(se) else ''} {unit}"
-        text = ", ".join([part("gain", self.gain, self.gain_se, "ADU/e-"),
-                          part("offset", self.offset, self.offset_se, "ADU"),
+        text = ", ".join([part("gain", self.gain, self.gain_se, "ADU/e-"), part("offset", self.offset, self.offset_se, "ADU"),
                           part("read noise", self.read_noise, self.read_noise_se, "e- rms")])
         return text + (f" (EMCCD, F^2 = {self.excess_noise:g})" if self.kind == "emccd" else "")
 
@@ -207,8 +206,7 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     excess = Camera(kind=kind).validate().excess_noise
     n = len(frames)
     if n < MIN_FRAMES:
-        raise EstimateError(f"{n} frames are too few to estimate the camera from the data "
-                            f"(at least {MIN_FRAMES} needed)")
+        raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
     fit = fit_transfer(pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method))
     flat = not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope)
     if flat:
@@ -259,7 +257,7 @@ def noise_ratio(frames, camera: Camera, method: str = DEFAULT_METHOD) -> float:
     """Measured / predicted background noise (ADU rms) of ``frames`` for ``camera``: the median over
     pixels of the measured variance over :meth:`Camera.noise_variance`, square-rooted."""
     stats = pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method)
-    pixel = lambda a: np.asarray(a).ravel()[stats.index] if np.ndim(a) else a
+    pixel = lambda a: np.asarray(a).ravel()[stats.index] if np.ndim(a) else a  # noqa: E731
     cam = Camera(pixel(camera.offset), pixel(camera.gain), pixel(camera.read_noise), camera.kind)
     predicted = np.maximum(cam.noise_variance(stats.mean), 1e-6)
     return float(np.sqrt(np.median(stats.variance / predicted)))

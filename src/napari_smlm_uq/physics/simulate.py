@@ -66,7 +66,7 @@ class SimulationSettings:
     def shape(self) -> tuple[int, int]:
         return (self.size, self.size) if np.isscalar(self.size) else tuple(self.size)
 
-    def validate(self) -> SimulationSettings:
+    def validate(self) -> "SimulationSettings":
         if int(self.frames) < 1:
             raise ValueError(f"frames must be >= 1 (got {self.frames})")
         if min(self.shape) < 8:
@@ -79,8 +79,7 @@ class SimulationSettings:
         if self.on_time is not None:
             _check_range("on_time", self.on_time, 1.0, strict=False)
         if self.background_map is not None and self.background_map not in BACKGROUND_MAPS:
-            raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} "
-                             f"(got {self.background_map!r})")
+            raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} (got {self.background_map!r})")
         _check_range("background_ratio", self.background_ratio, 1.0, strict=False)
         self.camera.validate()
         return self
@@ -98,7 +97,7 @@ class Emitters:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def in_frame(self, t: int) -> Emitters:
+    def in_frame(self, t: int) -> "Emitters":
         keep = self.frame == t
         return Emitters(self.frame[keep], self.row[keep], self.col[keep], self.photons[keep])
 
@@ -197,8 +196,7 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
     if s.on_time is None:
-        density = tuple(density_px) if density_px.ndim else float(density_px)
-        emitters = draw_emitters(rng, s.frames, s.shape, density, s.photons)
+        emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
     else:
         emitters = blinking_emitters(rng, s.frames, s.shape, float(np.mean(density_px)), s.photons, s.on_time)
     sigma = draw_values(rng, s.psf_sigma, s.frames)
