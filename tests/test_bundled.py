@@ -44,6 +44,7 @@ def test_bundled_model_is_registered_and_verified():
 
 
 @pytest.mark.parametrize("samples", [0, PredictSettings.samples])
+@pytest.mark.slow
 def test_bundled_pipeline_localizes_accurately(models, stack, samples):
     report = _report(models, stack, samples)
     assert report["jaccard"] >= 90.0, report
@@ -60,6 +61,7 @@ def test_peak_snr_of_localizations_matches_the_closed_form(models, stack):
     assert 49 * 0.95 < np.median(snr) < 62 * 1.05
 
 
+@pytest.mark.slow
 def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
     """Emitters 100-130 nm apart (about one PSF sigma: one or two?) must be more uncertain than isolated
     ones. Measured: 2.5x (60-80 nm pairs, which the model sees confidently as one blob: 1.15x)."""
@@ -111,6 +113,7 @@ def test_default_store_of_a_predicted_frame_fits_the_acquisition_budget(models, 
     assert size / result.mean.size <= 0.95, size
 
 
+@pytest.mark.slow
 def test_bf16_localizes_as_fp32(models):
     """bf16 autocast (the default where the hardware has it) finds the same emitters at the same positions
     and uncertainties as fp32: the refinement on the raw pixels decides the positions."""

@@ -98,6 +98,7 @@ def test_camera_command_too_few_frames(inputs, tmp_path, capsys):
     assert code == 2 and out == "" and "6 frames are too few" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_predict_without_camera_options(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run_main(capsys, "predict", inputs["bare"], "--out", out, "--model", inputs["model"],
@@ -111,6 +112,7 @@ def test_predict_without_camera_options(inputs, tmp_path, capsys):
                                           "z_robust_x", "z_robust_y"}
 
 
+@pytest.mark.slow
 def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):
     """The 6x gradient of ``inputs`` -> local; a flat field -> the model's own (frame); --background wins."""
     flat = tmp_path / "flat.tif"
@@ -131,6 +133,7 @@ def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):
         assert (variation > 3.0 if stack == inputs["stack"] else variation < 1.15) and f"{variation:.2f}x" in line
 
 
+@pytest.mark.slow
 def test_predict_warns_when_the_camera_disagrees(inputs, tmp_path, capsys):
     code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out",
                                  "--model", inputs["model"], "--samples", "0", "--device", "cpu", "--gain", "0.5")
@@ -160,6 +163,7 @@ def test_predict_refuses_a_bad_camera_map(inputs, tmp_path, capsys, shape, plane
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_predict_with_a_camera_map(inputs, tmp_path, capsys):
     path = camera_map(tmp_path / "map.npy", (32, 32))
     code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out",

@@ -184,6 +184,7 @@ def test_usage_errors_are_one_line(capsys):
 
 # --- real processes -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_console_script_end_to_end(tmp_path):
     tif = tmp_path / "p.tif"
     proc = run_process("simulate", tif, "--frames", "3", "--size", "16", "--density", "5", cwd=tmp_path)
@@ -197,6 +198,7 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.returncode == 0 and "2.935 nm" in proc.stdout
 
 
+@pytest.mark.slow
 def test_console_script_bad_input(tmp_path):
     proc = run_process("simulate", tmp_path / "x.tif", "--density", "-2", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""

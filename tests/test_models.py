@@ -516,6 +516,7 @@ def settings(out, **kw) -> training.TrainSettings:
     return training.TrainSettings(**(base | kw))
 
 
+@pytest.mark.slow
 def test_train_phi_then_psi_and_writes_loadable_model(tmp_path):
     out = tmp_path / "run"
     models = registry.build(registry.tiny_config())
@@ -629,6 +630,7 @@ def test_calibration_stacks_span_the_training_ranges(tmp_path):
     assert len({st.seed for st in stacks}) == 6
 
 
+@pytest.mark.slow
 def test_training_refits_the_calibration_when_asked(tmp_path):
     """A short run with ``calibration_frames``: the model file gets a per-context table fitted on the
     stacks, and the last progress item reports the raw and calibrated spreads."""

@@ -33,6 +33,7 @@ def dock(viewer):
     return widget
 
 
+@pytest.mark.slow
 def test_widget_corrects_merges_and_plots(make_napari_viewer, sim):
     viewer = make_napari_viewer()
     layer = add_localizations(viewer, sim)
@@ -55,6 +56,7 @@ def test_widget_corrects_merges_and_plots(make_napari_viewer, sim):
     assert widget.summary.value.startswith(f"{(~hidden).sum()} localizations -> ")
 
 
+@pytest.mark.slow
 def test_widget_keeps_positions_without_steps_and_reads_files(make_napari_viewer, sim, tmp_path):
     viewer = make_napari_viewer()
     layer = add_localizations(viewer, sim)

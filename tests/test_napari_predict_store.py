@@ -47,6 +47,7 @@ def run_and_wait(widget, qtbot, cancel_after: int | None = None) -> None:
     assert not errors
 
 
+@pytest.mark.slow
 def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization(
         make_napari_viewer, qtbot, tiny_model_file, tmp_path):
     viewer = make_napari_viewer()
@@ -105,6 +106,7 @@ def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization
     assert widget.precision.value.startswith("precision check")
 
 
+@pytest.mark.slow
 def test_cancel_leaves_a_partial_store_that_the_reader_reopens(make_napari_viewer, qtbot, tiny_model_file, tmp_path):
     viewer = make_napari_viewer()
     add_raw(viewer, frames=6)
@@ -146,6 +148,7 @@ def camera_movie(camera: Camera, frames: int = 20, size: int = 32) -> np.ndarray
     return np.clip(np.rint(sim.adu), 0, 65535).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
         make_napari_viewer, qtbot, tiny_model_file, monkeypatch, tmp_path):
     warnings: list[str] = []
@@ -187,6 +190,7 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tiny_models, tmp_path):
     viewer = make_napari_viewer()
     frames = camera_movie(Camera(), frames=2, size=16)
@@ -202,6 +206,7 @@ def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tin
     assert viewer.layers["movie SR mean"].metadata["partial"] is False
 
 
+@pytest.mark.slow
 def test_cluster_field_runs_the_job_on_a_dask_scheduler(make_napari_viewer, qtbot, tiny_model_file, tmp_path,
                                                         monkeypatch):
     """The widget sends the job to a scheduler (an in-process LocalCluster here); its worker writes the store the

@@ -405,6 +405,7 @@ def _fit_mle(data: np.ndarray, r2: float, sigma: float) -> np.ndarray:
     return np.array([res.x[0], res.x[1], np.exp(res.x[2]), np.exp(res.x[3])])
 
 
+@pytest.mark.slow
 def test_mle_reaches_the_crlb():
     """An independent MLE on simulated ROIs attains the bound: RMSE within 10% of the CRLB."""
     n_fits, roi, photons, background, sigma, read_noise = 600, 11, 2000.0, 20.0, 1.0, 1.5

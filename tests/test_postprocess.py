@@ -32,6 +32,7 @@ def test_render_keeps_counts_and_blurs_by_each_uncertainty():
     assert counts.tolist() == [[1.0, 2.0], [0.0, 0.0]]
 
 
+@pytest.mark.slow
 def test_rcc_and_refinement_recover_a_200_nm_drift():
     sim = simulation.simulate_localizations(frames=2000, field_um=6.0, density=0.5, molecules=1000, seed=1)
     coarse = drift.rcc(sim.frame, sim.x, sim.y, 2000, segment_frames=400)

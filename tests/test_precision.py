@@ -30,6 +30,7 @@ def test_pairs_are_unambiguous_mutual_neighbours():
     assert list(zip(i, j)) == [(0, 3)]   # 20.2 has two neighbours within 1 px in frame 0: ambiguous
 
 
+@pytest.mark.slow
 def test_nena_and_z_std_on_simulated_pairs():
     rng = np.random.default_rng(0)
     n, sigma = 4000, 0.08                      # raw px per axis

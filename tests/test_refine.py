@@ -135,6 +135,7 @@ def refined_pairs(d: float, n: int = 200, photons: float = 2000.0, seed: int = 1
     return pair, np.array(truths), single
 
 
+@pytest.mark.slow
 def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_are_not():
     """Pairs 1.2 px apart localized once, at their centre, over 200 noisy boxes: the refinement fits nearly all
     as two emitters, each near its true position within the bound the pair's fit reports. Single emitters of
@@ -158,6 +159,7 @@ def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_
     assert np.median(single_unc) == pytest.approx(bound, rel=0.15)
 
 
+@pytest.mark.slow
 def test_pairs_kept_as_one_spot_widen_the_uncertainty_to_their_offset():
     """Pairs 0.7 px apart, too close for most to be split: those kept as one spot (133 of 200), at the pair's
     centre, report the spot's width beyond the PSF's, much of the offset from either emitter (per axis, on
@@ -205,6 +207,7 @@ def test_a_cluster_of_nine_overlapping_spots_is_refined_at_the_bound():
     assert np.mean(ok) > 0.95 and 0.7 < np.sqrt(np.mean(z**2)) < 1.3 and z.max() < 5
 
 
+@pytest.mark.slow
 def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hides():
     """Pairs 0.5 px apart, mostly kept as one spot (their width hides in the noise), carry twice the photons of
     the stack's single emitters (2000 each, log spread 0.03): their uncertainty adds the width a pair could
@@ -225,6 +228,7 @@ def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hide
     assert not any(f.hidden.any() for f in broad) and variance(broad) < 0.5 * variance(pair)
 
 
+@pytest.mark.slow
 def test_spots_with_the_photons_of_two_emitters_split_at_a_lower_likelihood_gain():
     """Pairs 0.8 px apart: knowing the single emitters' photons, a spot with twice them is tried as two even
     where its width hides in the noise, and split where the second emitter adds 2 log L > 12 instead of 16
