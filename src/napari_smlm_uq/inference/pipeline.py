@@ -10,10 +10,10 @@ import ctypes
 import functools
 import sys
 import time
-from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Callable, Generator
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ class PredictSettings:
     background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
     refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
 
-    def validate(self) -> PredictSettings:
+    def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
             raise ValueError(f"samples must be 0 (phi alone) or >= 2 (got {self.samples})")
         if self.steps < 1:
@@ -113,8 +113,7 @@ def native_bf16(device: torch.device) -> bool:
     the default pipeline 1.5x faster than in fp32, at the same E and calibration: benchmarks.md)."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 @dataclass
@@ -146,7 +145,7 @@ class StackSum:
         self.variance += np.square(result.std, dtype=np.float64)
         self.frames += 1
 
-    def merge(self, other: StackSum) -> None:
+    def merge(self, other: "StackSum") -> None:
         """Add the sums of other frames (a chunk predicted elsewhere)."""
         if other.total is None:
             return
@@ -311,8 +310,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
                 stats = kde_statistics(z, z_phi[part], s.threshold)
                 seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
                 done, pending = pending, [host.submit(frame_result, b0 + i, stats, i - part.start, batch[i], snr[i, 0],
-                                                      s, calibration, refiner, seconds)
-                                          for i in range(part.start, part.stop)]
+                                                      s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
                 for f in done:
                     yield f.result()
                     if should_stop():

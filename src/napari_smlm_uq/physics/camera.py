@@ -35,7 +35,7 @@ class Camera:
         """ADU per effective photo-electron, ``gain x F^2``: the photon-transfer slope (ADU^2 / ADU)."""
         return np.asarray(self.gain) * self.excess_noise
 
-    def validate(self) -> Camera:
+    def validate(self) -> "Camera":
         if self.kind not in EXCESS_NOISE:
             raise ValueError(f"camera kind must be one of {', '.join(EXCESS_NOISE)} (got {self.kind!r})")
         if np.any(np.asarray(self.gain) <= 0) or not np.all(np.isfinite(np.asarray(self.gain))):
@@ -58,8 +58,7 @@ class Camera:
     def noise_variance(self, mean_adu: ArrayLike) -> ArrayLike:
         """Expected variance (ADU^2) of a pixel whose mean is ``mean_adu``: ``g F^2 (mean - o) + (g r)^2``."""
         g = np.asarray(self.gain)
-        signal = np.asarray(mean_adu) - np.asarray(self.offset)
-        return self.effective_gain * signal + (g * np.asarray(self.read_noise)) ** 2
+        return self.effective_gain * (np.asarray(mean_adu) - np.asarray(self.offset)) + (g * np.asarray(self.read_noise)) ** 2
 
     def to_photoelectrons(self, adu: np.ndarray) -> np.ndarray:
         """``e = (x - o) / (g F^2)`` in effective photo-electrons (float32): for an EMCCD half the photo-electrons,
