@@ -2,8 +2,8 @@
 
     python benchmarks/bundle_weights.py runs/bundled/model.pt --name default
 
-Fits the uncertainty calibration (a scale per context) on simulated validation stacks (seeds 5000+, never used for training or
-the benchmarks), writes ``src/napari_smlm_uq/models/weights/NAME.pt`` and its registry entry
+Fits the uncertainty calibration (a scale per context) on simulated validation stacks (seeds 5000+, never used
+for training or the benchmarks), writes ``src/napari_smlm_uq/models/weights/NAME.pt`` and its registry entry
 (file, sha256, config). Users never reach this code: training refuses the weights folder.
 """
 from __future__ import annotations

@@ -80,7 +80,7 @@ def main() -> None:
     write_stack(source, sim.adu.astype(np.float32), settings.pixel_size)
     shape = (a.size, a.size)
     runs = iter(range(10**6))
-    folder = lambda: tmp / f"run{next(runs)}"  # noqa: E731
+    folder = lambda: tmp / f"run{next(runs)}"
     result = {"frames": a.frames, "size": a.size, "samples": a.samples, "model": "default",
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
               "torch": torch.__version__}

@@ -241,7 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tif = work / "acquisition.tif"
-        n = max(n for _, n, _, _ in plan + [("", args.replay_real, 0, 0)])
+        n = max(n for _, n, _, _ in [*plan, ("", args.replay_real, 0, 0)])
         subprocess.run([sys.executable, "-m", "napari_smlm_uq.cli", "simulate", str(tif), "--frames", str(n),
                         "--size", str(SIZE), "--density", str(DENSITY), "--photons", "2000", "--background", "20",
                         "--seed", "9105"], env=env, check=True, capture_output=True)

@@ -58,8 +58,9 @@ def load_movie(path: str) -> np.ndarray:
         mov = tifffile.memmap(path, mode="r")
     except (ValueError, OSError):  # compressed / non-contiguous TIFF: copy into a temporary memmap
         data = tifffile.imread(path)
-        fh = tempfile.NamedTemporaryFile(suffix=".raw", delete=False)
-        mov = np.memmap(fh.name, dtype=data.dtype, mode="w+", shape=data.shape)
+        with tempfile.NamedTemporaryFile(suffix=".raw", delete=False) as fh:
+            raw = fh.name
+        mov = np.memmap(raw, dtype=data.dtype, mode="w+", shape=data.shape)
         mov[:] = data
     if mov.ndim == 2:
         mov = mov[None]

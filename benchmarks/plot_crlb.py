@@ -11,10 +11,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from napari_smlm_uq.physics.crlb import crlb_nm  # noqa: E402
+from napari_smlm_uq.physics.crlb import crlb_nm
 
 PSF_SIGMA, PIXEL_SIZE, READ_NOISE = 1.0, 100.0, 1.5
 BACKGROUNDS = (0.0, 5.0, 20.0, 100.0)

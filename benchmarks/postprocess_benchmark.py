@@ -1,5 +1,5 @@
 """Post-processing benchmark (docs/postprocess.md): drift, merging, FRC and Picasso export on simulated
-localizations (postprocess.simulation: rings of 8 molecules, blinks of 3 frames on average, a smooth
+localizations (tests/localization_simulation.py: rings of 8 molecules, blinks of 3 frames on average, a smooth
 200 nm drift, each localization displaced by its own uncertainty, 130 nm / sqrt(photons)).
 
     PYTHONPATH=src python benchmarks/postprocess_benchmark.py [--frames 10000] [--million]
@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +24,12 @@ import numpy as np
 from napari_smlm_uq.analysis.render import render
 from napari_smlm_uq.io.picasso import write_locs
 from napari_smlm_uq.io.tables import read_table
-from napari_smlm_uq.postprocess import drift, frc, merge, simulation
+from napari_smlm_uq.postprocess import drift, frc, merge
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))   # the simulation the tests use
+import localization_simulation as simulation  # noqa: E402
+
 RESULTS, IMG = ROOT / "benchmarks" / "results", ROOT / "docs" / "img"
 PICASSO = ROOT / ".venv-picasso" / "bin" / "python"
 
@@ -48,7 +52,8 @@ def drift_case(sim: simulation.SimulatedLocalizations, frames: int) -> tuple[dic
     short = drift.rcc(sim.frame, sim.x, sim.y, frames, 200)  # RCC alone on the refinement's short segments
     return {"localizations": len(sim), "rcc_rms_nm": drift_rms(coarse, sim.drift),
             "rcc_200_frames_rms_nm": drift_rms(short, sim.drift),
-            "refined_rms_nm": drift_rms(fine, sim.drift), "median_se_nm": float(np.median(np.hypot(fine.x_se, fine.y_se))),
+            "refined_rms_nm": drift_rms(fine, sim.drift),
+            "median_se_nm": float(np.median(np.hypot(fine.x_se, fine.y_se))),
             "seconds_rcc": t_rcc, "seconds_refine": t_ref}, coarse, fine
 
 

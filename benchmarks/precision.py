@@ -1,6 +1,7 @@
 """Against the CRLB (issue 9): isolated-emitter lateral RMSE over each emitter's own Cramer-Rao bound.
 
-    PYTHONPATH=src python benchmarks/precision.py [--device cuda] [--frames 200] [--samples 8] [--steps 2] [--precision auto]
+    PYTHONPATH=src python benchmarks/precision.py [--device cuda] [--frames 200] [--samples 8] [--steps 2] \
+        [--precision auto]
 
 For the benchmark movies (64x64 px, 100 nm px, PSF sigma 1 px, 2000 photons, background 20, densities 0.5
 and 3 /um^2, seeds 9105/9130), a stack outside them (PSF sigma 1.4 px, 700 photons, background 80) and a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import platform
@@ -29,11 +31,13 @@ import torch
 
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import Refiner, fit_frame, refined_localizations
+from napari_smlm_uq.inference.refine import Refiner, refined_localizations
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.boxes import fit_frame
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb, crlb_in_frame, pair_lateral_crlb
+from napari_smlm_uq.physics.fit import ImagingModel
 from napari_smlm_uq.physics.kde import KERNEL_SIGMA, raw_to_sr, sr_to_raw
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
@@ -50,9 +54,10 @@ MOVIES = {  # name -> simulation settings (frames set by --frames); seeds never 
 }
 ISOLATION_NM = (1000.0, 500.0)
 PHOTON_BINS = (500, 1000, 2000, 4000, 10000)
+MERGE_BELOW = np.arange(0.0, 1.55, 0.1)   # px: separations the ceiling's joint fit is tried below
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lateral_crlb(photons: float, background: float, psf_sigma: float, read_noise: float) -> float:
     """Lateral (x and y) bound in raw px: ``sqrt(crlb_x^2 + crlb_y^2)``."""
     return float(np.sqrt(2) * crlb(photons, background, psf_sigma, read_noise)[0])
@@ -83,7 +88,7 @@ def isolated(gt, radius_px: float) -> np.ndarray:
     return nearest_neighbour(gt) > radius_px
 
 
-def efficient_ceiling(gt, sim: SimulationSettings, merge_below=np.arange(0.0, 1.55, 0.1)) -> dict:
+def efficient_ceiling(gt, sim: SimulationSettings, merge_below=MERGE_BELOW) -> dict:
     """E of an unbiased localizer at the Cramer-Rao bound that finds every emitter: each at the larger of its
     own bound (frame pixels) and the bound of a joint fit with its nearest neighbour (two equal emitters,
     crlb.pair_lateral_crlb); and the best E when pairs closer than ``d`` px are reported as one localization
@@ -94,7 +99,8 @@ def efficient_ceiling(gt, sim: SimulationSettings, merge_below=np.arange(0.0, 1.
     rn, nn = float(sim.camera.read_noise), nearest_neighbour(gt)
     own = np.array([lateral_bound(sim.photons, r, c, sim) for r, c in zip(gt.row, gt.col)])
     grid = np.linspace(0.05, 4.0, 80) * sim.psf_sigma
-    pair = np.interp(nn, grid, [pair_lateral_crlb(d, sim.photons, sim.background, sim.psf_sigma, rn) for d in grid], right=0.0)
+    pair_bound = [pair_lateral_crlb(d, sim.photons, sim.background, sim.psf_sigma, rn) for d in grid]
+    pair = np.interp(nn, grid, pair_bound, right=0.0)
     bound2 = np.maximum(own, pair) ** 2 * sim.pixel_size**2
     centre2 = (nn * sim.pixel_size / 2) ** 2 + own**2 * sim.pixel_size**2   # reported at the pair's centre
     rows = []
@@ -128,7 +134,8 @@ def score(locs: Localizations, gt, sim: SimulationSettings) -> dict:
         alone = isolated(gt, radius / px)[m.gt_idx]
         out[f"isolated_{radius:g}nm"] = _ratio(err2[alone], bound[alone], box[alone])
         out[f"isolated_{radius:g}nm"]["by_photons"] = [
-            dict(_ratio(err2[sel], bound[sel], box[sel]), photons=[lo, hi]) for lo, hi in zip(PHOTON_BINS[:-1], PHOTON_BINS[1:])
+            dict(_ratio(err2[sel], bound[sel], box[sel]), photons=[lo, hi])
+            for lo, hi in itertools.pairwise(PHOTON_BINS)
             for sel in [alone & (gt.photons[m.gt_idx] >= lo) & (gt.photons[m.gt_idx] < hi)]]
     return out
 
@@ -177,8 +184,8 @@ def kernel_fit_readout(results: list) -> Localizations:
     for r in results:
         loc = r.localizations
         rows, cols = raw_to_sr(loc.row), raw_to_sr(loc.col)
-        fit, corner = fit_frame(r.mean.astype(np.float64), rows, cols, KERNEL_SIGMA, read_variance=1e4, k=1) if len(loc) else (None, None)
-        if fit is not None:
+        if len(loc):
+            fit, corner = fit_frame(r.mean.astype(np.float64), rows, cols, ImagingModel(KERNEL_SIGMA, 1e4), k=1)
             rows, cols = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
         parts.append(replace(loc, row=sr_to_raw(rows), col=sr_to_raw(cols)))
     return Localizations.concat(parts)
@@ -188,7 +195,8 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
     """Isolated (1 um) matched errors split into the part explained by the emitter's sub-pixel phase on the
     SR grid (mean error per phase bin, per axis: the read-out's bias) and the rest."""
     px = sim.pixel_size
-    m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]) * px, gt.frame, np.column_stack([gt.col, gt.row]) * px)
+    m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]) * px,
+                      gt.frame, np.column_stack([gt.col, gt.row]) * px)
     alone = isolated(gt, ISOLATION_NM[0] / px)[m.gt_idx]
     li, gi = m.loc_idx[alone], m.gt_idx[alone]
     total, systematic = 0.0, 0.0
@@ -204,8 +212,9 @@ def phase_bias(locs: Localizations, gt, sim: SimulationSettings, bins: int = 8) 
 
 def diffusion_weight_scan(results: list, adu: np.ndarray, gt, sim: SimulationSettings,
                           weights=(0.0, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)) -> dict:
-    """z std of the refined positions with ``sigma^2 = sigma_fisher^2 + max(excess, hidden) + c sigma_diffusion^2 [crowded]``
-    for each ``c`` (one refit of every frame, its uncertainty combined with each ``c``)."""
+    """z std of the refined positions with
+    ``sigma^2 = sigma_fisher^2 + max(excess, hidden) + c sigma_diffusion^2 [crowded]`` for each ``c`` (one
+    refit of every frame, its uncertainty combined with each ``c``)."""
     refiner = Refiner(sim.camera)
     fits = [refiner.refit(r.localizations, adu[r.index]) for r in results]
     out = {}
@@ -226,7 +235,8 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
     res = {
         "phi": dict(score(phi_locs, gt, sim), seconds_per_frame=phi_s),
         "diffusion": dict(score(diff_locs, gt, sim), seconds_per_frame=diff_s),
-        "phi_refined": dict(score(phi_ref, gt, sim), seconds_per_frame=phi_s + phi_ref_s, refine_seconds_per_frame=phi_ref_s),
+        "phi_refined": dict(score(phi_ref, gt, sim), seconds_per_frame=phi_s + phi_ref_s,
+                            refine_seconds_per_frame=phi_ref_s),
         "diffusion_refined": dict(score(diff_ref, gt, sim), seconds_per_frame=diff_s + diff_ref_s,
                                   refine_seconds_per_frame=diff_ref_s),
         "diffusion_refined_former_rule": score(former_rule(diff, stack.adu, sim.camera), gt, sim),
@@ -238,8 +248,9 @@ def study(models, name: str, sim: SimulationSettings, settings: PredictSettings)
         "efficient_ceiling": efficient_ceiling(gt, sim),
     }
     res["settings"] = {k: v for k, v in MOVIES[name].items() if k != "camera"} | {"frames": sim.frames}
-    print(name, json.dumps({k: [round(v.get("efficiency", np.nan), 1), round(v.get("isolated_1000nm", {}).get("rmse_over_crlb", np.nan), 2),
-                                round(v.get("isolated_500nm", {}).get("rmse_over_crlb", np.nan), 2), round(v.get("z_std", np.nan), 2)]
+    ratio = lambda v, radius: round(v.get(f"isolated_{radius}nm", {}).get("rmse_over_crlb", np.nan), 2)
+    print(name, json.dumps({k: [round(v.get("efficiency", np.nan), 1), ratio(v, 1000), ratio(v, 500),
+                                round(v.get("z_std", np.nan), 2)]
                             for k, v in res.items() if v and "efficiency" in v}), flush=True)
     return res
 
@@ -281,10 +292,12 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=IMG / "precision_crlb.png")
     a = ap.parse_args()
     models = registry.load(a.model)
-    settings = PredictSettings(samples=a.samples, steps=a.steps, precision=a.precision, device=a.device, refine=False)  # refined below, on the same results
+    # refined below, on the same results
+    settings = PredictSettings(samples=a.samples, steps=a.steps, precision=a.precision, device=a.device, refine=False)
     device = settings.torch_device()
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU",
-               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d")}
     t0 = time.perf_counter()
     res = {"frames": a.frames, "samples": a.samples, "steps": settings.steps, "bf16": settings.bf16(device),
            "machine": machine, "model": a.model}

@@ -82,7 +82,8 @@ def camera_part(frames: int) -> dict:
             row = {}
             for method in METHODS:
                 e = estimate_camera(sim.adu, cam.kind, read_noise=float(np.median(cam.read_noise)), method=method)
-                row[method] = {"effective_gain": e.gain * e.excess_noise, "gain_error_pct": 100 * (e.gain * e.excess_noise / true_gain - 1),
+                row[method] = {"effective_gain": e.gain * e.excess_noise,
+                               "gain_error_pct": 100 * (e.gain * e.excess_noise / true_gain - 1),
                                "offset_error_e": (e.offset - true_offset) / float(np.median(cam.gain)),
                                "gain_se": e.gain_se, "offset_se": e.offset_se}
             out[f"{name}, {bg_map}"] = {"true_effective_gain": true_gain, "true_offset": true_offset, "methods": row}
@@ -100,7 +101,8 @@ def background_part(frames: int, finetuned: str | None) -> dict:
         for model_name, m in models.items():
             for estimate in ("frame", "local"):
                 s = PredictSettings(samples=0, camera=sim.settings.camera, background=estimate, device="cpu")
-                out[f"{bg_map or 'flat'}, {model_name}, {estimate}"] = scores(run_predict(sim.adu, m, s), sim.emitters, 100.0)
+                key = f"{bg_map or 'flat'}, {model_name}, {estimate}"
+                out[key] = scores(run_predict(sim.adu, m, s), sim.emitters, 100.0)
         if bg_map:  # predict with no camera options: the camera chosen from the data
             choice = choose_camera(sim.adu, {}, {})
             s = PredictSettings(samples=0, camera=choice.camera, device="cpu")
@@ -130,7 +132,8 @@ def background_choice_part(frames: int) -> dict:
                 row[estimate] = scores(run_predict(sim.adu, models, s), sim.emitters, 100.0)
             out[f"{bg_map or 'flat'} {ratio:g}x, background {level:g}"] = row
             print(f"{bg_map or 'flat'} {ratio:g}x bg {level:g}: variation {row['variation']:.2f} pedestal "
-                  f"{row['pedestal']:.2f} E frame {row['frame']['E']:.1f} ({100 * row['frame']['fp_fraction']:.1f} % fp) "
+                  f"{row['pedestal']:.2f} E frame {row['frame']['E']:.1f} "
+                  f"({100 * row['frame']['fp_fraction']:.1f} % fp) "
                   f"local {row['local']['E']:.1f} ({100 * row['local']['fp_fraction']:.1f} % fp)", flush=True)
     return out
 
@@ -165,7 +168,8 @@ def pair_diagnostics(locs: Localizations, truth) -> dict:
     gt = np.full(len(locs), -1)
     gt[m.loc_idx] = m.gt_idx
     err = np.full((len(locs), 2), np.nan)
-    err[m.loc_idx] = np.column_stack([locs.col[m.loc_idx] - truth.col[m.gt_idx], locs.row[m.loc_idx] - truth.row[m.gt_idx]])
+    err[m.loc_idx] = np.column_stack([locs.col[m.loc_idx] - truth.col[m.gt_idx],
+                                      locs.row[m.loc_idx] - truth.row[m.gt_idx]])
     z_truth = err / locs.uncertainty[:, None]
     ok = np.isfinite(z_truth).all(axis=1)
     i, j = consecutive_pairs(locs)
@@ -193,8 +197,8 @@ def blinking_part(frames: int, samples: int) -> dict:
     models = registry.load("default")
     out = {}
     for bg_map in (None, "gradient"):
-        sim = simulate(SimulationSettings(frames=frames, size=48, density=0.5, photons=(1000.0, 5000.0), background=20.0,
-                                          on_time=3.0, background_map=bg_map, seed=9301))
+        sim = simulate(SimulationSettings(frames=frames, size=48, density=0.5, photons=(1000.0, 5000.0),
+                                          background=20.0, on_time=3.0, background_map=bg_map, seed=9301))
         cam = sim.settings.camera
         chosen = choose_background(sim.adu, cam, "frame")
         for estimate in (chosen.estimate, {"frame": "local", "local": "frame"}[chosen.estimate]):
@@ -229,8 +233,9 @@ def real_part(samples: int) -> dict:
                 k: getattr(cal, k)[crop[1:]] for k in ("offset", "gain", "read_noise")}), samples)}
     for name, (frames, cam, n_samples) in runs.items():   # the background estimate chosen as predict does
         background = choose_background(frames, cam, "frame")
-        locs = run_predict(frames, models, PredictSettings(samples=n_samples, camera=cam, pixel_size=160.0, device="cpu",
-                                                           background=background.estimate))
+        settings = PredictSettings(samples=n_samples, camera=cam, pixel_size=160.0, device="cpu",
+                                   background=background.estimate)
+        locs = run_predict(frames, models, settings)
         out[f"scmos, {name}"] = {"localizations": len(locs), "per_frame": len(locs) / len(frames),
                                  "background": background.as_dict(),
                                  "check": consecutive_frame_precision(locs, 160.0).as_dict()}
@@ -274,8 +279,10 @@ def real_background_part(finetuned: str | None) -> dict:
     for stack_name, (frames, cam) in stacks.items():
         cam = cam or choose_camera(frames, {}, {}).camera
         for model_name, m in models.items():
-            locs = run_predict(frames, m, PredictSettings(samples=0, camera=cam, pixel_size=160.0, background="local", device="cpu"))
-            out[f"{stack_name}, {model_name}, local"] = {"localizations": len(locs), "per_frame": len(locs) / len(frames),
+            settings = PredictSettings(samples=0, camera=cam, pixel_size=160.0, background="local", device="cpu")
+            locs = run_predict(frames, m, settings)
+            out[f"{stack_name}, {model_name}, local"] = {"localizations": len(locs),
+                                                        "per_frame": len(locs) / len(frames),
                                                         "check": consecutive_frame_precision(locs, 160.0).as_dict()}
     return out
 

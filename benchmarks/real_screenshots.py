@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# sibling scripts, importable once their folders are on sys.path
 sys.path.insert(0, str(ROOT / "docs"))
-from make_screenshots import ensure_display, wait
+from make_screenshots import ensure_display, wait  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from real_acquisitions import shared_data
+from real_acquisitions import shared_data  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 SIZE = (1500, 900)

@@ -24,8 +24,9 @@ import numpy as np
 from napari_smlm_uq.analysis import metrics
 from napari_smlm_uq.analysis.evaluation import localization_report, pixel_report
 from napari_smlm_uq.inference.calibration import Calibration
-from napari_smlm_uq.io.tables import nm_to_px, read_localizations, table_emitters, table_localizations, table_xy
+from napari_smlm_uq.io.tables import read_localizations, table_emitters, table_localizations, table_xy
 from napari_smlm_uq.io.tiff import open_stack
+from napari_smlm_uq.localizations import nm_to_px
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.physics.crlb import crlb_nm
 from napari_smlm_uq.physics.kde import render_kde
@@ -48,7 +49,8 @@ def run(cmd: list[str]) -> tuple[str, float, float]:
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+        last = err.strip().splitlines()[-1] if err.strip() else proc.returncode
+        raise RuntimeError(f"{' '.join(cmd)} failed: {last}")
     return out, wall, _peak_rss_gb(proc.pid)
 
 
@@ -86,8 +88,10 @@ def movie(density: str, seed: int, frames: int, tag: str) -> Path:
 def predict(stack: Path, name: str, *options: str) -> dict:
     """``smlm-uq predict`` then ``smlm-uq evaluate`` and the uncertainty figures."""
     out = MOVIES / "runs" / f"{stack.stem}_{name}"
-    _, wall, rss = run([str(BIN / "smlm-uq"), "predict", str(stack), "--out", str(out), "--overwrite", "--format", "tif", *options])
-    text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(out / "localizations.csv"), str(stack.with_suffix(".csv")), "--json"])
+    _, wall, rss = run([str(BIN / "smlm-uq"), "predict", str(stack), "--out", str(out), "--overwrite",
+                        "--format", "tif", *options])
+    text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(out / "localizations.csv"),
+                      str(stack.with_suffix(".csv")), "--json"])
     summary = json.loads((out / "summary.json").read_text())
     result = {"name": name, "options": list(options), "evaluate": json.loads(text),
               "seconds_per_frame": summary["timing"]["seconds_per_frame"], "wall_s": wall, "peak_rss_gb": rss}
@@ -112,7 +116,8 @@ def model_calibration(model: str) -> Calibration:
 def calibration_factors(locs: dict, options: tuple[str, ...]) -> np.ndarray:
     """The calibration factor ``smlm-uq predict`` applied to each localization (to report raw spreads)."""
     model = options[options.index("--model") + 1] if "--model" in options else registry.DEFAULT_MODEL
-    return model_calibration(model).factors(locs["frame"], nm_to_px(locs["y [nm]"], 100), nm_to_px(locs["x [nm]"], 100), locs["peak snr"], (64, 64))
+    return model_calibration(model).factors(locs["frame"], nm_to_px(locs["y [nm]"], 100), nm_to_px(locs["x [nm]"], 100),
+                                            locs["peak snr"], (64, 64))
 
 
 def filtering_curves(locs: dict, gt: dict) -> dict:
@@ -123,7 +128,8 @@ def filtering_curves(locs: dict, gt: dict) -> dict:
     f = np.linspace(0, 0.9, 19)
     curves = {"dropped": f.tolist()}
     if np.isfinite(locs.get("uncertainty [nm]", np.array([np.nan]))).any():
-        curves["precision_by_uncertainty"] = metrics.precision_when_filtering(is_tp, locs["uncertainty [nm]"], f).tolist()
+        curves["precision_by_uncertainty"] = metrics.precision_when_filtering(is_tp, locs["uncertainty [nm]"],
+                                                                              f).tolist()
         curves["precision_by_detection"] = metrics.precision_when_filtering(is_tp, -locs["detection"], f).tolist()
     return curves
 
@@ -131,11 +137,13 @@ def filtering_curves(locs: dict, gt: dict) -> dict:
 def pixel_figures(out: Path, gt: dict, stack: Path) -> tuple[dict, dict]:
     mean, std = np.asarray(open_stack(out / "mean.tif").data), np.asarray(open_stack(out / "std.tif").data)
     h, w = mean.shape[1] // 4, mean.shape[2] // 4
-    truth = np.stack([render_kde(nm_to_px(gt["y [nm]"][gt["frame"] == t + 1], 100), nm_to_px(gt["x [nm]"][gt["frame"] == t + 1], 100), (h, w))
-                      for t in range(len(mean))])
+    on = [gt["frame"] == t + 1 for t in range(len(mean))]
+    truth = np.stack([render_kde(nm_to_px(gt["y [nm]"][sel], 100), nm_to_px(gt["x [nm]"][sel], 100), (h, w))
+                      for sel in on])
     err = np.abs(mean - truth)
     frac, model, oracle = metrics.sparsification(std, err)
-    return pixel_report(mean, std, truth), {"fraction": frac.tolist(), "model": model.tolist(), "oracle": oracle.tolist()}
+    curve = {"fraction": frac.tolist(), "model": model.tolist(), "oracle": oracle.tolist()}
+    return pixel_report(mean, std, truth), curve
 
 
 def picasso(density: str, stack: Path) -> dict | None:
@@ -149,7 +157,8 @@ def picasso(density: str, stack: Path) -> dict | None:
                           "--grid", "250", "500", "1000", "1500", "2000", "3000", "5000"])
         ng = json.loads(text.strip().splitlines()[-1])["best_ng"]
         csv = MOVIES / "runs" / f"{stack.stem}_picasso_box{box}.csv"
-        _, wall, _ = run([str(PICASSO), script, "localize", str(stack), str(csv), "--ng", str(ng), "--box", box, *CAMERA])
+        _, wall, _ = run([str(PICASSO), script, "localize", str(stack), str(csv), "--ng", str(ng), "--box", box,
+                          *CAMERA])
         text, _, _ = run([str(BIN / "smlm-uq"), "evaluate", str(csv), str(stack.with_suffix(".csv")), "--json"])
         out[f"box{box}"] = {"ng": ng, "evaluate": json.loads(text), "wall_s": wall}
     return out
@@ -160,7 +169,8 @@ def accuracy(frames: int) -> dict:
     for density, seed in DENSITIES.items():
         stack = movie(density, seed, frames, "test")
         res[density] = {"phi": predict(stack, "phi", "--samples", "0"), "pipeline": predict(stack, "default")}
-        print(json.dumps({density: {k: v and (v.get("evaluate") or v) for k, v in res[density].items()}}, default=str)[:600], flush=True)
+        summary = {density: {k: v and (v.get("evaluate") or v) for k, v in res[density].items()}}
+        print(json.dumps(summary, default=str)[:600], flush=True)
     return res
 
 
@@ -190,7 +200,8 @@ def finetune(frames: int) -> dict:
     _, wall, _ = run(cmd)
     res["train"] = {"command": " ".join(["smlm-uq", *cmd[1:]]).replace(str(out), "finetuned"), "minutes": wall / 60}
     for density, stack in stacks.items():
-        res[density] = {f"{when}_{kind}": predict(stack, f"{when}_{kind}", *(["--samples", "0"] if kind == "phi" else []),
+        res[density] = {f"{when}_{kind}": predict(stack, f"{when}_{kind}",
+                                                   *(["--samples", "0"] if kind == "phi" else []),
                                                    *(["--model", str(out / "model.pt")] if when == "after" else []))
                         for when in ("before", "after") for kind in ("phi", "pipeline")}
         print(density, {k: round(v["evaluate"]["efficiency"], 1) for k, v in res[density].items()}, flush=True)
@@ -208,11 +219,13 @@ def schedule_study(frames: int, long_frames: int) -> dict:
     for density, seed in DENSITIES.items():
         stack = movie(density, seed + 1, frames, "study")
         runs = [predict(stack, "default")] + [predict(stack, v[0], *v[1:]) for v in variants]
-        runs += [predict(stack, "phi", "--samples", "0"), predict(stack, "phi_fp32", "--samples", "0", "--precision", "fp32")]
+        runs += [predict(stack, "phi", "--samples", "0"),
+                 predict(stack, "phi_fp32", "--samples", "0", "--precision", "fp32")]
         short = movie(density, seed + 1, long_frames, "study")
         runs += [dict(predict(short, v[0], *v[1:]), frames=long_frames) for v in long]
         res[density] = runs
-        print(density, [(r["name"], round(r["evaluate"]["efficiency"], 1), round(r["seconds_per_frame"], 2)) for r in runs], flush=True)
+        print(density, [(r["name"], round(r["evaluate"]["efficiency"], 1), round(r["seconds_per_frame"], 2))
+                        for r in runs], flush=True)
     return res
 
 

@@ -1,4 +1,4 @@
-"""psi's tile grid in the std map (issue 12, "no seams"): the seam ratio (analysis/seams.py), E and the
+"""psi's tile grid in the std map (issue 12, "no seams"): the seam ratio (tests/seam_ratio.py), E and the
 calibration of the localization uncertainty for inference variants that need no retraining.
 
     PYTHONPATH=src python benchmarks/seams.py [--frames 6] [--variants tiles64,default] [--real-frames 2]
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from napari_smlm_uq.analysis.evaluation import (
     pixel_report,
     true_kdes,
 )
-from napari_smlm_uq.analysis.seams import tile_seam_ratio
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.io.files import write_json
 from napari_smlm_uq.localizations import Localizations
@@ -31,6 +31,9 @@ from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))   # the seam ratio the tests check
+from seam_ratio import tile_seam_ratio  # noqa: E402
+
 # variant: (psi tile on every device, overlap), SR pixels. "tiles64" is the layout before whole-frame psi
 # (64 px training-size tiles, GroupNorm statistics pooled over a frame's tiles); "default" the pipeline's own.
 VARIANTS = {

@@ -97,7 +97,8 @@ def levers(device: torch.device, quick: bool) -> list[tuple[str, object, dict]]:
                  ("psi tiles of 64 px (before)", default_pipeline, {"psi_tile": 64})]
     else:
         rows += [("phi alone, fp32", phi_alone, {"samples": 0, "precision": "fp32"}),
-                 ("phi alone, fp32, tiles of 128 px (before)", phi_alone, {"samples": 0, "precision": "fp32", "phi_tile": 128}),
+                 ("phi alone, fp32, tiles of 128 px (before)", phi_alone,
+                  {"samples": 0, "precision": "fp32", "phi_tile": 128}),
                  ("fp32", default_pipeline, {"precision": "fp32"}),
                  ("3 steps", default_pipeline, {"steps": 3}),
                  ("fp32, 3 steps (before)", default_pipeline, {"precision": "fp32", "steps": 3}),
@@ -127,14 +128,15 @@ def measure(models, name, run, changes, device, size, stack, n_frames, clock) ->
     if tile is not None:
         pipeline.PSI_TILE, pipeline.PSI_OVERLAP = tile, 16 if tile < 256 else 32
     try:
-        if device.type == "cuda" or run is phi_alone or size <= 64:  # warm-up: allocations, cuDNN/oneDNN kernels, compilation
+        # warm-up: allocations, cuDNN/oneDNN kernels, compilation
+        if device.type == "cuda" or run is phi_alone or size <= 64:
             run(models, adu[:min(len(adu), s.frame_batch if device.type == "cuda" else 1)], s, device)
             sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         locs = run(models, adu, s, device)
         sync(device)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    except Exception as exc:  # noqa: BLE001 (a lever that fails is reported, not fatal)
+    except Exception as exc:  # a lever that fails is reported, not fatal
         return row | {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
     finally:
         pipeline.PSI_TILE, pipeline.PSI_OVERLAP, pipeline.PHI_TILE = saved
@@ -179,7 +181,8 @@ def render_check(n: int = 10**6, pixel_nm: float = 10.0) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| device | frame | lever | frames/s | s/frame | CPU s/frame | peak RSS GB | peak GPU GB | E | z std | holds |"
+    head = ("| device | frame | lever | frames/s | s/frame | CPU s/frame | peak RSS GB | peak GPU GB | E | z std "
+            "| holds |")
     lines = [head, "|" + "---|" * 11]
     fmt = lambda v, f: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, f)
     for r in rows:
@@ -188,7 +191,8 @@ def table(rows: list[dict]) -> str:
                          f"{r.get('error') or r.get('skipped')} | | | | | | | |")
             continue
         lines.append(f"| {r['device']} | {r['size']}x{r['size']} | {r['lever']} | {fmt(r['frames_per_s'], '.2f')} | "
-                     f"{fmt(r['s_per_frame'], '.3f')} | {fmt(r['cpu_s_per_frame'], '.3f')} | {fmt(r['peak_rss_gb'], '.2f')} | {fmt(r['peak_gpu_gb'], '.2f')} | "
+                     f"{fmt(r['s_per_frame'], '.3f')} | {fmt(r['cpu_s_per_frame'], '.3f')} | "
+                     f"{fmt(r['peak_rss_gb'], '.2f')} | {fmt(r['peak_gpu_gb'], '.2f')} | "
                      f"{fmt(r.get('E'), '.1f')} | {fmt(r.get('z_std'), '.2f')} | {fmt(r.get('holds'), '')} |")
     return "\n".join(lines)
 
@@ -214,7 +218,8 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=280.0, help="total seconds; later rows are skipped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--model", default=registry.DEFAULT_MODEL)
-    ap.add_argument("--cpu-frames", type=int, default=0, help="frames per CPU pipeline row (0: 8 at 64x64, 1 at 256x256)")
+    ap.add_argument("--cpu-frames", type=int, default=0,
+                    help="frames per CPU pipeline row (0: 8 at 64x64, 1 at 256x256)")
     args = ap.parse_args()
     clock = Clock(args.cap)
     # CUDA first: on a GPU machine its rows matter most within the time cap
@@ -234,8 +239,9 @@ def main() -> None:
                     stacks[(size, n)] = movie(size, n)
                 rows.append(measure(models, name, run, changes, device, size, stacks[(size, n)], n, clock))
     check_against_default(rows)
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "auto_precision": {str(d): "bf16" if pipeline.native_bf16(d) else "fp32" for d in devices},
             "quick": args.quick, "density_per_um2": DENSITY, "seconds": args.cap - clock.left()}
     result = {"machine": info, "rows": rows}

@@ -6,12 +6,20 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from napari_smlm_uq.models import registry  # noqa: E402
+from napari_smlm_uq.models import registry
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that open a napari viewer (or any Qt widget) carry the ``gui`` marker: ``-m "not gui"`` runs the
+    Qt-free core alone."""
+    for item in items:
+        if {"make_napari_viewer", "qtbot", "qapp"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
 
 
 @pytest.fixture(autouse=True, scope="session")

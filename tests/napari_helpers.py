@@ -13,7 +13,8 @@ CAMERA = {"pixel_size": 80.0, "offset": 100.0, "gain": 1.0, "read_noise": 1.5}
 
 
 def tiny_stack(frames: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:
-    sim = simulate(SimulationSettings(frames=frames, size=size, density=4.0, photons=3000.0, pixel_size=80.0, seed=seed))
+    settings = SimulationSettings(frames=frames, size=size, density=4.0, photons=3000.0, pixel_size=80.0, seed=seed)
+    sim = simulate(settings)
     return np.clip(np.rint(sim.adu), 0, 65535).astype(np.uint16)
 
 

@@ -44,6 +44,7 @@ def test_bundled_model_is_registered_and_verified():
 
 
 @pytest.mark.parametrize("samples", [0, PredictSettings.samples])
+@pytest.mark.slow
 def test_bundled_pipeline_localizes_accurately(models, stack, samples):
     report = _report(models, stack, samples)
     assert report["jaccard"] >= 90.0, report
@@ -60,6 +61,7 @@ def test_peak_snr_of_localizations_matches_the_closed_form(models, stack):
     assert 49 * 0.95 < np.median(snr) < 62 * 1.05
 
 
+@pytest.mark.slow
 def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
     """Emitters 100-130 nm apart (about one PSF sigma: one or two?) must be more uncertain than isolated
     ones. Measured: 2.5x (60-80 nm pairs, which the model sees confidently as one blob: 1.15x)."""
@@ -68,11 +70,17 @@ def test_std_is_higher_for_close_pairs_than_isolated_emitters(models):
     rows, cols, frames, pair = [], [], [], []
     for t in range(n_frames):
         for r0, c0 in ((6, 6), (6, 24), (24, 6), (24, 24)):  # isolated emitters
-            rows.append(r0 + rng.uniform(-0.5, 0.5)); cols.append(c0 + rng.uniform(-0.5, 0.5)); frames.append(t); pair.append(False)
+            rows.append(r0 + rng.uniform(-0.5, 0.5))
+            cols.append(c0 + rng.uniform(-0.5, 0.5))
+            frames.append(t)
+            pair.append(False)
         for r0, c0 in ((15, 8), (15, 22)):  # close pairs: 1.0-1.3 px apart
             d, a = rng.uniform(1.0, 1.3), rng.uniform(0, np.pi)
             for s in (-0.5, 0.5):
-                rows.append(r0 + s * d * np.sin(a)); cols.append(c0 + s * d * np.cos(a)); frames.append(t); pair.append(True)
+                rows.append(r0 + s * d * np.sin(a))
+                cols.append(c0 + s * d * np.cos(a))
+                frames.append(t)
+                pair.append(True)
     em = Emitters(np.array(frames), np.array(rows), np.array(cols), np.full(len(rows), 2000.0))
     omega = expected_photons(em, n_frames, shape, np.full(n_frames, 1.0), np.full(n_frames, 20.0))
     camera = Camera()
@@ -105,6 +113,7 @@ def test_default_store_of_a_predicted_frame_fits_the_acquisition_budget(models, 
     assert size / result.mean.size <= 0.95, size
 
 
+@pytest.mark.slow
 def test_bf16_localizes_as_fp32(models):
     """bf16 autocast (the default where the hardware has it) finds the same emitters at the same positions
     and uncertainties as fp32: the refinement on the raw pixels decides the positions."""

@@ -74,9 +74,11 @@ def test_localize_applies_the_scale_of_each_context():
     snr[14, 15] = 30.0   # the pixel SNR map: one emitter of middling SNR (max over its 3x3 pixels)
     snr[13:16, 15:18] = np.minimum(snr[13:16, 15:18], 30.0)
     raw = localize.localize(mean, samples, 0, snr=snr)
-    cal = Calibration(np.arange(1.0, 28.0).reshape(3, 3, 3), radius=3.0, neighbour_bins=(1, 2))  # 1 + 9 edge + 3 nb + snr
+    # scale 1 + 9 per edge bin + 3 per neighbour bin + 1 per SNR bin
+    cal = Calibration(np.arange(1.0, 28.0).reshape(3, 3, 3), radius=3.0, neighbour_bins=(1, 2))
     scaled = localize.localize(mean, samples, 0, calibration=cal, snr=snr)
-    expected = {(0.3, 9.1): 1 + 0 + 0 + 2, (12.1, 4.1): 1 + 18 + 0 + 2, (12.3, 14.1): 1 + 18 + 3 + 2, (14.1, 15.6): 1 + 18 + 3 + 1}
+    expected = {(0.3, 9.1): 1 + 0 + 0 + 2, (12.1, 4.1): 1 + 18 + 0 + 2,
+                (12.3, 14.1): 1 + 18 + 3 + 2, (14.1, 15.6): 1 + 18 + 3 + 1}
     nearest = [expected[min(expected, key=lambda k: np.hypot(k[0] - r, k[1] - c))] for r, c in zip(raw.row, raw.col)]
     assert len(raw) == 4
     np.testing.assert_allclose(scaled.uncertainty / raw.uncertainty, nearest)

@@ -36,7 +36,8 @@ def test_camera_command_json(inputs, capsys):
     code, out, err = run_main(capsys, "camera", inputs["bare"], "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert {"offset", "gain", "read_noise", "excess_noise", "source", "offset_se", "gain_se", "read_noise_se"} <= set(result)
+    fields = {"offset", "gain", "read_noise", "excess_noise", "source", "offset_se", "gain_se", "read_noise_se"}
+    assert fields <= set(result)
     assert result["gain"] == pytest.approx(3.0, rel=0.1) and abs(result["offset"] - 200) < 3.0
     code, out, _ = run_main(capsys, "camera", inputs["bare"], "--camera-kind", "emccd", "--json")
     emccd = json.loads(out)   # the same slope read as an EMCCD's F^2 g
@@ -83,7 +84,7 @@ def test_camera_command_without_isolated_spots(tmp_path, capsys):
     flat = tmp_path / "flat.tif"
     noise = np.random.default_rng(0).poisson(20.0, (12, 32, 32)) * 2 + 100
     tifffile.imwrite(flat, noise.astype(np.uint16))
-    code, out, err = run_main(capsys, "camera", flat, "--offset", "100", "--json")
+    code, out, _ = run_main(capsys, "camera", flat, "--offset", "100", "--json")
     result = json.loads(out)
     assert code == 0 and result["psf"] is None and "isolated bright spots" in result["psf_error"]
     code, out, _ = run_main(capsys, "camera", flat, "--offset", "100")
@@ -97,6 +98,7 @@ def test_camera_command_too_few_frames(inputs, tmp_path, capsys):
     assert code == 2 and out == "" and "6 frames are too few" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_predict_without_camera_options(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run_main(capsys, "predict", inputs["bare"], "--out", out, "--model", inputs["model"],
@@ -110,6 +112,7 @@ def test_predict_without_camera_options(inputs, tmp_path, capsys):
                                           "z_robust_x", "z_robust_y"}
 
 
+@pytest.mark.slow
 def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):
     """The 6x gradient of ``inputs`` -> local; a flat field -> the model's own (frame); --background wins."""
     flat = tmp_path / "flat.tif"
@@ -130,9 +133,10 @@ def test_predict_chooses_the_background_from_the_data(inputs, tmp_path, capsys):
         assert (variation > 3.0 if stack == inputs["stack"] else variation < 1.15) and f"{variation:.2f}x" in line
 
 
+@pytest.mark.slow
 def test_predict_warns_when_the_camera_disagrees(inputs, tmp_path, capsys):
-    code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out", "--model", inputs["model"],
-                                 "--samples", "0", "--device", "cpu", "--gain", "0.5")
+    code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out",
+                                 "--model", inputs["model"], "--samples", "0", "--device", "cpu", "--gain", "0.5")
     assert code == 0, err
     warning = [line for line in stdout.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "gain 0.5 ADU/e- (command line)" in warning[0]
@@ -159,10 +163,11 @@ def test_predict_refuses_a_bad_camera_map(inputs, tmp_path, capsys, shape, plane
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_predict_with_a_camera_map(inputs, tmp_path, capsys):
     path = camera_map(tmp_path / "map.npy", (32, 32))
-    code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out", "--model", inputs["model"],
-                                 "--samples", "0", "--device", "cpu", "--camera-map", path)
+    code, stdout, err = run_main(capsys, "predict", inputs["stack"], "--out", tmp_path / "out",
+                                 "--model", inputs["model"], "--samples", "0", "--device", "cpu", "--camera-map", path)
     assert code == 0, err
     assert f"gain 3 ADU/e- (camera map {path})" in stdout
     camera = json.loads((tmp_path / "out" / "summary.json").read_text())["camera"]

@@ -23,8 +23,8 @@ SHARED = next((p for p in [*SHARED, ROOT.parent / "shared" / "data", Path("/work
 
 
 def movie(camera: Camera, frames: int = 100, background_map: str | None = "gradient", seed: int = 3) -> np.ndarray:
-    return simulate(SimulationSettings(frames=frames, size=48, density=1.0, photons=2000.0, background=20.0, on_time=3.0,
-                                       background_map=background_map, camera=camera, seed=seed)).adu
+    return simulate(SimulationSettings(frames=frames, size=48, density=1.0, photons=2000.0, background=20.0,
+                                       on_time=3.0, background_map=background_map, camera=camera, seed=seed)).adu
 
 
 def test_emccd_excess_noise_doubles_the_shot_noise_variance():
@@ -40,7 +40,8 @@ def test_emccd_excess_noise_doubles_the_shot_noise_variance():
 @pytest.mark.parametrize("name, camera", [
     ("ccd", Camera(100.0, 2.0, 1.5)),
     ("emccd", Camera(500.0, 20.0, 0.5, "emccd")),
-    ("scmos map", Camera(np.random.default_rng(1).normal(100, 1, (48, 48)), np.random.default_rng(2).normal(2.1, 0.1, (48, 48)),
+    ("scmos map", Camera(np.random.default_rng(1).normal(100, 1, (48, 48)),
+                         np.random.default_rng(2).normal(2.1, 0.1, (48, 48)),
                          np.random.default_rng(3).uniform(1, 2, (48, 48)), "scmos")),
 ])
 def test_photon_transfer_on_blinking_movies_with_a_gradient(name, camera):
@@ -66,7 +67,7 @@ def test_flat_field_says_the_offset_was_not_determined():
 
 
 def test_too_few_frames():
-    with pytest.raises(EstimateError, match="5 frames are too few.*at least 10"):
+    with pytest.raises(EstimateError, match=r"5 frames are too few.*at least 10"):
         estimate_camera(movie(Camera(), frames=5))
 
 
@@ -90,7 +91,8 @@ def test_camera_map_file(tmp_path):
 def test_choice_order_and_disagreement_warning():
     adu = movie(Camera(100.0, 4.0, 1.5))
     choice = choose_camera(adu, {"offset": None, "gain": 2.0, "read_noise": None}, {"read_noise": 1.5})
-    assert choice.sources == {"offset": "estimated from the data", "gain": "command line", "read_noise": "file metadata"}
+    assert choice.sources == {"offset": "estimated from the data", "gain": "command line",
+                              "read_noise": "file metadata"}
     assert choice.camera.gain == 2.0 and choice.estimate is not None
     assert choice.warning is None and 0.67 < choice.noise_ratio < 1.5   # 2x the gain: noise only 1.4x
     wrong = choose_camera(adu, {"offset": 100.0, "gain": 1.0, "read_noise": 1.5}, {})

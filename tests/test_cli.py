@@ -184,6 +184,7 @@ def test_usage_errors_are_one_line(capsys):
 
 # --- real processes -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_console_script_end_to_end(tmp_path):
     tif = tmp_path / "p.tif"
     proc = run_process("simulate", tif, "--frames", "3", "--size", "16", "--density", "5", cwd=tmp_path)
@@ -197,6 +198,7 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.returncode == 0 and "2.935 nm" in proc.stdout
 
 
+@pytest.mark.slow
 def test_console_script_bad_input(tmp_path):
     proc = run_process("simulate", tmp_path / "x.tif", "--density", "-2", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
@@ -224,7 +226,7 @@ def test_open_stack_truncated(tmp_path, keep):
     n = keep if isinstance(keep, int) else int(len(raw) * keep)
     cut = tmp_path / "cut.tif"
     cut.write_bytes(raw[:n])
-    with pytest.raises(InputError, match="truncated|corrupt|not a readable TIFF") as info:
+    with pytest.raises(InputError, match=r"truncated|corrupt|not a readable TIFF") as info:
         open_stack(cut)
     assert str(cut) in str(info.value)
 
@@ -236,7 +238,7 @@ def test_open_stack_truncated_compressed(tmp_path):
     assert open_stack(full).shape == (6, 32, 32)  # a readable compressed stack opens (page reader)
     cut = tmp_path / "zcut.tif"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(InputError, match="truncated|corrupt"):
+    with pytest.raises(InputError, match=r"truncated|corrupt"):
         open_stack(cut)
 
 

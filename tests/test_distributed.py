@@ -72,6 +72,7 @@ def assert_same_results(out: Path, reference: Path) -> None:
     assert not (out / dist.PARTS).exists()
 
 
+@pytest.mark.slow
 def test_any_chunk_of_frames_draws_the_same_samples(inputs):
     stack, models = tifffile.imread(inputs["stack"]), registry.load(inputs["model"])
     s = pipeline.PredictSettings(samples=2, steps=2, device="cpu", frame_batch=4)
@@ -85,6 +86,7 @@ def test_any_chunk_of_frames_draws_the_same_samples(inputs):
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
+@pytest.mark.slow
 def test_cluster_gives_single_process_results(inputs, single, client, tmp_path, capsys, chunk):
     out = tmp_path / "cluster"
     code = cli.main(predict_args(inputs, out, "--scheduler", client.scheduler.address, "--chunk-frames", chunk))
@@ -94,6 +96,7 @@ def test_cluster_gives_single_process_results(inputs, single, client, tmp_path, 
     assert summary["frames"] == [0, FRAMES] and summary["cluster"]["chunk_frames"] == chunk
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_every_frame_once(inputs, client, tmp_path):
     out = tmp_path / "killed"
     stack, frames, settings, *_ = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
@@ -121,6 +124,7 @@ def test_killed_worker_leaves_every_frame_once(inputs, client, tmp_path):
     np.testing.assert_allclose(done[0].sums.total, np.sum([r.mean for r in want], axis=0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_with_only_the_missing_chunks(inputs, single, client, tmp_path, capsys, monkeypatch):
     out, args = tmp_path / "resumed", predict_args(inputs, tmp_path / "resumed", "--scheduler",
                                                    client.scheduler.address, "--chunk-frames", "2")
@@ -149,6 +153,7 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(inputs, single, cl
 
 
 @pytest.mark.parametrize("where", [(), ("--workers", "1")], ids=["in-process", "local-cluster"])
+@pytest.mark.slow
 def test_many_stacks_one_broken(inputs, tmp_path, capsys, where):
     folder = tmp_path / "stacks"
     folder.mkdir()
@@ -168,6 +173,7 @@ def test_many_stacks_one_broken(inputs, tmp_path, capsys, where):
     assert not (out / "broken" / "localizations.csv").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_one_line(inputs, tmp_path, capsys):
     t0 = time.perf_counter()
     code = cli.main(predict_args(inputs, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9"))
@@ -199,6 +205,7 @@ def test_bad_cluster_options_are_one_line(inputs, tmp_path, capsys, extra, messa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_glob_that_matches_nothing_is_refused(inputs, tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path / "*.tif"), "--out", str(tmp_path / "out")]) == 2
     assert "no file matches" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.physics.crlb import crlb
-from napari_smlm_uq.physics.fit import fit_rois
+from napari_smlm_uq.physics.fit import ImagingModel, fit_rois
 from napari_smlm_uq.physics.psf import render_emitters
 
 SIZE, PHOTONS, BACKGROUND, SIGMA, READ = 9, 2000.0, 20.0, 1.0, 1.5
@@ -28,7 +28,7 @@ def test_single_spots_reach_the_crlb_and_report_it():
     omega, cols, rows = spots(600, rng)
     e = rng.poisson(omega) + rng.normal(0, READ, omega.shape)
     start = rng.normal(0, 0.15, cols.shape)
-    fit = fit_rois(e, cols + start, rows - start, np.ones((600, 1), bool), SIGMA, READ**2)
+    fit = fit_rois(e, cols + start, rows - start, np.ones((600, 1), bool), ImagingModel(SIGMA, READ**2))
     bound = crlb(PHOTONS, BACKGROUND, SIGMA, READ, SIZE)
     rmse = np.sqrt(np.mean(np.concatenate([fit.col - cols, fit.row - rows]) ** 2))
     assert rmse == pytest.approx(bound[0], rel=0.1)                  # efficient: at the bound
@@ -46,8 +46,8 @@ def test_close_neighbours_fitted_jointly_are_unbiased():
     omega, cols, rows = spots(n, rng, offsets=((-0.75, 0.0), (0.75, 0.0)))
     e = rng.poisson(omega) + rng.normal(0, READ, omega.shape)
     start_c, start_r = cols + rng.normal(0, 0.1, cols.shape), rows + rng.normal(0, 0.1, rows.shape)
-    joint = fit_rois(e, start_c, start_r, np.ones((n, 2), bool), SIGMA, READ**2)
-    alone = fit_rois(e, start_c[:, :1], start_r[:, :1], np.ones((n, 1), bool), SIGMA, READ**2)
+    joint = fit_rois(e, start_c, start_r, np.ones((n, 2), bool), ImagingModel(SIGMA, READ**2))
+    alone = fit_rois(e, start_c[:, :1], start_r[:, :1], np.ones((n, 1), bool), ImagingModel(SIGMA, READ**2))
     assert np.mean(alone.col[:, 0] - cols[:, 0]) > 0.1
     assert abs(np.mean(joint.col[:, 0] - cols[:, 0])) < 0.02
     rmse = np.sqrt(np.mean((joint.col - cols) ** 2))
@@ -61,7 +61,7 @@ def test_excess_noise_factor_widens_the_bound_by_its_square_root():
     rng = np.random.default_rng(2)
     omega, cols, rows = spots(600, rng)
     e = 2.0 * rng.poisson(omega / 2.0) + rng.normal(0, READ, omega.shape)
-    fit = fit_rois(e, cols, rows, np.ones((600, 1), bool), SIGMA, READ**2, excess=2.0)
+    fit = fit_rois(e, cols, rows, np.ones((600, 1), bool), ImagingModel(SIGMA, READ**2, excess=2.0))
     bound = crlb(PHOTONS, BACKGROUND, SIGMA, READ / np.sqrt(2), SIZE)[0] * np.sqrt(2)
     assert np.median(fit.crlb_col) == pytest.approx(bound, rel=0.03)
     assert np.sqrt(np.mean((fit.col - cols) ** 2)) == pytest.approx(bound, rel=0.12)
@@ -76,9 +76,9 @@ def test_scmos_read_noise_map_down_weights_noisy_pixels():
     read = np.full(omega.shape, READ)
     read[:, 3:6:2, 3:6:2] = 40.0
     e = rng.poisson(omega) + rng.normal(0, 1, omega.shape) * read
-    with_map = fit_rois(e, cols, rows, np.ones((n, 1), bool), SIGMA, read**2)
-    scalar = fit_rois(e, cols, rows, np.ones((n, 1), bool), SIGMA, READ**2)
-    rmse = lambda f: np.sqrt(np.mean((f.col - cols) ** 2))  # noqa: E731
+    with_map = fit_rois(e, cols, rows, np.ones((n, 1), bool), ImagingModel(SIGMA, read**2))
+    scalar = fit_rois(e, cols, rows, np.ones((n, 1), bool), ImagingModel(SIGMA, READ**2))
+    rmse = lambda f: np.sqrt(np.mean((f.col - cols) ** 2))
     assert rmse(with_map) < 0.6 * rmse(scalar)
     assert rmse(with_map) == pytest.approx(np.median(with_map.crlb_col), rel=0.15)
 
@@ -91,6 +91,6 @@ def test_free_psf_width_and_masked_pixels():
     mask = np.ones(omega.shape, bool)
     mask[:, :, :2] = False
     e[:, :, :2] = 1e6   # would wreck the fit if used
-    fit = fit_rois(e, cols, rows, np.ones((300, 1), bool), 1.0, READ**2, mask=mask, fit_sigma=True)
+    fit = fit_rois(e, cols, rows, np.ones((300, 1), bool), ImagingModel(1.0, READ**2), mask=mask, fit_sigma=True)
     assert np.median(fit.sigma) == pytest.approx(1.4, abs=0.03)
     assert np.sqrt(np.mean((fit.col - cols) ** 2)) < 0.06

@@ -55,7 +55,7 @@ def test_phi_upsamples_by_four_into_model_range(hw):
     models = tiny()
     phi = models.phi
     x = torch.randn(2, 1, *hw, generator=torch.Generator().manual_seed(1))
-    before_clip = lambda: phi.predict[:-1](phi.upsample(phi.context(x)))  # noqa: E731
+    before_clip = lambda: phi.predict[:-1](phi.upsample(phi.context(x)))
     with torch.no_grad():  # rescale the last conv so its output straddles [-1, 1] (mean 0, std 2)
         last, pre = phi.predict[-2], before_clip()
         k = 2.0 / pre.std()
@@ -333,11 +333,14 @@ def oracle(y0: torch.Tensor):
 @pytest.mark.parametrize("name", ["paper", "default"])
 @pytest.mark.parametrize("start, steps", [(1.0, 10), (1.0, 3), (0.5, 10), (0.3, 1)])
 def test_sampler_with_oracle_noise_returns_y0(name, start, steps):
-    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands on y0, from pure
-    noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
+    """docs/method.md (the update rule): the noise-prediction ancestral step. Given the exact noise it lands
+    on y0, from pure noise (start 1) or from the preconditioned start q(y_K | phi(x)) (start < 1)."""
     y0 = _y0()
     gen = torch.Generator().manual_seed(7)
-    start_mean = torch.zeros_like(y0) if start == 1.0 else (y0 + 0.2 * torch.randn(y0.shape, generator=gen)).clamp(-1, 1)
+    if start == 1.0:
+        start_mean = torch.zeros_like(y0)
+    else:
+        start_mean = (y0 + 0.2 * torch.randn(y0.shape, generator=gen)).clamp(-1, 1)
     gammas = Schedule.named(name).inference_gammas(steps, start)
     out = ancestral_sampler(oracle(y0), start_mean, gammas, gen)
     assert (out - y0).abs().max() < 1e-4
@@ -461,7 +464,7 @@ def test_corrupted_bundled_file_is_refused(bundled):
 
 
 def test_unknown_and_non_model_files_are_refused(tmp_path, bundled):
-    with pytest.raises(InputError, match="unknown model 'nope'.*tiny"):
+    with pytest.raises(InputError, match=r"unknown model 'nope'.*tiny"):
         registry.load("nope")
     with pytest.raises(InputError, match="unknown model"):
         registry.load(tmp_path / "missing.pt")
@@ -513,12 +516,14 @@ def settings(out, **kw) -> training.TrainSettings:
     return training.TrainSettings(**(base | kw))
 
 
+@pytest.mark.slow
 def test_train_phi_then_psi_and_writes_loadable_model(tmp_path):
     out = tmp_path / "run"
     models = registry.build(registry.tiny_config())
     before = [p.detach().clone() for p in models.phi.parameters()]
     progress, path = drain(training.train(settings(out), models=models))
-    assert [(p.stage, p.iteration) for p in progress] == [("phi", i) for i in (1, 2, 3, 4)] + [("psi", i) for i in (1, 2, 3, 4)]
+    expected = [("phi", i) for i in (1, 2, 3, 4)] + [("psi", i) for i in (1, 2, 3, 4)]
+    assert [(p.stage, p.iteration) for p in progress] == expected
     assert all(p.iterations == 4 and math.isfinite(p.loss) for p in progress)
     assert [p.val_loss is not None for p in progress] == [False, True, False, True] * 2
     assert progress[0].model_path is None and all(p.model_path == out / "model.pt" for p in progress[1:])
@@ -583,6 +588,17 @@ def test_time_budget_cuts_the_iteration_count():
     assert training.fit_budget(10000, 50, 50.0, 10.0) == 100     # never fewer than already run
 
 
+def test_time_budget_applies_to_a_fresh_run_and_spares_a_run_resumed_inside_the_pace_window(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "PACE_ITERATIONS", 2)   # iterations 2-4 are timed
+    budget = dict(iterations=8, checkpoint_every=3, target="phi", stage_seconds=1e-9)
+    fresh, _ = drain(training.train(settings(tmp_path / "fresh", **budget)))
+    assert [p.iteration for p in fresh] == [1, 2, 3, 4]   # a budget of ~0 s: cut to the 2 x 2 already run
+    out = tmp_path / "resumed"
+    drain(training.train(settings(out, iterations=3, checkpoint_every=3, target="phi")))
+    resumed, path = drain(training.train(settings(out, **budget)))   # from iteration 3, inside the window
+    assert [p.iteration for p in resumed] == [4, 5, 6, 7, 8] and path == out / "model.pt"
+
+
 def test_train_device_is_checked(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -614,6 +630,7 @@ def test_calibration_stacks_span_the_training_ranges(tmp_path):
     assert len({st.seed for st in stacks}) == 6
 
 
+@pytest.mark.slow
 def test_training_refits_the_calibration_when_asked(tmp_path):
     """A short run with ``calibration_frames``: the model file gets a per-context table fitted on the
     stacks, and the last progress item reports the raw and calibrated spreads."""
@@ -676,7 +693,8 @@ def test_train_settings_refuses_the_bundled_weights_folder(tmp_path):
     assert settings(tmp_path / "fine", background=(0.0, 5.0), density=(0.0, 0.0), read_noise=(0.0, 0.0)).validate()
 
 
-@pytest.mark.parametrize("size, tile, overlap", [(512, 256, 32), (1024, 256, 32), (400, 256, 32), (70, 64, 16), (256, 256, 32)])
+@pytest.mark.parametrize("size, tile, overlap",
+                         [(512, 256, 32), (1024, 256, 32), (400, 256, 32), (70, 64, 16), (256, 256, 32)])
 def test_fitted_tiles_are_as_few_and_no_larger_than_needed(size, tile, overlap):
     fitted = tiling.fitted_tile(size, tile, overlap)
     assert fitted <= tile and (fitted % 16 == 0 or fitted == size)

@@ -81,8 +81,9 @@ def test_predict_job_closes_the_run_when_the_prediction_fails(tiny_model_file, m
 
     monkeypatch.setattr(pipeline, "predict", failing)
     kept, closed = [], []
-    job = _workers.predict_job(tiny_stack(4, 16), str(tiny_model_file), pipeline.PredictSettings(samples=0, device="cpu"),
-                               range(4), lambda: False, kept.append, lambda: closed.append(len(kept)))
+    settings = pipeline.PredictSettings(samples=0, device="cpu")
+    job = _workers.predict_job(tiny_stack(4, 16), str(tiny_model_file), settings, range(4), lambda: False,
+                               kept.append, lambda: closed.append(len(kept)))
     with pytest.raises(OSError, match="No space"):
         list(job)
     assert closed == [1]   # the frame done is written before the error reaches the widget

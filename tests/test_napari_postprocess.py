@@ -1,6 +1,7 @@
 """The "Post-process" dock widget on a prediction-style localizations layer and on a table file."""
 from __future__ import annotations
 
+import localization_simulation as simulation
 import numpy as np
 import pytest
 from napari_helpers import PLUGIN
@@ -8,7 +9,6 @@ from napari_helpers import PLUGIN
 from napari_smlm_uq._napari._layers import points_data
 from napari_smlm_uq.io.tables import write_localizations
 from napari_smlm_uq.localizations import Localizations
-from napari_smlm_uq.postprocess import simulation
 
 POSTPROCESS = "Post-process"
 P = 100.0
@@ -33,6 +33,7 @@ def dock(viewer):
     return widget
 
 
+@pytest.mark.slow
 def test_widget_corrects_merges_and_plots(make_napari_viewer, sim):
     viewer = make_napari_viewer()
     layer = add_localizations(viewer, sim)
@@ -55,6 +56,7 @@ def test_widget_corrects_merges_and_plots(make_napari_viewer, sim):
     assert widget.summary.value.startswith(f"{(~hidden).sum()} localizations -> ")
 
 
+@pytest.mark.slow
 def test_widget_keeps_positions_without_steps_and_reads_files(make_napari_viewer, sim, tmp_path):
     viewer = make_napari_viewer()
     layer = add_localizations(viewer, sim)

@@ -46,6 +46,7 @@ def unrefined(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "Refiner", lambda camera, **options: (lambda locs, frame: locs))
 
 
+@pytest.mark.slow
 def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file, monkeypatch):
     unrefined(monkeypatch)
     viewer = make_napari_viewer()
@@ -92,7 +93,7 @@ def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file
     np.testing.assert_allclose(pts.features["x [nm]"], pts.data[:, 2] + p / 2)
     np.testing.assert_array_equal(pts.features["frame"], pts.data[:, 0] + 1)
     mean = layers[" SR mean"]
-    idx, inside = world_to_index(pts.data, mean.scale, mean.translate, mean.data.shape)
+    _, inside = world_to_index(pts.data, mean.scale, mean.translate, mean.data.shape)
     assert inside.all()
     sr = world_to_data(pts.data, mean.scale, mean.translate)
     for t in range(3):
@@ -101,6 +102,7 @@ def test_predict_makes_five_aligned_layers(make_napari_viewer, qtbot, model_file
         np.testing.assert_allclose(np.sort(here, axis=0), np.sort(peaks, axis=0), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_predict_cancel_keeps_partial_results(make_napari_viewer, qtbot, model_file, monkeypatch):
     viewer = make_napari_viewer()
     add_raw(viewer, frames=6)
@@ -130,6 +132,7 @@ def test_predict_cancel_keeps_partial_results(make_napari_viewer, qtbot, model_f
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
+@pytest.mark.slow
 def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer, qtbot, model_file, monkeypatch):
     """A layer placed otherwise (another reader: scale 1 px; a translate) still gets aligned results."""
     unrefined(monkeypatch)
@@ -159,6 +162,7 @@ def test_predict_follows_the_layer_placement_and_frame_range(make_napari_viewer,
     np.testing.assert_allclose(np.sort(sr[sr[:, 0] == 0][:, 1:], axis=0), np.sort(peaks, axis=0), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_predict_errors_are_notifications(make_napari_viewer, qtbot, model_file, monkeypatch, tmp_path):
     from napari_smlm_uq._napari import predict_widget
 
@@ -186,6 +190,7 @@ def test_predict_errors_are_notifications(make_napari_viewer, qtbot, model_file,
     assert "raw SR mean" not in viewer.layers
 
 
+@pytest.mark.slow
 def test_model_list_follows_registrations_and_closing_is_clean(make_napari_viewer, qtbot, tmp_path, model_file):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
@@ -214,6 +219,7 @@ def test_model_list_follows_registrations_and_closing_is_clean(make_napari_viewe
     assert len(_models._listeners) < listeners  # the deleted widget's listener is dropped
 
 
+@pytest.mark.slow
 def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot, tiny_models, tmp_path):
     """Camera frames: tagged raw, or untagged integer grayscale; never RGB, float of unknown meaning or
     our results."""
@@ -235,6 +241,7 @@ def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot,
     assert "pixel size" in widget.camera_note.value and widget.camera_note.native.wordWrap()
 
 
+@pytest.mark.slow
 def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napari_viewer, qtbot, model_file):
     """An empty run (flat frames, bundled model: no localizations) and a full one; the user removes the
     result layers (one by one: removing several image layers at once crashes napari's OpenGL drawing under
@@ -260,6 +267,7 @@ def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napar
         assert [layer.name for layer in viewer.layers] == ["flat", "full"][: len(viewer.layers)]
 
 
+@pytest.mark.slow
 def test_arithmetic_choice_reaches_the_settings(make_napari_viewer):
     viewer = make_napari_viewer()
     add_raw(viewer)

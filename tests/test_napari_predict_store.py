@@ -47,6 +47,7 @@ def run_and_wait(widget, qtbot, cancel_after: int | None = None) -> None:
     assert not errors
 
 
+@pytest.mark.slow
 def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization(
         make_napari_viewer, qtbot, tiny_model_file, tmp_path):
     viewer = make_napari_viewer()
@@ -105,6 +106,7 @@ def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization
     assert widget.precision.value.startswith("precision check")
 
 
+@pytest.mark.slow
 def test_cancel_leaves_a_partial_store_that_the_reader_reopens(make_napari_viewer, qtbot, tiny_model_file, tmp_path):
     viewer = make_napari_viewer()
     add_raw(viewer, frames=6)
@@ -135,7 +137,8 @@ def test_cancel_leaves_a_partial_store_that_the_reader_reopens(make_napari_viewe
     np.testing.assert_allclose(viewer.layers["raw SR sum (partial)"].data, np.asarray(mean.data).sum(0),
                                rtol=1e-5, atol=1e-5)
     reopened = viewer.layers["raw localizations (partial)"]
-    assert len(reopened.data) == len(widget_locs := PredictionResults.open(tmp_path / "raw").localizations())
+    widget_locs = PredictionResults.open(tmp_path / "raw").localizations()
+    assert len(reopened.data) == len(widget_locs)
     np.testing.assert_allclose(reopened.data[:, 0], widget_locs.frame)
 
 
@@ -145,6 +148,7 @@ def camera_movie(camera: Camera, frames: int = 20, size: int = 32) -> np.ndarray
     return np.clip(np.rint(sim.adu), 0, 65535).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
         make_napari_viewer, qtbot, tiny_model_file, monkeypatch, tmp_path):
     warnings: list[str] = []
@@ -159,7 +163,8 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     assert "photon transfer" in widget.camera_note.value and "+/-" in widget.camera_note.value
     assert widget.camera_note.native.wordWrap()
     # the 6x gradient: the background estimate is chosen local, and the label says why
-    assert widget.background_note.value.startswith("background estimate: local (chosen from the data: the background varies")
+    assert widget.background_note.value.startswith(
+        "background estimate: local (chosen from the data: the background varies")
     assert widget.settings().background == "local" and widget.background_choice.variation > 2
     # metadata with a wrong gain wins over the estimate ...
     viewer.add_image(camera_movie(true), name="wrong gain", metadata=dict(CAMERA))
@@ -173,7 +178,8 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     # the button replaces the fields by the estimate; a run then does not warn
     widget.estimate_button.native.click()
     assert widget.gain.value == pytest.approx(4.0, rel=0.15)
-    assert widget.camera_note.value.startswith("camera: offset") and "estimated from the data" in widget.camera_note.value
+    note = widget.camera_note.value
+    assert note.startswith("camera: offset") and "estimated from the data" in note
     widget.output.value = None   # a temporary folder, removed when Python exits unless "keep" is ticked
     run_and_wait(widget, qtbot)
     assert len(warnings) == 1
@@ -184,6 +190,7 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tiny_models, tmp_path):
     viewer = make_napari_viewer()
     frames = camera_movie(Camera(), frames=2, size=16)
@@ -194,10 +201,12 @@ def test_reader_opens_a_store_written_without_the_widget(make_napari_viewer, tin
     assert results.finish()
     layers = viewer.open(str(tmp_path / "run" / "results.zarr"), plugin=PLUGIN)
     assert sorted(layer.name for layer in layers) == sorted(
-        "movie" + s for s in (" SR mean", " SR sample", " SR std", " SR sum", " SR sum std", " rendered", " localizations"))
+        "movie" + s
+        for s in (" SR mean", " SR sample", " SR std", " SR sum", " SR sum std", " rendered", " localizations"))
     assert viewer.layers["movie SR mean"].metadata["partial"] is False
 
 
+@pytest.mark.slow
 def test_cluster_field_runs_the_job_on_a_dask_scheduler(make_napari_viewer, qtbot, tiny_model_file, tmp_path,
                                                         monkeypatch):
     """The widget sends the job to a scheduler (an in-process LocalCluster here); its worker writes the store the

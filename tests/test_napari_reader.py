@@ -24,6 +24,7 @@ def test_manifest_validates_and_points_into_napari_subpackage():
     assert [s.display_name for s in pm.contributions.sample_data] == ["Simulated SMLM stack"]
 
 
+@pytest.mark.slow
 def test_core_does_not_import_napari_or_qt():
     import subprocess
     import sys
@@ -97,12 +98,13 @@ def test_not_a_tiff_is_not_ours(tmp_path):
     assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.png")]) is None
 
 
+@pytest.mark.slow
 def test_broken_tiff_gives_a_clear_message(tmp_path, make_napari_viewer):
     good = tmp_path / "good.tif"
     tifffile.imwrite(good, np.ones((4, 32, 32), np.uint16), photometric="minisblack")
     broken = tmp_path / "broken.tif"
     broken.write_bytes(good.read_bytes()[:3000])
-    with pytest.raises(InputError, match="could not open the stack: .*broken.tif: truncated"):
+    with pytest.raises(InputError, match=r"could not open the stack: .*broken.tif: truncated"):
         napari_get_reader(str(broken))(str(broken))
     text = tmp_path / "fake.tif"
     text.write_text("hello")
@@ -118,6 +120,7 @@ def test_broken_tiff_gives_a_clear_message(tmp_path, make_napari_viewer):
     assert viewer.layers["good"].scale[1] == 100.0
 
 
+@pytest.mark.slow
 def test_sample_data_aligns_truth_with_image(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "simulated_stack")

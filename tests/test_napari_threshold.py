@@ -27,6 +27,7 @@ def add_prediction(viewer, models, folder, name="raw", n=3, kinds=None):
     return results
 
 
+@pytest.mark.slow
 def test_slider_filters_mean_and_hides_localizations(make_napari_viewer, qtbot, tiny_models, tmp_path):
     viewer = make_napari_viewer()
     add_prediction(viewer, tiny_models, tmp_path)
@@ -85,6 +86,7 @@ def test_slider_filters_mean_and_hides_localizations(make_napari_viewer, qtbot, 
     assert "localizations kept" not in widget.kept.value
 
 
+@pytest.mark.slow
 def test_a_stored_stack_is_never_read_whole(make_napari_viewer, qtbot, tiny_models, tmp_path):
     """The filtered and uncertain layers of a store-backed stack are dask expressions that napari computes for
     the frame on screen; the slider's range and the signal kept read the sampled frames only. Proof: the
@@ -115,10 +117,11 @@ def test_a_stored_stack_is_never_read_whole(make_napari_viewer, qtbot, tiny_mode
         total += np.clip(mean[t].astype(np.float64), 0, None).sum()
     assert widget.signal_fraction == pytest.approx(kept / total) and 0 < widget.signal_fraction < 1
     assert "(in 8 of 12 frames)" in widget.kept.value
-    with pytest.raises(Exception, match="(?i)zstd|decompress|frame"):
+    with pytest.raises(Exception, match=r"(?i)zstd|decompress|frame"):
         filtered.data.compute()   # what a whole-stack threshold would have done
 
 
+@pytest.mark.slow
 def test_mismatched_layers_are_explained(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.ones((4, 8, 8), np.float32), name="a", metadata={"smlm_uq": "mean", "source": "x"})
@@ -130,6 +133,7 @@ def test_mismatched_layers_are_explained(make_napari_viewer, qtbot):
     assert "a filtered" not in viewer.layers
 
 
+@pytest.mark.slow
 def test_nothing_happens_before_there_are_results(make_napari_viewer, qtbot, tiny_models, tmp_path):
     """Beside raw camera frames (and any other image) the widget offers nothing and adds no layer."""
     viewer = make_napari_viewer()

@@ -34,12 +34,13 @@ def start(widget, button, errors):
     return workers[0]
 
 
+@pytest.mark.slow
 def test_train_then_predict_with_the_new_model(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     for data, kwargs, kind in simulated_stack():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     train = open_train(viewer)
-    predict_dock, predict = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
     # prefilled from the simulated layer's metadata
     assert [getattr(layer, "name", None) for layer in train.layer.choices] == [None, "simulated stack"]
     train.layer.value = viewer.layers["simulated stack"]
@@ -77,6 +78,7 @@ def test_train_then_predict_with_the_new_model(make_napari_viewer, qtbot, tmp_pa
     assert mean.data.shape == (3, 64, 64) and mean.metadata["model"] == "model.pt"
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_last_checkpoint(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     train = open_train(viewer)
@@ -94,6 +96,7 @@ def test_stop_keeps_the_last_checkpoint(make_napari_viewer, qtbot, tmp_path):
     assert train.metrics is not None  # the kept model was validated
 
 
+@pytest.mark.slow
 def test_bad_settings_are_explained(make_napari_viewer, monkeypatch, tmp_path):
     from napari_smlm_uq._napari import train_widget
     from napari_smlm_uq.models import registry
@@ -115,6 +118,7 @@ def test_bad_settings_are_explained(make_napari_viewer, monkeypatch, tmp_path):
     assert not np.any([p.exists() for p in (tmp_path / "x").glob("*")])
 
 
+@pytest.mark.slow
 def test_estimate_from_a_layer_sets_ranges_around_the_truth(make_napari_viewer, qtbot):
     """A stack of PSF sigma 1.3 px, 3000 photons, 20 photons/px on a camera of gain 2 ADU/e- (not in the
     metadata: estimated): each range set from the fitted spots contains the truth."""
@@ -133,7 +137,8 @@ def test_estimate_from_a_layer_sets_ranges_around_the_truth(make_napari_viewer, 
     assert not train.estimate_button.enabled   # the UI is not blocked: the fit runs in the worker
     qtbot.waitUntil(lambda: train.estimate_worker is None and not worker.is_running, timeout=30_000)
     assert not errors and train.estimate_button.enabled
-    for box, truth in ((train.psf_sigma, 1.3), (train.photons, 3000.0), (train.background, 20.0), (train.read_noise, 1.5)):
+    expected = ((train.psf_sigma, 1.3), (train.photons, 3000.0), (train.background, 20.0), (train.read_noise, 1.5))
+    for box, truth in expected:
         low, high = box.value
         assert low < truth < high and high / low < 3, (box.label, box.value)
     note = train.estimate_note.value
@@ -141,6 +146,7 @@ def test_estimate_from_a_layer_sets_ranges_around_the_truth(make_napari_viewer, 
     assert "(estimated from the data)" in note and note.endswith("inside the bundled model's training range")
 
 
+@pytest.mark.slow
 def test_estimate_without_spots_is_explained(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     flat = np.random.default_rng(0).poisson(20.0, (12, 24, 24)).astype(np.uint16) + 100

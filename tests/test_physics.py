@@ -71,7 +71,8 @@ CAMERAS = {
 
 @pytest.mark.parametrize("camera_name", list(CAMERAS))
 def test_camera_noise_statistics(camera_name):
-    """Mean of ``e`` is omega and the variance of ``e + r^2`` is ``omega + r^2`` (docs/physics.md, section 3), pixel by pixel."""
+    """Mean of ``e`` is omega and the variance of ``e + r^2`` is ``omega + r^2`` (docs/physics.md, section 3),
+    pixel by pixel."""
     rng = np.random.default_rng(42)
     shape, frames = (16, 16), 4000
     cam = CAMERAS[camera_name](rng, shape).validate()
@@ -173,6 +174,15 @@ def test_sr_grid_convention():
     # napari: raw layer scale p; SR layer scale p/f, translate -(1 - 1/f)/2 p. World positions agree.
     p = 100.0
     np.testing.assert_allclose(m * p / f - (1 - 1 / f) / 2 * p, kde.sr_to_raw(m) * p)
+    assert kde.grid_offset(1 / f) == kde.sr_to_raw(0.0) == -0.375
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0, 2.0, 10.0 / 3.0])
+def test_grid_offset_centres_a_grid_of_any_pixel_size_on_the_raw_one(ratio):
+    """Pixel ``k`` of a grid of pixels ``ratio`` raw pixels wide covers ``[k ratio - 1/2, (k + 1) ratio - 1/2)``
+    raw px: its centre is ``k ratio + grid_offset(ratio)``."""
+    k = np.arange(7)
+    np.testing.assert_allclose(k * ratio + kde.grid_offset(ratio), (k * ratio - 0.5 + (k + 1) * ratio - 0.5) / 2)
 
 
 @pytest.mark.parametrize("pos", [(10.3, 20.7), (5.05, 5.55), (17.84, 3.12), (25.49, 25.51)])
@@ -208,10 +218,10 @@ def test_kde_peak_heights_closed_form():
     s = kde.KERNEL_SIGMA
     centre = 2 * np.pi * s**2 * erf(0.5 / (SQRT2 * s)) ** 2         # SR pixel [-1/2, 1/2]^2 around the emitter
     corner = 2 * np.pi * s**2 * (0.5 * erf(1.0 / (SQRT2 * s))) ** 2  # SR pixel [0, 1]^2 from the emitter
-    assert kde.PEAK_CENTRE == pytest.approx(centre, rel=1e-12)
-    assert kde.PEAK_CORNER == pytest.approx(corner, rel=1e-12)
+    assert pytest.approx(centre, rel=1e-12) == kde.PEAK_CENTRE
+    assert pytest.approx(corner, rel=1e-12) == kde.PEAK_CORNER
     assert kde.PEAK_CORNER < kde.PEAK_CENTRE < 1.0  # the continuous kernel peaks at exactly 1
-    assert kde.PEAK_CENTRE == pytest.approx(0.92131, abs=1e-5)
+    assert pytest.approx(0.92131, abs=1e-5) == kde.PEAK_CENTRE
 
     on_centre = kde.sr_to_raw(40.0)  # emitter on the centre of SR pixel 40
     y = kde.render_kde(np.array([on_centre]), np.array([kde.sr_to_raw(57.0)]), (24, 24))
@@ -231,7 +241,7 @@ def test_kde_peak_heights_closed_form():
 
 
 def test_kde_integral_and_counting():
-    assert kde.KERNEL_INTEGRAL == pytest.approx(2 * np.pi * kde.KERNEL_SIGMA**2)
+    assert pytest.approx(2 * np.pi * kde.KERNEL_SIGMA**2) == kde.KERNEL_INTEGRAL
     rng = np.random.default_rng(5)
     # one emitter: the integral is the kernel integral wherever it sits (away from the edges). render_kde
     # takes no photon count, so the height and the integral cannot depend on brightness.
@@ -355,13 +365,15 @@ def test_two_emitters_fitted_jointly_part_their_information_only_where_their_lig
 
     theta = np.array([14.2, 15.0, n0, 15.4, 15.5, 1500.0, b0])
     steps = np.array([1e-5, 1e-5, 1e-3, 1e-5, 1e-5, 1e-3, 1e-5])
-    grads = np.array([((omega(theta + h * e) - omega(theta - h * e)) / (2 * h)).ravel() for h, e in zip(steps, np.eye(7))])
+    grads = np.array([((omega(theta + h * e) - omega(theta - h * e)) / (2 * h)).ravel()
+                      for h, e in zip(steps, np.eye(7))])
     fd = (grads / (omega(theta).ravel() + r**2)) @ grads.T
     analytic = fisher_information(theta[[2, 5]], b0, sigma, r, roi, theta[[0, 1, 3, 4]].reshape(2, 2))
     np.testing.assert_allclose(analytic, fd, rtol=1e-6, atol=1e-9 * np.abs(fd).max())
     single = np.sqrt(2) * crlb(n0, b0, sigma, r)[0]
     assert pair_lateral_crlb(8.0, n0, b0, sigma, r) == pytest.approx(single, rel=0.01)
-    assert pair_lateral_crlb(1.0, n0, b0, sigma, r) > 4 * single and pair_lateral_crlb(0.3, n0, b0, sigma, r) > 30 * single
+    assert pair_lateral_crlb(1.0, n0, b0, sigma, r) > 4 * single
+    assert pair_lateral_crlb(0.3, n0, b0, sigma, r) > 30 * single
 
 
 def _fit_mle(data: np.ndarray, r2: float, sigma: float) -> np.ndarray:
@@ -393,6 +405,7 @@ def _fit_mle(data: np.ndarray, r2: float, sigma: float) -> np.ndarray:
     return np.array([res.x[0], res.x[1], np.exp(res.x[2]), np.exp(res.x[3])])
 
 
+@pytest.mark.slow
 def test_mle_reaches_the_crlb():
     """An independent MLE on simulated ROIs attains the bound: RMSE within 10% of the CRLB."""
     n_fits, roi, photons, background, sigma, read_noise = 600, 11, 2000.0, 20.0, 1.0, 1.5
@@ -441,7 +454,7 @@ def test_metrics_perfect_and_shifted():
     s = metrics.score(GT_FRAME, GT_XY, GT_FRAME, GT_XY)
     _check(s, 100.0, 0.0, 4, 0, 0)
     assert s.efficiency == 100.0 and s.precision == 100.0 and s.recall == 100.0
-    s = metrics.score(GT_FRAME, GT_XY + [3.0, 4.0], GT_FRAME, GT_XY)
+    s = metrics.score(GT_FRAME, GT_XY + np.array([3.0, 4.0]), GT_FRAME, GT_XY)
     _check(s, 100.0, 5.0, 4, 0, 0)
     assert s.efficiency == pytest.approx(95.0)
     # shuffled localization order changes nothing
@@ -486,8 +499,8 @@ def test_metrics_tolerance_and_frames():
     _check(metrics.score([2], [[1000.0, 1000.0]], gt_f, gt), 0.0, np.nan, 0, 1, 1)
     f = np.array([1, 2])
     xy = np.array([[1000.0, 1000.0], [3000.0, 2000.0]])
-    _check(metrics.score(f, xy + [6.0, 8.0], f[::-1], xy), 0.0, np.nan, 0, 2, 2)
-    _check(metrics.score(f, xy + [6.0, 8.0], f, xy), 100.0, 10.0, 2, 0, 0)
+    _check(metrics.score(f, xy + np.array([6.0, 8.0]), f[::-1], xy), 0.0, np.nan, 0, 2, 2)
+    _check(metrics.score(f, xy + np.array([6.0, 8.0]), f, xy), 100.0, 10.0, 2, 0, 0)
     # empty inputs
     _check(metrics.score([], np.zeros((0, 2)), gt_f, gt), 0.0, np.nan, 0, 0, 1)
     _check(metrics.score([1], [[1000.0, 1000.0]], [], np.zeros((0, 2))), 0.0, np.nan, 0, 1, 0)

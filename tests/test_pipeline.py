@@ -36,6 +36,7 @@ def cpu(**kw) -> PredictSettings:
 # predict
 # ================================================================================================
 
+@pytest.mark.slow
 def test_predict_one_result_per_frame(models, frames):
     results = list(pipeline.predict(frames, models, cpu(samples=3)))
     assert [r.index for r in results] == [0, 1, 2]
@@ -50,6 +51,7 @@ def test_predict_one_result_per_frame(models, frames):
     assert not np.array_equal(results[0].mean, results[1].mean)
 
 
+@pytest.mark.slow
 def test_frames_larger_than_psis_tile_go_in_blended_tiles(models, frames, monkeypatch):
     """With psi's tile below the frame (64 SR px in tiles of 48 blended over 16), the frame is predicted in
     tiles whose GroupNorm statistics are pooled: the mean and std stay close to the whole frame's."""
@@ -63,6 +65,7 @@ def test_frames_larger_than_psis_tile_go_in_blended_tiles(models, frames, monkey
         assert np.abs(b.mean - a.mean).mean() < 0.01 and abs(b.std.mean() - a.std.mean()) < 0.2 * a.std.mean()
 
 
+@pytest.mark.slow
 def test_predict_a_range_of_frames(models, frames):
     full = list(pipeline.predict(frames, models, cpu(samples=0)))
     part = list(pipeline.predict(frames, models, cpu(samples=0), range(1, 3)))
@@ -74,6 +77,7 @@ def test_predict_a_range_of_frames(models, frames):
             next(pipeline.predict(frames, models, cpu(), bad))
 
 
+@pytest.mark.slow
 def test_out_of_memory_retries_with_smaller_batches_from_the_failed_frame(models, frames):
     flaky = registry.Models(models.phi, OutOfMemoryOnce(models.psi, limit=1), models.schedule, "flaky",
                             models.calibration)
@@ -90,6 +94,7 @@ def test_out_of_memory_at_batch_one_is_raised(models, frames):
         next(pipeline.predict(frames, flaky, cpu(samples=2, tile_batch=1, frame_batch=1)))
 
 
+@pytest.mark.slow
 def test_two_samples_mean_std_sample_are_consistent(models, frames):
     """With two samples a, b: mean = (a + b) / 2, std (ddof 1) = |a - b| / sqrt 2, sample = a,
     so |sample - mean| = std / sqrt 2 in every pixel."""
@@ -97,6 +102,7 @@ def test_two_samples_mean_std_sample_are_consistent(models, frames):
         np.testing.assert_allclose(np.abs(r.sample - r.mean), r.std / np.sqrt(2), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_samples_zero_is_phi_alone(models, frames):
     s = cpu(samples=0)
     results = list(pipeline.predict(frames, models, s))
@@ -109,6 +115,7 @@ def test_samples_zero_is_phi_alone(models, frames):
         assert np.all(np.isnan(r.localizations.uncertainty)) and np.all(r.localizations.detection == 1)
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_reproducible(models, frames):
     a = [r.mean for r in pipeline.predict(frames[:2], models, cpu(seed=3))]
     b = [r.mean for r in pipeline.predict(frames[:2], models, cpu(seed=3))]
@@ -119,6 +126,7 @@ def test_seeded_runs_are_reproducible(models, frames):
 
 
 @pytest.mark.parametrize("samples", [2, 0])
+@pytest.mark.slow
 def test_should_stop_after_first_frame(models, frames, samples):
     seen: list[FrameResult] = []
     for r in pipeline.predict(frames, models, cpu(samples=samples), should_stop=lambda: len(seen) >= 1):
@@ -137,6 +145,7 @@ def test_should_stop_mid_frame_yields_nothing_partial(models, frames):
     assert list(pipeline.predict(frames, models, cpu(), should_stop=lambda: True)) == []
 
 
+@pytest.mark.slow
 def test_memory_mapped_stack(models, frames, tmp_path):
     path = tmp_path / "stack.tif"
     write_stack(path, np.rint(frames).astype(np.uint16), 100.0)
@@ -162,6 +171,7 @@ def test_stack_sum():
     np.testing.assert_allclose(total.std, np.sqrt(np.square(stds, dtype=np.float64).sum(0)), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_stack_sum_of_predictions(models, frames):
     total = StackSum()
     results = list(pipeline.predict(frames, models, cpu()))
@@ -201,6 +211,7 @@ def test_precision_auto_follows_the_hardware():
     assert PredictSettings().precision == "auto"
 
 
+@pytest.mark.slow
 def test_phi_only_model_needs_samples_zero(models, frames):
     phi_only = registry.Models(models.phi, None, models.schedule, "phi-only")
     with pytest.raises(ValueError, match="samples = 0"):

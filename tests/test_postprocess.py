@@ -2,12 +2,13 @@
 merging of blinks, FRC, and the workflow's checks of bad tables."""
 from __future__ import annotations
 
+import localization_simulation as simulation
 import numpy as np
 import pytest
 
 from napari_smlm_uq.analysis import render
 from napari_smlm_uq.io.files import InputError
-from napari_smlm_uq.postprocess import drift, frc, merge, simulation, workflow
+from napari_smlm_uq.postprocess import drift, frc, merge, workflow
 
 
 def drift_rms(estimate: drift.Drift, truth: np.ndarray) -> float:
@@ -31,6 +32,7 @@ def test_render_keeps_counts_and_blurs_by_each_uncertainty():
     assert counts.tolist() == [[1.0, 2.0], [0.0, 0.0]]
 
 
+@pytest.mark.slow
 def test_rcc_and_refinement_recover_a_200_nm_drift():
     sim = simulation.simulate_localizations(frames=2000, field_um=6.0, density=0.5, molecules=1000, seed=1)
     coarse = drift.rcc(sim.frame, sim.x, sim.y, 2000, segment_frames=400)
@@ -43,7 +45,7 @@ def test_rcc_and_refinement_recover_a_200_nm_drift():
     # statistical standard errors: below the actual errors, which include the interpolation within segments
     rms_axis = drift_rms(fine, sim.drift) / np.sqrt(2)
     assert 0.1 < np.median(fine.x_se) / rms_axis < 1.0
-    x, y, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
+    x, _, sigma = drift.correct(sim.frame, sim.x, sim.y, sim.sigma, fine)
     assert np.all(sigma >= sim.sigma)
     assert np.std(x - sim.x_true) < np.std(sim.x - sim.x_true) / 3
 

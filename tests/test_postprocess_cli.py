@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import h5py
+import localization_simulation as simulation
 import numpy as np
 import pytest
 import yaml
@@ -12,7 +13,6 @@ from napari_smlm_uq import cli
 from napari_smlm_uq.io import picasso
 from napari_smlm_uq.io.files import InputError
 from napari_smlm_uq.io.tables import read_localizations, read_table, write_localizations
-from napari_smlm_uq.postprocess import simulation
 
 
 def our_table() -> dict[str, np.ndarray]:

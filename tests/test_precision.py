@@ -24,11 +24,13 @@ def localizations(frame, row, col, uncertainty) -> Localizations:
 
 def test_pairs_are_unambiguous_mutual_neighbours():
     #          frame 0: a lone molecule, two close ones;  frame 1: the lone one moved 0.2 px, one of the close ones
-    locs = localizations([0, 0, 0, 1, 1, 2], [5.0, 20.0, 20.5, 5.2, 20.2, 40.0], [5.0, 20.0, 20.0, 5.0, 20.0, 40.0], 0.1)
+    locs = localizations([0, 0, 0, 1, 1, 2], [5.0, 20.0, 20.5, 5.2, 20.2, 40.0],
+                         [5.0, 20.0, 20.0, 5.0, 20.0, 40.0], 0.1)
     i, j = consecutive_pairs(locs, radius=1.0)
     assert list(zip(i, j)) == [(0, 3)]   # 20.2 has two neighbours within 1 px in frame 0: ambiguous
 
 
+@pytest.mark.slow
 def test_nena_and_z_std_on_simulated_pairs():
     rng = np.random.default_rng(0)
     n, sigma = 4000, 0.08                      # raw px per axis
@@ -87,7 +89,8 @@ def test_default_simulation_unchanged_by_the_new_options():
 def test_background_maps(kind):
     m = background_map(kind, (40, 60), 6.0, np.random.default_rng(0))
     assert m.mean() == pytest.approx(1.0) and m.max() / m.min() == pytest.approx(6.0)
-    sim = simulate(SimulationSettings(frames=2, size=(40, 60), density=0.0, background=20.0, background_map=kind, seed=1))
+    sim = simulate(SimulationSettings(frames=2, size=(40, 60), density=0.0, background=20.0, background_map=kind,
+                                      seed=1))
     assert sim.omega[1].mean() == pytest.approx(20.0) and sim.omega[1].max() / sim.omega[1].min() == pytest.approx(6.0)
 
 

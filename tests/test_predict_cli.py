@@ -50,6 +50,7 @@ def predict_args(inputs, out, *extra) -> list:
             "--device", "cpu", "--format", "tif", *extra]
 
 
+@pytest.mark.slow
 def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run_main(capsys, *predict_args(inputs, out))
@@ -106,6 +107,7 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
     assert not list(out.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_predict_zarr_is_the_default_and_compact(inputs, tmp_path, capsys):
     """``--format zarr`` (the default): results.zarr in the compact encoding, within its documented bound of the
     pipeline's numbers, complete, with sum.tif, localizations.csv and summary.json beside it."""
@@ -158,6 +160,7 @@ def test_predict_samples_zero_and_frame_range(inputs, tmp_path, capsys):
     assert json.loads((part / "summary.json").read_text())["frames"] == [1, 3]
 
 
+@pytest.mark.slow
 def test_predict_retries_on_gpu_out_of_memory(inputs, tmp_path, capsys, monkeypatch):
     """A CUDA out-of-memory error (simulated by a psi that raises it once) is retried with smaller batches."""
     real_load = registry.load
@@ -322,6 +325,7 @@ def _interrupt_in_sampler(monkeypatch):
 
 @pytest.mark.parametrize("interrupt", [_interrupt_after_first_frame, _interrupt_in_sampler])
 @pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.slow
 def test_interrupted_predict_leaves_nothing_complete(interrupt, existing, inputs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     if existing:  # an earlier complete run in the folder, replaced with --overwrite
@@ -334,6 +338,7 @@ def test_interrupted_predict_leaves_nothing_complete(interrupt, existing, inputs
     assert left == [], left  # no result that looks complete, no .partial files left behind
 
 
+@pytest.mark.slow
 def test_interrupted_zarr_run_keeps_a_partial_store(inputs, tmp_path, capsys, monkeypatch):
     from napari_smlm_uq.io.store import ResultStore
 
@@ -349,6 +354,7 @@ def test_interrupted_zarr_run_keeps_a_partial_store(inputs, tmp_path, capsys, mo
 
 # --- train --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_then_predict(inputs, tmp_path, capsys):
     out = tmp_path / "trained"
     code, stdout, err = run_main(capsys, "train", "--out", out, "--tiny", "--iterations", "2", "--batch-size", "2",

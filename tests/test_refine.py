@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
-from napari_smlm_uq.inference.refine import (DIFFUSION_WEIGHT, MAX_CHI2, Refiner, extract_boxes, fit_frame,
-                                             neighbour_slots, refine_frame)
+from napari_smlm_uq.inference.refine import DIFFUSION_WEIGHT, MAX_CHI2, Refiner, refine_frame
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.boxes import extract_boxes, fit_frame, neighbour_slots
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.crlb import crlb
+from napari_smlm_uq.physics.fit import ImagingModel
 from napari_smlm_uq.physics.psf import render_emitters
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
@@ -99,13 +100,13 @@ def test_a_box_with_a_missed_emitter_is_not_refined_as_one_but_split():
     rng = np.random.default_rng(9)
     rows, cols = np.array([10.2, 10.0]), np.array([10.1, 12.6])
     e = rng.poisson(render_emitters(rows, cols, np.array([3000.0, 6000.0]), (21, 21), 1.0) + 20.0).astype(float)
-    fit, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    fit, _ = fit_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, ImagingModel(1.0))
     assert fit.chi2[0] > MAX_CHI2
-    alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, 1.0)
+    alone = refine_frame(e, rows[:1] + 0.1, cols[:1] - 0.1, ImagingModel(1.0))
     assert len(alone.row) == 2 and alone.parent.tolist() == [0, 0] and alone.crowded.all()
     order = np.argsort(alone.col)
     assert np.abs(alone.row[order] - rows).max() < 0.1 and np.abs(alone.col[order] - cols).max() < 0.1
-    both = refine_frame(e, rows + 0.1, cols - 0.1, 1.0)
+    both = refine_frame(e, rows + 0.1, cols - 0.1, ImagingModel(1.0))
     assert len(both.row) == 2 and both.parent.tolist() == [0, 1]
     assert both.ok.all() and np.abs(both.col - cols).max() < 0.1
     assert both.crowded.all()   # the diffusion spread counts where spots overlap
@@ -122,17 +123,19 @@ def refined_pairs(d: float, n: int = 200, photons: float = 2000.0, seed: int = 1
     centre = np.column_stack([rng.uniform(9.5, 10.5, n), rng.uniform(9.5, 10.5, n)])
     pair, single, truths = [], [], []
     for (r, c), a in zip(centre, angle):
-        truth = np.array([[r - 0.5 * d * np.sin(a), c - 0.5 * d * np.cos(a)], [r + 0.5 * d * np.sin(a), c + 0.5 * d * np.cos(a)]])
+        half_row, half_col = 0.5 * d * np.sin(a), 0.5 * d * np.cos(a)
+        truth = np.array([[r - half_row, c - half_col], [r + half_row, c + half_col]])
         mean = render_emitters(truth[:, 0], truth[:, 1], np.full(2, photons), (21, 21), 1.0)
-        pair.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0,
-                                 single_photons=single_photons))
+        pair.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]),
+                                 ImagingModel(1.0), single_photons=single_photons))
         truths.append(truth)
         mean = render_emitters(np.array([r]), np.array([c]), np.array([photons]), (21, 21), 1.0)
-        single.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]), 1.0,
-                                   single_photons=single_photons))
+        single.append(refine_frame(rng.poisson(mean + 20.0).astype(float), np.array([r]), np.array([c]),
+                                   ImagingModel(1.0), single_photons=single_photons))
     return pair, np.array(truths), single
 
 
+@pytest.mark.slow
 def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_are_not():
     """Pairs 1.2 px apart localized once, at their centre, over 200 noisy boxes: the refinement fits nearly all
     as two emitters, each near its true position within the bound the pair's fit reports. Single emitters of
@@ -156,6 +159,7 @@ def test_two_emitters_localized_as_one_are_split_at_their_bound_and_single_ones_
     assert np.median(single_unc) == pytest.approx(bound, rel=0.15)
 
 
+@pytest.mark.slow
 def test_pairs_kept_as_one_spot_widen_the_uncertainty_to_their_offset():
     """Pairs 0.7 px apart, too close for most to be split: those kept as one spot (133 of 200), at the pair's
     centre, report the spot's width beyond the PSF's, much of the offset from either emitter (per axis, on
@@ -177,7 +181,8 @@ def test_refiner_gives_a_split_spot_two_localizations_of_its_frame():
     rng = np.random.default_rng(11)
     mean = render_emitters(np.array([10.0, 10.0]), np.array([9.4, 10.6]), np.full(2, 3000.0), (21, 21), 1.0)
     adu = CAMERA.offset + CAMERA.gain * rng.poisson(mean + 20.0)
-    deep = Localizations(np.array([4]), np.array([10.0]), np.array([10.0]), np.array([0.3]), np.array([0.9]), np.array([7.0]))
+    deep = Localizations(np.array([4]), np.array([10.0]), np.array([10.0]), np.array([0.3]), np.array([0.9]),
+                         np.array([7.0]))
     out = Refiner(CAMERA, psf_sigma=1.0)(deep, adu)
     assert len(out) == 2 and out.frame.tolist() == [4, 4] and out.detection.tolist() == [0.9, 0.9]
     assert np.sort(out.col) == pytest.approx([9.4, 10.6], abs=0.15) and out.row == pytest.approx([10.0, 10.0], abs=0.15)
@@ -194,7 +199,7 @@ def test_a_cluster_of_nine_overlapping_spots_is_refined_at_the_bound():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         e = rng.poisson(render_emitters(rows, cols, np.full(9, 3000.0), (24, 24), 1.0) + 20.0).astype(float)
-        fit = refine_frame(e, rows + rng.normal(0, 0.25, 9), cols + rng.normal(0, 0.25, 9), 1.0)
+        fit = refine_frame(e, rows + rng.normal(0, 0.25, 9), cols + rng.normal(0, 0.25, 9), ImagingModel(1.0))
         assert len(fit.row) == 9 and fit.crowded.all()
         z.append((np.hypot(fit.row - rows, fit.col - cols) / (np.sqrt(2) * fit.fisher))[fit.ok])
         ok.append(fit.ok)
@@ -202,6 +207,7 @@ def test_a_cluster_of_nine_overlapping_spots_is_refined_at_the_bound():
     assert np.mean(ok) > 0.95 and 0.7 < np.sqrt(np.mean(z**2)) < 1.3 and z.max() < 5
 
 
+@pytest.mark.slow
 def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hides():
     """Pairs 0.5 px apart, mostly kept as one spot (their width hides in the noise), carry twice the photons of
     the stack's single emitters (2000 each, log spread 0.03): their uncertainty adds the width a pair could
@@ -222,6 +228,7 @@ def test_spots_with_the_photons_of_two_emitters_report_the_pair_their_width_hide
     assert not any(f.hidden.any() for f in broad) and variance(broad) < 0.5 * variance(pair)
 
 
+@pytest.mark.slow
 def test_spots_with_the_photons_of_two_emitters_split_at_a_lower_likelihood_gain():
     """Pairs 0.8 px apart: knowing the single emitters' photons, a spot with twice them is tried as two even
     where its width hides in the noise, and split where the second emitter adds 2 log L > 12 instead of 16

@@ -38,7 +38,8 @@ def test_many_localizations_match_a_direct_sum():
     x, y, s = rng.uniform(0, 640, 300), rng.uniform(0, 480, 300), rng.uniform(12, 30, 300)
     img = render(x, y, s, (480.0, 640.0), 8.0)
     rows, cols = (np.indices(img.shape) + 0.5) * 8.0
-    direct = sum(np.exp(-((rows - b) ** 2 + (cols - a) ** 2) / (2 * c**2)) * 64 / (2 * np.pi * c**2) for a, b, c in zip(x, y, s))
+    direct = sum(np.exp(-((rows - b) ** 2 + (cols - a) ** 2) / (2 * c**2)) * 64 / (2 * np.pi * c**2)
+                 for a, b, c in zip(x, y, s))
     inner = (slice(8, -8), slice(8, -8))  # away from borders, the pixel-centre Gaussian is close to the integral
     np.testing.assert_allclose(img[inner], direct[inner], atol=0.03 * direct.max())
 

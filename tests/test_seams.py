@@ -1,11 +1,11 @@
-"""The seam ratio of a std map (analysis/seams.py) and what removes psi's tile grid (models/unet.py)."""
+"""The seam ratio of a std map (tests/seam_ratio.py) and what removes psi's tile grid (models/unet.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from seam_ratio import block_centres, tile_seam_ratio
 
-from napari_smlm_uq.analysis.seams import block_centres, tile_seam_ratio
 from napari_smlm_uq.inference.tiling import TileGrid
 
 

@@ -23,7 +23,7 @@ def test_local_normalisation_flattens_varying_backgrounds():
     kwargs = dict(density=(0.0, 0.0), background=(50.0, 50.0), read_noise=(0.0, 0.0), background_maps=1.0)
     x_local, _ = simulate_patches(np.random.default_rng(1), 64, TrainSettings(background_estimate="local", **kwargs))
     x_frame, _ = simulate_patches(np.random.default_rng(1), 64, TrainSettings(**kwargs))
-    blocks = lambda x: x.reshape(64, 4, 4, 4, 4).mean(dim=(2, 4)).flatten(1).std(dim=1).mean()  # noqa: E731
+    blocks = lambda x: x.reshape(64, 4, 4, 4, 4).mean(dim=(2, 4)).flatten(1).std(dim=1).mean()
     assert float(blocks(x_local)) < 0.15 and float(blocks(x_frame)) > 2 * float(blocks(x_local))
 
 

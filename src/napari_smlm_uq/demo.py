@@ -8,8 +8,7 @@ import numpy as np
 
 from .analysis.evaluation import localization_report, pixel_report, true_kdes
 from .inference.pipeline import PredictSettings, predict
-from .io.tables import px_to_nm
-from .localizations import Localizations
+from .localizations import Localizations, px_to_nm
 from .models import registry
 from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate
@@ -24,11 +23,13 @@ def run(settings: PredictSettings, model: str = registry.DEFAULT_MODEL, sim: Sim
     models = registry.load(model)
     out = {"stack": stack, "crlb_nm": crlb_nm(sim.photons, sim.background, sim.psf_sigma, sim.pixel_size,
                                                       float(sim.camera.read_noise))}
-    for key, s in (("phi", PredictSettings(samples=0, camera=sim.camera, pixel_size=sim.pixel_size)), ("pipeline", settings)):
+    phi_only = PredictSettings(samples=0, camera=sim.camera, pixel_size=sim.pixel_size)
+    for key, s in (("phi", phi_only), ("pipeline", settings)):
         t0 = time.perf_counter()
         results = list(predict(stack.adu, models, s))
         locs = Localizations.concat([r.localizations for r in results])
-        out[key] = {"report": localization_report(locs, stack.emitters, sim.pixel_size), "results": results, "locs": locs,
+        out[key] = {"report": localization_report(locs, stack.emitters, sim.pixel_size), "results": results,
+                    "locs": locs,
                     "seconds_per_frame": (time.perf_counter() - t0) / sim.frames}
     res = out["pipeline"]["results"]
     mean, std = np.stack([r.mean for r in res]), np.stack([r.std for r in res])
@@ -61,7 +62,7 @@ def figure(out: dict, path: Path, frame: int = 0) -> None:
     ax = axes[4]
     ax.imshow(r.mean, cmap="gray_r", extent=raw_ext, alpha=0.5)
     sel = locs.frame == frame
-    um = lambda coord: px_to_nm(coord, p) / 1000  # noqa: E731
+    um = lambda coord: px_to_nm(coord, p) / 1000
     ax.scatter(um(gt.col), um(gt.row), s=70, facecolors="none", edgecolors="k", label="ground truth")
     sc = ax.scatter(um(locs.col[sel]), um(locs.row[sel]), c=locs.uncertainty[sel] * p, s=18, cmap="plasma",
                     label="localizations")

@@ -323,6 +323,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
             other.eval().requires_grad_(False)
         stage.net.train().requires_grad_(True)
         start, batches = time.perf_counter(), stage.batches()
+        pace_start = None  # a run resumed inside the pace window keeps its iteration count
         while stage.iteration < total:
             if should_stop():
                 models.to("cpu")
@@ -340,7 +341,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
                 paced = time.perf_counter() - start
                 if stage.iteration == PACE_ITERATIONS:
                     pace_start = paced  # the first iterations carry the start-up (data workers): not timed
-                else:
+                elif pace_start is not None:
                     total = fit_budget(total, PACE_ITERATIONS, paced - pace_start, s.stage_seconds - pace_start)
             val = None
             if stage.iteration % s.checkpoint_every == 0 or stage.iteration == total:

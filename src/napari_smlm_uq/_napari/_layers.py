@@ -22,7 +22,7 @@ from ..io.store import DEFAULT_ENCODING, ResultStore
 from ..io.tables import localizations_table, px_to_nm, read_table, table_localizations, write_localizations
 from ..localizations import Localizations
 from ..physics.camera import Camera
-from ..physics.kde import UPSAMPLING
+from ..physics.kde import UPSAMPLING, grid_offset
 
 F = UPSAMPLING
 DEFAULT_PIXEL_SIZE = 100.0
@@ -73,9 +73,9 @@ class RawGrid:
         """Layer keywords of an SR layer ``(T, fH, fW)`` from raw frame ``first_frame`` on (or ``(fH, fW)``)."""
         st, sy, sx = self.scale
         tt, ty, tx = self.translate
-        k = (1.0 - 1.0 / f) / 2.0
+        k = grid_offset(1.0 / f)
         scale = (st, sy / f, sx / f)
-        translate = (tt + first_frame * st, ty - k * sy, tx - k * sx)
+        translate = (tt + first_frame * st, ty + k * sy, tx + k * sx)
         return {"scale": scale[-ndim:], "translate": translate[-ndim:], **self.axes(ndim)}
 
     def world(self, frame: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
@@ -290,7 +290,8 @@ class PredictionResults:
         ``[k q/p - 1/2, (k + 1) q/p - 1/2)`` (docs/physics.md)."""
         ratio = self.render_pixel / self.pixel_size
         (_, sy, sx), (_, ty, tx) = self.grid.scale, self.grid.translate
-        return {"scale": (sy * ratio, sx * ratio), "translate": (ty + (ratio - 1) / 2 * sy, tx + (ratio - 1) / 2 * sx),
+        k = grid_offset(ratio)
+        return {"scale": (sy * ratio, sx * ratio), "translate": (ty + k * sy, tx + k * sx),
                 **self.grid.axes(2)}
 
     def names(self, source: str, partial: bool | None = None) -> dict[str, str]:

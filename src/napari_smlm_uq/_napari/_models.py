@@ -6,8 +6,8 @@ prediction widget subscribes, so a freshly trained model appears in its list at 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..models import registry
 

@@ -73,7 +73,7 @@ def stack_layer(path: str) -> tuple:
     data = _lazy(stack.data)
     try:
         first = np.asarray(stack.data[0])
-    except Exception as exc:  # noqa: BLE001 - a page that cannot be decoded
+    except Exception as exc:  # any page that cannot be decoded
         raise InputError(f"napari-smlm-uq could not read the first frame of {path} ({exc})") from None
     kwargs = {"name": Path(path).stem, "metadata": meta, "contrast_limits": _contrast(first),
               "colormap": "gray", **raw_geometry(meta["pixel_size"], 3)}

@@ -5,8 +5,8 @@ after keeping the frame) and :class:`Notice` objects, and the widgets update the
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

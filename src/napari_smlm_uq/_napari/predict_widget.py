@@ -110,9 +110,9 @@ class PredictWidget(Container):
                                  tooltip="camera gain, ADU per photo-electron")
         self.read_noise = FloatSpinBox(value=cam.read_noise, min=0.0, max=1000.0, step=0.01, label="read noise (e⁻)",
                                        tooltip="read noise, photo-electrons rms")
-        self.camera_map = FileEdit(mode="r", nullable=True, filter="Camera maps (*.npz *.tif *.tiff *.mat)",
+        self.camera_map = FileEdit(mode="r", nullable=True, filter="Camera maps (*.npy *.tif *.tiff)",
                                    label="sCMOS map", tooltip="per-pixel offset, gain and read noise "
-                                   "(docs/camera.md); replaces the three values above")
+                                   "(docs/real-data.md); replaces the three values above")
         self.estimate_button = PushButton(text="Estimate from data",
                                           tooltip="estimate gain, offset and read noise from the frames' noise")
         self.camera_note = note()

@@ -1,8 +1,8 @@
 """Dock widget "Filter by uncertainty": hide what the model is unsure about.
 
 Pick an SR mean and SR std layer of a prediction (and optionally its localizations): only layers that
-the prediction widget made are offered (``metadata["smlm_uq"]``), so raw frames never are. A slider on the std, absolute or
-relative to the mean (``std / (mean + eps)``), marks the uncertain SR pixels; the widget shows the mean
+the prediction widget made are offered (``metadata["smlm_uq"]``), so raw frames never are. A slider on the
+std, absolute or relative to the mean (``std / (mean + eps)``), marks the uncertain SR pixels; the widget shows the mean
 with those pixels zeroed (``<mean> filtered``), the uncertain region (``<mean> uncertain``), hides the
 localizations that fall in it and reports the fractions of signal and localizations kept.
 

@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..inference.calibration import Calibration, frame_context
-from ..io.tables import px_to_nm
-from ..localizations import Localizations
+from ..localizations import Localizations, px_to_nm
 from ..physics.kde import render_kde
 from ..physics.simulate import Emitters
 from . import metrics
@@ -83,8 +82,8 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
         sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
         locs = Localizations.concat(_raw_localizations(models, stack.adu, sim_settings, should_stop))
         gt = stack.emitters
-        m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
-                          tolerance=250.0 / sim.pixel_size)
+        m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]),
+                          gt.frame, np.column_stack([gt.col, gt.row]), tolerance=250.0 / sim.pixel_size)
         bins_of = frame_context(locs.frame, locs.row, locs.col, locs.snr, sim.shape)
         err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
         z.append(err / locs.uncertainty[m.loc_idx, None])
@@ -94,11 +93,12 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     cal = Calibration.fit(z, bins)
     calibrated = z / cal.scales[bins][:, None]
     ok = np.isfinite(z).all(axis=1)
-    spread = lambda v, sel: float(np.std(v[sel & ok])) if (sel & ok).any() else float("nan")  # noqa: E731
+    spread = lambda v, sel: float(np.std(v[sel & ok])) if (sel & ok).any() else float("nan")
     per_context = {f"edge {e} neighbours {n} snr {k}": {"n": int((sel & ok).sum()), "raw_spread": spread(z, sel)}
                    for (e, n, k) in np.ndindex(cal.scales.shape)
                    for sel in [(bins[0] == e) & (bins[1] == n) & (bins[2] == k)]}
-    per_stack = [{"photons": sim.photons, "background": sim.background, "density": sim.density, "psf_sigma": sim.psf_sigma,
+    per_stack = [{"photons": sim.photons, "background": sim.background, "density": sim.density,
+                  "psf_sigma": sim.psf_sigma,
                   "n": int(((stack_of == k) & ok).sum()), "raw_spread": spread(z, stack_of == k),
                   "calibrated_spread": spread(calibrated, stack_of == k)} for k, sim in enumerate(sims)]
     return {"calibration": cal.to_dict(), "raw_spread": spread(z, ok), "calibrated_spread": spread(calibrated, ok),

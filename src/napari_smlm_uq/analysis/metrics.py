@@ -55,7 +55,7 @@ def match(loc_frame: np.ndarray, loc_xy: np.ndarray, gt_frame: np.ndarray, gt_xy
         ok = cost[r, c] < _UNMATCHED
         pairs_l.append(li[r[ok]])
         pairs_g.append(gi[c[ok]])
-    cat = lambda parts: np.concatenate(parts).astype(int) if parts else np.zeros(0, int)  # noqa: E731
+    cat = lambda parts: np.concatenate(parts).astype(int) if parts else np.zeros(0, int)
     return Matching(cat(pairs_l), cat(pairs_g), len(loc_frame), len(gt_frame))
 
 
@@ -83,14 +83,15 @@ def spearman(std: np.ndarray, abs_error: np.ndarray) -> float:
     return float(spearmanr(np.ravel(std), np.ravel(abs_error)).statistic)
 
 
-def sparsification(std: np.ndarray, abs_error: np.ndarray, n_points: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sparsification(std: np.ndarray, abs_error: np.ndarray,
+                    n_points: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparsification curves: mean error of what is left after removing the fraction ``f`` of pixels
     with the highest std (model), and the highest error (oracle). Returns (fractions, model, oracle)."""
     s, e = np.ravel(std), np.ravel(abs_error)
     fractions = np.linspace(0.0, 0.95, n_points)
     by_std, by_err = e[np.argsort(-s, kind="stable")], np.sort(e)[::-1]
     n = len(e)
-    keep = lambda order, f: order[int(round(f * n)):].mean()  # noqa: E731
+    keep = lambda order, f: order[int(round(f * n)):].mean()
     model = np.array([keep(by_std, f) for f in fractions])
     oracle = np.array([keep(by_err, f) for f in fractions])
     return fractions, model / model[0], oracle / oracle[0]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
-from ..inference.refine import fit_frame
+from ..physics.boxes import fit_frame
 from ..physics.camera import Camera
+from ..physics.fit import ImagingModel
 
 # The bundled model's training range (docs/models.md): photons per emitter, background photons/px, PSF sigma px.
 TRAINING_RANGE = {"photons": (500.0, 10000.0), "background": (5.0, 100.0), "psf_sigma": (0.8, 1.5)}
@@ -91,7 +92,8 @@ def find_spots(e: np.ndarray, min_snr: float = MIN_SNR, isolation: int = ISOLATI
     r, c = np.nonzero(weak)
     strong = smooth[r, c] > min_snr * noise
     inner = (r >= isolation) & (r < h - isolation) & (c >= isolation) & (c < w - isolation)
-    d = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :])) + isolation * np.eye(len(r), dtype=int)
+    d = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :]))
+    d = d + isolation * np.eye(len(r), dtype=int)
     alone = (d >= isolation).all(axis=1)
     keep = strong & inner & alone
     return r[keep].astype(float), c[keep].astype(float)
@@ -100,7 +102,7 @@ def find_spots(e: np.ndarray, min_snr: float = MIN_SNR, isolation: int = ISOLATI
 def estimate_psf(frames_adu, camera: Camera, max_spots: int = 300, excess: float = 1.0) -> PSFEstimate:
     """Fit up to ``max_spots`` isolated spots of ``frames_adu`` (``(T, H, W)`` ADU, any array-like, read
     frame by frame until enough spots are found). ``excess``: the camera's excess noise factor ``F^2``."""
-    read_variance = np.asarray(camera.read_noise, float) ** 2
+    model = ImagingModel(START_SIGMA, np.asarray(camera.read_noise, float) ** 2, excess)
     fits = []
     found = 0
     for t in range(len(frames_adu)):
@@ -108,7 +110,7 @@ def estimate_psf(frames_adu, camera: Camera, max_spots: int = 300, excess: float
         rows, cols = find_spots(e)
         if not len(rows):
             continue
-        fit, _ = fit_frame(e, rows, cols, START_SIGMA, read_variance, excess, fit_sigma=True, k=1, half=FIT_HALF)
+        fit, _ = fit_frame(e, rows, cols, model, fit_sigma=True, k=1, half=FIT_HALF)
         good = np.isfinite(fit.crlb_sigma) & (fit.sigma > 0.45) & (fit.sigma < 3.9) & (fit.photons[:, 0] > 0)
         fits.append(np.column_stack([fit.sigma, fit.photons[:, 0], fit.background])[good])
         found += int(good.sum())

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.special import erf
 
+from ..physics.kde import grid_offset
+
 WINDOW_SIGMAS = 3.0
 CHUNK_VALUES = 1 << 24  # window pixels per vectorised batch (bounds the temporary memory to ~400 MB)
 MAX_WINDOW = 64  # pixels: wider Gaussians are clipped to this many pixels on each side (blur beyond is useless)
@@ -37,7 +39,8 @@ def _add_windows(image: torch.Tensor, width: int, y: np.ndarray, x: np.ndarray, 
     c0, wc = _axis_weights(x, s, radius)
     k = torch.arange(2 * radius + 1)
     offsets = k[:, None] * width + k[None, :]
-    vals = (torch.from_numpy(wr) * torch.from_numpy(w.astype(np.float32))[:, None])[:, :, None] * torch.from_numpy(wc)[:, None, :]
+    weighted_rows = torch.from_numpy(wr) * torch.from_numpy(w.astype(np.float32))[:, None]
+    vals = weighted_rows[:, :, None] * torch.from_numpy(wc)[:, None, :]
     image.index_add_(0, (torch.from_numpy(r0 * width + c0)[:, None, None] + offsets).view(-1), vals.view(-1))
 
 
@@ -93,4 +96,4 @@ def render(x_nm: np.ndarray, y_nm: np.ndarray, sigma_nm: np.ndarray | float, ext
 def napari_translate(pixel_nm: float, raw_pixel_nm: float) -> float:
     """Translation (nm, both axes) of a rendering at ``pixel_nm`` over a raw frame of ``raw_pixel_nm`` pixels
     shown with integer pixel centres (docs/physics.md): ``-0.375 p`` for the SR grid (``q = p / 4``)."""
-    return 0.5 * (pixel_nm - raw_pixel_nm)
+    return grid_offset(pixel_nm / raw_pixel_nm) * raw_pixel_nm

@@ -22,7 +22,8 @@ MIN_COUNT = 40                 # localizations a context needs for its own scale
 
 
 def context(rows: np.ndarray, cols: np.ndarray, snr: np.ndarray, shape: tuple[int, int], edge_bins=EDGE_BINS,
-            radius: float = NEIGHBOUR_RADIUS, neighbour_bins=NEIGHBOUR_BINS, snr_bins=SNR_BINS) -> tuple[np.ndarray, ...]:
+            radius: float = NEIGHBOUR_RADIUS, neighbour_bins=NEIGHBOUR_BINS,
+            snr_bins=SNR_BINS) -> tuple[np.ndarray, ...]:
     """Edge, neighbour and SNR bins of each localization of one frame (raw-pixel ``rows``/``cols``,
     pixel centres at integers; peak ``snr``; frame ``shape`` in raw pixels)."""
     rows, cols = np.asarray(rows, float), np.asarray(cols, float)
@@ -38,7 +39,8 @@ def context(rows: np.ndarray, cols: np.ndarray, snr: np.ndarray, shape: tuple[in
 def frame_context(frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, snr: np.ndarray, shape: tuple[int, int],
                   **bins) -> tuple[np.ndarray, ...]:
     """:func:`context` of localizations from many frames (``frames``: each one's frame index)."""
-    frames, rows, cols, snr = np.asarray(frames), np.asarray(rows, float), np.asarray(cols, float), np.asarray(snr, float)
+    frames, snr = np.asarray(frames), np.asarray(snr, float)
+    rows, cols = np.asarray(rows, float), np.asarray(cols, float)
     bins_of = np.zeros((3, len(rows)), int)
     for f in np.unique(frames):
         sel = frames == f
@@ -61,11 +63,11 @@ class Calibration:
     snr_bins: tuple[float, ...] = SNR_BINS
 
     @classmethod
-    def uniform(cls, scale: float) -> "Calibration":
+    def uniform(cls, scale: float) -> Calibration:
         return cls(np.full(_shape(EDGE_BINS, NEIGHBOUR_BINS, SNR_BINS), float(scale)))
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Calibration":
+    def from_dict(cls, d: dict | None) -> Calibration:
         """From a model's stored calibration: ``{}`` (none: scale 1), a single ``uncertainty_scale``
         (older models) or the per-context table written by :meth:`to_dict`."""
         d = d or {}
@@ -75,8 +77,9 @@ class Calibration:
                    tuple(d["neighbour_bins"]), tuple(d["snr_bins"]))
 
     def to_dict(self) -> dict:
-        return {"scales": self.scales.tolist(), "edge_bins_px": list(self.edge_bins), "neighbour_radius_px": self.radius,
-                "neighbour_bins": list(self.neighbour_bins), "snr_bins": list(self.snr_bins)}
+        return {"scales": self.scales.tolist(), "edge_bins_px": list(self.edge_bins),
+                "neighbour_radius_px": self.radius, "neighbour_bins": list(self.neighbour_bins),
+                "snr_bins": list(self.snr_bins)}
 
     def bins(self, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, snr: np.ndarray,
              shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -90,7 +93,7 @@ class Calibration:
         return self.scales[self.bins(frames, rows, cols, snr, shape)]
 
     @classmethod
-    def fit(cls, z: np.ndarray, bins: tuple[np.ndarray, ...], min_count: int = MIN_COUNT) -> "Calibration":
+    def fit(cls, z: np.ndarray, bins: tuple[np.ndarray, ...], min_count: int = MIN_COUNT) -> Calibration:
         """Scales from raw normalised errors ``z`` (``(n, 2)``: x and y error / raw uncertainty) and each
         localization's context ``bins`` (edge, neighbours, SNR): the spread of ``z`` per context. A
         context with fewer than ``min_count`` localizations takes that of its (edge, SNR) pair pooled

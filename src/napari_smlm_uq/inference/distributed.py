@@ -15,9 +15,9 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch

@@ -25,8 +25,8 @@ MATCH_RADIUS = 2.0          # SR pixels
 
 def peaks_of(kdes: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> list[np.ndarray]:
     """Local maxima (3x3, zero outside the image; one per plateau) above ``threshold`` of each image of
-    ``(N, H, W)`` KDEs (any float dtype), found on their device, refined by a log-parabola (exact for a sampled Gaussian). Returns ``(n_i, 2)`` (row, col)
-    in SR pixels per image."""
+    ``(N, H, W)`` KDEs (any float dtype), found on their device, refined by a log-parabola (exact for a
+    sampled Gaussian). Returns ``(n_i, 2)`` (row, col) in SR pixels per image."""
     k = kdes[:, None].float()
     h, w = k.shape[-2:]
     low = F.pad(k, (1, 1, 1, 1), value=-float("inf"))

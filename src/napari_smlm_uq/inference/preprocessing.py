@@ -5,8 +5,9 @@ variance-stabilising normalisation: background-subtracted, divided by the shot-n
 ``sqrt(background)``, compressed with ``asinh(v / 3)`` so that photon counts from hundreds to tens of
 thousands share one input range. The background is the frame's median (``frame``, the bundled model's) or
 a smooth local estimate (``local``: medians of 8x8-pixel blocks, bilinearly interpolated) that follows
-illumination profiles and cells; a model records which one it was trained with. phi's input is that frame; psi is conditioned on ``phi(x)`` and the
-bicubic-upsampled frame (align_corners=False matches the SR grid of docs/physics.md section 4).
+illumination profiles and cells; a model records which one it was trained with. phi's input is that frame;
+psi is conditioned on ``phi(x)`` and the bicubic-upsampled frame (align_corners=False matches the SR grid
+of docs/physics.md section 4).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each localization is refitted by maximum likelihood (physics/fit.py) in a box of ``2 ceil(3 sigma + 1/2) + 1``
 raw pixels around it (3 sigma beyond the emitter wherever it lies in the centre pixel), together with up to
-``NEIGHBOURS - 1`` other localizations whose light reaches the box (centres within ``REACH`` px of it),
+``NEIGHBOURS - 1`` other localizations whose light reaches the box (physics/boxes.py),
 starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
 running median over the frames seen) unless given. The reported uncertainty combines the fit's
 Cramer-Rao bound (what the photons allow), the spot's width beyond the PSF's (two emitters closer than
@@ -33,11 +33,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..localizations import Localizations
+from ..physics.boxes import Boxes, box_half_width, fit_frame, neighbour_slots
 from ..physics.camera import Camera
-from ..physics.fit import RoiFit, fit_rois
+from ..physics.fit import ImagingModel, RoiFit
 
-REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
-NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
 DIFFUSION_WEIGHT = 0.03   # c in sigma^2 = sigma_fisher^2 + max(excess, hidden) + c sigma_diffusion^2 crowded
@@ -46,7 +45,8 @@ WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF be
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
-SPLIT_GAIN = 16.0         # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
+# twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
+SPLIT_GAIN = 16.0
 SPLIT_GAIN_CROWDED = 25.0 # the same where other emitters share the box (their misfit also rewards a second emitter)
 SPLIT_GAIN_PAIR = 12.0    # the same where the spot has two emitters' photons (pair_like: they already say two)
 SPLIT_SHARE = 0.15        # each emitter of a split carries at least this share of the pair's photons
@@ -74,11 +74,12 @@ class RefinedFrame:
     background: np.ndarray
     ok: np.ndarray
 
-    def with_splits(self, split: "Split") -> "RefinedFrame":
+    def with_splits(self, split: Split) -> RefinedFrame:
         """The split spots' first emitters in their place, their second ones appended."""
         i = split.index
         out = RefinedFrame(*(np.array(getattr(self, k)) for k in self.__dataclass_fields__))
-        out.row[i], out.col[i], out.fisher[i], out.photons[i] = split.row[:, 0], split.col[:, 0], split.fisher[:, 0], split.photons[:, 0]
+        out.row[i], out.col[i] = split.row[:, 0], split.col[:, 0]
+        out.fisher[i], out.photons[i] = split.fisher[:, 0], split.photons[:, 0]
         out.excess[i], out.hidden[i], out.crowded[i], out.ok[i] = 0.0, 0.0, True, True
         zero, true = np.zeros(len(i)), np.ones(len(i), bool)
         second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], zero, zero, true,
@@ -98,107 +99,28 @@ class Split:
     photons: np.ndarray
 
 
-def box_half_width(psf_sigma: float) -> int:
-    """Raw pixels from a box's centre pixel to its edge: 3 PSF sigmas beyond an emitter anywhere in that pixel."""
-    return max(3, int(np.ceil(3.0 * psf_sigma + 0.5)))
-
-
-def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes ``(n, S, S)`` of ``image`` (``(H, W)``, or ``(H, W)`` maps) centred on the pixels nearest to
-    ``rows``/``cols``; pixels outside the frame are zero and masked. Returns boxes, mask, corners ``(n, 2)``."""
-    h, w = image.shape
-    corner = np.column_stack([np.rint(rows), np.rint(cols)]).astype(int) - half
-    idx = np.arange(2 * half + 1)
-    r, c = corner[:, :1] + idx, corner[:, 1:] + idx               # (n, S)
-    inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
-    boxes = image[np.clip(r, 0, h - 1)[:, :, None], np.clip(c, 0, w - 1)[:, None, :]]
-    return np.where(inside, boxes, 0.0), inside, corner
-
-
-def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
-    """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
-    light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
-    n = len(rows)
-    if n == 0:
-        return np.zeros((0, k), int), np.zeros((0, k), bool)
-    pts = np.column_stack([rows, cols])
-    dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5 + REACH)
-    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
-    filled = np.isfinite(dist)
-    slots = np.zeros((n, k), int)
-    active = np.zeros((n, k), bool)
-    slots[:, :idx.shape[1]] = np.where(filled, idx, 0)
-    active[:, :idx.shape[1]] = filled
-    slots[:, 0], active[:, 0] = np.arange(n), True   # a duplicate position could sort another first
-    return slots, active
-
-
-@dataclass
-class Boxes:
-    """The boxes of some localizations of a frame: photo-electrons ``e`` ``(n, S, S)``, ``inside`` (pixels in
-    the frame), ``corner`` ``(n, 2)``, read variance ``r2`` (scalar or per box), and each box's emitters:
-    box-pixel ``rows``/``cols`` ``(n, k)`` (slot 0 the localization itself) and which slots are ``active``."""
-
-    e: np.ndarray
-    inside: np.ndarray
-    corner: np.ndarray
-    r2: float | np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    active: np.ndarray
-
-    @classmethod
-    def around(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int,
-               read_variance: float | np.ndarray = 0.0, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> "Boxes":
-        """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame."""
-        which = np.arange(len(rows)) if which is None else which
-        e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
-        r2 = read_variance if np.ndim(read_variance) == 0 else \
-            extract_boxes(np.asarray(read_variance, float), rows[which], cols[which], half)[0]
-        slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
-        used = int(active.sum(axis=1).max(initial=1))   # slots fill from 0: the rest are empty everywhere
-        slots, active = slots[:, :used], active[:, :used]
-        return cls(e, inside, corner, r2, rows[slots] - corner[:, :1], cols[slots] - corner[:, 1:], active)
-
-    def fit(self, psf_sigma: float, excess: float = 1.0, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
-        """Maximum-likelihood fit of every box's active emitters (physics/fit.py)."""
-        return fit_rois(self.e, self.cols, self.rows, self.active, psf_sigma, self.r2, excess, self.inside, fit_sigma,
-                        iterations)
-
-
-def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-              read_variance: float | np.ndarray = 0.0, excess: float = 1.0, fit_sigma: bool = False,
-              k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray]:
-    """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
-    ``rows``/``cols``) in boxes of half-width ``half`` (``box_half_width`` by default). Returns the fit (slot 0
-    is each localization) and the boxes' corners."""
-    boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(psf_sigma), read_variance, k)
-    return boxes.fit(psf_sigma, excess, fit_sigma), boxes.corner
-
-
-def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                 read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
+def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: ImagingModel,
                  single_photons: tuple[float, float] | None = None) -> RefinedFrame:
     """Maximum-likelihood positions of one frame's localizations, the PSF width fitted per box from
-    ``psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
+    ``model.psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
     photons and log spread (``Refiner.single_photons``), None where unknown."""
     if not len(rows):
         z = np.zeros(0)
         return RefinedFrame(z.astype(int), z, z, z, z, z, z.astype(bool), z, z, z.astype(bool))
-    fit, corner = fit_frame(photoelectrons, rows, cols, psf_sigma, read_variance, excess)
+    psf_sigma = model.psf_sigma
+    fit, corner = fit_frame(photoelectrons, rows, cols, model)
     row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
     row, col = np.where(ok, row, rows), np.where(ok, col, cols)
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
-    wide, _ = fit_frame(photoelectrons, row, col, psf_sigma, read_variance, excess, fit_sigma=True)
+    wide, _ = fit_frame(photoelectrons, row, col, model, fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
     pair = pair_like(fit.photons[:, 0], single_photons) & np.isfinite(wide.crlb_sigma)
     hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
     refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
                            fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), psf_sigma, read_variance,
-                             excess, pair)
+    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), model, pair)
     return refined.with_splits(split)
 
 
@@ -232,23 +154,23 @@ def long_axis(boxes: Boxes, fit: RoiFit, psf_sigma: float) -> tuple[np.ndarray, 
 
 
 def split_wide_spots(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, candidates: np.ndarray,
-                     psf_sigma: float, read_variance: float | np.ndarray = 0.0, excess: float = 1.0,
-                     two_photons: np.ndarray | None = None) -> Split:
+                     model: ImagingModel, two_photons: np.ndarray | None = None) -> Split:
     """The ``candidates`` of a frame's localizations (spots wider than the PSF, or with two emitters' photons:
     ``two_photons``, per localization) fitted as one emitter and as two, with the same neighbours in the same box;
     the pairs that pass the module's tests (SPLIT_*)."""
     none = Split(np.zeros(0, int), *(np.zeros((0, 2)) for _ in range(4)))
     if not len(candidates):
         return none
-    one = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), read_variance, which=candidates)
-    single = one.fit(psf_sigma, excess)
+    psf_sigma = model.psf_sigma
+    one = Boxes.around(photoelectrons, rows, cols, box_half_width(psf_sigma), model, which=candidates)
+    single = one.fit()
     u, v, d = long_axis(one, single, psf_sigma)
     r0, c0 = single.row[:, :1], single.col[:, :1]
     step_r, step_c = (0.5 * d * u)[:, None], (0.5 * d * v)[:, None]
     two = replace(one, rows=np.concatenate([r0 - step_r, r0 + step_r, one.rows[:, 1:]], axis=1),
                   cols=np.concatenate([c0 - step_c, c0 + step_c, one.cols[:, 1:]], axis=1),
                   active=np.concatenate([np.ones((len(candidates), 1), bool), one.active], axis=1))
-    pair = two.fit(psf_sigma, excess)
+    pair = two.fit()
     photons = pair.photons[:, :2]
     separation = np.hypot(*(np.diff(a[:, :2], axis=1)[:, 0] for a in (pair.row, pair.col))) / psf_sigma
     fisher = axis_bound(pair.crlb_row[:, :2], pair.crlb_col[:, :2])
@@ -289,16 +211,16 @@ def width_excess(sigma: np.ndarray, crlb_sigma: np.ndarray, psf_sigma: float) ->
     return np.where(wider, sigma**2 - psf_sigma**2, 0.0)
 
 
-def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, psf_sigma: float,
-                    read_variance: float | np.ndarray = 0.0, excess: float = 1.0) -> tuple[RoiFit | None, np.ndarray]:
-    """Free-width fits of the localizations alone in their box; returns the fit (None without any) and
-    which were isolated."""
-    half = box_half_width(psf_sigma)
+def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    model: ImagingModel) -> tuple[RoiFit | None, np.ndarray]:
+    """Free-width fits (from ``model.psf_sigma``) of the localizations alone in their box; returns the fit
+    (None without any) and which were isolated."""
+    half = box_half_width(model.psf_sigma)
     _, active = neighbour_slots(rows, cols, half)
     alone = ~active[:, 1:].any(axis=1)
     if not alone.any():
         return None, alone
-    fit, _ = fit_frame(photoelectrons, rows[alone], cols[alone], psf_sigma, read_variance, excess, fit_sigma=True, k=1)
+    fit, _ = fit_frame(photoelectrons, rows[alone], cols[alone], model, fit_sigma=True, k=1)
     return fit, alone
 
 
@@ -330,7 +252,7 @@ class Refiner:
     def learn_width(self, e: np.ndarray, locs: Localizations, read_variance) -> None:
         if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
             return
-        fit, _ = isolated_widths(e, locs.row, locs.col, self.width(), read_variance, self.excess)
+        fit, _ = isolated_widths(e, locs.row, locs.col, ImagingModel(self.width(), read_variance, self.excess))
         if fit is None:
             return
         good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
@@ -348,7 +270,8 @@ class Refiner:
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
-        fit = refine_frame(e, locs.row, locs.col, self.width(), read_variance, self.excess, self.single_photons())
+        model = ImagingModel(self.width(), read_variance, self.excess)
+        fit = refine_frame(e, locs.row, locs.col, model, self.single_photons())
         self.learn_photons(fit)
         return fit, locs.take(fit.parent)
 
@@ -357,7 +280,8 @@ class Refiner:
         return refined_localizations(*self.refit(locs, frame_adu))
 
 
-def refined_localizations(fit: RefinedFrame, source: Localizations, diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
+def refined_localizations(fit: RefinedFrame, source: Localizations,
+                          diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
     """The refit's positions with the uncertainty of the module docstring (``c`` = ``diffusion_weight``); the
     ``source`` localization's where the fit was not kept."""
     diffusion = diffusion_weight * fit.crowded * source.uncertainty**2   # NaN stays NaN (phi alone)

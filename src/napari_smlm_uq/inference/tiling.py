@@ -6,7 +6,7 @@ noise prediction is one smooth field across the frame.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ class TileGrid:
         self.slices = [(slice(r, r + th), slice(c, c + tw)) for r in rows for c in cols]
         wr, wc = ramp(th, overlap if th < shape[0] else 0), ramp(tw, overlap if tw < shape[1] else 0)
         self.weight = torch.from_numpy(np.outer(wr, wc)).float()
-        self.norm = torch.from_numpy(np.outer(1.0 / _coverage(wr, rows, shape[0]), 1.0 / _coverage(wc, cols, shape[1]))).float()
+        norm = np.outer(1.0 / _coverage(wr, rows, shape[0]), 1.0 / _coverage(wc, cols, shape[1]))
+        self.norm = torch.from_numpy(norm).float()
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B * n_tiles, C, th, tw)``, tiles of one image consecutive."""

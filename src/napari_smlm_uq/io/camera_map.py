@@ -33,5 +33,6 @@ def read_camera_map(path: str | os.PathLike, frame_shape: tuple[int, int]) -> Ca
     offset, variance, gain = planes
     for name, plane in (("variance", variance), ("gain", gain)):
         if np.any(plane <= 0):
-            raise InputError(f"{path}: the camera map's {name} plane has values <= 0 ({int(np.sum(plane <= 0))} pixels)")
+            raise InputError(f"{path}: the camera map's {name} plane has values <= 0 "
+                             f"({int(np.sum(plane <= 0))} pixels)")
     return Camera(offset, gain, np.sqrt(variance) / gain, "scmos")

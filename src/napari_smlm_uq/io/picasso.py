@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..localizations import nm_to_px, px_to_nm
 from .files import InputError, atomic_path
-from .tables import nm_to_px, px_to_nm
 
 COLUMNS_KEY = "napari-smlm-uq columns"
 # our columns that become Picasso's standard fields (converted to pixels, renamed or dropped: ``id``)
@@ -51,7 +51,7 @@ def locs_array(table: dict[str, np.ndarray], pixel_nm: float, psf_sigma_px: floa
         while field in fields:
             field += "_"
         fields[field], names[field] = values, column
-    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy"] + list(names)
+    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", *names]
     dtype = [(k, np.uint32 if k == "frame" else np.float32) for k in order]
     locs = np.empty(n, dtype=dtype)
     for k in order:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..physics.kde import UPSAMPLING, grid_offset
 from .files import InputError
 
 FORMAT = "napari-smlm-uq-results"
@@ -26,7 +27,6 @@ VERSION = 1
 STORE_NAME = "results.zarr"
 FRAME_ARRAYS = ("mean", "std", "sample")
 IMAGE_ARRAYS = ("sum", "sum_std")
-UPSAMPLING = 4  # SR pixels per raw pixel (physics/kde.py; io/ must not import the models)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _zarr():
 def sr_transform(pixel_size: float, frame_axis: bool) -> list[dict]:
     """NGFF coordinate transformations of the SR grid in nm (``frame_axis``: a leading t axis of step 1)."""
     p = pixel_size / UPSAMPLING
-    shift = -(1.0 - 1.0 / UPSAMPLING) / 2.0 * pixel_size
+    shift = grid_offset(1.0 / UPSAMPLING) * pixel_size
     lead = [1.0] if frame_axis else []
     return [{"type": "scale", "scale": lead + [p, p]},
             {"type": "translation", "translation": [0.0] * len(lead) + [shift, shift]}]

@@ -1,5 +1,5 @@
 """Localization tables: ThunderSTORM's CSV conventions (nm, 1-based frames), read and written atomically,
-and conversions from pixel coordinates.
+and conversions from and to :class:`Localizations` and :class:`Emitters`.
 """
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..localizations import Localizations
+from ..localizations import Localizations, nm_to_px, px_to_nm
 from ..physics.simulate import Emitters
 from .files import InputError, atomic_path
+from .picasso import read_locs
 
 LOC_COLUMNS = ("id", "frame", "x [nm]", "y [nm]")
 
@@ -53,15 +54,6 @@ def read_localizations(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {h: data[:, i] for i, h in enumerate(header)}
 
 
-def px_to_nm(coord: np.ndarray, pixel_size: float) -> np.ndarray:
-    """Raw-pixel coordinate (pixel centres at integers) -> nm from the top-left corner of pixel (0, 0)."""
-    return (np.asarray(coord, dtype=np.float64) + 0.5) * pixel_size
-
-
-def nm_to_px(coord: np.ndarray, pixel_size: float) -> np.ndarray:
-    return np.asarray(coord, dtype=np.float64) / pixel_size - 0.5
-
-
 def emitters_table(emitters: Emitters, pixel_size: float) -> dict[str, np.ndarray]:
     """Ground-truth table: frame (1-based), x [nm] (columns), y [nm] (rows), intensity [photon]; and
     z [nm] for astigmatic simulations."""
@@ -85,7 +77,7 @@ def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.
 def table_localizations(table: dict[str, np.ndarray], pixel_size: float) -> Localizations:
     """Inverse of :func:`localizations_table`; absent uncertainty, detection or peak SNR columns become NaN."""
     n = len(table["frame"])
-    col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)  # noqa: E731
+    col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)
     return Localizations(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
                          nm_to_px(table["x [nm]"], pixel_size), col("uncertainty [nm]") / pixel_size,
                          col("detection"), col("peak snr"))
@@ -107,8 +99,6 @@ def read_table(path: str | os.PathLike, pixel_size: float | None = None) -> dict
     """Our or ThunderSTORM's CSV, or a Picasso HDF5 (``.hdf5``/``.h5``; ``pixel_size`` nm when its metadata
     lacks one), as ThunderSTORM columns; ThunderSTORM's ``uncertainty_xy [nm]`` is read as ``uncertainty [nm]``."""
     if Path(path).suffix.lower() in (".hdf5", ".h5"):
-        from .picasso import read_locs
-
         return read_locs(path, pixel_size)
     table = read_localizations(path)
     for alias in UNCERTAINTY_ALIASES:

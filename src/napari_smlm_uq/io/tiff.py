@@ -6,10 +6,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tifffile
@@ -27,7 +27,7 @@ class Stack:
     ``pixel_size`` (nm) and camera settings found in the file."""
 
     path: Path
-    data: "np.ndarray | PageReader"
+    data: np.ndarray | PageReader
     metadata: dict = field(default_factory=dict)
 
     @property
@@ -226,7 +226,7 @@ class StackWriter:
         self._writer.close()
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "StackWriter":
+    def __enter__(self) -> StackWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:

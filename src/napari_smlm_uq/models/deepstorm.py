@@ -42,7 +42,7 @@ class DeepSTORM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(self.upsample(self.context(x)))
 
-    def fused(self) -> "DeepSTORM":
+    def fused(self) -> DeepSTORM:
         """An inference copy computing the same function (to float rounding): BatchNorm folded into the
         convolutions, and each nearest-upsample + 3x3 convolution replaced by one stride-2 4x4
         transposed convolution (4/9 of the multiply-adds at the upsampled size). 2.5x faster on CPU

@@ -1,17 +1,17 @@
 """Gaussian diffusion on KDEs: schedules, the training noise-level sampler, the ancestral sampler.
 
-Conventions (docs/method.md, "Diffusion, and two corrections to the paper"): ``gamma_t = prod_{s<=t} (1 - beta_s)`` with ``gamma_0 = 1``;
-``y_t = sqrt(gamma) y_0 + sqrt(1 - gamma) eps``; the network predicts ``eps`` and is conditioned on the
-continuous ``sqrt(gamma)``, so any inference schedule can be used. The paper's eq. 8 is replaced by the
-noise-prediction ancestral step
+Conventions (docs/method.md, "Diffusion, and two corrections to the paper"):
+``gamma_t = prod_{s<=t} (1 - beta_s)`` with ``gamma_0 = 1``; ``y_t = sqrt(gamma) y_0 + sqrt(1 - gamma) eps``;
+the network predicts ``eps`` and is conditioned on the continuous ``sqrt(gamma)``, so any inference schedule
+can be used. The paper's eq. 8 is replaced by the noise-prediction ancestral step
 ``y_{t-1} = (y_t - beta_t / sqrt(1 - gamma_t) eps) / sqrt(alpha_t) + sigma_t xi`` with the posterior
 variance ``sigma_t^2 = beta_t (1 - gamma_{t-1}) / (1 - gamma_t)``. It is computed in the equivalent
 posterior-mean form with the implied ``y_0`` clipped to the data range ``[-1, 1]`` (Ho 2020).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class Schedule:
     beta_end: float
 
     @classmethod
-    def named(cls, name: str) -> "Schedule":
+    def named(cls, name: str) -> Schedule:
         if name not in NAMED:
             raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(NAMED)}")
         return cls(**NAMED[name])

@@ -8,8 +8,8 @@ the training size: :meth:`UNet.inference_layout`). Output: predicted noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,8 @@ class TileGroupNorm(nn.GroupNorm):
 
     tiles: int = 1
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
         """``scale``, ``shift`` ``(C,)``: a modulation ``y * (1 + scale) + shift`` shared by the whole batch,
         folded into the affine parameters (no extra pass over the activations)."""
         weight, bias = self.weight, self.bias
@@ -156,7 +157,8 @@ class UNet(nn.Module):
             if i == len(chans) - 1:
                 self.up.append(Attention(c))
             if i > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+                upsample = nn.Upsample(scale_factor=2, mode="nearest")
+                self.up.append(nn.Sequential(upsample, nn.Conv2d(c, c, 3, padding=1)))
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -195,8 +197,5 @@ class UNet(nn.Module):
         for layer in self.mid:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         for layer in self.up:
-            if isinstance(layer, ResBlock):
-                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
-            else:
-                h = layer(h)
+            h = layer(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(layer, ResBlock) else layer(h)
         return self.out(h)

@@ -20,9 +20,13 @@ def fisher_information(photons: float | np.ndarray, background: float, psf_sigma
     ``(roi, roi)``: the pixels that exist (a box over the frame's edge), the others carry no information."""
     centres = np.arange(roi, dtype=np.float64)
     n = np.atleast_1d(np.asarray(photons, np.float64))
-    uv = np.full((len(n), 2), (roi - 1) / 2) if position is None else np.asarray(position, np.float64).reshape(len(n), 2)
+    if position is None:
+        uv = np.full((len(n), 2), (roi - 1) / 2)
+    else:
+        uv = np.asarray(position, np.float64).reshape(len(n), 2)
     dx, dy = integrated_gaussian_1d(centres, uv[:, 0], psf_sigma), integrated_gaussian_1d(centres, uv[:, 1], psf_sigma)
-    ddx, ddy = integrated_gaussian_1d_dmu(centres, uv[:, 0], psf_sigma), integrated_gaussian_1d_dmu(centres, uv[:, 1], psf_sigma)
+    ddx = integrated_gaussian_1d_dmu(centres, uv[:, 0], psf_sigma)
+    ddy = integrated_gaussian_1d_dmu(centres, uv[:, 1], psf_sigma)
     psf = dy[:, :, None] * dx[:, None, :]                                   # (n, roi, roi)
     grads = np.stack([
         n[:, None, None] * dy[:, :, None] * ddx[:, None, :],   # d omega / d u (columns)

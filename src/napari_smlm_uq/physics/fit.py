@@ -22,6 +22,19 @@ SIGMA_LIMITS = (0.4, 4.0)      # raw pixels: the PSF width a fit may take
 MIN_PHOTONS = 1.0
 
 
+@dataclass(frozen=True)
+class ImagingModel:
+    """What a fit needs besides the emitters to predict a raw pixel's photo-electrons: the Gaussian PSF's
+    ``psf_sigma`` (raw px, scalar or one per ROI: the fit's start, or its width when it is not fitted), the
+    read-noise variance ``read_variance`` ``r^2`` (e-^2: a scalar, or a map of the pixels fitted: ``(H, W)``
+    for a frame, ``(B, S, S)`` for ROIs) and the excess noise factor ``excess`` ``F^2`` (2 for an EMCCD,
+    else 1)."""
+
+    psf_sigma: float | np.ndarray
+    read_variance: float | np.ndarray = 0.0
+    excess: float = 1.0
+
+
 @dataclass
 class RoiFit:
     """Per ROI ``b`` (``(B,)`` background, photons/px), ``sigma`` (``(B,)`` PSF sigma, px), and per emitter
@@ -84,33 +97,36 @@ def _log_likelihood(data: np.ndarray, mu: np.ndarray, weight: np.ndarray) -> np.
     return (weight * (data * np.log(mu) - mu)).reshape(len(mu), -1).sum(axis=1)
 
 
-def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.ndarray, psf_sigma: float | np.ndarray,
-             read_variance: float | np.ndarray = 0.0, excess: float = 1.0, mask: np.ndarray | None = None,
-             fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
+def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.ndarray, model: ImagingModel,
+             mask: np.ndarray | None = None, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
     """Fit ROIs ``(B, S, S)`` of photo-electrons ``e`` (camera.to_photoelectrons, not shifted).
 
     ``cols``/``rows`` ``(B, K)``: starting positions (ROI px) of up to ``K`` emitters, ``active`` ``(B, K)``
-    which slots hold one (slot 0 always should); ``psf_sigma`` (px, scalar or ``(B,)``) is the start, or the
-    fixed width without ``fit_sigma``; ``read_variance`` ``r^2`` (e-^2, scalar or ``(B, S, S)``);
-    ``excess`` ``F^2``; ``mask`` ``(B, S, S)`` the pixels that exist (False outside the frame)."""
+    which slots hold one (slot 0 always should); ``model``: the PSF width (the start, or the fixed width
+    without ``fit_sigma``), read variance (scalar or ``(B, S, S)``) and excess noise; ``mask`` ``(B, S, S)``
+    the pixels that exist (False outside the frame)."""
     rois = np.asarray(rois, np.float64)
     n_roi, size = rois.shape[0], rois.shape[-1]
     active = np.asarray(active, bool)
     k = active.shape[1]
     weight = np.ones_like(rois) if mask is None else np.asarray(mask, np.float64)
-    r2 = np.broadcast_to(np.asarray(read_variance, np.float64), rois.shape) / excess
+    excess = model.excess
+    r2 = np.broadcast_to(np.asarray(model.read_variance, np.float64), rois.shape) / excess
     data = np.clip(rois + r2, 0.0, None) / excess * weight
-    theta = _start(rois, weight, np.asarray(cols, float), np.asarray(rows, float), active, psf_sigma)
-    free = np.concatenate([np.ones((n_roi, 1), bool), np.full((n_roi, 1), fit_sigma), np.repeat(active, 3, axis=1)], axis=1)
+    theta = _start(rois, weight, np.asarray(cols, float), np.asarray(rows, float), active, model.psf_sigma)
+    free = np.concatenate([np.ones((n_roi, 1), bool), np.full((n_roi, 1), fit_sigma), np.repeat(active, 3, axis=1)],
+                          axis=1)
     model = _Model(size, k)
-    expected = lambda t, jac: _expected(model, t, jac, r2, excess)  # noqa: E731
+    expected = lambda t, jac: _expected(model, t, jac, r2, excess)
     lam = np.full(n_roi, 1e-2)
     mu, jac = expected(theta, True)
     ll = _log_likelihood(data, mu, weight)
     for _ in range(iterations):
         grad, fisher = _scores(data, mu, jac, weight, free)
-        diag = np.diagonal(fisher, axis1=1, axis2=2) + 1e-9 * np.diagonal(fisher, axis1=1, axis2=2).max(axis=1, keepdims=True)
-        step = np.linalg.solve(fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0])), grad[..., None])[..., 0]
+        diag = np.diagonal(fisher, axis1=1, axis2=2)
+        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)
+        damped = fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0]))
+        step = np.linalg.solve(damped, grad[..., None])[..., 0]
         trial = _clip(theta + step, size, free)
         mu_t, jac_t = expected(trial, True)
         ll_t = _log_likelihood(data, mu_t, weight)

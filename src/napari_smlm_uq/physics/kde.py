@@ -31,6 +31,13 @@ def sr_to_raw(coord: np.ndarray | float, f: int = UPSAMPLING) -> np.ndarray:
     return (np.asarray(coord, dtype=np.float64) + 0.5) / f - 0.5
 
 
+def grid_offset(ratio: float) -> float:
+    """Raw pixels from the centre of raw pixel 0 to the centre of pixel 0 of a grid whose pixels are ``ratio``
+    raw pixels wide, both grids starting at the frame's top-left corner (docs/physics.md, section 4):
+    ``(ratio - 1) / 2``; ``-(1 - 1/f) / 2`` = -3/8 for the SR grid (``ratio = 1/f``)."""
+    return (ratio - 1.0) / 2.0
+
+
 def render_kde(rows: np.ndarray, cols: np.ndarray, raw_shape: tuple[int, int], f: int = UPSAMPLING) -> np.ndarray:
     """KDE (f H, f W) float32 of emitters at raw-pixel ``rows``/``cols``."""
     shape = (raw_shape[0] * f, raw_shape[1] * f)

@@ -1,4 +1,4 @@
-"""How much of psi's tile grid shows in a per-pixel std map (issue 12, "no seams").
+"""How much of psi's tile grid shows in a per-pixel std map (for tests/test_seams.py and benchmarks/seams.py).
 
 Background blocks (``block`` SR pixels square, no signal in the mean KDE) are taken at two kinds of place
 of the nominal tile grid: inside the tiles (centred on each tile's own, non-overlapped part) and on the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inference.tiling import tile_starts
+from napari_smlm_uq.inference.tiling import tile_starts
 
 BACKGROUND_KDE = 0.1  # a block whose mean KDE exceeds this anywhere holds signal (KDE peak of an emitter ~0.6)
 
@@ -19,7 +19,7 @@ def block_centres(size: int, tile: int, overlap: int) -> tuple[np.ndarray, np.nd
     """Centres (SR px) of the tiles' own parts and of the overlap strips along one axis of ``size`` pixels."""
     starts = tile_starts(size, tile, overlap)
     ends = [s + tile for s in starts]
-    inside = [(a + b) / 2 for a, b in zip([0] + ends[:-1], starts[1:] + [size])]
+    inside = [(a + b) / 2 for a, b in zip([0, *ends[:-1]], [*starts[1:], size])]
     shared = [(b + e) / 2 for b, e in zip(starts[1:], ends[:-1])]
     return np.array(inside), np.array(shared)
 

@@ -1,6 +1,6 @@
-"""Localization-level simulation for tests and benchmarks: a known structure (rings or filaments) whose
-molecules blink over several frames, a smooth stage drift, and each localization displaced by Gaussian
-noise of its own uncertainty (nm). No camera frames are made."""
+"""Localization-level simulation for the tests and benchmarks/postprocess_benchmark.py: a known structure
+(rings or filaments) whose molecules blink over several frames, a smooth stage drift, and each localization
+displaced by Gaussian noise of its own uncertainty (nm). No camera frames are made."""
 from __future__ import annotations
 
 from dataclasses import dataclass

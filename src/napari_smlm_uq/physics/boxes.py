@@ -1,0 +1,96 @@
+"""A frame's localizations cut into raw-pixel boxes, each with the neighbours whose light reaches it, and
+fitted by maximum likelihood (fit.py). Box coordinates are box pixels; ``corner`` maps them to the frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .fit import ImagingModel, RoiFit, fit_rois
+
+REACH = 2.0               # raw pixels beyond the box: neighbours whose light reaches it are fitted too
+NEIGHBOURS = 12           # emitters fitted jointly per box (the localization and its nearest neighbours)
+
+
+def box_half_width(psf_sigma: float) -> int:
+    """Raw pixels from a box's centre pixel to its edge: 3 PSF sigmas beyond an emitter anywhere in that pixel."""
+    return max(3, int(np.ceil(3.0 * psf_sigma + 0.5)))
+
+
+def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes ``(n, S, S)`` of ``image`` (``(H, W)``, or ``(H, W)`` maps) centred on the pixels nearest to
+    ``rows``/``cols``; pixels outside the frame are zero and masked. Returns boxes, mask, corners ``(n, 2)``."""
+    h, w = image.shape
+    corner = np.column_stack([np.rint(rows), np.rint(cols)]).astype(int) - half
+    idx = np.arange(2 * half + 1)
+    r, c = corner[:, :1] + idx, corner[:, 1:] + idx               # (n, S)
+    inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
+    boxes = image[np.clip(r, 0, h - 1)[:, :, None], np.clip(c, 0, w - 1)[:, None, :]]
+    return np.where(inside, boxes, 0.0), inside, corner
+
+
+def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int,
+                    k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
+    light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
+    n = len(rows)
+    if n == 0:
+        return np.zeros((0, k), int), np.zeros((0, k), bool)
+    pts = np.column_stack([rows, cols])
+    dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5 + REACH)
+    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
+    filled = np.isfinite(dist)
+    slots = np.zeros((n, k), int)
+    active = np.zeros((n, k), bool)
+    slots[:, :idx.shape[1]] = np.where(filled, idx, 0)
+    active[:, :idx.shape[1]] = filled
+    slots[:, 0], active[:, 0] = np.arange(n), True   # a duplicate position could sort another first
+    return slots, active
+
+
+@dataclass
+class Boxes:
+    """The boxes of some localizations of a frame: photo-electrons ``e`` ``(n, S, S)``, ``inside`` (pixels in
+    the frame), ``corner`` ``(n, 2)``, the imaging ``model`` (its read variance a scalar or per box), and each
+    box's emitters: box-pixel ``rows``/``cols`` ``(n, k)`` (slot 0 the localization itself) and which slots are
+    ``active``."""
+
+    e: np.ndarray
+    inside: np.ndarray
+    corner: np.ndarray
+    model: ImagingModel
+    rows: np.ndarray
+    cols: np.ndarray
+    active: np.ndarray
+
+    @classmethod
+    def around(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int,
+               model: ImagingModel, k: int = NEIGHBOURS, which: np.ndarray | None = None) -> Boxes:
+        """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame
+        (``model``: its read variance a scalar or the frame's map)."""
+        which = np.arange(len(rows)) if which is None else which
+        e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
+        r2 = model.read_variance
+        if np.ndim(r2):
+            r2 = extract_boxes(np.asarray(r2, float), rows[which], cols[which], half)[0]
+        slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
+        used = int(active.sum(axis=1).max(initial=1))   # slots fill from 0: the rest are empty everywhere
+        slots, active = slots[:, :used], active[:, :used]
+        return cls(e, inside, corner, replace(model, read_variance=r2), rows[slots] - corner[:, :1],
+                   cols[slots] - corner[:, 1:], active)
+
+    def fit(self, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
+        """Maximum-likelihood fit of every box's active emitters (physics/fit.py)."""
+        return fit_rois(self.e, self.cols, self.rows, self.active, self.model, self.inside, fit_sigma, iterations)
+
+
+def fit_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: ImagingModel,
+              fit_sigma: bool = False, k: int = NEIGHBOURS, half: int | None = None) -> tuple[RoiFit, np.ndarray]:
+    """Fit every localization of one frame with its neighbours (``photoelectrons`` ``(H, W)``, e; raw-pixel
+    ``rows``/``cols``; ``model`` its read variance a scalar or the frame's map) in boxes of half-width ``half``
+    (``box_half_width`` by default). Returns the fit (slot 0 is each localization) and the boxes' corners."""
+    boxes = Boxes.around(photoelectrons, rows, cols, half or box_half_width(model.psf_sigma), model, k)
+    return boxes.fit(fit_sigma), boxes.corner
