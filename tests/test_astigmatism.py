@@ -4,6 +4,7 @@ against finite differences and the 2D closed form, and 3D simulation.
 The expected image is written here from the equation (pixel-integrated Gaussian per axis, each with its
 own width), not taken from the package.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ from napari_smlm_uq.physics.elliptical_fit import fisher_scoring, fit_elliptical
 from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 
 # sigma 1 px in each axis's focus, foci 500 nm apart, a little asymmetry (a, b) as in real lenses
-CAL = ZCalibration(DefocusCurve(1.0, -250.0, 400.0, 0.1, 0.05), DefocusCurve(1.05, 250.0, 380.0, -0.1, 0.05),
-                   (-550.0, 550.0), 100.0)
+CAL = ZCalibration(
+    DefocusCurve(1.0, -250.0, 400.0, 0.1, 0.05), DefocusCurve(1.05, 250.0, 380.0, -0.1, 0.05), (-550.0, 550.0), 100.0
+)
 
 
 def fractions(n: int, mu: float, sigma: float) -> np.ndarray:
@@ -65,7 +67,7 @@ def test_defocus_curves_and_their_slopes():
 def test_model_image_widths_and_jacobian():
     """The model's image is the equation's; its second moments are sigma^2 + 1/12 px^2 per axis (pixel
     integration); the Jacobian matches finite differences."""
-    roi, theta = 41, np.array([[15.0, 20.2, 19.7, 380.0, 3000.0]])   # b, x, y, z, N
+    roi, theta = 41, np.array([[15.0, 20.2, 19.7, 380.0, 3000.0]])  # b, x, y, z, N
     model = AstigmaticModel(roi, 1, CAL)
     mu, jac = model(theta)
     np.testing.assert_allclose(mu[0], image(roi, 20.2, 19.7, 380.0, 3000.0, 15.0), rtol=1e-12)
@@ -74,10 +76,14 @@ def test_model_image_widths_and_jacobian():
     for profile, sigma, centre in ((spot.sum(0), CAL.x.sigma(380.0), 20.2), (spot.sum(1), CAL.y.sigma(380.0), 19.7)):
         assert profile.sum() == pytest.approx(3000.0, rel=1e-9)
         assert (profile * (k - centre) ** 2).sum() / 3000.0 == pytest.approx(sigma**2 + 1 / 12, rel=1e-6)
-    assert CAL.x.sigma(380.0) / CAL.y.sigma(380.0) > 1.5            # elongated along x above focus
+    assert CAL.x.sigma(380.0) / CAL.y.sigma(380.0) > 1.5  # elongated along x above focus
     steps = np.array([1e-5, 1e-5, 1e-5, 1e-3, 1e-3])
-    fd = np.array([((model(theta + h * e, False)[0] - model(theta - h * e, False)[0]) / (2 * h)).ravel()
-                   for h, e in zip(steps, np.eye(5))])
+    fd = np.array(
+        [
+            ((model(theta + h * e, False)[0] - model(theta - h * e, False)[0]) / (2 * h)).ravel()
+            for h, e in zip(steps, np.eye(5))
+        ]
+    )
     np.testing.assert_allclose(jac[0], fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
 
 
@@ -88,8 +94,12 @@ def test_fisher_matrix_matches_finite_differences(x, y, z):
     n0, b0, r, roi = 2000.0, 20.0, 1.5, 15
     theta = np.array([x, y, z, n0, b0])
     steps = np.array([1e-5, 1e-5, 1e-3, 1e-3, 1e-5])
-    grads = np.array([((image(roi, *(theta + h * e)) - image(roi, *(theta - h * e))) / (2 * h)).ravel()
-                      for h, e in zip(steps, np.eye(5))])
+    grads = np.array(
+        [
+            ((image(roi, *(theta + h * e)) - image(roi, *(theta - h * e))) / (2 * h)).ravel()
+            for h, e in zip(steps, np.eye(5))
+        ]
+    )
     fd = (grads / (image(roi, *theta).ravel() + r**2)) @ grads.T
     analytic = fisher_information_3d(n0, b0, z, CAL, r, roi, position=(x, y))
     np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-9 * np.abs(fd).max())
@@ -108,8 +118,11 @@ def test_crlb_equals_the_2d_bound_where_the_widths_are_equal_and_z_is_known():
         info2 = fisher_information(2000.0, 20.0, sigma, r, roi=13, position=pos)
         keep = [0, 1, 3, 4]
         np.testing.assert_allclose(info3[np.ix_(keep, keep)], info2, rtol=1e-10)
-        np.testing.assert_allclose(np.sqrt(np.diag(np.linalg.inv(info3[np.ix_(keep, keep)]))),
-                                   crlb(2000.0, 20.0, sigma, r, roi=13, position=pos), rtol=1e-8)
+        np.testing.assert_allclose(
+            np.sqrt(np.diag(np.linalg.inv(info3[np.ix_(keep, keep)]))),
+            crlb(2000.0, 20.0, sigma, r, roi=13, position=pos),
+            rtol=1e-8,
+        )
     bounds = crlb_3d(2000.0, 20.0, z_eq, sym, 1.5, roi=13)
     np.testing.assert_allclose(bounds[[0, 1, 3, 4]], crlb(2000.0, 20.0, sigma, 1.5, roi=13), rtol=1e-6)
 
@@ -118,13 +131,14 @@ def test_z_bound_grows_as_the_astigmatism_vanishes():
     """At the crossing d sigma / dz = sigma0 gamma / d^2 for foci +-gamma apart: the z bound grows as
     1 / gamma (halving gamma doubles it, up to the O(gamma^2 / d^2) change of the width), and with no
     astigmatism the image carries no z information at the crossing at all."""
+
     def cal(gamma):
         return ZCalibration(DefocusCurve(1.0, -gamma, 400.0), DefocusCurve(1.0, gamma, 400.0), (-500.0, 500.0), 100.0)
 
     z_bound = [crlb_3d(2000.0, 20.0, 0.0, cal(g), 1.5)[2] for g in (40.0, 20.0, 10.0)]
     assert z_bound[1] / z_bound[0] == pytest.approx(2.0, rel=0.01)
     assert z_bound[2] / z_bound[1] == pytest.approx(2.0, rel=0.005)
-    assert z_bound[2] > 250.0                                     # a quarter of the whole range: useless
+    assert z_bound[2] > 250.0  # a quarter of the whole range: useless
     assert fisher_information_3d(2000.0, 20.0, 0.0, cal(0.0), 1.5)[2, 2] == 0.0
     # a usable astigmatism (foci 500 nm apart): tens of nm at 2000 photons, best near focus
     usable = [crlb_3d(2000.0, 20.0, z, CAL, 1.5)[2] for z in (-500.0, 0.0, 500.0)]
@@ -155,13 +169,18 @@ def test_spline_curves_follow_their_points_and_slopes():
     assert cal.model == "spline" and CAL.model == "huang2008"
     np.testing.assert_allclose(cal.x.sigma(z), CAL.x.sigma(z), atol=2e-3)
     h = 1e-3
-    np.testing.assert_allclose(cal.y.slope(z), (cal.y.sigma(z + h) - cal.y.sigma(z - h)) / (2 * h), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(cal.y.slope(z), CAL.y.slope(z), atol=2e-4)            # px per nm
-    np.testing.assert_allclose(crlb_3d(2000.0, 20.0, 120.0, cal, 1.5), crlb_3d(2000.0, 20.0, 120.0, CAL, 1.5), rtol=0.03)
+    np.testing.assert_allclose(
+        cal.y.slope(z), (cal.y.sigma(z + h) - cal.y.sigma(z - h)) / (2 * h), rtol=1e-5, atol=1e-9
+    )
+    np.testing.assert_allclose(cal.y.slope(z), CAL.y.slope(z), atol=2e-4)  # px per nm
+    np.testing.assert_allclose(
+        crlb_3d(2000.0, 20.0, 120.0, cal, 1.5), crlb_3d(2000.0, 20.0, 120.0, CAL, 1.5), rtol=0.03
+    )
 
 
-@pytest.mark.parametrize("cal", [dataclasses.replace(CAL, residuals={"huang_rms_px": 0.03}, source="beads.tif"),
-                                 spline_calibration()])
+@pytest.mark.parametrize(
+    "cal", [dataclasses.replace(CAL, residuals={"huang_rms_px": 0.03}, source="beads.tif"), spline_calibration()]
+)
 def test_calibration_file_round_trip_and_bad_files(tmp_path, cal):
     path = tmp_path / "cal.json"
     write_zcalibration(path, cal)
@@ -182,7 +201,9 @@ def test_3d_simulation_renders_each_emitter_at_its_z():
     """The 2D simulation of a seed has the same emitters; the 3D one adds uniform z in the range and
     renders each through its own elliptical PSF; the truth table carries z [nm] only in 3D."""
     flat = simulate(SimulationSettings(frames=4, size=24, density=3.0, seed=5))
-    s3 = simulate(SimulationSettings(frames=4, size=24, density=3.0, seed=5, z_calibration=CAL, z_range=(-400.0, 300.0)))
+    s3 = simulate(
+        SimulationSettings(frames=4, size=24, density=3.0, seed=5, z_calibration=CAL, z_range=(-400.0, 300.0))
+    )
     e = s3.emitters
     np.testing.assert_array_equal(e.row, flat.emitters.row)
     np.testing.assert_array_equal(e.photons, flat.emitters.photons)
@@ -213,13 +234,21 @@ def test_maximum_likelihood_with_the_astigmatic_model_reaches_the_3d_bound():
     at 2,000 photons, background 20, |z| <= 400 nm."""
     rng = np.random.default_rng(11)
     n, roi, r = 600, 15, 1.5
-    truth = np.column_stack([np.full(n, 20.0), 7.0 + rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(-400, 400, n),
-                             np.full(n, 2000.0)])                                   # b, x, y, z, N
+    truth = np.column_stack(
+        [np.full(n, 20.0), 7.0 + rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(-400, 400, n), np.full(n, 2000.0)]
+    )  # b, x, y, z, N
     omega = np.stack([image(roi, x, y, z, nn, b) for b, x, y, z, nn in truth])
     data = Camera().to_photoelectrons(Camera(read_noise=r).expose(omega, rng)).astype(np.float64)
     start = fit_elliptical(data, r)
-    theta = np.column_stack([start["background"], start["col"], start["row"],
-                             z_from_widths(start["sigma_x"], start["sigma_y"], CAL), start["photons"]])
+    theta = np.column_stack(
+        [
+            start["background"],
+            start["col"],
+            start["row"],
+            z_from_widths(start["sigma_x"], start["sigma_y"], CAL),
+            start["photons"],
+        ]
+    )
     model = AstigmaticModel(roi, 1, CAL)
 
     def expected(t):
@@ -227,7 +256,9 @@ def test_maximum_likelihood_with_the_astigmatic_model_reaches_the_3d_bound():
         return mu + r**2, jac
 
     def clip(t):
-        return np.column_stack([t[:, 0].clip(1e-3), t[:, 1:3].clip(-1, roi), t[:, 3].clip(*CAL.z_range), t[:, 4].clip(1)])
+        return np.column_stack(
+            [t[:, 0].clip(1e-3), t[:, 1:3].clip(-1, roi), t[:, 3].clip(*CAL.z_range), t[:, 4].clip(1)]
+        )
 
     fitted, _, _ = fisher_scoring(np.clip(data + r**2, 0, None), expected, theta, clip, 30)
     bounds = np.array([crlb_3d(2000.0, 20.0, z, CAL, r, roi, (x, y)) for _, x, y, z, _ in truth])
@@ -237,7 +268,9 @@ def test_maximum_likelihood_with_the_astigmatic_model_reaches_the_3d_bound():
 
 
 def test_z_from_widths_in_chunks_equals_one_at_a_time():
-    z = np.random.default_rng(3).uniform(-500.0, 500.0, 9000)                  # over two chunks
+    z = np.random.default_rng(3).uniform(-500.0, 500.0, 9000)  # over two chunks
     together = z_from_widths(*CAL.sigmas(z), CAL)
     np.testing.assert_allclose(together, z, atol=0.05)
-    np.testing.assert_array_equal(together[[0, 4096, 8999]], [z_from_widths(*CAL.sigmas(v), CAL)[0] for v in z[[0, 4096, 8999]]])
+    np.testing.assert_array_equal(
+        together[[0, 4096, 8999]], [z_from_widths(*CAL.sigmas(v), CAL)[0] for v in z[[0, 4096, 8999]]]
+    )

@@ -1,6 +1,7 @@
 """The astigmatic z calibration from simulated bead z-stacks (docs/3d.md): the recovered width curves
 against the truth, z of simulated emitters from their fitted widths against the 3D Cramer-Rao bound,
 stacks that cannot be calibrated, and the command line (calibrate-z, simulate --z-calibration)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from napari_smlm_uq.physics.beads import bead_stack
 from napari_smlm_uq.physics.camera import Camera
 from napari_smlm_uq.physics.elliptical_fit import fit_elliptical
 
-TRUTH = ZCalibration(DefocusCurve(1.0, -250.0, 400.0, 0.1, 0.05), DefocusCurve(1.1, 250.0, 380.0, -0.1, 0.05),
-                     (-700.0, 700.0), 100.0)
+TRUTH = ZCalibration(
+    DefocusCurve(1.0, -250.0, 400.0, 0.1, 0.05), DefocusCurve(1.1, 250.0, 380.0, -0.1, 0.05), (-700.0, 700.0), 100.0
+)
 # the truth's z where sigma_x = sigma_y: the calibration's z = 0
 Z_CROSS = brentq(lambda z: float(TRUTH.x.sigma(z) - TRUTH.y.sigma(z)), -250.0, 250.0)
 STEP = 15.0
@@ -37,8 +39,18 @@ def beads(first_z: float = -500.0, frames: int = 81, rows=ROWS, cols=COLS, truth
     drifting 1.5 px down and 2 px left over the stack, background 20 photons/px."""
     drift = np.stack([np.linspace(0, 1.5, frames), np.linspace(0, -2.0, frames)], axis=1)
     n = len(rows)
-    adu = bead_stack(truth, (128, 140), rows, cols, PHOTONS[:n], HEIGHTS[:n], first_z + STEP * np.arange(frames),
-                     20.0, drift, seed=seed)
+    adu = bead_stack(
+        truth,
+        (128, 140),
+        rows,
+        cols,
+        PHOTONS[:n],
+        HEIGHTS[:n],
+        first_z + STEP * np.arange(frames),
+        20.0,
+        drift,
+        seed=seed,
+    )
     return Camera().to_photoelectrons(adu)
 
 
@@ -49,7 +61,7 @@ def test_calibration_recovers_the_width_curves(first_z, covered):
     ``covered`` (nm: the truth's ratio stops growing at 544 nm) and lies within the stack."""
     result = calibrate(beads(first_z), ZCalibrationSettings(step=STEP), 100.0, 1.5)
     cal = result.calibration
-    assert list(result.beads.kept) == [True] * 6 + [False]          # the doublet is one spot, dropped
+    assert list(result.beads.kept) == [True] * 6 + [False]  # the doublet is one spot, dropped
     assert cal.residuals["beads_found"] == 7 and cal.residuals["beads_used"] == 6
     lo, hi = cal.z_range
     assert lo <= covered[0] and hi >= covered[1]
@@ -78,8 +90,10 @@ class SixthOrder:
     """Widths the Huang form cannot follow: an extra 0.04 u^6 under the root (duck-typed calibration)."""
 
     def sigmas(self, z):
-        return tuple(c.sigma0 * np.sqrt((c.sigma(z) / c.sigma0) ** 2 + 0.04 * ((np.asarray(z) - c.c) / c.d) ** 6)
-                     for c in (TRUTH.x, TRUTH.y))
+        return tuple(
+            c.sigma0 * np.sqrt((c.sigma(z) / c.sigma0) ** 2 + 0.04 * ((np.asarray(z) - c.c) / c.d) ** 6)
+            for c in (TRUTH.x, TRUTH.y)
+        )
 
 
 def test_splines_are_written_when_the_widths_do_not_follow_the_huang_form():
@@ -107,8 +121,9 @@ def test_z_from_fitted_widths_reaches_the_crlb():
     n, roi = 300, 17
     z = rng.uniform(-400.0, 400.0, n)
     xy = 8.0 + rng.uniform(-0.5, 0.5, (n, 2))
-    omega = np.stack([20.0 + render_astigmatic([r], [c], [zz + Z_CROSS], [5000.0], (roi, roi), TRUTH)
-                      for (c, r), zz in zip(xy, z)])
+    omega = np.stack(
+        [20.0 + render_astigmatic([r], [c], [zz + Z_CROSS], [5000.0], (roi, roi), TRUTH) for (c, r), zz in zip(xy, z)]
+    )
     data = Camera().to_photoelectrons(Camera().expose(omega, rng))
     fit = fit_elliptical(data, read_noise=1.5)
     error = z_from_widths(fit["sigma_x"], fit["sigma_y"], cal) - z
@@ -146,22 +161,39 @@ def test_calibrate_z_then_simulate_in_3d(tmp_path, capsys):
     assert code == 2 and "--step" in err and not cal_path.exists()
     code, out, err = run_main(capsys, "calibrate-z", tif, "--step", STEP, "--out", cal_path)
     assert code == 0 and err == "" and "6 of 7 beads" in out
-    assert "dropped bead at x 100, y 101 px: off the common curves" in out          # the doublet
+    assert "dropped bead at x 100, y 101 px: off the common curves" in out  # the doublet
     cal = read_zcalibration(cal_path)
     assert cal.pixel_size == 100.0 and cal.source == "beads.tif" and cal.z_range[0] < -400 < 400 < cal.z_range[1]
     assert (tmp_path / "cal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(cal_path.read_text())["format"] == "smlm-uq z calibration"
 
     sim = tmp_path / "sim.tif"
-    code, out, err = run_main(capsys, "simulate", sim, "--frames", 3, "--size", 24, "--density", 5,
-                              "--z-calibration", cal_path, "--z-range", -400, 300)
+    code, out, err = run_main(
+        capsys,
+        "simulate",
+        sim,
+        "--frames",
+        3,
+        "--size",
+        24,
+        "--density",
+        5,
+        "--z-calibration",
+        cal_path,
+        "--z-range",
+        -400,
+        300,
+    )
     assert code == 0, err
     truth = read_localizations(tmp_path / "sim.csv")
     assert truth["z [nm]"].min() >= -400 and truth["z [nm]"].max() <= 300 and len(truth["z [nm]"]) > 5
-    code, out, err = run_main(capsys, "simulate", tmp_path / "bad.tif", "--z-calibration", cal_path,
-                              "--z-range", -2000, 0)
+    code, out, err = run_main(
+        capsys, "simulate", tmp_path / "bad.tif", "--z-calibration", cal_path, "--z-range", -2000, 0
+    )
     assert code == 2 and "not within the calibration" in err
-    code, out, err = run_main(capsys, "simulate", tmp_path / "bad.tif", "--z-calibration", cal_path, "--pixel-size", 160)
+    code, out, err = run_main(
+        capsys, "simulate", tmp_path / "bad.tif", "--z-calibration", cal_path, "--pixel-size", 160
+    )
     assert code == 2 and "100 nm pixels" in err and "160 nm" in err
     assert not (tmp_path / "bad.tif").exists()
 
@@ -170,6 +202,6 @@ def test_calibrate_z_refuses_a_stack_without_beads_and_writes_nothing(tmp_path, 
     tif, cal_path = tmp_path / "empty.tif", tmp_path / "cal.json"
     frames = Camera().expose(np.full((20, 48, 48), 20.0), np.random.default_rng(2))
     write_stack(tif, np.rint(frames).astype(np.uint16), 100.0)
-    code, out, err = run_main(capsys, "calibrate-z", tif, "--step", 20, "--out", cal_path)
+    code, _out, err = run_main(capsys, "calibrate-z", tif, "--step", 20, "--out", cal_path)
     assert code == 2 and "0 isolated bead(s) found" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif"]

@@ -9,6 +9,7 @@ dropped, and z = 0 is put where the fitted curves cross. Least-squares cubic spl
 same points and both models are scored on beads held out; the Huang curves are written unless the
 splines are clearly better (docs/3d.md). The calibration holds where sigma_x / sigma_y is monotone.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,16 +27,17 @@ from ..physics.astigmatism import Curve, DefocusCurve, SplineCurve, ZCalibration
 from ..physics.camera import Camera
 from ..physics.elliptical_fit import MIN_SIGMA, fit_elliptical
 
-SMOOTH_SIGMA = 1.0      # px: the Gaussian smoothing of frames before peak finding and tracking
-TRACK_WINDOW = 11       # frames: the running median over a bead's per-frame peak positions
-MAX_REL_ERROR = 0.1     # a frame's width is used when its Cramer-Rao bound is below this fraction of it
-WIDTH_FLOOR = 0.01      # relative width error added to the bound: model mismatch that the bound does not see
-ROBUST_SCALE = 3.0      # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
-NO_ASTIGMATISM = ("the stack shows no astigmatism, or its focus lies outside the stack, or it covers too little z "
-                  "around its focus")
-SPLINE_KNOTS = 100.0    # nm between spline knots: 5-10 z steps, smooth over one bead's frame-to-frame scatter
+SMOOTH_SIGMA = 1.0  # px: the Gaussian smoothing of frames before peak finding and tracking
+TRACK_WINDOW = 11  # frames: the running median over a bead's per-frame peak positions
+MAX_REL_ERROR = 0.1  # a frame's width is used when its Cramer-Rao bound is below this fraction of it
+WIDTH_FLOOR = 0.01  # relative width error added to the bound: model mismatch that the bound does not see
+ROBUST_SCALE = 3.0  # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
+NO_ASTIGMATISM = (
+    "the stack shows no astigmatism, or its focus lies outside the stack, or it covers too little z around its focus"
+)
+SPLINE_KNOTS = 100.0  # nm between spline knots: 5-10 z steps, smooth over one bead's frame-to-frame scatter
 SPLINE_PREFERENCE = 0.9  # the spline is written when its held-out rms is below 0.9x the Huang curves'
-MIN_ELONGATION = 1.2    # sigma_x / sigma_y (or its inverse) each side of focus: far above a bead fit's 1-3 % noise
+MIN_ELONGATION = 1.2  # sigma_x / sigma_y (or its inverse) each side of focus: far above a bead fit's 1-3 % noise
 
 
 @dataclass
@@ -43,18 +45,18 @@ class ZCalibrationSettings:
     """How a bead stack is calibrated; units in the comments. Camera values left None come from the file's
     metadata, else from :class:`Camera`'s defaults."""
 
-    step: float | None = None          # nm of focus between frames (z grows with the frame index); required
-    pixel_size: float | None = None    # nm per raw pixel; None: the file's, else 100
-    offset: float | None = None        # ADU
-    gain: float | None = None          # ADU per photo-electron
-    read_noise: float | None = None    # e- rms
-    box: int = 17                      # px, side of each bead's fit box (odd)
-    min_beads: int = 3                 # fewer usable beads: refused
-    min_snr: float = 20.0              # a bead's peak in the max projection above the median, in noise sds
-    max_drift: float = 3.0             # px a bead may move over the stack
-    reject: float = 3.0                # a bead is dropped when its residual rms is this times the median bead's
+    step: float | None = None  # nm of focus between frames (z grows with the frame index); required
+    pixel_size: float | None = None  # nm per raw pixel; None: the file's, else 100
+    offset: float | None = None  # ADU
+    gain: float | None = None  # ADU per photo-electron
+    read_noise: float | None = None  # e- rms
+    box: int = 17  # px, side of each bead's fit box (odd)
+    min_beads: int = 3  # fewer usable beads: refused
+    min_snr: float = 20.0  # a bead's peak in the max projection above the median, in noise sds
+    max_drift: float = 3.0  # px a bead may move over the stack
+    reject: float = 3.0  # a bead is dropped when its residual rms is this times the median bead's
 
-    def validate(self) -> "ZCalibrationSettings":
+    def validate(self) -> ZCalibrationSettings:
         if self.step is None:
             raise InputError("the z step between frames (nm) is required: it cannot be read from a bead stack")
         if not (np.isfinite(self.step) and self.step > 0):
@@ -106,7 +108,7 @@ def find_beads(stack: np.ndarray, settings: ZCalibrationSettings) -> tuple[np.nd
     level = np.median(proj)
     noise = 1.4826 * np.median(np.abs(proj - level))
     threshold = level + settings.min_snr * max(noise, 1e-6)
-    merge = 2 * int(np.ceil(settings.max_drift)) + 3   # a drifting bead's trace is one peak
+    merge = 2 * int(np.ceil(settings.max_drift)) + 3  # a drifting bead's trace is one peak
     peaks = np.argwhere((proj == maximum_filter(proj, merge)) & (proj > threshold))
     if len(peaks) == 0:
         return np.empty(0), np.empty(0)
@@ -129,7 +131,7 @@ def _track(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, settings: ZCal
     for t, frame in enumerate(stack):
         smooth = gaussian_filter(frame, SMOOTH_SIGMA)
         for j, (r0, c0) in enumerate(zip(rows.astype(int), cols.astype(int))):
-            win = smooth[r0 - r:r0 + r + 1, c0 - r:c0 + r + 1]
+            win = smooth[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1]
             dr, dc = np.unravel_index(np.argmax(win), win.shape)
             peaks[j, t] = r0 - r + dr, c0 - r + dc
     window = min(TRACK_WINDOW, len(stack))
@@ -137,22 +139,29 @@ def _track(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, settings: ZCal
     return np.rint(peaks).astype(int) - half
 
 
-def fit_beads(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, read_noise: float,
-              settings: ZCalibrationSettings) -> Beads:
+def fit_beads(
+    stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, read_noise: float, settings: ZCalibrationSettings
+) -> Beads:
     """Fit every bead in every frame; ``stack`` in photo-electrons."""
     corners = _track(stack, rows, cols, settings)
     s = settings.box
     n_beads, n_frames = corners.shape[:2]
     t_idx = np.broadcast_to(np.arange(n_frames), (n_beads, n_frames))
-    r_idx = corners[..., 0, None] + np.arange(s)                         # (J, T, S)
+    r_idx = corners[..., 0, None] + np.arange(s)  # (J, T, S)
     c_idx = corners[..., 1, None] + np.arange(s)
     rois = stack[t_idx[..., None, None], r_idx[..., :, None], c_idx[..., None, :]].reshape(-1, s, s)
     fit = fit_elliptical(rois, read_noise)
     sx, sy = fit["sigma_x"].reshape(n_beads, n_frames), fit["sigma_y"].reshape(n_beads, n_frames)
     ex, ey = fit.crlb[:, 3].reshape(n_beads, n_frames), fit.crlb[:, 4].reshape(n_beads, n_frames)
     upper = s / 3.0 - 1e-3
-    valid = ((sx > MIN_SIGMA + 1e-3) & (sx < upper) & (sy > MIN_SIGMA + 1e-3) & (sy < upper)
-             & (ex < MAX_REL_ERROR * sx) & (ey < MAX_REL_ERROR * sy))
+    valid = (
+        (sx > MIN_SIGMA + 1e-3)
+        & (sx < upper)
+        & (sy > MIN_SIGMA + 1e-3)
+        & (sy < upper)
+        & (ex < MAX_REL_ERROR * sx)
+        & (ey < MAX_REL_ERROR * sy)
+    )
     return Beads(rows, cols, sx, sy, np.hypot(ex, WIDTH_FLOOR * sx), np.hypot(ey, WIDTH_FLOOR * sy), valid)
 
 
@@ -198,13 +207,26 @@ def _joint_fit(beads: Beads, z0: np.ndarray, use: np.ndarray, robust: bool) -> t
 
     def residuals(p: np.ndarray) -> np.ndarray:
         shift = np.concatenate([[0.0], p[10:]])[slot]
-        return np.concatenate([(_curve(p[:5]).sigma(z + shift) - sx) / ex, (_curve(p[5:10]).sigma(z + shift) - sy) / ey])
+        return np.concatenate(
+            [(_curve(p[:5]).sigma(z + shift) - sx) / ex, (_curve(p[5:10]).sigma(z + shift) - sy) / ey]
+        )
 
-    start = np.concatenate([_fit_curve(z, sx, ex, _start_curve(z, sx)), _fit_curve(z, sy, ey, _start_curve(z, sy)),
-                            np.zeros(len(used) - 1)])
+    start = np.concatenate(
+        [
+            _fit_curve(z, sx, ex, _start_curve(z, sx)),
+            _fit_curve(z, sy, ey, _start_curve(z, sy)),
+            np.zeros(len(used) - 1),
+        ]
+    )
     lower = np.array([1e-3, -np.inf, 10.0, -np.inf, -np.inf] * 2 + [-np.inf] * (len(used) - 1))
-    res = least_squares(residuals, np.clip(start, lower, np.inf), bounds=(lower, np.inf),
-                        loss="soft_l1" if robust else "linear", f_scale=ROBUST_SCALE, tr_solver="lsmr")
+    res = least_squares(
+        residuals,
+        np.clip(start, lower, np.inf),
+        bounds=(lower, np.inf),
+        loss="soft_l1" if robust else "linear",
+        f_scale=ROBUST_SCALE,
+        tr_solver="lsmr",
+    )
     offsets = np.zeros(len(use))
     offsets[used] = np.concatenate([[0.0], res.x[10:]])
     return res.x[:10], offsets
@@ -235,17 +257,19 @@ def valid_range(x: DefocusCurve, y: DefocusCurve, lo: float, hi: float) -> tuple
     slope = np.diff(x.sigma(grid) / y.sigma(grid))
     i0 = int(np.clip(np.searchsorted(grid, 0.0) - 1, 0, len(slope) - 1))
     same = np.sign(slope) == np.sign(slope[i0])
-    left = i0 - np.argmin(same[i0::-1]) + 1 if not same[:i0 + 1].all() else 0
+    left = i0 - np.argmin(same[i0::-1]) + 1 if not same[: i0 + 1].all() else 0
     right = i0 + np.argmin(same[i0:]) if not same[i0:].all() else len(slope)
     return float(grid[left]), float(grid[right])
 
 
-def spline_curves(z: np.ndarray, sx: np.ndarray, sy: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> tuple[SplineCurve, ...]:
+def spline_curves(
+    z: np.ndarray, sx: np.ndarray, sy: np.ndarray, ex: np.ndarray, ey: np.ndarray
+) -> tuple[SplineCurve, ...]:
     """Per-axis weighted least-squares cubic splines, knots every :data:`SPLINE_KNOTS` nm over the points."""
     order = np.argsort(z, kind="stable")
     z = z[order]
     inner = np.arange(z[0] + SPLINE_KNOTS / 2, z[-1] - SPLINE_KNOTS / 2, SPLINE_KNOTS)
-    inner += (z[-1] - SPLINE_KNOTS / 2 - inner[-1]) / 2 if len(inner) else 0.0   # centred in the data
+    inner += (z[-1] - SPLINE_KNOTS / 2 - inner[-1]) / 2 if len(inner) else 0.0  # centred in the data
     knots = np.concatenate([[z[0]] * 4, inner, [z[-1]] * 4])
     fits = (make_lsq_spline(z, s[order], knots, k=3, w=1.0 / e[order]) for s, e in ((sx, ex), (sy, ey)))
     return tuple(SplineCurve(tuple(f.t), tuple(f.c)) for f in fits)
@@ -258,16 +282,18 @@ def compare_models(beads: Beads, curves: np.ndarray) -> dict:
     z, sx, sy, ex, ey = (a[use] for a in (beads.z, beads.sigma_x, beads.sigma_y, beads.error_x, beads.error_y))
     bead = np.nonzero(use)[0]
     spline_x, spline_y = spline_curves(z, sx, sy, ex, ey)
-    rms = lambda r: float(np.sqrt(np.mean(np.concatenate(r) ** 2)))  # noqa: E731
-    out = {"huang_rms_px": rms([_curve(curves[:5]).sigma(z) - sx, _curve(curves[5:]).sigma(z) - sy]),
-           "spline_rms_px": rms([spline_x.sigma(z) - sx, spline_y.sigma(z) - sy])}
+    rms = lambda r: float(np.sqrt(np.mean(np.concatenate(r) ** 2)))
+    out = {
+        "huang_rms_px": rms([_curve(curves[:5]).sigma(z) - sx, _curve(curves[5:]).sigma(z) - sy]),
+        "spline_rms_px": rms([spline_x.sigma(z) - sx, spline_y.sigma(z) - sy]),
+    }
     held_h, held_s = [], []
     for j in np.unique(bead):
         tr, te = bead != j, bead == j
         px, py = _fit_curve(z[tr], sx[tr], ex[tr], curves[:5]), _fit_curve(z[tr], sy[tr], ey[tr], curves[5:])
         held_h += [_curve(px).sigma(z[te]) - sx[te], _curve(py).sigma(z[te]) - sy[te]]
         kx, ky = spline_curves(z[tr], sx[tr], sy[tr], ex[tr], ey[tr])
-        inside = (z[te] >= z[tr].min()) & (z[te] <= z[tr].max())   # a spline does not extrapolate
+        inside = (z[te] >= z[tr].min()) & (z[te] <= z[tr].max())  # a spline does not extrapolate
         held_s += [(kx.sigma(z[te]) - sx[te])[inside], (ky.sigma(z[te]) - sy[te])[inside]]
     out.update(huang_heldout_rms_px=rms(held_h), spline_heldout_rms_px=rms(held_s))
     return out
@@ -278,19 +304,29 @@ def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
     without a crossing, without :data:`MIN_ELONGATION` each side of it (a round spot: a blob, a hot pixel)
     or off the common curves (sets ``beads.kept``); returns the 10 curve parameters."""
     stage = np.arange(beads.valid.shape[1]) * settings.step
-    focus = np.array([bead_focus(stage[v], sx[v], sy[v]) if v.sum() > 2 else None
-                      for v, sx, sy in zip(beads.valid, beads.sigma_x, beads.sigma_y)], dtype=object)
+    focus = np.array(
+        [
+            bead_focus(stage[v], sx[v], sy[v]) if v.sum() > 2 else None
+            for v, sx, sy in zip(beads.valid, beads.sigma_x, beads.sigma_y)
+        ],
+        dtype=object,
+    )
     ratio = np.log(beads.sigma_x / beads.sigma_y)
     elongation = np.log(MIN_ELONGATION)
-    elongated = (np.where(beads.valid, ratio, -np.inf).max(axis=1) > elongation) & \
-        (np.where(beads.valid, ratio, np.inf).min(axis=1) < -elongation)
+    elongated = (np.where(beads.valid, ratio, -np.inf).max(axis=1) > elongation) & (
+        np.where(beads.valid, ratio, np.inf).min(axis=1) < -elongation
+    )
     crossing = np.array([f is not None for f in focus]) & elongated
     where = [f"bead at x {c:.0f}, y {r:.0f} px" for r, c in zip(beads.row, beads.col)]
-    beads.notes = [f"{where[j]}: its widths do not cross, or its spot stays within {MIN_ELONGATION:g}x as long as "
-                   "wide on one side" for j in np.nonzero(~crossing)[0]]
+    beads.notes = [
+        f"{where[j]}: its widths do not cross, or its spot stays within {MIN_ELONGATION:g}x as long as wide on one side"
+        for j in np.nonzero(~crossing)[0]
+    ]
     if not crossing.any():
-        raise InputError(f"in no bead do sigma_x and sigma_y cross with the spot {MIN_ELONGATION:g}x longer than "
-                         f"wide on both sides: {NO_ASTIGMATISM}")
+        raise InputError(
+            f"in no bead do sigma_x and sigma_y cross with the spot {MIN_ELONGATION:g}x longer than "
+            f"wide on both sides: {NO_ASTIGMATISM}"
+        )
     _require(crossing, settings, "whose widths cross")
     z0 = stage[None, :] - np.where(crossing, focus, 0.0).astype(float)[:, None]
     curves, offsets = _joint_fit(beads, z0, crossing, robust=True)
@@ -298,7 +334,9 @@ def _align(beads: Beads, settings: ZCalibrationSettings) -> np.ndarray:
     limit = settings.reject * max(float(np.nanmedian(rms[crossing])), 1.0)
     kept = crossing & (rms <= limit)
     for j in np.nonzero(crossing & ~kept)[0]:
-        beads.notes.append(f"{where[j]}: off the common curves (rms residual {rms[j]:.1f} error units, limit {limit:.1f})")
+        beads.notes.append(
+            f"{where[j]}: off the common curves (rms residual {rms[j]:.1f} error units, limit {limit:.1f})"
+        )
     _require(kept, settings, "that follow the common curves")
     curves, offsets = _joint_fit(beads, z0, kept, robust=False)
     z = z0 + offsets[:, None]
@@ -320,8 +358,9 @@ def _shifted(curve: Curve, dz: float) -> Curve:
     return SplineCurve(tuple(np.asarray(curve.knots) - dz), curve.coefficients)
 
 
-def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: float, read_noise: float,
-              source: str = "") -> ZCalibrationResult:
+def calibrate(
+    stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: float, read_noise: float, source: str = ""
+) -> ZCalibrationResult:
     """Calibrate from a bead stack ``(T, H, W)`` in photo-electrons; :class:`InputError` when it has too
     few usable beads or no astigmatism. The Huang curves are kept unless the splines predict held-out
     beads clearly better (:data:`SPLINE_PREFERENCE`)."""
@@ -330,9 +369,11 @@ def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: flo
     stack = np.asarray(stack, np.float64)
     rows, cols = find_beads(stack, settings)
     if len(rows) < settings.min_beads:
-        raise InputError(f"{len(rows)} isolated bead(s) found (at least {settings.min_beads} needed): "
-                         f"beads are spots {settings.min_snr:g} noise sds above the background, "
-                         f"{settings.box} px apart and that far from the edges")
+        raise InputError(
+            f"{len(rows)} isolated bead(s) found (at least {settings.min_beads} needed): "
+            f"beads are spots {settings.min_snr:g} noise sds above the background, "
+            f"{settings.box} px apart and that far from the edges"
+        )
     beads = fit_beads(stack, rows, cols, read_noise, settings)
     curves = _align(beads, settings)
     use = beads.valid & beads.kept[:, None]
@@ -342,7 +383,7 @@ def calibrate(stack: np.ndarray, settings: ZCalibrationSettings, pixel_size: flo
     lo, hi = _coverage(beads.z, beads.valid, beads.kept)
     x, y = huang
     if residuals["spline_heldout_rms_px"] < SPLINE_PREFERENCE * residuals["huang_heldout_rms_px"]:
-        zc = _crossing(*splines, lo, hi)   # z = 0 where the curves written cross
+        zc = _crossing(*splines, lo, hi)  # z = 0 where the curves written cross
         huang, splines = tuple(_shifted(c, zc) for c in huang), tuple(_shifted(c, zc) for c in splines)
         beads.z, lo, hi = beads.z - zc, lo - zc, hi - zc
         x, y = splines
@@ -356,9 +397,11 @@ def _check_astigmatism(x: DefocusCurve, y: DefocusCurve, z_range: tuple[float, f
     """Refuse curves whose width ratio does not reach :data:`MIN_ELONGATION` on both sides of focus."""
     ratio = np.log(x.sigma(np.array(z_range)) / y.sigma(np.array(z_range)))
     if ratio.min() > -np.log(MIN_ELONGATION) or ratio.max() < np.log(MIN_ELONGATION):
-        raise InputError(f"sigma_x / sigma_y is only {np.exp(ratio[0]):.2f} at {z_range[0]:.0f} nm and "
-                         f"{np.exp(ratio[1]):.2f} at {z_range[1]:.0f} nm ({MIN_ELONGATION:g}x either way needed "
-                         f"on both sides of focus): {NO_ASTIGMATISM}")
+        raise InputError(
+            f"sigma_x / sigma_y is only {np.exp(ratio[0]):.2f} at {z_range[0]:.0f} nm and "
+            f"{np.exp(ratio[1]):.2f} at {z_range[1]:.0f} nm ({MIN_ELONGATION:g}x either way needed "
+            f"on both sides of focus): {NO_ASTIGMATISM}"
+        )
 
 
 def _require(ok: np.ndarray, settings: ZCalibrationSettings, what: str) -> None:
@@ -382,20 +425,40 @@ def plot_calibration(result: ZCalibrationResult, path: str | os.PathLike) -> Non
         use = beads.valid & (beads.kept == kept)[:, None]
         if use.any():
             for s, colour, axis in ((beads.sigma_x, "tab:blue", "x"), (beads.sigma_y, "tab:red", "y")):
-                ax.scatter(beads.z[use], s[use], s=6, **{"color": colour, **style},
-                           label=f"sigma {axis}, beads" if kept else ("dropped beads" if axis == "x" else None))
+                ax.scatter(
+                    beads.z[use],
+                    s[use],
+                    s=6,
+                    **{"color": colour, **style},
+                    label=f"sigma {axis}, beads" if kept else ("dropped beads" if axis == "x" else None),
+                )
     used = beads.z[beads.valid & beads.kept[:, None]]
     grid = np.linspace(used.min(), used.max(), 400)
     written = cal.model == "huang2008"
     for huang, spline, colour, axis in zip(result.huang, result.splines, ("tab:blue", "tab:red"), "xy"):
-        ax.plot(grid, huang.sigma(grid), color=colour, lw=2 if written else 1,
-                label=f"sigma {axis}, Huang et al. 2008" + (" (written)" if written else ""))
-        ax.plot(grid, spline.sigma(grid), color="k", lw=1 if written else 2, ls="--",
-                label=None if axis == "y" else "splines" + ("" if written else " (written)"))
+        ax.plot(
+            grid,
+            huang.sigma(grid),
+            color=colour,
+            lw=2 if written else 1,
+            label=f"sigma {axis}, Huang et al. 2008" + (" (written)" if written else ""),
+        )
+        ax.plot(
+            grid,
+            spline.sigma(grid),
+            color="k",
+            lw=1 if written else 2,
+            ls="--",
+            label=None if axis == "y" else "splines" + ("" if written else " (written)"),
+        )
     r = cal.residuals
-    ax.set(xlabel="z [nm]", ylabel="PSF sigma [px]",
-           title=f"{r['beads_used']} of {r['beads_found']} beads; held-out rms: Huang {r['huang_heldout_rms_px']:.3f} px, "
-                 f"spline {r['spline_heldout_rms_px']:.3f} px", ylim=(0, None))
+    ax.set(
+        xlabel="z [nm]",
+        ylabel="PSF sigma [px]",
+        title=f"{r['beads_used']} of {r['beads_found']} beads; held-out rms: Huang {r['huang_heldout_rms_px']:.3f} px, "
+        f"spline {r['spline_heldout_rms_px']:.3f} px",
+        ylim=(0, None),
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, loc="upper center")
     fig.tight_layout()
@@ -403,7 +466,9 @@ def plot_calibration(result: ZCalibrationResult, path: str | os.PathLike) -> Non
         fig.savefig(tmp, format="png")
 
 
-def calibrate_file(path: str | os.PathLike, settings: ZCalibrationSettings, out: str | os.PathLike) -> ZCalibrationResult:
+def calibrate_file(
+    path: str | os.PathLike, settings: ZCalibrationSettings, out: str | os.PathLike
+) -> ZCalibrationResult:
     """Calibrate from a bead stack TIFF (ADU); writes ``out`` (JSON) and its plot beside it (``.png``),
     nothing when the stack cannot be calibrated. Camera values and pixel size not set are the file's."""
     from ..io.tiff import open_stack
@@ -415,14 +480,22 @@ def calibrate_file(path: str | os.PathLike, settings: ZCalibrationSettings, out:
         raise InputError(f"the calibration file must end in .json (got {out.name})")
     stack = open_stack(path)
     meta, default = stack.metadata, Camera()
-    pick = lambda value, key, fallback: value if value is not None else meta.get(key, fallback)  # noqa: E731
-    camera = Camera(pick(settings.offset, "offset", default.offset), pick(settings.gain, "gain", default.gain),
-                    pick(settings.read_noise, "read_noise", default.read_noise)).validate()
+    pick = lambda value, key, fallback: value if value is not None else meta.get(key, fallback)
+    camera = Camera(
+        pick(settings.offset, "offset", default.offset),
+        pick(settings.gain, "gain", default.gain),
+        pick(settings.read_noise, "read_noise", default.read_noise),
+    ).validate()
     electrons = camera.to_photoelectrons(np.asarray(stack.data)).astype(np.float64)
     if len(electrons) < 5:
         raise InputError(f"{path}: {len(electrons)} frame(s); a bead z-stack needs at least 5")
-    result = calibrate(electrons, settings, float(pick(settings.pixel_size, "pixel_size", 100.0)),
-                       float(camera.read_noise), source=Path(path).name)
+    result = calibrate(
+        electrons,
+        settings,
+        float(pick(settings.pixel_size, "pixel_size", 100.0)),
+        float(camera.read_noise),
+        source=Path(path).name,
+    )
     plot_calibration(result, out.with_suffix(".png"))
     write_zcalibration(out, result.calibration)
     return result

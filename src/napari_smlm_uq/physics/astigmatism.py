@@ -92,7 +92,7 @@ class ZCalibration:
         """(d sigma_x / dz, d sigma_y / dz) in px per nm."""
         return self.x.slope(z), self.y.slope(z)
 
-    def validate(self) -> "ZCalibration":
+    def validate(self) -> ZCalibration:
         lo, hi = self.z_range
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise ValueError(f"z calibration: z range must be two increasing numbers, nm (got {self.z_range})")
@@ -115,7 +115,7 @@ class ZCalibration:
                 "pixel_size_nm": self.pixel_size, "residuals": self.residuals, "source": self.source}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ZCalibration":
+    def from_dict(cls, d: dict) -> ZCalibration:
         return cls(_curve_from_dict(d["x"]), _curve_from_dict(d["y"]), tuple(map(float, d["z_range_nm"])),
                    float(d["pixel_size_nm"]), dict(d.get("residuals", {})), str(d.get("source", ""))).validate()
 

@@ -6,8 +6,8 @@ photo-electrons, ``r`` read noise in e- rms). Levenberg-Marquardt on Fisher scor
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip
     Returns the parameters, ``mu`` and the Fisher matrices ``(B, P, P)`` at the optimum."""
     n = len(theta)
     flat = data.reshape(n, -1)
-    log_l = lambda mu: (flat * np.log(mu) - mu).sum(axis=1)  # noqa: E731
+    log_l = lambda mu: (flat * np.log(mu) - mu).sum(axis=1)
     mu, jac = expected(theta)
     mu = mu.reshape(n, -1)
     ll, lam = log_l(mu), np.full(n, 1e-2)
