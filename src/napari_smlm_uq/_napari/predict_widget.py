@@ -41,14 +41,9 @@ from ..io.store import DEFAULT_ENCODING
 from ..physics.camera import EXCESS_NOISE, Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
-from ._layers import (
-    DEFAULT_PIXEL_SIZE,
-    DEFAULT_RENDER_PIXEL,
-    PredictionResults,
-    RawGrid,
-    RunOutcome,
-    camera_settings,
-)
+from ..defaults import PIXEL_SIZE_NM, RENDER_PIXEL_NM
+from ..inference.run import RunOutcome
+from ._layers import PredictionResults, RawGrid, camera_settings
 from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
@@ -100,7 +95,7 @@ class PredictWidget(Container):
         self.layer = layer_chooser(napari_viewer, ("raw",), "camera frames")
         self.layer.tooltip = ("image layers of raw camera counts: opened with napari-smlm-uq, the sample, or "
                               "any grayscale integer image")
-        self.pixel_size = FloatSpinBox(value=DEFAULT_PIXEL_SIZE, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
+        self.pixel_size = FloatSpinBox(value=PIXEL_SIZE_NM, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
                                        tooltip="raw camera pixel size in the sample plane")
         self.camera_kind = ComboBox(choices=list(EXCESS_NOISE), value="ccd", label="camera",
                                     tooltip="ccd, scmos or emccd (electron multiplication doubles the shot noise)")
@@ -133,7 +128,7 @@ class PredictWidget(Container):
                                    value=d.precision, label="arithmetic",
                                    tooltip="auto: bf16 where the GPU or CPU computes it natively (1.5-2.3x faster, "
                                            "same localizations), else fp32")
-        self.render_pixel = FloatSpinBox(value=DEFAULT_RENDER_PIXEL, min=0.5, max=1e4, step=0.5,
+        self.render_pixel = FloatSpinBox(value=RENDER_PIXEL_NM, min=0.5, max=1e4, step=0.5,
                                          label="render pixel (nm)",
                                          tooltip="pixel size of the rendered localizations (Gaussians of their "
                                                  "uncertainty)")
@@ -194,7 +189,7 @@ class PredictWidget(Container):
         self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
         self._show_background(frames, self.camera_choice.camera)
         self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if "pixel_size" in meta["found"]
-                                   else f"; pixel size: default {DEFAULT_PIXEL_SIZE:g} nm, check it")
+                                   else f"; pixel size: default {PIXEL_SIZE_NM:g} nm, check it")
         extra = layer.metadata.get("note")
         self.camera_note.value += f". {extra}" if extra else ""
 
