@@ -162,7 +162,8 @@ def check(obj: Any) -> None:
 
 def build(cls: type, values: Mapping[str, Any], **given: Any) -> Any:
     """An instance of ``cls`` from ``values`` keyed by :attr:`Spec.dest` (a parsed command line, a widget's
-    values; a field that is absent keeps its default), nested settings built alike, ``given`` fields as given."""
+    values; a field that is absent, or that no front end shows, keeps its default), nested settings built
+    alike, ``given`` fields as given."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -170,7 +171,7 @@ def build(cls: type, values: Mapping[str, Any], **given: Any) -> Any:
             kwargs[f.name] = given[f.name]
         elif dataclasses.is_dataclass(hints[f.name]):
             kwargs[f.name] = build(hints[f.name], values)
-        elif "option" in f.metadata:
+        elif "option" in f.metadata and (f.metadata["option"].cli or f.metadata["option"].gui):
             s = _spec(f, hints[f.name])
             if s.dest in values:
                 value = values[s.dest]

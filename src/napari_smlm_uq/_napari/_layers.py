@@ -237,6 +237,26 @@ class PredictionResults(RunResults):
         return out
 
 
+def show_layers(viewer, layers: dict, data: dict) -> None:
+    """Add the layers of ``data`` (:meth:`PredictionResults.layer_data`) to ``viewer``, or update those in
+    ``layers`` (by kind; new ones are added there) that are still in the viewer."""
+    for kind, (array, kwargs, layer_type) in data.items():
+        layer = layers.get(kind)
+        if layer is None or layer not in viewer.layers:
+            add = viewer.add_points if layer_type == "points" else viewer.add_image
+            layers[kind] = add(array, **kwargs)
+            continue
+        if layer_type == "points":
+            layer.data = array
+            layer.features = kwargs["features"]
+            layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
+        else:
+            layer.data = array
+            layer.contrast_limits = kwargs["contrast_limits"]
+        layer.metadata = kwargs["metadata"]
+        layer.name = kwargs["name"]
+
+
 def upper_limit(array) -> float:
     """A contrast limit: the 99.9th percentile (of the last frame for a stack, so a long lazy stack is not read)."""
     frame = np.asarray(array[-1] if np.ndim(array) == 3 and len(array) else array)

@@ -21,6 +21,18 @@ def layer_chooser(viewer, kinds: tuple[str, ...], label: str, nullable: bool = F
     return ComboBox(choices=choices, label=label, nullable=nullable)
 
 
+def more_settings(widgets: list, title: str = "More settings"):
+    """A collapsed section (Qt) holding ``widgets``, labelled: the settings a run seldom changes."""
+    from superqt import QCollapsible
+
+    box = Container(widgets=widgets)
+    box.margins = (0, 0, 0, 0)
+    section = QCollapsible(title)
+    section.addWidget(box.native)
+    section.container = box   # the magicgui side lives as long as the section
+    return section
+
+
 def note(text: str = "") -> Label:
     """A label whose text wraps to the dock's width."""
     label = Label(value=text)
@@ -62,6 +74,22 @@ class ModelChooser(Container):
     def _file_chosen(self, path) -> None:
         if path and Path(path).is_file():
             self.add_file(path)
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """The devices of this machine, ``auto`` naming the one it picks."""
+    from ..inference.pipeline import available_devices
+
+    devices = available_devices()
+    return [(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices]
+
+
+def precision_choices() -> list[tuple[str, str]]:
+    """The network arithmetics, ``auto`` naming the one it picks on the default device."""
+    from ..inference.pipeline import PRECISIONS, PredictSettings, native_bf16
+
+    auto = "bf16" if native_bf16(PredictSettings(device="auto").torch_device()) else "fp32"
+    return [(f"auto ({auto})" if p == "auto" else p, p) for p in PRECISIONS]
 
 
 def describe_error(exc: BaseException) -> str:

@@ -22,7 +22,8 @@ class Parser(argparse.ArgumentParser):
         raise ParseError(self.prog, message)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, only: Iterable[str] = (), unset: Iterable[str] = ()) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, only: Iterable[str] = (),
+                unset: Iterable[str] = ()) -> None:
     """An option for every field of settings class ``cls`` that the command line shows (``only``: just these
     fields); the fields in ``unset`` default to None, meaning "from the input file, else the field's default"."""
     only, unset = set(only), set(unset)

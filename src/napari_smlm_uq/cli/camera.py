@@ -32,7 +32,7 @@ def run(a: argparse.Namespace) -> int:
     from ..io.tiff import open_stack
 
     stack = open_stack(a.stack)
-    known = {k: v if v is not None else stack.metadata.get(k) for k, v in (("offset", a.offset), ("read_noise", a.read_noise))}
+    known = {k: stack.metadata.get(k) if getattr(a, k) is None else getattr(a, k) for k in ("offset", "read_noise")}
     try:
         estimate = estimation.estimate_camera(stack.data[:estimation.MAX_FRAMES], a.camera_kind, known["offset"],
                                               known["read_noise"], a.method)

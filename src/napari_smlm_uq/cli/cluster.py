@@ -42,7 +42,8 @@ def predict_on_cluster(a: argparse.Namespace, options: RunSettings, sources: lis
                 elif isinstance(item, dist.StackFailed):
                     failures.append(f"{item.job.source}: {item.error}")
                 else:
-                    check = finish_stack(item, models.name, time.perf_counter() - t0, options, *choices[item.job.source])
+                    seconds = time.perf_counter() - t0
+                    check = finish_stack(item, models.name, seconds, options, *choices[item.job.source])
                     bar.write(f"{item.job.source.name}: {len(item.job.frames)} frames, "
                               f"{len(item.localizations)} localizations -> {item.job.out}; {check}", file=sys.stdout)
     except KeyboardInterrupt:

@@ -76,8 +76,9 @@ class PredictSettings:
     seed: int = option(0, help="random seed of the diffusion samples")
     schedule: str | None = option(None, help="inference noise levels from a named schedule (default: the model's "
                                   "training schedule; 'paper' for the paper's)")
-    background: BackgroundEstimate | None = option(None, help="background estimate of the normalisation, frame or local (default: "
-                                    "the model's own)", cli=False, gui=False)
+    background: BackgroundEstimate | None = option(
+        None, help="background estimate of the normalisation, frame or local (default: the model's own; chosen by "
+        "the run)", flag="--background-estimate", cli=False, gui=False)
     refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
 
     def validate(self) -> "PredictSettings":

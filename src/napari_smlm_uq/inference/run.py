@@ -122,6 +122,15 @@ def output_folder(path: str | Path, outputs: tuple[str, ...], overwrite: bool) -
     return out
 
 
+def run_folder(parent: Path, name: str) -> Path:
+    """A new folder for one run under ``parent``: ``name``, else ``name 2``, ``name 3``..."""
+    folder, k = parent / name, 1
+    while folder.exists():
+        k += 1
+        folder = parent / f"{name} {k}"
+    return folder
+
+
 def clear_outputs(out: Path, overwrite: bool) -> None:
     """Make ``out`` and remove an earlier run's files (with ``overwrite`` also its store and chunks)."""
     from .distributed import discard
