@@ -6,6 +6,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
+from ..io.files import InputError
 from . import _models
 from ._layers import layer_kind
 
@@ -99,6 +100,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return ("Out of GPU memory even with the smallest batches. Choose device 'cpu', fewer samples, or a "
                 "shorter frame range.")
-    if isinstance(exc, (ValueError, OSError)):  # InputError is a ValueError: already a user message
+    if isinstance(exc, (InputError, OSError)):  # already a message for the user
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return f"internal error, please report it: {type(exc).__name__}: {exc}"

@@ -92,7 +92,7 @@ class PostprocessWidget(Container):
         try:
             table, name = self.table()
             self.result = workflow.run(table, self.settings())
-        except (InputError, ValueError) as exc:
+        except InputError as exc:
             self.summary.value = str(exc)
             show_error(str(exc))
             return

@@ -30,6 +30,7 @@ from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import PredictSettings
 from ..inference.run import RunOutcome, RunSettings, run_folder
 from ..io.camera_map import read_camera_map
+from ..io.files import InputError
 from ..io.store import ENCODINGS
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
@@ -285,7 +286,7 @@ class PredictWidget(Container):
                     info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
                           "steps": settings.steps},
                     grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value, encoding=self.store_encoding.value)
-        except (ValueError, OSError) as exc:  # InputError is a ValueError
+        except (InputError, OSError) as exc:
             show_error(f"Check the settings: {exc}")
             return None
         self._layers, self._error = {}, None
@@ -342,7 +343,7 @@ class PredictWidget(Container):
         elif isinstance(item, distributed.StackDone):   # the worker has added its sums and localizations
             return
         elif isinstance(item, distributed.StackFailed):
-            self._on_errored(ValueError(item.error))
+            self._on_errored(InputError(item.error))
             return
         else:
             return

@@ -263,7 +263,7 @@ class TrainWidget(Container):
             return None
         try:
             s = self.settings()
-        except ValueError as exc:
+        except InputError as exc:
             show_error(f"Check the training settings: {exc}")
             return None
         resumes = any(Path(s.out_dir).glob("train_state_*.pt"))

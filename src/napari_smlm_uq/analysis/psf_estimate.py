@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
 from ..inference.refine import fit_frame
+from ..io.files import InputError
 from ..physics.camera import Camera
 
 # The bundled model's training range (docs/models.md): photons per emitter, background photons/px, PSF sigma px.
@@ -116,7 +117,7 @@ def estimate_psf(frames_adu, camera: Camera, max_spots: int = 300, excess: float
             break
     values = np.concatenate(fits) if fits else np.zeros((0, 3))
     if len(values) < MIN_SPOTS:
-        raise ValueError(f"only {len(values)} isolated bright spots found (need >= {MIN_SPOTS}): "
+        raise InputError(f"only {len(values)} isolated bright spots found (need >= {MIN_SPOTS}): "
                          "check the camera settings, or give more frames")
     values = values[np.argsort(-values[:, 1])[:max_spots]]
     median = np.median(values, axis=0)

@@ -41,7 +41,7 @@ def run(a: argparse.Namespace) -> int:
     camera = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else estimate.camera()
     try:
         psf, failure = estimate_psf(stack.data, camera, excess=camera.excess_noise), None
-    except ValueError as exc:   # too few isolated spots: the camera is still reported
+    except InputError as exc:   # too few isolated spots: the camera is still reported
         psf, failure = None, str(exc)
     if a.json:
         print(json.dumps(estimate.as_dict() | {"psf": psf.as_dict() if psf else None, "psf_error": failure,

@@ -345,7 +345,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     device = s.torch_device()
     models.to(device)
     if s.samples and models.psi is None:
-        raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
+        raise InputError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
     notes: list[str] = []
     while len(frames):
         try:
