@@ -26,8 +26,8 @@ from ..io.files import InputError
 from ..models import registry
 from ..training import Progress, TrainSettings
 from . import _models
-from ._layers import camera_settings
 from ._fields import SettingsForm
+from ._layers import camera_settings
 from ._widgets import (
     ModelChooser,
     describe_error,

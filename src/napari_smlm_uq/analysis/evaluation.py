@@ -84,8 +84,9 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
         sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
         locs = Localizations.concat(_raw_localizations(models, stack.adu, sim_settings, should_stop))
         gt = stack.emitters
+        tolerance = metrics.ScoreSettings.tolerance / sim.pixel_size   # raw pixels
         m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]), gt.frame, np.column_stack([gt.col, gt.row]),
-                          tolerance=metrics.ScoreSettings.tolerance / sim.pixel_size)
+                          tolerance=tolerance)
         bins_of = frame_context(locs.frame, locs.row, locs.col, locs.snr, sim.shape)
         err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
         z.append(err / locs.uncertainty[m.loc_idx, None])

@@ -9,11 +9,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
-
 from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM
 from ..inference.pipeline import PredictSettings
-from ..inference.run import RunSettings, clear_outputs, input_stacks, output_folder, write_results
+from ..inference.run import RunSettings, clear_outputs, frame_writer, input_stacks, output_folder, write_results
 from ..io.files import InputError
 from ._options import add_options, settings
 
@@ -96,33 +94,6 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     return stack, frames, s, choice, background
 
 
-def frame_writer(a: argparse.Namespace, files: ExitStack, job, total, model_name: str):
-    """``write(result)`` of one frame's mean, std and sample: into ``job.out/results.zarr`` (``--format
-    zarr``; when ``files`` closes, the sums of ``total`` are stored and the store marked complete, or partial
-    with the frames done if the run stopped) or into three TIFF stacks."""
-    from ..physics.kde import UPSAMPLING
-
-    first = job.frames.start
-    if a.format == "zarr":
-        from ..io.store import ResultStore
-
-        store = ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
-                                   encoding=job.encoding, settings=job.run(a.model))
-
-        def close() -> None:
-            if total.total is not None:
-                store.write_sums(total.total.astype(np.float32), total.std.astype(np.float32), total.frames)
-            store.finish()
-        files.callback(close)
-        return lambda r: store.write_frame(r.index - first, r.mean, r.std, r.sample)
-    from ..io.tiff import StackWriter
-
-    sr = job.settings.pixel_size / UPSAMPLING
-    writers = {k: files.enter_context(StackWriter(job.out / f"{k}.tif", sr, kind=f"SR {k}", model=model_name))
-               for k in ("mean", "std", "sample")}
-    return lambda r: [writer.write(getattr(r, key)[None]) for key, writer in writers.items()]
-
-
 def progress_bar(files: ExitStack, frames: int):
     from tqdm import tqdm
 
@@ -144,7 +115,7 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
         job = StackJob(source.resolve(), frames, stack.shape[1:], s, out, a.store_encoding)
-        write = frame_writer(a, files, job, total, models.name)
+        write = frame_writer(a.format, files, job, total, a.model, models.name)
         bar = progress_bar(files, n)
         for result in predict(stack.data, models, s, frames):
             for note in result.notes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -140,6 +141,30 @@ def clear_outputs(out: Path, overwrite: bool) -> None:
         (out / name).unlink(missing_ok=True)
     if overwrite:
         discard(out)
+
+
+def frame_writer(kind: str, files: ExitStack, job, total: StackSum, model: str, model_name: str):
+    """``write(result)`` of one frame's mean, std and sample of ``job`` (an ``inference.distributed.StackJob``)
+    by a run in one process: into ``job.out/results.zarr`` (``kind`` zarr; when ``files`` closes, the sums of
+    ``total`` are stored and the store marked complete, or partial with the frames done if the run stopped) or
+    into three TIFF stacks. ``model``: as given (a name or a file), ``model_name``: the loaded model's name."""
+    first = job.frames.start
+    if kind == "zarr":
+        store = ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
+                                   encoding=job.encoding, settings=job.run(model))
+
+        def close() -> None:
+            if total.total is not None:
+                store.write_sums(total.total.astype(np.float32), total.std.astype(np.float32), total.frames)
+            store.finish()
+        files.callback(close)
+        return lambda r: store.write_frame(r.index - first, r.mean, r.std, r.sample)
+    from ..io.tiff import StackWriter
+
+    sr = job.settings.pixel_size / UPSAMPLING
+    writers = {k: files.enter_context(StackWriter(job.out / f"{k}.tif", sr, kind=f"SR {k}", model=model_name))
+               for k in ("mean", "std", "sample")}
+    return lambda r: [writer.write(getattr(r, key)[None]) for key, writer in writers.items()]
 
 
 def write_results(out: Path, source: Path, frames: range, model: str, settings, total: StackSum, locs: Localizations,
