@@ -62,7 +62,7 @@ class TrainSettings:
     background: tuple[float, float] = option((5.0, 100.0), help="background photons per pixel", unit="photons/px",
                                              low=0.0)
     psf_sigma: tuple[float, float] = option((0.8, 1.5), help="PSF standard deviation", unit="px", low=0.0,
-                                            open_low=True)
+                                            open_low=True, label="PSF sigma")
     density: tuple[float, float] = option((0.0, 6.0), help="emitters per um^2 in each frame", unit="/um^2", low=0.0)
     read_noise: tuple[float, float] = option((0.0, 3.0), help="camera read noise", unit="e- rms", low=0.0)
     pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size (sets the density scale)", unit="nm", low=0.0,

@@ -51,7 +51,8 @@ class SimulationSettings:
     density: Range = option(1.0, help="emitters per um^2 in each frame", unit="/um^2", low=0.0)
     photons: Range = option(2000.0, help="photons per emitter", low=0.0, open_low=True)
     background: Range = option(20.0, help="background photons per pixel", unit="photons/px", low=0.0)
-    psf_sigma: Range = option(1.0, help="PSF standard deviation", unit="px", low=0.0, open_low=True)
+    psf_sigma: Range = option(1.0, help="PSF standard deviation", unit="px", low=0.0, open_low=True,
+                              label="PSF sigma")
     pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size in the sample plane", unit="nm", low=0.0,
                                open_low=True)
     camera: Camera = field(default_factory=Camera)
