@@ -54,7 +54,7 @@ def probed(*args, **kwargs):
     for result in predict(*args, **kwargs):
         yield result
         trace.append(rss_gb())
-pipeline.predict = probed   # cli.predict_here imports it at call time
+pipeline.predict = probed   # cli.predict.predict_here imports it at call time
 t0, c0 = time.perf_counter(), time.process_time()
 code = cli.main(sys.argv[3:])
 print(json.dumps({"code": code, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,

@@ -261,3 +261,27 @@ def test_cli_reports_io_errors_in_one_line(tmp_path, capsys):
     path.write_bytes(b"\xff\xfe\x00garbage\x00")
     code, _, err = run_main(capsys, "evaluate", path, path)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback_and_asks_for_a_report(capsys, monkeypatch):
+    """A plain ValueError from the core is ours, not the user's: traceback, a request to report it, exit 1."""
+    from napari_smlm_uq.physics import crlb
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(crlb, "crlb", broken)
+    code, out, err = run_main(capsys, "crlb")
+    assert code == 1 and out == ""
+    assert "Traceback" in err and "ValueError: an internal inconsistency" in err and "please report it" in err
+
+
+def test_ctrl_c_exits_130(capsys, monkeypatch):
+    from napari_smlm_uq.physics import crlb
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crlb, "crlb", interrupted)
+    code, _, err = run_main(capsys, "crlb")
+    assert code == 130 and err.strip() == "smlm-uq crlb: interrupted"

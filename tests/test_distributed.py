@@ -19,6 +19,7 @@ from conftest import simulated_inputs
 
 import napari_smlm_uq
 from napari_smlm_uq import cli
+from napari_smlm_uq.cli import predict
 from napari_smlm_uq.inference import distributed as dist
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.io.files import InputError
@@ -99,8 +100,8 @@ def test_cluster_gives_single_process_results(inputs, single, client, tmp_path, 
 @pytest.mark.slow
 def test_killed_worker_leaves_every_frame_once(inputs, client, tmp_path):
     out = tmp_path / "killed"
-    stack, frames, settings, *_ = cli.prepare_stack(cli.build_parser().parse_args(predict_args(inputs, out)),
-                                                 inputs["stack"], out, registry.load(inputs["model"]))
+    stack, frames, settings, *_ = predict.prepare_stack(cli.parser().parse_args(predict_args(inputs, out)),
+                                                     inputs["stack"], out, registry.load(inputs["model"]))
     settings = replace(settings, samples=4, steps=6)   # slow enough that chunks are still running after the first
     job = dist.StackJob(inputs["stack"], frames, stack.shape[1:], settings, out, encoding="float32")
     pids = client.run(os.getpid)
@@ -195,7 +196,7 @@ def test_workers_with_another_version_are_named(client, monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (("--resume",), "--resume completes a cluster run"),
     (("--workers", "1", "--scheduler", "tcp://127.0.0.1:9"), "either --workers"),
-    (("--workers", "1", "--chunk-frames", "0"), "--chunk-frames must be >= 1"),
+    (("--workers", "1", "--chunk-frames", "0"), "chunk frames must be >= 1"),
     (("--workers", "1", "--format", "tif"), "--format tif is for runs in one process"),
 ])
 def test_bad_cluster_options_are_one_line(inputs, tmp_path, capsys, extra, message):

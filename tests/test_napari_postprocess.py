@@ -42,6 +42,7 @@ def test_widget_corrects_merges_and_plots(make_napari_viewer, sim):
     layer.shown = ~hidden
     widget = dock(viewer)
     widget.source.value = layer
+    widget.drift.value = widget.merge.value = widget.frc.value = True
     widget.run_button.clicked.emit()
     result = widget.result
     assert result is not None, widget.summary.value
@@ -62,7 +63,7 @@ def test_widget_keeps_positions_without_steps_and_reads_files(make_napari_viewer
     layer = add_localizations(viewer, sim)
     widget = dock(viewer)
     widget.source.value = layer
-    widget.do_drift.value = widget.do_merge.value = widget.do_frc.value = False
+    assert not (widget.drift.value or widget.merge.value or widget.frc.value)   # steps run when asked for
     widget.run_button.clicked.emit()
     out = viewer.layers["raw localizations post-processed"]
     assert np.allclose(out.data, layer.data)  # same world coordinates as the prediction's points
@@ -73,7 +74,7 @@ def test_widget_keeps_positions_without_steps_and_reads_files(make_napari_viewer
     path = tmp_path / "table.csv"
     write_localizations(path, {"frame": sim.frame + 1, "x [nm]": sim.x, "y [nm]": sim.y, "uncertainty [nm]": sim.sigma})
     widget.table_file.value = path
-    widget.do_merge.value = True
+    widget.merge.value = True
     widget.run_button.clicked.emit()
     assert "table post-processed" in viewer.layers and widget.result.table["frames"].sum() == len(sim)
     widget.out_dir.value = tmp_path / "out"

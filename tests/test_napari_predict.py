@@ -27,7 +27,7 @@ def model_file(tiny_model_file):
 def open_widget(viewer):
     """The prediction widget, storing lossless float32 (the layers are compared with the pipeline's numbers)."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
-    widget.encoding.value = "float32"
+    widget.store_encoding.value = "float32"
     return widget
 
 
@@ -268,12 +268,12 @@ def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napar
 
 
 @pytest.mark.slow
-def test_arithmetic_choice_reaches_the_settings(make_napari_viewer):
+def test_precision_choice_reaches_the_settings(make_napari_viewer):
     viewer = make_napari_viewer()
     add_raw(viewer)
     widget = open_widget(viewer)
     native = pipeline.native_bf16(pipeline.PredictSettings(device="auto").torch_device())
-    assert widget.arithmetic.value == "auto" and widget.settings().precision == "auto"
-    assert widget.arithmetic.native.currentText() == f"auto ({'bf16' if native else 'fp32'})"
-    widget.arithmetic.value = "fp32"
+    assert widget.precision.value == "auto" and widget.settings().precision == "auto"
+    assert widget.precision.native.currentText() == f"auto ({'bf16' if native else 'fp32'})"
+    widget.precision.value = "fp32"
     assert widget.settings().precision == "fp32" and not widget.settings().bf16(widget.settings().torch_device())

@@ -29,9 +29,9 @@ def open_widget(viewer, model_file, samples=2, steps=2, encoding="float32"):
     """The prediction widget; lossless stores (``encoding``) unless a test checks the default's bounds."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
     widget.model.add_file(model_file)
-    assert widget.encoding.value == "compact"   # the default
+    assert widget.store_encoding.value == "compact"   # the default
     widget.samples.value, widget.steps.value, widget.device.value = samples, steps, "cpu"
-    widget.encoding.value = encoding
+    widget.store_encoding.value = encoding
     return widget
 
 
@@ -103,7 +103,7 @@ def test_layers_read_the_store_lazily_and_the_rendering_holds_every_localization
     assert field.any() and inside[field].all() and (rendered.data[tuple(idx[field].T)] > 0).all()
     np.testing.assert_allclose(np.floor(y[field] / 20.0), idx[field, 0])   # pixel k covers [20 k, 20 (k + 1)) nm
     # the consecutive-frame precision check is shown after the run
-    assert widget.precision.value.startswith("precision check")
+    assert widget.precision_check.value.startswith("precision check")
 
 
 @pytest.mark.slow
@@ -221,7 +221,7 @@ def test_cluster_field_runs_the_job_on_a_dask_scheduler(make_napari_viewer, qtbo
     widget = open_widget(viewer, tiny_model_file)
     widget.output.value = tmp_path / "out"
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster:
-        widget.cluster.value = cluster.scheduler_address
+        widget.scheduler.value = cluster.scheduler_address
         run_and_wait(widget, qtbot)
     assert widget.results.done == 3 and "done: 3 frames" in widget.status.value
     store = ResultStore.open(tmp_path / "out" / "movie")

@@ -135,7 +135,7 @@ def table_of(sim: simulation.SimulatedLocalizations) -> dict[str, np.ndarray]:
 
 def test_workflow_runs_every_step_and_reports():
     sim = simulation.simulate_localizations(frames=1200, field_um=5.0, density=0.5, molecules=600, seed=8)
-    result = workflow.run(table_of(sim), workflow.Settings(rcc_segment=300, segment=100))
+    result = workflow.run(table_of(sim), workflow.Settings(True, True, True, rcc_segment=300, segment=100))
     assert set(result.table) >= {"frame", "x [nm]", "y [nm]", "uncertainty [nm]", "frames", "intensity [photon]",
                                  "detection"}
     assert result.table["frames"].sum() == len(sim)
@@ -156,4 +156,4 @@ def test_workflow_runs_every_step_and_reports():
 def test_workflow_rejects_bad_tables(change, message):
     sim = simulation.simulate_localizations(frames=100, field_um=3.0, density=0.5, molecules=100, seed=9)
     with pytest.raises(InputError, match=message):
-        workflow.run(change(table_of(sim)), workflow.Settings())
+        workflow.run(change(table_of(sim)), workflow.Settings(drift=True, merge=True, frc=True))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis.evaluation import localization_report, pixel_report, true_kdes
+from .defaults import PIXEL_SIZE_NM
 from .inference.pipeline import PredictSettings, predict
 from .localizations import Localizations, px_to_nm
 from .models import registry
@@ -14,7 +15,7 @@ from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate
 
 DEMO_SIM = SimulationSettings(frames=10, size=32, density=1.5, photons=2000.0, background=20.0, psf_sigma=1.0,
-                              pixel_size=100.0, seed=2026)
+                              pixel_size=PIXEL_SIZE_NM, seed=2026)
 
 
 def run(settings: PredictSettings, model: str = registry.DEFAULT_MODEL, sim: SimulationSettings = DEMO_SIM) -> dict:

@@ -11,20 +11,21 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator
+from typing import Callable, Generator, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .analysis.evaluation import calibrate, localization_report
-from .inference.pipeline import PredictSettings, bf16_autocast, predict
-from .inference.preprocessing import BACKGROUND_ESTIMATES, normalise, psi_condition
+from .defaults import PIXEL_SIZE_NM
+from .inference.pipeline import DEVICE_HELP, Precision, PredictSettings, bf16_autocast, predict
+from .inference.preprocessing import BackgroundEstimate, normalise, psi_condition
 from .io.files import InputError, atomic_path
 from .localizations import Localizations
 from .models import registry
 from .models.registry import Models
-from .physics.camera import Camera
+from .physics.camera import Camera, CameraKind
 from .physics.crlb import crlb_nm
 from .physics.kde import render_kde, to_model
 from .physics.simulate import (
@@ -37,9 +38,11 @@ from .physics.simulate import (
     expected_photons,
     simulate,
 )
+from .settings import check, option
 
 PATCH = 16          # raw pixels (64 SR pixels)
 DISC_RADIUS = 7.0   # raw pixels (paper section 4)
+Target = Literal["phi", "psi", "both"]
 
 
 @dataclass
@@ -47,66 +50,57 @@ class TrainSettings:
     """Simulation ranges (photons per emitter, background photons/px, PSF sigma raw px, density
     emitters/um^2 at ``pixel_size`` nm, read noise e- rms) and optimisation settings."""
 
-    target: str = "both"
-    iterations: int = 10000
-    psi_iterations: int | None = None   # psi's iterations when target is "both" (default: iterations)
-    batch_size: int = 16
-    lr: float = 5e-4
-    photons: tuple[float, float] = (500.0, 10000.0)
-    background: tuple[float, float] = (5.0, 100.0)
-    psf_sigma: tuple[float, float] = (0.8, 1.5)
-    density: tuple[float, float] = (0.0, 6.0)
-    read_noise: tuple[float, float] = (0.0, 3.0)
-    pixel_size: float = 100.0
-    edge_patches: float = 0.5   # fraction of patches with emitters up to the patch edge, not in the disc
-    out_dir: str = "smlm-uq-training"
-    init: str | None = None
-    seed: int = 0
-    checkpoint_every: int = 250
-    val_size: int = 128
-    calibration_frames: int = 0   # > 0: refit the uncertainty calibration afterwards on stacks of this length
-    precision: str = "auto"  # as for inference: bf16 autocast where native (phi trains 2.2x faster on the CPU measured)
-    device: str = "auto"   # auto: CUDA when present
-    data_workers: int = 0  # processes simulating training patches beside the optimiser (0: in line)
-    stage_seconds: float | None = None  # a time budget per stage: the iteration count is cut to fit it
-    background_estimate: str = "frame"   # preprocessing.normalise: "frame" median or "local" estimate
-    background_maps: float = 0.0   # fraction of patches whose background varies (cut from 64 px maps, 1-6x)
-    camera_kind: str = "ccd"   # "emccd": EMCCD shot noise (read noise then in effective photo-electrons)
+    target: Target = option("both", help="which networks to train: phi, psi (from --init's phi) or both in turn")
+    iterations: int = option(10000, help="optimiser steps per network", low=1)
+    psi_iterations: int | None = option(None, help="psi's iterations when target is both (default: iterations)",
+                                        low=1)
+    batch_size: int = option(16, help="simulated 16x16-pixel patches per step", low=1)
+    lr: float = option(5e-4, help="peak learning rate (cosine schedule with warm-up)", low=0.0, open_low=True,
+                       high=1.0, label="learning rate", step=1e-6)
+    photons: tuple[float, float] = option((500.0, 10000.0), help="photons per emitter (drawn log-uniformly)", low=0.0,
+                                          open_low=True)
+    background: tuple[float, float] = option((5.0, 100.0), help="background photons per pixel", unit="photons/px",
+                                             low=0.0)
+    psf_sigma: tuple[float, float] = option((0.8, 1.5), help="PSF standard deviation", unit="px", low=0.0,
+                                            open_low=True, label="PSF sigma")
+    density: tuple[float, float] = option((0.0, 6.0), help="emitters per um^2 in each frame", unit="/um^2", low=0.0)
+    read_noise: tuple[float, float] = option((0.0, 3.0), help="camera read noise", unit="e- rms", low=0.0)
+    pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size (sets the density scale)", unit="nm", low=0.0,
+                               open_low=True)
+    edge_patches: float = option(0.5, help="fraction of patches with emitters up to the patch edge (the rest: in a "
+                                 "centred disc)", low=0.0, high=1.0, step=0.05)
+    out_dir: str = option("smlm-uq-training", help="output folder (model.pt and resumable checkpoints)",
+                          flag="--out", gui=False)
+    init: str | None = option(None, help="bundled model name or model file to fine-tune", gui=False)
+    seed: int = option(0, help="random seed")
+    checkpoint_every: int = option(250, help="validate and save every N iterations", low=1, label="save every")
+    val_size: int = option(128, help="simulated patches in the validation set", low=1, label="validation patches")
+    calibration_frames: int = option(0, help="afterwards, refit the uncertainty calibration on 6 simulated stacks of "
+                                     "this many frames spanning the training ranges (0: keep the calibration of the "
+                                     "model started from)", low=0, flag="--calibrate", label="calibration frames")
+    precision: Precision = option("auto", help="network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU "
+                                  "or CPU computes it natively: phi trains 2.2x faster on the CPU measured)")
+    device: str = option("auto", help=DEVICE_HELP)
+    data_workers: int = option(0, help="processes simulating training patches beside the optimiser (0: in line)",
+                               low=0)
+    stage_seconds: float | None = option(None, help="time budget per stage (phi, psi): the iteration count is cut to "
+                                         "fit it (paced on iterations 50-100)", unit="s", low=0.0, open_low=True)
+    background_estimate: BackgroundEstimate = option("frame", help="background the input is normalised around: the "
+                                                     "frame median or a local estimate")
+    background_maps: float = option(0.0, help="fraction of patches whose background varies across the patch "
+                                    "(gradients, illumination, cells; 1-6x)", low=0.0, high=1.0, step=0.05)
+    camera_kind: CameraKind = option("ccd", help="emccd: EMCCD shot noise (read noise then in effective "
+                                     "photo-electrons)", label="camera kind")
     config: dict = field(default_factory=registry.default_config)
 
     def validate(self) -> "TrainSettings":
-        if self.target not in ("phi", "psi", "both"):
-            raise ValueError(f"target must be phi, psi or both (got {self.target!r})")
-        if int(self.calibration_frames) < 0:
-            raise ValueError(f"calibration frames must be >= 0 (got {self.calibration_frames})")
-        for name in ("iterations", "batch_size", "checkpoint_every", "val_size", "psi_iterations"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if not 0 <= self.edge_patches <= 1:
-            raise ValueError(f"edge patches must be a fraction in [0, 1] (got {self.edge_patches})")
-        Camera(kind=self.camera_kind).validate()
-        if not 0 <= self.background_maps <= 1:
-            raise ValueError(f"background maps must be a fraction in [0, 1] (got {self.background_maps})")
-        if self.background_estimate not in BACKGROUND_ESTIMATES:
-            raise ValueError(f"background estimate must be one of {', '.join(BACKGROUND_ESTIMATES)} "
-                             f"(got {self.background_estimate!r})")
-        if not (0 < self.lr < 1):
-            raise ValueError(f"learning rate must be in (0, 1) (got {self.lr})")
-        for name, low in (("photons", 0), ("background", -1e-12), ("psf_sigma", 0), ("density", -1e-12),
-                          ("read_noise", -1e-12)):
-            lo, hi = getattr(self, name)
-            if not (lo > low and hi >= lo and math.isfinite(hi)):
-                raise ValueError(f"{name} range must satisfy {max(low, 0):g} {'<' if low == 0 else '<='} low <= high (got {lo}, {hi})")
-        if self.stage_seconds is not None and not self.stage_seconds > 0:
-            raise ValueError(f"stage seconds must be > 0 (got {self.stage_seconds})")
-        if self.data_workers < 0:
-            raise ValueError(f"data workers must be >= 0 (got {self.data_workers})")
+        check(self)
         PredictSettings(device=self.device, precision=self.precision).validate().torch_device()  # inference's rules
         if self.target == "psi" and not self.init:
-            raise ValueError("training psi alone needs a model to start from (init): its phi conditions psi")
+            raise InputError("training psi alone needs a model to start from (init): its phi conditions psi")
         out = Path(self.out_dir).resolve()
         if out == registry.WEIGHTS_DIR.resolve() or registry.WEIGHTS_DIR.resolve() in out.parents:
-            raise ValueError("the output folder may not be the bundled weights folder")
+            raise InputError("the output folder may not be the bundled weights folder")
         return self
 
 

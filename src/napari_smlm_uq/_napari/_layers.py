@@ -1,4 +1,5 @@
-"""Layer geometry (docs/physics.md, sections 1 and 4) and result accumulation for the widgets; numpy only, no Qt.
+"""Layer geometry (docs/physics.md, sections 1 and 4) and a run's results as layers for the widgets; numpy only,
+no Qt.
 
 World coordinates are nm with raw pixel centres at ``index * p``: the raw layer has ``scale = (1, p, p)``
 on ``(frame, row, col)``; SR layers have ``scale = (1, p/f, p/f)`` and ``translate = (first frame,
@@ -9,28 +10,24 @@ the results always overlay the layer they came from.
 """
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..analysis.precision import consecutive_frame_precision
 from ..analysis.render import render
-from ..inference.pipeline import FrameResult, StackSum
+from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
+from ..inference.run import RunResults
 from ..io.store import DEFAULT_ENCODING, ResultStore
-from ..io.tables import localizations_table, px_to_nm, read_table, table_localizations, write_localizations
+from ..io.tables import localizations_table, px_to_nm
 from ..localizations import Localizations
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, grid_offset
 
 F = UPSAMPLING
-DEFAULT_PIXEL_SIZE = 100.0
-CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in ("offset", "gain", "read_noise")}  # 100 ADU, 1, 1.5 e-
+CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in CAMERA_FIELDS}  # 100 ADU, 1, 1.5 e-
 SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum": " SR sum",
             "sum std": " SR sum std", "rendered": " rendered", "localizations": " localizations"}
-DEFAULT_RENDER_PIXEL = 10.0  # nm: pixel size of the rendered localizations
-LOCALIZATIONS_FILE = "localizations.csv"  # beside results.zarr, as the CLI writes it
 PARTIAL = " (partial)"
 TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
 #                  "sum std", "rendered", "localizations", "ground truth", "filtered", "uncertain"
@@ -43,18 +40,18 @@ class RawGrid:
     """Where raw ``(T, H, W)`` frames sit in the world: the raw layer's per-axis ``scale`` and
     ``translate`` (frame, row, col), axis labels and units."""
 
-    scale: tuple = (1.0, DEFAULT_PIXEL_SIZE, DEFAULT_PIXEL_SIZE)
+    scale: tuple = (1.0, PIXEL_SIZE_NM, PIXEL_SIZE_NM)
     translate: tuple = (0.0, 0.0, 0.0)
     axis_labels: tuple = AXIS_LABELS
     units: tuple = UNITS
 
     @classmethod
-    def for_pixel_size(cls, pixel_size: float) -> "RawGrid":
+    def for_pixel_size(cls, pixel_size: float) -> RawGrid:
         p = float(pixel_size)
         return cls((1.0, p, p))
 
     @classmethod
-    def of_layer(cls, layer) -> "RawGrid":
+    def of_layer(cls, layer) -> RawGrid:
         """The grid of a napari image layer (a 2D layer gets a frame axis of scale 1)."""
         lead = 3 - layer.ndim
         scale = (1.0,) * lead + tuple(float(v) for v in layer.scale)
@@ -108,7 +105,7 @@ def camera_settings(metadata: dict | None) -> dict:
     ``found`` lists the keys the metadata held."""
     metadata = metadata or {}
     out, found = {}, []
-    for key, default in (("pixel_size", DEFAULT_PIXEL_SIZE), *CAMERA_DEFAULTS.items()):
+    for key, default in (("pixel_size", PIXEL_SIZE_NM), *CAMERA_DEFAULTS.items()):
         value = metadata.get(key)
         try:
             value = float(value)
@@ -147,127 +144,39 @@ def world_to_index(coords: np.ndarray, scale, translate, shape) -> tuple[np.ndar
     return idx, inside
 
 
-@dataclass
-class RunOutcome:
-    """How a run ended: its store complete or not, its localization count, the consecutive-frame precision
-    check described ("" without frames)."""
+class PredictionResults(RunResults):
+    """A run's results (inference/run.py) as napari layers: the KDE stacks read lazily from the store, chunk by
+    chunk; the accumulated images and localizations from memory, with their rendering at ``render_pixel`` nm.
+    ``grid`` places the raw frames in the world (default: ``scale = (1, p, p)``, as the reader does); it is
+    kept in the store's settings so that a reopened folder overlays the same raw layer."""
 
-    complete: bool
-    localizations: int
-    precision: str
-
-
-class PredictionResults:
-    """One run's results: the per-frame KDE stacks go to a :class:`ResultStore` on disk (the layers read
-    them lazily, chunk by chunk); memory holds only the accumulated images (sum and its std), the rendering
-    of the localizations at ``render_pixel`` nm, and the localizations.
-
-    Store frame ``i`` is raw frame ``first_frame + i``; frames arrive in order. ``grid`` places the raw
-    frames in the world (default: ``scale = (1, p, p)``, as the reader does); it is kept in the store's
-    settings so that a reopened folder overlays the same raw layer."""
-
-    def __init__(self, store: ResultStore, render_pixel: float = DEFAULT_RENDER_PIXEL):
-        settings = store.meta.get("settings", {})
-        self.store, self.path = store, store.path.parent
-        self.pixel_size = float(store.meta["pixel_size_nm"])
-        self.raw_shape = tuple(int(v) for v in store.meta["raw_shape"])
-        # the widget keeps first_frame; a cluster run (inference/distributed.py) its frame range
-        self.n_frames = store.frames
-        self.first_frame = int(settings.get("first_frame", settings.get("frames", [0])[0]))
-        grid = settings.get("grid")
+    def __init__(self, store: ResultStore, render_pixel: float = RENDER_PIXEL_NM):
+        super().__init__(store)
+        grid = store.meta.get("settings", {}).get("grid")
         self.grid = RawGrid(tuple(grid["scale"]), tuple(grid["translate"])) if grid else RawGrid.for_pixel_size(
             self.pixel_size)
-        self.info = {k: v for k, v in settings.items() if k not in ("first_frame", "grid")}
         self.render_pixel = float(render_pixel)
-        extent = (self.raw_shape[0] * self.pixel_size, self.raw_shape[1] * self.pixel_size)
-        self.rendered = render([], [], 1.0, extent, self.render_pixel)
-        self.total = StackSum()
-        self.locs: list[Localizations] = []
+        self.rendered = render([], [], 1.0, self.rendered_extent(), self.render_pixel)
         self._unrendered: list[Localizations] = []
-        self._locs_lock = threading.Lock()   # a worker adds frames while the viewer draws
-        self.done = 0
-        self.in_order = True   # frames arrive in order (False: chunks of a cluster run; every frame is shown)
-        self.seconds = 0.0
 
     @classmethod
     def create(cls, folder: str | Path, n_frames: int, raw_shape: tuple[int, int], pixel_size: float,
                first_frame: int = 0, info: dict | None = None, grid: RawGrid | None = None,
-               render_pixel: float = DEFAULT_RENDER_PIXEL, encoding: str = DEFAULT_ENCODING) -> "PredictionResults":
-        """A new (partial) store in ``folder`` (``encoding``: io/store.py ``ENCODINGS``); raises
-        :class:`InputError` when it cannot be written or the disk is too small for it."""
+               render_pixel: float = RENDER_PIXEL_NM, encoding: str = DEFAULT_ENCODING) -> PredictionResults:
+        """:meth:`RunResults.create`, keeping ``grid`` in the store."""
         grid = grid or RawGrid.for_pixel_size(pixel_size)
-        settings = {**(info or {}), "first_frame": int(first_frame),
-                    "grid": {"scale": list(grid.scale), "translate": list(grid.translate)}}
-        return cls(ResultStore.create(folder, n_frames, raw_shape, pixel_size, encoding=encoding, settings=settings),
-                   render_pixel)
+        info = {**(info or {}), "grid": {"scale": list(grid.scale), "translate": list(grid.translate)}}
+        return super().create(folder, n_frames, raw_shape, pixel_size, first_frame, info, encoding,
+                              render_pixel=render_pixel)
 
     @classmethod
-    def open(cls, folder: str | Path, render_pixel: float = DEFAULT_RENDER_PIXEL, mode: str = "r") -> "PredictionResults":
-        """The results kept in an output folder (or its ``results.zarr``): the frames done, the accumulated
-        images, and the localizations of :data:`LOCALIZATIONS_FILE` (none if the run never finished);
-        ``mode="r+"`` to go on writing (a cluster run's store, filled by the workers)."""
-        results = cls(ResultStore.open(folder, mode), render_pixel)
-        store = results.store
-        done = store.done()
-        results.done = int(done.sum())
-        results.in_order = bool(done[:results.done].all())
-        csv = results.path / LOCALIZATIONS_FILE
-        if csv.exists():
-            results._add_locs(table_localizations(read_table(csv), results.pixel_size))
-        if store.meta.get("accumulated_frames"):
-            results.total.total = np.asarray(store.group["sum"][...], np.float64)
-            results.total.variance = np.square(np.asarray(store.group["sum_std"][...], np.float64))
-            results.total.frames = int(store.meta["accumulated_frames"])
-        return results
+    def open(cls, folder: str | Path, render_pixel: float = RENDER_PIXEL_NM, mode: str = "r") -> PredictionResults:
+        return super().open(folder, mode, render_pixel=render_pixel)
 
-    @property
-    def complete(self) -> bool:
-        return self.done == self.n_frames
-
-    def add(self, result: FrameResult) -> None:
-        """Write one frame to the store and add it to the accumulated images and localizations (in the
-        prediction's worker thread; ``done`` counts it once it is in the store)."""
-        i = result.index - self.first_frame
-        if i != self.done:
-            raise ValueError(f"frame {result.index} arrived out of order (expected {self.first_frame + self.done})")
-        self.store.write(replace(result, index=i))
-        self.total.add(result)
-        self._add_locs(result.localizations)
-        self.done += 1
-        self.seconds += result.seconds
-
-    def add_stack(self, sums: StackSum, locs: Localizations) -> None:
-        """The accumulated images and localizations of frames predicted elsewhere (a cluster run)."""
-        self.total.merge(sums)
-        self._add_locs(locs)
-
-    def _add_locs(self, locs: Localizations) -> None:
+    def add_localizations(self, locs: Localizations) -> None:
         with self._locs_lock:
             self.locs.append(locs)
             self._unrendered.append(locs)
-
-    def localizations(self) -> Localizations:
-        with self._locs_lock:
-            parts = list(self.locs)
-        return Localizations.concat(parts)
-
-    def finish(self) -> bool:
-        """Write the accumulated images and the localizations beside the store, then mark the store complete
-        if every frame is done; returns whether it is (a cancelled or failed run stays partial)."""
-        if self.total.total is not None:
-            self.store.write_sums(self.total.total.astype(np.float32), self.total.std.astype(np.float32),
-                                  self.total.frames)
-        locs = self.localizations()
-        write_localizations(self.path / LOCALIZATIONS_FILE, localizations_table(locs, self.pixel_size))
-        return self.store.finish()
-
-    def close(self) -> RunOutcome:
-        """:meth:`finish` and the run's summary; for the prediction's worker thread (writing and checking 10^6
-        localizations takes a while)."""
-        complete = self.finish()
-        locs = self.localizations()
-        check = consecutive_frame_precision(locs, self.pixel_size).describe() if self.done else ""
-        return RunOutcome(complete, len(locs), check)
 
     def render_pending(self) -> np.ndarray:
         """The rendering (``render_pixel`` nm pixels), with the localizations added since the last call drawn
@@ -307,7 +216,8 @@ class PredictionResults:
         meta = {**self.info, "source": source, "pixel_size": p, "sr_pixel_size": p / F, "upsampling": F,
                 "store": str(self.path), "frames": (self.first_frame, self.first_frame + n), "partial": partial}
         stack, flat = self.grid.sr(3, self.first_frame), self.grid.sr(2)
-        total = self.total.total if self.total.total is not None else np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
+        empty = np.zeros((F * self.raw_shape[0], F * self.raw_shape[1]))
+        total = self.total.total if self.total.total is not None else empty
         total_std = self.total.std if self.total.std is not None else np.zeros_like(total)
         images = {"mean": (self.store.lazy("mean")[:n], stack, "magma", 1.0),
                   "sample": (self.store.lazy("sample")[:n], stack, "magma", 1.0),
@@ -327,6 +237,26 @@ class PredictionResults:
             kwargs["name"] = names[kind]
             kwargs["metadata"] = {**meta, TAG: kind}
         return out
+
+
+def show_layers(viewer, layers: dict, data: dict) -> None:
+    """Add the layers of ``data`` (:meth:`PredictionResults.layer_data`) to ``viewer``, or update those in
+    ``layers`` (by kind; new ones are added there) that are still in the viewer."""
+    for kind, (array, kwargs, layer_type) in data.items():
+        layer = layers.get(kind)
+        if layer is None or layer not in viewer.layers:
+            add = viewer.add_points if layer_type == "points" else viewer.add_image
+            layers[kind] = add(array, **kwargs)
+            continue
+        if layer_type == "points":
+            layer.data = array
+            layer.features = kwargs["features"]
+            layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
+        else:
+            layer.data = array
+            layer.contrast_limits = kwargs["contrast_limits"]
+        layer.metadata = kwargs["metadata"]
+        layer.name = kwargs["name"]
 
 
 def upper_limit(array) -> float:

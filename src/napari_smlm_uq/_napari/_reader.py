@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError
 from ..io.store import STORE_NAME
 from ..io.tiff import PageReader, open_stack
-from ._layers import DEFAULT_PIXEL_SIZE, TAG, PredictionResults, raw_geometry
+from ._layers import TAG, PredictionResults, raw_geometry
 
 SUFFIXES = (".tif", ".tiff")
 
@@ -66,8 +67,8 @@ def stack_layer(path: str) -> tuple:
     if "pixel_size" in meta:
         meta["pixel_size_source"] = "file"
     else:
-        meta["pixel_size"] = DEFAULT_PIXEL_SIZE
-        meta["pixel_size_source"] = f"default ({DEFAULT_PIXEL_SIZE:g} nm): the file does not give a pixel size"
+        meta["pixel_size"] = PIXEL_SIZE_NM
+        meta["pixel_size_source"] = f"default ({PIXEL_SIZE_NM:g} nm): the file does not give a pixel size"
     meta["path"] = str(stack.path)
     meta[TAG] = "raw"
     data = _lazy(stack.data)

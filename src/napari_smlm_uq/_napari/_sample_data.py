@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..defaults import PIXEL_SIZE_NM
 from ..io.tables import emitters_table
 from ..physics.camera import Camera
 from ..physics.simulate import SimulationSettings, simulate
 from ._layers import TAG, RawGrid, raw_geometry
 
 SAMPLE = SimulationSettings(frames=20, size=64, density=1.0, photons=(1000.0, 5000.0), background=20.0,
-                            psf_sigma=1.0, pixel_size=100.0, camera=Camera(offset=100.0, gain=1.0, read_noise=1.5),
-                            seed=1)
+                            psf_sigma=1.0, pixel_size=PIXEL_SIZE_NM, camera=Camera(), seed=1)
 
 
 def simulated_stack(settings: SimulationSettings = SAMPLE) -> list[tuple]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
+from ..io.files import InputError
 from . import _models
 from ._layers import layer_kind
 
@@ -19,6 +20,18 @@ def layer_chooser(viewer, kinds: tuple[str, ...], label: str, nullable: bool = F
         return [(layer.name, layer) for layer in viewer.layers[::-1] if layer_kind(layer) in kinds]
 
     return ComboBox(choices=choices, label=label, nullable=nullable)
+
+
+def more_settings(widgets: list, title: str = "More settings"):
+    """A collapsed section (Qt) holding ``widgets``, labelled: the settings a run seldom changes."""
+    from superqt import QCollapsible
+
+    box = Container(widgets=widgets)
+    box.margins = (0, 0, 0, 0)
+    section = QCollapsible(title)
+    section.addWidget(box.native)
+    section.container = box   # the magicgui side lives as long as the section
+    return section
 
 
 def note(text: str = "") -> Label:
@@ -64,6 +77,22 @@ class ModelChooser(Container):
             self.add_file(path)
 
 
+def device_choices() -> list[tuple[str, str]]:
+    """The devices of this machine, ``auto`` naming the one it picks."""
+    from ..inference.pipeline import available_devices
+
+    devices = available_devices()
+    return [(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices]
+
+
+def precision_choices() -> list[tuple[str, str]]:
+    """The network arithmetics, ``auto`` naming the one it picks on the default device."""
+    from ..inference.pipeline import PRECISIONS, PredictSettings, native_bf16
+
+    auto = "bf16" if native_bf16(PredictSettings(device="auto").torch_device()) else "fp32"
+    return [(f"auto ({auto})" if p == "auto" else p, p) for p in PRECISIONS]
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-paragraph message for a worker's exception, with what to do."""
     import torch
@@ -71,6 +100,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return ("Out of GPU memory even with the smallest batches. Choose device 'cpu', fewer samples, or a "
                 "shorter frame range.")
-    if isinstance(exc, (ValueError, OSError)):  # InputError is a ValueError: already a user message
+    if isinstance(exc, (InputError, OSError)):  # already a message for the user
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return f"internal error, please report it: {type(exc).__name__}: {exc}"

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Points
 from napari.utils.notifications import show_error, show_info
 
 from ..analysis.render import napari_translate, render
+from ..defaults import RENDER_PIXEL_NM
 from ..io.files import InputError
 from ..io.tables import read_table
 from ..postprocess import workflow
+from ._fields import SettingsForm
+from ._widgets import more_settings
 
-RENDER_PIXEL_NM = 10.0
 MARGIN_NM = 500.0
 
 
@@ -44,27 +46,22 @@ class PostprocessWidget(Container):
     """Choose localizations, the steps and their settings; run; see the drift and FRC curves."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        points = lambda _w: [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Points)]  # noqa: E731
+        points = lambda _w: [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Points)]
         self.viewer = napari_viewer
         self.source = ComboBox(label="localizations", choices=points, nullable=True)
         self.table_file = FileEdit(label="or table file", mode="r", filter="*.csv *.hdf5 *.h5")
         self.fiducials = ComboBox(label="fiducial markers", choices=points, nullable=True, value=None)
-        self.pixel = FloatSpinBox(label="camera pixel (nm)", value=100.0, min=1.0, max=1000.0)
-        self.do_drift = CheckBox(text="correct drift", value=True)
-        self.rcc_segment = SpinBox(label="RCC segment (frames)", value=1000, min=2, max=1_000_000)
-        self.segment = SpinBox(label="refined segment (frames)", value=200, min=1, max=1_000_000)
-        self.do_merge = CheckBox(text="merge blinks", value=True)
-        self.max_gap = SpinBox(label="max gap (frames)", value=1, min=0, max=100)
-        self.do_frc = CheckBox(text="FRC resolution", value=True)
-        self.max_uncertainty = FloatSpinBox(label="filter: max uncertainty (nm, 0: 1.5 x median)", value=0.0,
-                                            min=0.0, max=1000.0)
+        self.fields = SettingsForm(workflow.Settings)
+        self.fields.attach(self)
         self.run_button = PushButton(text="Run")
         self.out_dir = FileEdit(label="save to folder", mode="d")
         self.save_button = PushButton(text="Save CSV, drift, FRC and Picasso files")
         self.summary = Label(value="")
-        super().__init__(widgets=[self.source, self.table_file, self.fiducials, self.pixel, self.do_drift,
-                                  self.rcc_segment, self.segment, self.do_merge, self.max_gap, self.do_frc,
-                                  self.max_uncertainty, self.run_button, self.summary, self.out_dir, self.save_button])
+        f = self.fields
+        super().__init__(widgets=[self.source, self.table_file, self.fiducials, *f.take("pixel_size", "drift"),
+                                  *f.take("rcc_segment", "segment", "merge", "max_gap", "frc", "max_uncertainty"),
+                                  self.run_button, self.summary, self.out_dir, self.save_button])
+        self.native.layout().insertWidget(self.index(self.run_button), more_settings(f.rest()))
         self.canvas, self.figure = _plot_canvas()
         self.native.layout().addWidget(self.canvas)
         self.result: workflow.Result | None = None
@@ -75,28 +72,27 @@ class PostprocessWidget(Container):
 
     def settings(self) -> workflow.Settings:
         fid = self.fiducials.value
-        return workflow.Settings(drift=self.do_drift.value, merge=self.do_merge.value, frc=self.do_frc.value,
-                                 rcc_segment=self.rcc_segment.value, segment=self.segment.value,
-                                 max_gap=self.max_gap.value, max_uncertainty=self.max_uncertainty.value or None,
-                                 fiducials=None if fid is None else marker_positions(fid, self.pixel_size()))
+        fiducials = None if fid is None else marker_positions(fid, self.pixel_size_nm())
+        return self.fields.build(workflow.Settings, fiducials=fiducials)
 
-    def pixel_size(self) -> float:
-        layer = self.source.value
-        return float(layer.metadata.get("pixel_size", self.pixel.value)) if layer is not None else self.pixel.value
+    def pixel_size_nm(self) -> float:
+        """The camera pixel (nm): the localizations layer's, else the input's, else the default."""
+        layer, given = self.source.value, self.fields.build(workflow.Settings).camera_pixel
+        return float(layer.metadata.get("pixel_size", given)) if layer is not None else given
 
     def table(self) -> tuple[dict[str, np.ndarray], str]:
         layer, path = self.source.value, Path(self.table_file.value)
         if layer is not None:
             return layer_table(layer), layer.name
         if path.is_file():
-            return read_table(path, self.pixel.value), path.stem
+            return read_table(path, self.settings().pixel_size), path.stem
         raise InputError("choose a localizations layer or a table file")
 
     def run(self) -> None:
         try:
             table, name = self.table()
             self.result = workflow.run(table, self.settings())
-        except (InputError, ValueError) as exc:
+        except InputError as exc:
             self.summary.value = str(exc)
             show_error(str(exc))
             return
@@ -107,7 +103,7 @@ class PostprocessWidget(Container):
 
     def _show(self, name: str) -> None:
         """The corrected localizations as points and their Gaussian rendering (kept rows only)."""
-        t, p = self.result.table, self.pixel_size()
+        t, p = self.result.table, self.pixel_size_nm()
         world = np.stack([t["frame"] - 1, t["y [nm]"] - 0.5 * p, t["x [nm]"] - 0.5 * p], axis=1)
         kwargs = {"features": t, "size": 0.5 * p, "symbol": "ring", "face_color": "yellow", "border_width": 0.0,
                   "metadata": {"pixel_size": p, "kind": "post-processed"}}
@@ -130,7 +126,7 @@ class PostprocessWidget(Container):
         if self.result is None:
             show_error("run the post-processing first")
             return
-        written = workflow.write(self.result, Path(self.out_dir.value), picasso=True, pixel_nm=self.pixel_size())
+        written = workflow.write(self.result, Path(self.out_dir.value), picasso=True, pixel_nm=self.pixel_size_nm())
         show_info(f"wrote {', '.join(p.name for p in written)} to {self.out_dir.value}")
 
 

@@ -2,8 +2,9 @@
 
 The core's :func:`pipeline.predict` runs in a napari thread worker, which also writes every finished frame
 to the result store of the output folder (:class:`_layers.PredictionResults`, docs/store.md) and, at the end,
-the localizations; the main thread only draws. The layers ``<name> SR mean/sample/std`` read the store lazily; ``<name> SR sum``, ``SR sum
-std``, ``rendered`` and ``localizations`` (in memory) grow as frames are done. The camera comes from
+the localizations; the main thread only draws. The layers ``<name> SR mean/sample/std`` read the store
+lazily; ``<name> SR sum``, ``SR sum std``, ``rendered`` and ``localizations`` (in memory) grow as frames are
+done. The inputs of the settings are made from their fields (_fields.py). The camera comes from
 :func:`camera_choice.choose_camera` (metadata, else the estimate from the data), the background estimate
 from :func:`background_choice.choose_background` (local when the background varies across the field).
 """
@@ -18,40 +19,36 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
-from ..inference.pipeline import PRECISIONS, PredictSettings, available_devices, native_bf16
+from ..inference.pipeline import PredictSettings
+from ..inference.run import RunOutcome, RunSettings, run_folder
 from ..io.camera_map import read_camera_map
-from ..io.store import DEFAULT_ENCODING
-from ..physics.camera import EXCESS_NOISE, Camera
+from ..io.files import InputError
+from ..io.store import ENCODINGS
+from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
-from ._layers import (
-    DEFAULT_PIXEL_SIZE,
-    DEFAULT_RENDER_PIXEL,
-    PredictionResults,
-    RawGrid,
-    RunOutcome,
-    camera_settings,
+from ._fields import SettingsForm
+from ._layers import PredictionResults, RawGrid, camera_settings, show_layers
+from ._widgets import (
+    ModelChooser,
+    describe_error,
+    device_choices,
+    layer_chooser,
+    more_settings,
+    note,
+    precision_choices,
 )
-from ._widgets import ModelChooser, describe_error, layer_chooser, note
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
+ENCODING_TEXT = {"compact": "compact (float16, |values| < 0.02 as 0)", "float32": "float32 (lossless)"}
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
 DRAW_SHARE = 0.1  # ... and at most this share of the viewer's time (10^6 localizations take a while to draw)
 
@@ -64,15 +61,6 @@ def remove_temporary() -> None:
     """Remove the temporary run folders (their layers read them until napari closes)."""
     for folder in TEMPORARY:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def run_folder(parent: Path, name: str) -> Path:
-    """A new folder for one run under ``parent``: ``name``, else ``name 2``, ``name 3``..."""
-    folder, k = parent / name, 1
-    while folder.exists():
-        k += 1
-        folder = parent / f"{name} {k}"
-    return folder
 
 
 class PredictWidget(Container):
@@ -95,21 +83,14 @@ class PredictWidget(Container):
         self._source = ""
         self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
         self._t0 = self._next_draw = 0.0
-        d, cam = PredictSettings(), Camera()
+        self.fields = SettingsForm(PredictSettings, RunSettings, choices={
+            "device": device_choices(), "precision": precision_choices(),
+            "store_encoding": [(ENCODING_TEXT.get(e, e), e) for e in ENCODINGS]})
+        self.fields.attach(self)
 
         self.layer = layer_chooser(napari_viewer, ("raw",), "camera frames")
         self.layer.tooltip = ("image layers of raw camera counts: opened with napari-smlm-uq, the sample, or "
                               "any grayscale integer image")
-        self.pixel_size = FloatSpinBox(value=DEFAULT_PIXEL_SIZE, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
-                                       tooltip="raw camera pixel size in the sample plane")
-        self.camera_kind = ComboBox(choices=list(EXCESS_NOISE), value="ccd", label="camera",
-                                    tooltip="ccd, scmos or emccd (electron multiplication doubles the shot noise)")
-        self.offset = FloatSpinBox(value=cam.offset, min=-1e6, max=1e6, step=0.01, label="offset (ADU)",
-                                   tooltip="camera offset (baseline)")
-        self.gain = FloatSpinBox(value=cam.gain, min=1e-4, max=1e4, step=0.0001, label="gain (ADU/e⁻)",
-                                 tooltip="camera gain, ADU per photo-electron")
-        self.read_noise = FloatSpinBox(value=cam.read_noise, min=0.0, max=1000.0, step=0.01, label="read noise (e⁻)",
-                                       tooltip="read noise, photo-electrons rms")
         self.camera_map = FileEdit(mode="r", nullable=True, filter="Camera maps (*.npy *.tif *.tiff)",
                                    label="sCMOS map", tooltip="per-pixel offset, gain and read noise "
                                    "(docs/real-data.md); replaces the three values above")
@@ -118,56 +99,40 @@ class PredictWidget(Container):
         self.camera_note = note()
         self.background_note = note()
         self.model = ModelChooser()
-        self.samples = SpinBox(value=d.samples, min=0, max=64, label="samples",
-                               tooltip="diffusion samples per frame (0: DeepSTORM alone, no uncertainty)")
-        self.steps = SpinBox(value=d.steps, min=1, max=1000, label="steps",
-                             tooltip="diffusion steps per sample (fewer is faster)")
         self.start_frame = SpinBox(value=0, min=0, max=0, label="first frame",
                                    tooltip="first frame (napari numbers frames from 0)")
         self.stop_frame = SpinBox(value=1, min=1, max=1, label="stop before", tooltip="stop before this frame")
-        devices = available_devices()
-        self.device = ComboBox(choices=[(f"auto ({devices[-1]})", "auto")] + [(n, n) for n in devices],
-                               label="device")
-        auto = "bf16" if native_bf16(PredictSettings(device="auto").torch_device()) else "fp32"
-        self.arithmetic = ComboBox(choices=[(f"auto ({auto})" if p == "auto" else p, p) for p in PRECISIONS],
-                                   value=d.precision, label="arithmetic",
-                                   tooltip="auto: bf16 where the GPU or CPU computes it natively (1.5-2.3x faster, "
-                                           "same localizations), else fp32")
-        self.render_pixel = FloatSpinBox(value=DEFAULT_RENDER_PIXEL, min=0.5, max=1e4, step=0.5,
+        self.render_pixel = FloatSpinBox(value=RENDER_PIXEL_NM, min=0.5, max=1e4, step=0.5,
                                          label="render pixel (nm)",
                                          tooltip="pixel size of the rendered localizations (Gaussians of their "
                                                  "uncertainty)")
         self.output = FileEdit(mode="d", nullable=True, label="output folder",
                                tooltip="each run writes results.zarr and localizations.csv into a new folder "
                                        "here; empty: a temporary folder")
-        self.encoding = ComboBox(choices=[("compact (float16, |values| < 0.02 as 0)", "compact"), ("float16", "float16"),
-                                          ("float32 (lossless)", "float32")], value=DEFAULT_ENCODING, label="stored as",
-                                 tooltip="how results.zarr keeps each frame's mean, std and sample: compact takes "
-                                         "~0.1-0.5 MB per 256x256 frame, float32 ~9 MB (docs/store.md)")
         self.keep = CheckBox(value=False, text="keep temporary results",
                              tooltip="without an output folder the results are removed when napari quits, "
                                      "unless this is ticked")
-        self.cluster = LineEdit(value="", label="cluster",
-                                tooltip="address of a dask scheduler (tcp://host:8786) whose workers read the "
-                                        "layer's TIFF and write the output folder; empty: this process")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.progress.native.setFormat("%v / %m frames")
         self.status = note()
-        self.precision = note()
+        self.precision_check = note()
+        f = self.fields
+        run_row = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label="")
         super().__init__(widgets=[
-            self.layer, self.pixel_size, self.camera_kind, self.offset, self.gain, self.read_noise, self.camera_map,
-            self.estimate_button, self.camera_note, self.background_note,
+            self.layer, *f.take("pixel_size", "camera_kind", "offset", "gain", "read_noise"), self.camera_map,
+            self.estimate_button, self.camera_note, *f.take("background"), self.background_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
-            self.model, self.samples, self.steps, self.device, self.arithmetic, self.render_pixel, self.output, self.encoding, self.keep,
-            self.cluster,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", label=""),
-            self.progress, self.status, self.precision])
+            self.model, *f.take("samples", "steps", "device", "precision"), self.render_pixel, self.output,
+            *f.take("store_encoding"), self.keep, *f.take("scheduler"), run_row,
+            self.progress, self.status, self.precision_check])
+        self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
         self.layer.changed.connect(self._layer_changed)
         self.samples.changed.connect(self._samples_changed)
+        self.background.changed.connect(lambda _: self._background_changed())
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
         self.keep.changed.connect(self._keep_changed)
         self.estimate_button.changed.connect(lambda: self.estimate_camera())
@@ -193,8 +158,9 @@ class PredictWidget(Container):
         frames = self._camera_frames(layer)
         self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
         self._show_background(frames, self.camera_choice.camera)
-        self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if "pixel_size" in meta["found"]
-                                   else f"; pixel size: default {DEFAULT_PIXEL_SIZE:g} nm, check it")
+        found = "pixel_size" in meta["found"]
+        self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if found
+                                   else f"; pixel size: default {PIXEL_SIZE_NM:g} nm, check it")
         extra = layer.metadata.get("note")
         self.camera_note.value += f". {extra}" if extra else ""
 
@@ -205,15 +171,20 @@ class PredictWidget(Container):
 
     def _show_camera(self, choice: CameraChoice) -> None:
         """Fill the camera fields from ``choice`` and say where each value came from."""
-        for key in ("offset", "gain", "read_noise"):
+        for key in CAMERA_FIELDS:
             getattr(self, key).value = float(np.median(getattr(choice.camera, key)))
         self.camera_choice = choice
         self.camera_note.value = "\n".join(choice.messages)
 
     def _show_background(self, frames, camera: Camera) -> None:
         """Choose the background estimate from ``frames`` (ADU) with ``camera`` and say why."""
-        self.background_choice = choose_background(frames, camera)
+        self.background_choice = choose_background(frames, camera, given=self.background.value)
         self.background_note.value = self.background_choice.describe()
+
+    def _background_changed(self) -> None:
+        layer = self.layer.value
+        if layer is not None and self.camera_choice is not None:
+            self._show_background(self._camera_frames(layer), self.camera_choice.camera)
 
     def estimate_camera(self) -> CameraChoice | None:
         """Estimate gain, offset and read noise from the chosen layer's frames and fill the fields."""
@@ -232,11 +203,10 @@ class PredictWidget(Container):
         self._samples_previous = value
 
     def settings(self, camera: Camera | None = None) -> PredictSettings:
-        camera = camera or Camera(self.offset.value, self.gain.value, self.read_noise.value, self.camera_kind.value)
+        """The settings of the inputs (``camera``: instead of the camera inputs') with the background chosen."""
+        given = {"camera": camera} if camera is not None else {}
         background = self.background_choice.estimate if self.background_choice else None
-        return PredictSettings(samples=self.samples.value, steps=self.steps.value, camera=camera,
-                               pixel_size=self.pixel_size.value, device=self.device.value,
-                               precision=self.arithmetic.value, background=background).validate()
+        return self.fields.build(PredictSettings, background=background, **given).validate()
 
     def checked_camera(self, frames) -> Camera:
         """The camera of the fields (or the sCMOS map), checked against the data's background noise: a
@@ -244,7 +214,7 @@ class PredictWidget(Container):
         camera_map = None
         if self.camera_map.value:
             camera_map = read_camera_map(self.camera_map.value, frames.shape[-2:])
-        given = {k: getattr(self, k).value for k in ("offset", "gain", "read_noise")}
+        given = {k: getattr(self, k).value for k in CAMERA_FIELDS}
         choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
                                f"camera map {self.camera_map.value}")
         if camera_map is not None:   # the note says which camera the run uses
@@ -295,7 +265,7 @@ class PredictWidget(Container):
         if stop <= start:
             show_error(f"The frame range {start} to {stop} is empty; choose start < stop.")
             return None
-        scheduler = self.cluster.value.strip()
+        scheduler = self.scheduler.value.strip()
         if scheduler and not layer.metadata.get("path"):
             show_error(f"A cluster run reads the stack from its file: open '{layer.name}' from a TIFF that the "
                        "workers can read (File > Open), or leave the cluster field empty.")
@@ -307,7 +277,7 @@ class PredictWidget(Container):
             self._source = layer.name
             if scheduler:
                 job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
-                                           settings, self.output_folder(), self.encoding.value)
+                                           settings, self.output_folder(), self.store_encoding.value)
                 self.results = PredictionResults(distributed.open_store(job, model, resume=False),
                                                  self.render_pixel.value)
                 self.results.in_order = False
@@ -316,12 +286,13 @@ class PredictWidget(Container):
                     self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
                     info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
                           "steps": settings.steps},
-                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value, encoding=self.encoding.value)
-        except (ValueError, OSError) as exc:  # InputError is a ValueError
+                    grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value,
+                    encoding=self.store_encoding.value)
+        except (InputError, OSError) as exc:
             show_error(f"Check the settings: {exc}")
             return None
         self._layers, self._error = {}, None
-        self.precision.value = ""
+        self.precision_check.value = ""
         self._stop = threading.Event()
         if scheduler:
             worker = start_worker(cluster_job, scheduler, job, model, distributed.DEFAULT_CHUNK_FRAMES,
@@ -374,7 +345,7 @@ class PredictWidget(Container):
         elif isinstance(item, distributed.StackDone):   # the worker has added its sums and localizations
             return
         elif isinstance(item, distributed.StackFailed):
-            self._on_errored(ValueError(item.error))
+            self._on_errored(InputError(item.error))
             return
         else:
             return
@@ -391,22 +362,7 @@ class PredictWidget(Container):
         """Create or update the five result layers from the frames done so far."""
         if not self._layers:  # first frame of this run: replace an earlier run's layers
             self._remove_previous()
-        data = self.results.layer_data(self._source, partial=partial)
-        for kind, (array, kwargs, layer_type) in data.items():
-            layer = self._layers.get(kind)
-            if layer is None or layer not in self.viewer.layers:
-                add = self.viewer.add_points if layer_type == "points" else self.viewer.add_image
-                self._layers[kind] = add(array, **kwargs)
-                continue
-            if layer_type == "points":
-                layer.data = array
-                layer.features = kwargs["features"]
-                layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
-            else:
-                layer.data = array
-                layer.contrast_limits = kwargs["contrast_limits"]
-            layer.metadata = kwargs["metadata"]
-            layer.name = kwargs["name"]
+        show_layers(self.viewer, self._layers, self.results.layer_data(self._source, partial=partial))
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error = describe_error(exc)
@@ -437,7 +393,7 @@ class PredictWidget(Container):
         else:
             self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
-        self.precision.value = outcome.precision
+        self.precision_check.value = outcome.precision
         self.run_finished.emit(results)
 
     def _say(self, text: str) -> None:

@@ -17,25 +17,26 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    TupleEdit,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from ..io.files import InputError
 from ..models import registry
 from ..training import Progress, TrainSettings
 from . import _models
+from ._fields import SettingsForm
 from ._layers import camera_settings
-from ._widgets import ModelChooser, describe_error, layer_chooser, note
+from ._widgets import (
+    ModelChooser,
+    describe_error,
+    device_choices,
+    layer_chooser,
+    more_settings,
+    note,
+    precision_choices,
+)
 from ._workers import Notice, as_frames, eta, inspect_job, start_worker, train_and_validate_job
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
@@ -125,12 +126,6 @@ def read_noise_range(read_noise: float) -> tuple[float, float]:
     return ((1 - READ_NOISE_WIDTH) * read_noise, (1 + READ_NOISE_WIDTH) * read_noise)
 
 
-def range_edit(value: tuple[float, float], lo: float, hi: float, label: str, step: float, tip: str) -> TupleEdit:
-    """Two spin boxes for a ``(low, high)`` range."""
-    return TupleEdit(value=tuple(float(v) for v in value), label=label, tooltip=tip,
-                     options={"min": lo, "max": hi, "step": step})
-
-
 class TrainWidget(Container):
     """Simulation and training settings; Train / Stop; progress, loss plot, validation metrics."""
 
@@ -145,49 +140,36 @@ class TrainWidget(Container):
         self._t0 = self._last_plot = 0.0
         self._stages: list[str] = []
 
-        d = TrainSettings()
+        self.fields = SettingsForm(TrainSettings, choices={
+            "target": [(text, key) for key, text in TARGETS.items()], "device": device_choices(),
+            "precision": precision_choices()})
+        self.fields.attach(self)
         self.layer = layer_chooser(napari_viewer, ("raw",), "prefill from", nullable=True)
         self.estimate_button = PushButton(text="Estimate from the layer",
                                           tooltip="fit isolated spots of the chosen layer for the PSF sigma, photons "
                                                   "and background; set the ranges around them")
         self.estimate_note = note()
         self.estimate_worker = None
-        self.psf_sigma = range_edit(d.psf_sigma, 0.1, 20.0, "PSF sigma (px)", 0.01, "PSF standard deviation, raw pixels")
-        self.photons = range_edit(d.photons, 1.0, 1e7, "photons", 1.0, "photons per emitter (drawn log-uniformly)")
-        self.background = range_edit(d.background, 0.0, 1e5, "background (ph/px)", 0.1, "background photons per pixel")
-        self.density = range_edit(d.density, 0.0, 100.0, "density (/µm²)", 0.01, "emitters per µm² in each frame")
-        self.read_noise = range_edit(d.read_noise, 0.0, 1000.0, "read noise (e⁻)", 0.01,
-                                     "camera read noise, photo-electrons rms")
-        self.pixel_size = FloatSpinBox(value=d.pixel_size, min=1.0, max=1e5, step=0.01, label="pixel size (nm)",
-                                       tooltip="camera pixel size in the sample plane")
-        self.target = ComboBox(choices=[(text, key) for key, text in TARGETS.items()], value=d.target, label="train")
         self.start_model = ModelChooser(scratch=True, label="start from")
         if registry.DEFAULT_MODEL in _models.bundled():
             self.start_model.select(registry.DEFAULT_MODEL)
         self.architecture = ComboBox(choices=[("full size", "full"), ("tiny (quick trials)", "tiny")],
                                      label="new network size")
-        self.iterations = SpinBox(value=d.iterations, min=1, max=10_000_000, label="iterations",
-                                  tooltip="optimiser steps per network")
-        self.batch_size = SpinBox(value=d.batch_size, min=1, max=4096, label="batch size",
-                                  tooltip="simulated 16x16 patches per step")
-        self.lr = FloatSpinBox(value=d.lr, min=1e-6, max=0.5, step=1e-6, label="learning rate",
-                               tooltip="peak learning rate (cosine schedule with warm-up)")
-        self.checkpoint_every = SpinBox(value=d.checkpoint_every, min=1, max=1_000_000, label="save every",
-                                        tooltip="validate and save every N iterations")
-        self.val_size = SpinBox(value=d.val_size, min=1, max=100_000, label="validation patches",
-                                tooltip="simulated patches in the validation set")
         self.out_dir = FileEdit(mode="d", value=default_out_dir(), label="output folder")
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = note()
         self.results = note()
+        f = self.fields
+        run_row = Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label="")
         super().__init__(widgets=[
-            self.layer, self.estimate_button, self.estimate_note, self.psf_sigma, self.photons, self.background,
-            self.density, self.read_noise, self.pixel_size, self.target, self.start_model, self.architecture, self.iterations, self.batch_size,
-            self.lr, self.checkpoint_every, self.val_size, self.out_dir,
-            Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label=""),
+            self.layer, self.estimate_button, self.estimate_note,
+            *f.take("psf_sigma", "photons", "background", "density", "read_noise", "pixel_size", "target"),
+            self.start_model, self.architecture,
+            *f.take("iterations", "batch_size", "lr", "checkpoint_every", "val_size"), self.out_dir, run_row,
             self.progress, self.status])
+        self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
         self.plot = LossPlot()  # plain Qt: magicgui has no plot widget
         self.native.layout().addWidget(self.plot)
         self.append(self.results)
@@ -261,18 +243,13 @@ class TrainWidget(Container):
         self.architecture.enabled = self.start_model.model == _models.SCRATCH
 
     def settings(self) -> TrainSettings:
+        """The settings of the inputs, the start model and the output folder."""
         start = self.start_model.model
         if start is None:
-            raise ValueError("choose a model to start from, or 'from scratch'")
-        scratch = start == _models.SCRATCH
-        config = ARCHITECTURES[self.architecture.value]()
-        return TrainSettings(target=self.target.value, iterations=self.iterations.value,
-                             batch_size=self.batch_size.value, lr=self.lr.value, photons=self.photons.value,
-                             background=self.background.value, psf_sigma=self.psf_sigma.value,
-                             density=self.density.value, read_noise=self.read_noise.value,
-                             pixel_size=self.pixel_size.value, out_dir=str(self.out_dir.value),
-                             init=None if scratch else start, checkpoint_every=self.checkpoint_every.value,
-                             val_size=self.val_size.value, config=config).validate()
+            raise InputError("choose a model to start from, or 'from scratch'")
+        init = None if start == _models.SCRATCH else start
+        return self.fields.build(TrainSettings, out_dir=str(self.out_dir.value), init=init,
+                                 config=ARCHITECTURES[self.architecture.value]()).validate()
 
     # --- running -------------------------------------------------------------------------------
 
@@ -286,7 +263,7 @@ class TrainWidget(Container):
             return None
         try:
             s = self.settings()
-        except ValueError as exc:
+        except InputError as exc:
             show_error(f"Check the training settings: {exc}")
             return None
         resumes = any(Path(s.out_dir).glob("train_state_*.pt"))

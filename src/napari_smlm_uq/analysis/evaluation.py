@@ -19,7 +19,8 @@ def _xy_nm(points: Localizations | Emitters, pixel_size: float) -> np.ndarray:
     return np.stack([px_to_nm(points.col, pixel_size), px_to_nm(points.row, pixel_size)], axis=1)
 
 
-def localization_report(locs: Localizations, truth: Emitters, pixel_size: float, tolerance: float = 250.0) -> dict:
+def localization_report(locs: Localizations, truth: Emitters, pixel_size: float,
+                        tolerance: float = metrics.ScoreSettings.tolerance) -> dict:
     """JAC/RMSE/E/precision/recall of ``locs`` against ``truth`` (raw pixels of ``pixel_size`` nm; matching
     within ``tolerance`` nm), and for the uncertainty: the std of error/uncertainty over matched
     localizations, the false positives removed by dropping the 10% most uncertain (and least detected)."""
@@ -82,8 +83,9 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
         sim_settings = replace(settings, camera=sim.camera, pixel_size=sim.pixel_size)
         locs = Localizations.concat(_raw_localizations(models, stack.adu, sim_settings, should_stop))
         gt = stack.emitters
+        tolerance = metrics.ScoreSettings.tolerance / sim.pixel_size   # raw pixels
         m = metrics.match(locs.frame, np.column_stack([locs.col, locs.row]),
-                          gt.frame, np.column_stack([gt.col, gt.row]), tolerance=250.0 / sim.pixel_size)
+                          gt.frame, np.column_stack([gt.col, gt.row]), tolerance=tolerance)
         bins_of = frame_context(locs.frame, locs.row, locs.col, locs.snr, sim.shape)
         err = np.column_stack([locs.col[m.loc_idx] - gt.col[m.gt_idx], locs.row[m.loc_idx] - gt.row[m.gt_idx]])
         z.append(err / locs.uncertainty[m.loc_idx, None])

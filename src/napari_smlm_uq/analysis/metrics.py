@@ -11,7 +11,16 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 
+from ..settings import option
+
 _UNMATCHED = 1e12
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How localizations are matched to the ground truth."""
+
+    tolerance: float = option(250.0, help="matching radius", unit="nm", low=0.0, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Scores:
 
 
 def match(loc_frame: np.ndarray, loc_xy: np.ndarray, gt_frame: np.ndarray, gt_xy: np.ndarray,
-          tolerance: float = 250.0) -> Matching:
+          tolerance: float = ScoreSettings.tolerance) -> Matching:
     """Optimal one-to-one matching per frame within ``tolerance`` nm. ``*_xy`` are ``(n, 2)`` in nm."""
     loc_frame, gt_frame = np.asarray(loc_frame), np.asarray(gt_frame)
     loc_xy, gt_xy = np.asarray(loc_xy, float).reshape(-1, 2), np.asarray(gt_xy, float).reshape(-1, 2)
@@ -64,7 +73,7 @@ def efficiency(jaccard: float, rmse: float, alpha: float = 1.0) -> float:
     return float(100.0 - np.sqrt((100.0 - jaccard) ** 2 + (alpha * rmse) ** 2))
 
 
-def score(loc_frame, loc_xy, gt_frame, gt_xy, tolerance: float = 250.0) -> Scores:
+def score(loc_frame, loc_xy, gt_frame, gt_xy, tolerance: float = ScoreSettings.tolerance) -> Scores:
     """Match, then JAC = TP / (TP + FP + FN), lateral RMSE over matched pairs, E, precision, recall."""
     m = match(loc_frame, loc_xy, gt_frame, gt_xy, tolerance)
     tp = len(m.loc_idx)

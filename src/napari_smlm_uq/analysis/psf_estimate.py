@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
+from ..io.files import InputError
 from ..physics.boxes import fit_frame
 from ..physics.camera import Camera
 from ..physics.fit import ImagingModel
@@ -118,7 +119,7 @@ def estimate_psf(frames_adu, camera: Camera, max_spots: int = 300, excess: float
             break
     values = np.concatenate(fits) if fits else np.zeros((0, 3))
     if len(values) < MIN_SPOTS:
-        raise ValueError(f"only {len(values)} isolated bright spots found (need >= {MIN_SPOTS}): "
+        raise InputError(f"only {len(values)} isolated bright spots found (need >= {MIN_SPOTS}): "
                          "check the camera settings, or give more frames")
     values = values[np.argsort(-values[:, 1])[:max_spots]]
     median = np.median(values, axis=0)

@@ -22,10 +22,12 @@ from scipy.interpolate import make_lsq_spline
 from scipy.ndimage import gaussian_filter, maximum_filter, median_filter
 from scipy.optimize import brentq, least_squares
 
+from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError, atomic_path
 from ..physics.astigmatism import Curve, DefocusCurve, SplineCurve, ZCalibration
 from ..physics.camera import Camera
 from ..physics.elliptical_fit import MIN_SIGMA, fit_elliptical
+from ..settings import check, option
 
 SMOOTH_SIGMA = 1.0  # px: the Gaussian smoothing of frames before peak finding and tracking
 TRACK_WINDOW = 11  # frames: the running median over a bead's per-frame peak positions
@@ -45,30 +47,30 @@ class ZCalibrationSettings:
     """How a bead stack is calibrated; units in the comments. Camera values left None come from the file's
     metadata, else from :class:`Camera`'s defaults."""
 
-    step: float | None = None  # nm of focus between frames (z grows with the frame index); required
-    pixel_size: float | None = None  # nm per raw pixel; None: the file's, else 100
-    offset: float | None = None  # ADU
-    gain: float | None = None  # ADU per photo-electron
-    read_noise: float | None = None  # e- rms
-    box: int = 17  # px, side of each bead's fit box (odd)
-    min_beads: int = 3  # fewer usable beads: refused
-    min_snr: float = 20.0  # a bead's peak in the max projection above the median, in noise sds
-    max_drift: float = 3.0  # px a bead may move over the stack
-    reject: float = 3.0  # a bead is dropped when its residual rms is this times the median bead's
+    step: float | None = option(None, help="focus step between frames (z grows with the frame index); required",
+                                unit="nm", low=0.0, open_low=True)
+    pixel_size: float | None = option(None, help="raw pixel size (default: the file's, else "
+                                      f"{PIXEL_SIZE_NM:g})", unit="nm", low=0.0, open_low=True)
+    offset: float | None = option(None, help="camera offset (default: the file's, else the camera default)",
+                                  unit="ADU")
+    gain: float | None = option(None, help="camera gain (default: the file's, else the camera default)",
+                                unit="ADU/e-", low=0.0, open_low=True)
+    read_noise: float | None = option(None, help="read noise (default: the file's, else the camera default)",
+                                      unit="e- rms", low=0.0)
+    box: int = option(17, help="side of each bead's fit box (odd)", unit="px", low=9)
+    min_beads: int = option(3, help="fewer usable beads: refused", low=2)
+    min_snr: float = option(20.0, help="a bead's peak in the max projection above the median, in noise sds",
+                            low=0.0, open_low=True, label="min SNR")
+    max_drift: float = option(3.0, help="how far a bead may move over the stack", unit="px", low=0.0)
+    reject: float = option(3.0, help="a bead is dropped when its residual rms is this times the median bead's",
+                           low=1.0, open_low=True)
 
     def validate(self) -> ZCalibrationSettings:
         if self.step is None:
             raise InputError("the z step between frames (nm) is required: it cannot be read from a bead stack")
-        if not (np.isfinite(self.step) and self.step > 0):
-            raise InputError(f"the z step must be > 0 nm (got {self.step:g})")
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise InputError(f"pixel size must be > 0 nm (got {self.pixel_size:g})")
-        if self.box < 9 or self.box % 2 == 0:
-            raise InputError(f"box must be an odd number of pixels >= 9 (got {self.box})")
-        if self.min_beads < 2:
-            raise InputError(f"min_beads must be >= 2 (got {self.min_beads})")
-        if not (self.min_snr > 0 and self.max_drift >= 0 and self.reject > 1):
-            raise InputError("min_snr must be > 0, max_drift >= 0 px and reject > 1")
+        check(self)
+        if self.box % 2 == 0:
+            raise InputError(f"box must be an odd number of pixels (got {self.box})")
         return self
 
 
@@ -492,7 +494,7 @@ def calibrate_file(
     result = calibrate(
         electrons,
         settings,
-        float(pick(settings.pixel_size, "pixel_size", 100.0)),
+        float(pick(settings.pixel_size, "pixel_size", PIXEL_SIZE_NM)),
         float(camera.read_noise),
         source=Path(path).name,
     )

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..io.files import InputError
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES
 from .preprocessing import BACKGROUND_ESTIMATES, block_medians, shifted_photoelectrons
@@ -63,7 +64,7 @@ def choose_background(frames, camera: Camera, model_estimate: str | None = None,
     None: choose) if any, else ``local`` above :data:`VARIATION_THRESHOLD`, else ``model_estimate`` (the
     one the model was trained with; None when not known: the pipeline then uses the model's own)."""
     if given not in (None, "auto", *BACKGROUND_ESTIMATES):
-        raise ValueError(f"background must be auto, {' or '.join(BACKGROUND_ESTIMATES)} (got {given!r})")
+        raise InputError(f"background must be auto, {' or '.join(BACKGROUND_ESTIMATES)} (got {given!r})")
     tiles = tile_background(frames, camera)
     ratio, level = variation(tiles), float(np.median(tiles))
     varies = f"the background varies {ratio:.2f}x across the field (p95/p5 of 8x8-px tiles)"

@@ -258,7 +258,7 @@ def predict_on_cluster(client, jobs: list[StackJob], model: str, chunk_frames: i
     from distributed import as_completed
 
     if chunk_frames < 1:
-        raise ValueError(f"chunk frames must be >= 1 (got {chunk_frames})")
+        raise InputError(f"chunk frames must be >= 1 (got {chunk_frames})")
     check_workers(client)
     pending, left, stores = {}, {}, {}
     for job in jobs:

@@ -13,20 +13,23 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Callable, Generator
+from typing import Callable, Generator, Literal, get_args
 
 import numpy as np
 import torch
 
+from ..defaults import PIXEL_SIZE_NM
+from ..io.files import InputError
 from ..localizations import Localizations
 from ..models.deepstorm import DeepSTORM
 from ..models.diffusion import Schedule, ancestral_sampler
 from ..models.registry import Models
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, from_model
+from ..settings import check, option
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
-from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .preprocessing import BackgroundEstimate, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
@@ -40,7 +43,11 @@ PSI_OVERLAP = 32                         # SR pixels
 PSI_WINDOW = 64                          # SR pixels: training.PATCH raw pixels
 PSI_PIXELS = {"cpu": 256 * 256, "cuda": 1024 * 1024 * 16}   # SR pixels per psi call: cache-sized, filling a GPU
 PHI_TILE = 256       # raw pixels: whole frames up to 256x256 (tiles of 128 cost 2x in margins: benchmarks.md)
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = get_args(Precision)
+PRECISION_HELP = ("network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively: "
+                  "1.5-2.3x faster at the same E and calibration; docs/benchmarks.md)")
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
 
 def never() -> bool:
@@ -53,40 +60,35 @@ class PredictSettings:
     """Inference settings. ``samples = 0`` runs phi alone. ``start`` is the preconditioned start as a
     fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
 
-    samples: int = 8
-    steps: int = 2
-    start: float = 0.5
+    samples: int = option(8, help="diffusion samples per frame (0: phi alone, no uncertainty)", low=0)
+    steps: int = option(2, help="diffusion steps per sample (fewer is faster)", low=1)
+    start: float = option(0.5, help="preconditioned start, fraction of the noise schedule (1: pure noise)", low=0.0,
+                          open_low=True, high=1.0, step=0.05)
     camera: Camera = field(default_factory=Camera)
-    pixel_size: float = 100.0
-    device: str = "auto"
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the device computes it natively
-    frame_batch: int = 8     # frames read and put through phi together; through psi together on a GPU
-    tile_batch: int | None = None   # psi tiles (or whole frames) per network call; None: PSI_PIXELS of the device
-    threshold: float = DEFAULT_THRESHOLD
-    seed: int = 0
-    schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
-    background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
-    refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
+    pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size in the sample plane", unit="nm", low=0.0,
+                               open_low=True)
+    device: str = option("auto", help=DEVICE_HELP)
+    precision: Precision = option("auto", help=PRECISION_HELP)
+    frame_batch: int = option(8, help="frames read and put through phi together (through psi too on a GPU)", low=1)
+    tile_batch: int | None = option(None, help="psi tiles (or whole frames) per network call (default: as many as "
+                                    "the device's pixel budget)", low=1)
+    threshold: float = option(DEFAULT_THRESHOLD, help="KDE peak threshold", low=0.0, open_low=True)
+    seed: int = option(0, help="random seed of the diffusion samples")
+    schedule: str | None = option(None, help="inference noise levels from a named schedule (default: the model's "
+                                  "training schedule; 'paper' for the paper's)")
+    background: BackgroundEstimate | None = option(
+        None, help="background estimate of the normalisation, frame or local (default: the model's own; chosen by "
+        "the run)", flag="--background-estimate", cli=False, gui=False)
+    refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
 
     def validate(self) -> "PredictSettings":
-        if self.samples < 0 or self.samples == 1:
-            raise ValueError(f"samples must be 0 (phi alone) or >= 2 (got {self.samples})")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1 (got {self.steps})")
-        if not 0 < self.start <= 1:
-            raise ValueError(f"start must be in (0, 1] (got {self.start})")
-        if not self.pixel_size > 0:
-            raise ValueError(f"pixel size must be > 0 nm (got {self.pixel_size})")
+        check(self)
+        if self.samples == 1:
+            raise InputError(f"samples must be 0 (phi alone) or >= 2 (got {self.samples})")
         if self.schedule is not None:
             Schedule.named(self.schedule)
-        if self.background not in (None, *BACKGROUND_ESTIMATES):
-            raise ValueError(f"background must be one of {', '.join(BACKGROUND_ESTIMATES)} (got {self.background!r})")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.frame_batch < 1 or (self.tile_batch is not None and self.tile_batch < 1):
-            raise ValueError("batch sizes must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
+            raise InputError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
         return self
 
@@ -94,7 +96,7 @@ class PredictSettings:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for, but no CUDA GPU is available")
+            raise InputError("device cuda was asked for, but no CUDA GPU is available")
         return torch.device(self.device)
 
     def bf16(self, device: torch.device) -> bool:
@@ -343,7 +345,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     device = s.torch_device()
     models.to(device)
     if s.samples and models.psi is None:
-        raise ValueError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
+        raise InputError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
     notes: list[str] = []
     while len(frames):
         try:

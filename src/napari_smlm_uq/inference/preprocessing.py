@@ -11,6 +11,8 @@ of docs/physics.md section 4).
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,8 @@ from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING
 
 ASINH_SCALE = 3.0
-BACKGROUND_ESTIMATES = ("frame", "local")
+BackgroundEstimate = Literal["frame", "local"]
+BACKGROUND_ESTIMATES = get_args(BackgroundEstimate)
 BLOCK = 8   # raw pixels: the local background's block size
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from ..defaults import CAMERA_FIELDS
 from .files import InputError, atomic_path, partial_path
 
-CAMERA_KEYS = ("offset", "gain", "read_noise")
 _UNIT_TO_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1000.0, "µm": 1000.0, "\\u00B5m": 1000.0, "micron": 1000.0,
                "micrometer": 1000.0, "mm": 1e6, "cm": 1e7}
 
@@ -104,7 +104,7 @@ def read_metadata(tif: tifffile.TiffFile) -> dict:
     if size:
         meta["pixel_size"] = float(size)
     ij = tif.imagej_metadata or {}
-    for key in CAMERA_KEYS:
+    for key in CAMERA_FIELDS:
         if key in ij:
             meta[key] = float(ij[key])
     return meta

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..io.files import InputError
+
 NAMED = {
     # the paper's schedule (4.2): gamma_T = 0.60, so pure-noise starts are inconsistent with training
     "paper": {"steps": 100, "beta_start": 1e-4, "beta_end": 1e-2},
@@ -35,7 +37,7 @@ class Schedule:
     @classmethod
     def named(cls, name: str) -> Schedule:
         if name not in NAMED:
-            raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(NAMED)}")
+            raise InputError(f"unknown schedule {name!r}; choose from {', '.join(NAMED)}")
         return cls(**NAMED[name])
 
     def config(self) -> dict:

@@ -6,13 +6,17 @@ Each parameter is a scalar (CCD-style camera) or an ``(H, W)`` map (sCMOS).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
+from ..settings import check, option
+
 ArrayLike = float | np.ndarray
+CameraKind = Literal["ccd", "scmos", "emccd"]
 
 #: excess noise factor F^2 per camera kind: electron multiplication doubles the shot-noise variance
-EXCESS_NOISE = {"ccd": 1.0, "scmos": 1.0, "emccd": 2.0}
+EXCESS_NOISE = dict(zip(get_args(CameraKind), (1.0, 1.0, 2.0)))
 
 
 @dataclass(frozen=True)
@@ -20,10 +24,12 @@ class Camera:
     """offset in ADU, gain in ADU per photo-electron (for an EMCCD: including the EM gain), read noise in
     photo-electrons rms, kind ``ccd``, ``scmos`` or ``emccd``."""
 
-    offset: ArrayLike = 100.0
-    gain: ArrayLike = 1.0
-    read_noise: ArrayLike = 1.5
-    kind: str = "ccd"
+    offset: ArrayLike = option(100.0, help="camera offset (baseline)", unit="ADU", step=0.01)
+    gain: ArrayLike = option(1.0, help="camera gain, ADU per photo-electron (EMCCD: with the EM gain)", unit="ADU/e-",
+                             low=0.0, open_low=True, step=0.0001)
+    read_noise: ArrayLike = option(1.5, help="read noise, photo-electrons rms", unit="e- rms", low=0.0, step=0.01)
+    kind: CameraKind = option("ccd", help="camera kind: emccd doubles the shot noise (excess noise factor F^2 = 2)",
+                              flag="--camera-kind", label="camera kind")
 
     @property
     def excess_noise(self) -> float:
@@ -35,15 +41,8 @@ class Camera:
         """ADU per effective photo-electron, ``gain x F^2``: the photon-transfer slope (ADU^2 / ADU)."""
         return np.asarray(self.gain) * self.excess_noise
 
-    def validate(self) -> "Camera":
-        if self.kind not in EXCESS_NOISE:
-            raise ValueError(f"camera kind must be one of {', '.join(EXCESS_NOISE)} (got {self.kind!r})")
-        if np.any(np.asarray(self.gain) <= 0) or not np.all(np.isfinite(np.asarray(self.gain))):
-            raise ValueError(f"gain must be > 0 ADU per photo-electron (got {self.gain})")
-        if np.any(np.asarray(self.read_noise) < 0) or not np.all(np.isfinite(np.asarray(self.read_noise))):
-            raise ValueError(f"read noise must be >= 0 photo-electrons rms (got {self.read_noise})")
-        if not np.all(np.isfinite(np.asarray(self.offset))):
-            raise ValueError(f"offset must be a finite number of ADU (got {self.offset})")
+    def validate(self) -> Camera:
+        check(self)
         return self
 
     def expose(self, omega: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +57,8 @@ class Camera:
     def noise_variance(self, mean_adu: ArrayLike) -> ArrayLike:
         """Expected variance (ADU^2) of a pixel whose mean is ``mean_adu``: ``g F^2 (mean - o) + (g r)^2``."""
         g = np.asarray(self.gain)
-        return self.effective_gain * (np.asarray(mean_adu) - np.asarray(self.offset)) + (g * np.asarray(self.read_noise)) ** 2
+        read = (g * np.asarray(self.read_noise)) ** 2
+        return self.effective_gain * (np.asarray(mean_adu) - np.asarray(self.offset)) + read
 
     def to_photoelectrons(self, adu: np.ndarray) -> np.ndarray:
         """``e = (x - o) / (g F^2)`` in effective photo-electrons (float32): for an EMCCD half the photo-electrons,

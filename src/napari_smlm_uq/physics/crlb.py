@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..io.files import InputError
 from .psf import integrated_gaussian_1d, integrated_gaussian_1d_dmu
 
 
@@ -45,9 +46,9 @@ def crlb(photons: float, background: float, psf_sigma: float, read_noise: float 
     """Standard-deviation bounds ``sqrt(diag(I^-1))`` for (x [px], y [px], photons, background); ``position``
     and ``mask`` as for :func:`fisher_information`."""
     if photons <= 0:
-        raise ValueError(f"photons must be > 0 (got {photons})")
+        raise InputError(f"photons must be > 0 (got {photons})")
     if background < 0 or psf_sigma <= 0 or read_noise < 0:
-        raise ValueError("background and read noise must be >= 0 and psf sigma > 0")
+        raise InputError("background and read noise must be >= 0 and psf sigma > 0")
     info = fisher_information(photons, background, psf_sigma, read_noise, roi, position, mask)
     return np.sqrt(np.diag(np.linalg.inv(info)))
 

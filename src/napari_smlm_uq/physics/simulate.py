@@ -11,15 +11,21 @@ astigmatic (physics/astigmatism.py) and each emitter gets a uniform z.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..defaults import PIXEL_SIZE_NM
+from ..io.files import InputError
+from ..settings import check, option
 from .astigmatism import ZCalibration, render_astigmatic
 from .camera import Camera
 from .psf import render_emitters
 
 Range = float | tuple[float, float]
+BackgroundMap = Literal["gradient", "illumination", "cells"]
+BACKGROUND_MAPS = get_args(BackgroundMap)
 
 
 def draw_values(rng: np.random.Generator, value: Range, n: int) -> np.ndarray:
@@ -30,14 +36,6 @@ def draw_values(rng: np.random.Generator, value: Range, n: int) -> np.ndarray:
     if lo > 0:
         return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
     return rng.uniform(lo, hi, n)
-
-
-def _check_range(name: str, value: Range, minimum: float, strict: bool) -> None:
-    values = [value] if np.isscalar(value) else list(value)
-    bad = [v for v in values if not np.isfinite(v) or (v <= minimum if strict else v < minimum)]
-    if bad or (len(values) == 2 and values[0] > values[1]):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be {op} {minimum:g} (got {value})")
 
 
 @dataclass(frozen=True)
@@ -51,40 +49,31 @@ class SimulationSettings:
     ``background_map`` (:data:`BACKGROUND_MAPS`) shapes the background across the field, its mean staying
     ``background`` and its highest pixel ``background_ratio`` times its lowest."""
 
-    frames: int = 100
-    size: int | tuple[int, int] = 64
-    density: Range = 1.0
-    photons: Range = 2000.0
-    background: Range = 20.0
-    psf_sigma: Range = 1.0
-    pixel_size: float = 100.0
+    frames: int = option(100, help="frames to simulate", low=1)
+    size: int | tuple[int, int] = option(64, help="frame size (rows = columns)", unit="px", low=8)
+    density: Range = option(1.0, help="emitters per um^2 in each frame", unit="/um^2", low=0.0)
+    photons: Range = option(2000.0, help="photons per emitter", low=0.0, open_low=True)
+    background: Range = option(20.0, help="background photons per pixel", unit="photons/px", low=0.0)
+    psf_sigma: Range = option(1.0, help="PSF standard deviation", unit="px", low=0.0, open_low=True,
+                              label="PSF sigma")
+    pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size in the sample plane", unit="nm", low=0.0,
+                               open_low=True)
     camera: Camera = field(default_factory=Camera)
-    seed: int | None = 0
-    on_time: float | None = None
-    background_map: str | None = None
-    background_ratio: float = 6.0
-    z_calibration: ZCalibration | None = None     # astigmatic PSF (then psf_sigma is not used)
-    z_range: tuple[float, float] | None = None     # nm, uniform z per emitter; None: the calibration's range
+    seed: int | None = option(0, help="random seed")
+    on_time: float | None = option(None, help="fixed molecules blinking for this mean number of frames (default: new "
+                                   "emitters every frame)", unit="frames", low=1.0)
+    background_map: BackgroundMap | None = option(None, help="background varying across the field (mean: background)")
+    background_ratio: float = option(6.0, help="the background map's highest / lowest", low=1.0)
+    z_calibration: ZCalibration | None = None   # astigmatic PSF (then psf_sigma is not used); no option:
+    # the command line reads it from a file (--z-calibration CAL.json)
+    z_range: tuple[float, float] | None = option(None, help="uniform z of the emitters (default: the z calibration's range)", unit="nm")
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.size, self.size) if np.isscalar(self.size) else tuple(self.size)
 
     def validate(self) -> "SimulationSettings":
-        if int(self.frames) < 1:
-            raise ValueError(f"frames must be >= 1 (got {self.frames})")
-        if min(self.shape) < 8:
-            raise ValueError(f"size must be >= 8 pixels (got {self.size})")
-        _check_range("density", self.density, 0.0, strict=False)
-        _check_range("photons", self.photons, 0.0, strict=True)
-        _check_range("background", self.background, 0.0, strict=False)
-        _check_range("psf_sigma", self.psf_sigma, 0.0, strict=True)
-        _check_range("pixel_size", self.pixel_size, 0.0, strict=True)
-        if self.on_time is not None:
-            _check_range("on_time", self.on_time, 1.0, strict=False)
-        if self.background_map is not None and self.background_map not in BACKGROUND_MAPS:
-            raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} (got {self.background_map!r})")
-        _check_range("background_ratio", self.background_ratio, 1.0, strict=False)
+        check(self)
         self._validate_z()
         self.camera.validate()
         return self
@@ -92,16 +81,16 @@ class SimulationSettings:
     def _validate_z(self) -> None:
         if self.z_calibration is None:
             if self.z_range is not None:
-                raise ValueError("a z range needs a z calibration")
+                raise InputError("a z range needs a z calibration")
             return
         cal = self.z_calibration.validate()
         if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
-            raise ValueError(f"the z calibration was measured with {cal.pixel_size:g} nm pixels, the simulation has "
+            raise InputError(f"the z calibration was measured with {cal.pixel_size:g} nm pixels, the simulation has "
                              f"{self.pixel_size:g} nm pixels")
         lo, hi = cal.z_range
         z_lo, z_hi = self.z_range or (lo, hi)
         if not (z_lo <= z_hi and lo <= z_lo and z_hi <= hi):
-            raise ValueError(f"z range {z_lo:g} to {z_hi:g} nm is not within the calibration's {lo:g} to {hi:g} nm")
+            raise InputError(f"z range {z_lo:g} to {z_hi:g} nm is not within the calibration's {lo:g} to {hi:g} nm")
 
 
 @dataclass
@@ -194,9 +183,6 @@ def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int,
     frame, idx = np.nonzero(on)
     jitter = np.exp(PHOTON_JITTER * rng.standard_normal(len(idx)) - PHOTON_JITTER**2 / 2)
     return Emitters(frame, row[idx], col[idx], brightness[idx] * jitter)
-
-
-BACKGROUND_MAPS = ("gradient", "illumination", "cells")
 
 
 def background_map(kind: str, shape: tuple[int, int], ratio: float, rng: np.random.Generator) -> np.ndarray:

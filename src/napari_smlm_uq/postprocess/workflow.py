@@ -4,47 +4,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError, write_json
+from ..settings import check, option
 from . import drift as drift_
 from . import frc as frc_
 from .merge import merge
 
 OUTPUTS = ("localizations.csv", "drift.csv", "frc.json", "locs.hdf5", "locs.yaml")
 FILTER_MEDIANS = 1.5  # default uncertainty filter: keep localizations within this many median uncertainties
+FrcSplit = Literal["blocks", "random"]
 
 
 @dataclass
 class Settings:
-    """Which steps run and how. Frames, nm; ``max_uncertainty`` None: FILTER_MEDIANS x the median;
-    ``fiducials`` (m, 2) x, y nm: drift from these markers instead of RCC + intersection."""
+    """Which steps run (none unless asked for) and how. Frames, nm; ``max_uncertainty`` None: FILTER_MEDIANS x
+    the median; ``fiducials`` (m, 2) x, y nm: drift from these markers instead of RCC + intersection."""
 
-    drift: bool = True
-    merge: bool = True
-    frc: bool = True
-    rcc_segment: int = 1000
-    segment: int = 200
+    drift: bool = option(False, help="estimate the drift (RCC + intersection, or from fiducials) and subtract it",
+                         label="correct drift")
+    merge: bool = option(False, help="merge the localizations of one blink into one event", label="merge blinks")
+    frc: bool = option(False, help="FRC resolution of all and of the filtered localizations", label="FRC resolution")
+    rcc_segment: int = option(1000, help="frames per RCC segment", unit="frames", low=1, label="RCC segment")
+    segment: int = option(200, help="frames per segment of the intersection refinement", unit="frames", low=1,
+                          label="refined segment")
     fiducials: np.ndarray | None = None
-    max_gap: int = 1
-    max_sigmas: float = 3.0
-    frc_pixel: float = 5.0
-    frc_split: str = "blocks"
-    frc_block: int = 100
-    max_uncertainty: float | None = None
+    max_gap: int = option(1, help="missing frames allowed inside one blink", unit="frames", low=0)
+    max_sigmas: float = option(3.0, help="linking radius, in combined uncertainties", low=0.0, open_low=True,
+                               label="linking radius")
+    frc_pixel: float = option(5.0, help="FRC histogram pixel", unit="nm", low=0.0, open_low=True, label="FRC pixel")
+    frc_split: FrcSplit = option("blocks", help="how the FRC halves are drawn", label="FRC split")
+    frc_block: int = option(100, help="frames per block of the 'blocks' split", unit="frames", low=1,
+                            label="FRC block")
+    max_uncertainty: float | None = option(None, help=f"uncertainty filter (default: {FILTER_MEDIANS:g} x the median "
+                                           "uncertainty)", unit="nm", low=0.0, open_low=True)
+    pixel_size: float | None = option(None, help=f"camera pixel size of Picasso files (default: the file's, else "
+                                      f"{PIXEL_SIZE_NM:g})", unit="nm", low=0.0, open_low=True)
 
     def validate(self) -> None:
-        for name in ("rcc_segment", "segment", "frc_block"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be >= 1 frame (got {getattr(self, name)})")
-        if self.max_gap < 0:
-            raise ValueError(f"max gap must be >= 0 frames (got {self.max_gap})")
-        for name in ("max_sigmas", "frc_pixel"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be > 0 (got {getattr(self, name)})")
-        if self.frc_split not in ("blocks", "random"):
-            raise ValueError(f"FRC split must be 'blocks' or 'random' (got {self.frc_split!r})")
+        check(self)
+
+    @property
+    def camera_pixel(self) -> float:
+        """The camera pixel (nm) of Picasso files: the one given, else the default."""
+        return self.pixel_size or PIXEL_SIZE_NM
 
 
 @dataclass
@@ -127,7 +134,7 @@ def _merged(frame: np.ndarray, table: dict[str, np.ndarray], s: Settings) -> dic
     return out
 
 
-def write(result: Result, out_dir: str | Path, picasso: bool = False, pixel_nm: float = 100.0,
+def write(result: Result, out_dir: str | Path, picasso: bool = False, pixel_nm: float = PIXEL_SIZE_NM,
           source: str = "") -> list[Path]:
     """Write ``localizations.csv``, ``drift.csv``, ``frc.json`` and, with ``picasso``, ``locs.hdf5`` +
     ``locs.yaml`` (camera ``pixel_nm``) into ``out_dir``, each atomically; returns the paths written."""

@@ -1,0 +1,133 @@
+"""``smlm-uq predict``: the super-resolved mean, std and sample, the localizations and a summary of TIFF stacks,
+in this process or on a dask cluster (cli/cluster.py). Options: the fields of :class:`PredictSettings` (the
+camera and pixel size default to the file's) and of :class:`RunSettings`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM
+from ..inference.pipeline import PredictSettings
+from ..inference.run import RunSettings, clear_outputs, frame_writer, input_stacks, output_folder, write_results
+from ..io.files import InputError
+from ._options import add_options, settings
+
+NAME, HELP = "predict", "super-resolved mean, std, sample and localizations of a TIFF stack"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="input",
+                   help="TIFF stacks of camera frames (ADU), or a glob; several: one result folder each in --out")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    add_options(p, PredictSettings, unset=("pixel_size", *CAMERA_FIELDS))
+    add_options(p, RunSettings)
+
+
+def run(a: argparse.Namespace) -> int:
+    options = settings(RunSettings, a).validate()
+    sources = input_stacks(a.inputs)
+    if options.cluster:
+        from .cluster import predict_on_cluster
+
+        return predict_on_cluster(a, options, sources)
+    if len(sources) == 1:
+        return predict_here(a, sources[0], Path(a.out))
+    failures = []
+    for source in sources:
+        try:
+            predict_here(a, source, Path(a.out) / source.stem)
+        except InputError as exc:
+            failures.append(failure(source, exc))
+    return report_failures(failures)
+
+
+def failure(source: Path, exc: Exception) -> str:
+    """One line for a stack that failed, naming it once."""
+    return str(exc) if str(source) in str(exc) else f"{source}: {exc}"
+
+
+def report_failures(failures: list[str]) -> int:
+    for line in failures:
+        print(f"smlm-uq predict: error: {line}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def load_model(a: argparse.Namespace):
+    from ..models import registry
+
+    models = registry.load(a.model)
+    if a.samples and models.psi is None:
+        raise InputError(f"model {a.model!r} has no diffusion model; use --samples 0")
+    return models
+
+
+def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
+    """Check one stack before any work: the file, the frame range, the camera, the background estimate (for
+    ``models``), the settings, the output folder. Returns the stack, its frame range, the settings, the
+    camera choice (values, sources, messages) and the background choice."""
+    from ..inference.background_choice import choose_background
+    from ..inference.camera_choice import choose_camera
+    from ..inference.pipeline import background_estimate
+    from ..inference.run import check_finite, parse_frames
+    from ..io.camera_map import read_camera_map
+    from ..io.tiff import open_stack
+    from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
+
+    options = settings(RunSettings, a)
+    stack = open_stack(source)
+    frames = parse_frames(options.frames, stack.shape[0])
+    check_finite(stack.data, frames)
+    camera_map = read_camera_map(options.camera_map, stack.shape[1:]) if options.camera_map else None
+    first = stack.data[frames.start:min(frames.stop, frames.start + CAMERA_FRAMES)]  # what the estimate reads
+    choice = choose_camera(first, {k: getattr(a, k) for k in CAMERA_FIELDS}, stack.metadata, a.camera_kind,
+                           camera_map, f"camera map {options.camera_map}")
+    background = choose_background(first, choice.camera, background_estimate(models, PredictSettings()),
+                                   options.background)
+    pixel_size = a.pixel_size if a.pixel_size is not None else stack.metadata.get("pixel_size", PIXEL_SIZE_NM)
+    s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate)
+    s.validate().torch_device()
+    output_folder(out, options.outputs(), a.overwrite)
+    return stack, frames, s, choice, background
+
+
+def progress_bar(files: ExitStack, frames: int):
+    from tqdm import tqdm
+
+    return files.enter_context(tqdm(total=frames, unit="frame", file=sys.stderr, dynamic_ncols=True))
+
+
+def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
+    """One stack in this process."""
+    from ..inference.distributed import StackJob
+    from ..inference.pipeline import StackSum, keep_freed_buffers, predict
+    from ..localizations import Localizations
+
+    models = load_model(a)
+    stack, frames, s, choice, background = prepare_stack(a, source, out, models)
+    print("\n".join([*choice.messages, background.describe()]))
+    clear_outputs(out, a.overwrite)
+    n = len(frames)
+    keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
+    total, locs, t0 = StackSum(), [], time.perf_counter()
+    with ExitStack() as files:
+        job = StackJob(source.resolve(), frames, stack.shape[1:], s, out, a.store_encoding)
+        write = frame_writer(a.format, files, job, total, a.model, models.name)
+        bar = progress_bar(files, n)
+        for result in predict(stack.data, models, s, frames):
+            for note in result.notes:
+                bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
+            write(result)
+            total.add(result)
+            locs.append(result.localizations)
+            bar.update()
+    seconds = time.perf_counter() - t0
+    all_locs = Localizations.concat(locs)
+    check = write_results(out, source, frames, models.name, s, total, all_locs, seconds, choice.as_dict(),
+                          background=background.as_dict())
+    print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
+    print(check)
+    return 0
