@@ -3,7 +3,10 @@
 By default emitters are drawn independently in every frame (a Poisson number at the given density,
 uniform positions). With ``on_time`` set, fixed molecules blink instead: each is on for a geometric number
 of frames (mean ``on_time``) and its photons vary from frame to frame, so one molecule is localized in
-consecutive frames (the precision check of analysis/precision.py). Emitters are imaged through the
+consecutive frames (the precision check of analysis/precision.py). With ``structure`` set to filaments or
+clusters (physics/structures.py), the fixed molecules lie on worm-like filaments or in clusters and blink
+(on in a fraction ``1 / BLINK_MOLECULES`` of the frames; independently every frame without ``on_time``), so
+the local density is several times the mean while ``density`` stays the mean per frame. Emitters are imaged through the
 pixel-integrated Gaussian PSF on a background, flat or shaped by a map (a gradient, a Gaussian
 illumination profile or cell-like blobs), then through the camera.
 """
@@ -16,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 
 from .camera import Camera
 from .psf import render_emitters
+from .structures import STRUCTURES, structure_points
 
 Range = float | tuple[float, float]
 
@@ -47,7 +51,11 @@ class SimulationSettings:
     ``on_time`` (frames, None: independent emitters per frame) makes fixed molecules blink; ``density`` is
     then the mean density of molecules that are on, and ``photons`` each molecule's mean brightness.
     ``background_map`` (:data:`BACKGROUND_MAPS`) shapes the background across the field, its mean staying
-    ``background`` and its highest pixel ``background_ratio`` times its lowest."""
+    ``background`` and its highest pixel ``background_ratio`` times its lowest.
+
+    ``structure`` (:data:`~.structures.STRUCTURES`) puts fixed, blinking molecules on filaments or in clusters
+    (``density`` then the mean density of molecules that are on, as with ``on_time``); the parameters below
+    shape them and are ignored for ``uniform``."""
 
     frames: int = 100
     size: int | tuple[int, int] = 64
@@ -61,6 +69,12 @@ class SimulationSettings:
     on_time: float | None = None
     background_map: str | None = None
     background_ratio: float = 6.0
+    structure: str = "uniform"          # uniform | filaments | clusters: where the molecules lie
+    filament_density: float = 0.1       # filaments per um^2 (midpoints uniform, reaching in from outside too)
+    filament_length: float = 5000.0     # nm, contour length of each filament
+    persistence_length: float = 2000.0  # nm, bending stiffness: <cos dtheta(s)> = exp(-s / (2 Lp))
+    cluster_size: float = 10.0          # mean molecules per cluster (Poisson), of which 1/5 are on per frame
+    cluster_radius: float = 100.0       # nm, std per axis of the molecules' offsets from their cluster's centre
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -81,6 +95,10 @@ class SimulationSettings:
         if self.background_map is not None and self.background_map not in BACKGROUND_MAPS:
             raise ValueError(f"background map must be one of {', '.join(BACKGROUND_MAPS)} (got {self.background_map!r})")
         _check_range("background_ratio", self.background_ratio, 1.0, strict=False)
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {', '.join(STRUCTURES)} (got {self.structure!r})")
+        for name in ("filament_density", "filament_length", "persistence_length", "cluster_size", "cluster_radius"):
+            _check_range(name, getattr(self, name), 0.0, strict=True)
         self.camera.validate()
         return self
 
@@ -149,15 +167,10 @@ BLINK_MOLECULES = 5.0   # molecules per molecule that is on at a time (the fract
 PHOTON_JITTER = 0.3     # frame-to-frame variation of a molecule's photons (log-normal sigma)
 
 
-def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int], density_px: float,
-                      photons: Range, on_time: float) -> Emitters:
-    """Fixed molecules, ``BLINK_MOLECULES`` times as many as are on at a time (``density_px`` per pixel^2),
-    switching as a two-state Markov chain: on for a mean of ``on_time`` frames, on a fraction
-    ``1 / BLINK_MOLECULES`` of the time; photons per frame a molecule's brightness times a log-normal jitter."""
-    h, w = shape
-    n = rng.poisson(density_px * BLINK_MOLECULES * h * w)
-    row, col = rng.uniform(-0.5, h - 0.5, n), rng.uniform(-0.5, w - 0.5, n)
-    brightness = draw_values(rng, photons, n)
+def blink(rng: np.random.Generator, n_frames: int, n: int, on_time: float) -> np.ndarray:
+    """``(n_frames, n)`` on/off states of ``n`` molecules: a two-state Markov chain, on for a mean of
+    ``on_time`` frames and a fraction ``1 / BLINK_MOLECULES`` of the time, starting in that stationary state
+    (``on_time = BLINK_MOLECULES / (BLINK_MOLECULES - 1)``: independent frames)."""
     p_off = 1.0 / on_time
     p_on = p_off / (BLINK_MOLECULES - 1)
     on = np.empty((n_frames, n), bool)
@@ -165,9 +178,26 @@ def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int,
     for t in range(1, n_frames):
         flip = rng.uniform(size=n)
         on[t] = np.where(on[t - 1], flip >= p_off, flip < p_on)
+    return on
+
+
+def blinking_emitters(rng: np.random.Generator, n_frames: int, molecules: np.ndarray, photons: Range,
+                      on_time: float | None) -> Emitters:
+    """Fixed ``molecules`` ``(n, 2)`` (row, col; raw px) blinking as :func:`blink` (independently every frame
+    when ``on_time`` is None); photons per frame a molecule's brightness times a log-normal jitter."""
+    brightness = draw_values(rng, photons, len(molecules))
+    on = blink(rng, n_frames, len(molecules), on_time or BLINK_MOLECULES / (BLINK_MOLECULES - 1))
     frame, idx = np.nonzero(on)
     jitter = np.exp(PHOTON_JITTER * rng.standard_normal(len(idx)) - PHOTON_JITTER**2 / 2)
-    return Emitters(frame, row[idx], col[idx], brightness[idx] * jitter)
+    return Emitters(frame, molecules[idx, 0], molecules[idx, 1], brightness[idx] * jitter)
+
+
+def molecules(rng: np.random.Generator, s: SimulationSettings, shape: tuple[int, int], density_px: float) -> np.ndarray:
+    """Fixed molecules ``(n, 2)`` for ``BLINK_MOLECULES`` times ``density_px`` emitters on per pixel^2, on
+    ``s.structure`` (its lengths converted from nm to raw px)."""
+    nm = s.pixel_size
+    return structure_points(rng, s.structure, shape, density_px * BLINK_MOLECULES, s.filament_density * (nm / 1000.0) ** 2,
+                            s.filament_length / nm, s.persistence_length / nm, s.cluster_size, s.cluster_radius / nm)
 
 
 BACKGROUND_MAPS = ("gradient", "illumination", "cells")
@@ -195,10 +225,10 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     s = settings.validate()
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
-    if s.on_time is None:
+    if s.on_time is None and s.structure == "uniform":
         emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
     else:
-        emitters = blinking_emitters(rng, s.frames, s.shape, float(np.mean(density_px)), s.photons, s.on_time)
+        emitters = blinking_emitters(rng, s.frames, molecules(rng, s, s.shape, float(np.mean(density_px))), s.photons, s.on_time)
     sigma = draw_values(rng, s.psf_sigma, s.frames)
     background = draw_values(rng, s.background, s.frames)
     if s.background_map is not None:
