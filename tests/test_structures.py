@@ -13,14 +13,14 @@ DENSITY_PX = 0.02          # molecules per pixel^2 (2 /um^2 at 100 nm pixels)
 FILAMENTS = dict(filaments_px=0.001, length=50.0, persistence=20.0, cluster_size=10.0, cluster_radius=1.0)
 
 
-def fields(kind: str, n: int = 60, seed: int = 0) -> list[np.ndarray]:
+def draw_fields(kind: str, n: int = 60, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [structure_points(rng, kind, SHAPE, DENSITY_PX, **FILAMENTS) for _ in range(n)]
 
 
 @pytest.mark.parametrize("kind", STRUCTURES)
 def test_mean_density_is_the_setting(kind):
-    counts = np.array([len(p) for p in fields(kind)])
+    counts = np.array([len(p) for p in draw_fields(kind)])
     expected = DENSITY_PX * SHAPE[0] * SHAPE[1]                       # 81.9 molecules per field
     se = counts.std(ddof=1) / np.sqrt(len(counts))
     assert abs(counts.mean() - expected) < 4 * se, (counts.mean(), expected, se)
@@ -38,7 +38,7 @@ def neighbours_within(points: list[np.ndarray], r: float) -> float:
 
 def test_filaments_crowd_molecules_several_times_the_mean():
     r = 1.0
-    uniform, filaments = neighbours_within(fields("uniform", 200), r), neighbours_within(fields("filaments", 200), r)
+    uniform, filaments = neighbours_within(draw_fields("uniform", 200), r), neighbours_within(draw_fields("filaments", 200), r)
     poisson = DENSITY_PX * np.pi * r**2                                          # 0.063
     along = DENSITY_PX / (FILAMENTS["filaments_px"] * FILAMENTS["length"]) * 2 * r   # 0.8 on a straight stretch
     assert uniform == pytest.approx(poisson, rel=0.1)
@@ -55,7 +55,7 @@ def test_clusters_crowd_molecules_and_have_the_set_size_and_radius():
     assert sizes.var() == pytest.approx(12.0, rel=0.2)   # Poisson
     offsets = points - centres[label]
     assert offsets.std(axis=0) == pytest.approx([1.5, 1.5], rel=0.03)
-    assert neighbours_within(fields("clusters"), 1.0) > 5 * neighbours_within(fields("uniform"), 1.0)
+    assert neighbours_within(draw_fields("clusters"), 1.0) > 5 * neighbours_within(draw_fields("uniform"), 1.0)
 
 
 def test_worm_like_chain_tangents_decorrelate_with_the_persistence_length():
@@ -103,3 +103,21 @@ def test_simulate_on_filaments_keeps_molecules_fixed_and_the_mean_density():
 def test_bad_structure_settings_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         SimulationSettings(**change).validate()
+
+
+def test_structured_training_patches_have_the_mean_density_and_crowd():
+    from napari_smlm_uq.training import PATCH, TrainSettings, structured_emitters
+
+    s = TrainSettings(density=(4.0, 4.0))
+    density_px = (0.04, 0.04)                                    # 4 /um^2 at 100 nm pixels
+    rng = np.random.default_rng(4)
+    gt = structured_emitters(rng, 2000, density_px, s)
+    per_patch = np.bincount(gt.frame, minlength=2000)
+    expected = 0.04 * PATCH**2                                   # 10.2 emitters per patch
+    assert per_patch.mean() == pytest.approx(expected, abs=4 * per_patch.std() / np.sqrt(2000))
+    assert per_patch.var() > 3 * expected                        # structures: far more spread than Poisson
+    points = [np.column_stack([gt.row, gt.col])[gt.frame == t] for t in range(2000)]
+    close = np.mean([len(cKDTree(p).query_pairs(1.0)) for p in points])   # pairs within 1 px per patch
+    assert 2 * close / per_patch.mean() > 5 * 0.04 * np.pi      # neighbours within 1 px: over 5x uniform's
+    with pytest.raises(ValueError, match="structured must be a fraction"):
+        TrainSettings(structured=1.5).validate()

@@ -68,7 +68,10 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     settings = SimulationSettings(frames=a.frames, size=a.size, density=a.density, photons=a.photons,
                                   background=a.background, psf_sigma=a.psf_sigma, pixel_size=a.pixel_size,
                                   camera=Camera(a.offset, a.gain, a.read_noise, a.camera_kind), seed=a.seed,
-                                  on_time=a.on_time, background_map=a.background_map, background_ratio=a.background_ratio)
+                                  on_time=a.on_time, background_map=a.background_map, background_ratio=a.background_ratio,
+                                  structure=a.structure, filament_density=a.filament_density, filament_length=a.filament_length,
+                                  persistence_length=a.persistence_length, cluster_size=a.cluster_size,
+                                  cluster_radius=a.cluster_radius)
     try:
         settings.validate()
     except ValueError as exc:
@@ -460,6 +463,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                              checkpoint_every=a.checkpoint_every, precision=a.precision, calibration_frames=a.calibrate,
                              device=a.device, data_workers=a.data_workers, stage_seconds=a.stage_seconds,
                              background_estimate=a.background_estimate, background_maps=a.background_maps,
+                             structured=a.structured,
                              camera_kind=a.camera_kind,
                              config=registry.tiny_config() if a.tiny else registry.default_config())
     try:
@@ -567,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-map", choices=("gradient", "illumination", "cells"), default=None,
                    help="background varying across the field (mean --background)")
     p.add_argument("--background-ratio", type=_positive(), default=6.0, help="the map's highest / lowest background")
+    p.add_argument("--structure", choices=("uniform", "filaments", "clusters"), default=SIM.structure,
+                   help="fixed blinking molecules on worm-like filaments or in clusters (--density stays the mean)")
+    p.add_argument("--filament-density", type=_positive(), default=SIM.filament_density, help="filaments per um^2")
+    p.add_argument("--filament-length", type=_positive(), default=SIM.filament_length, help="nm, contour length")
+    p.add_argument("--persistence-length", type=_positive(), default=SIM.persistence_length, help="nm, filament stiffness")
+    p.add_argument("--cluster-size", type=_positive(), default=SIM.cluster_size, help="mean molecules per cluster")
+    p.add_argument("--cluster-radius", type=_positive(), default=SIM.cluster_radius,
+                   help="nm, std per axis of the molecules around their cluster's centre")
     add_camera_args(p)
     add_camera_kind(p)
     p.set_defaults(func=cmd_simulate)
@@ -659,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="background the input is normalised around: the frame median or a local estimate")
     p.add_argument("--background-maps", type=float, default=T.background_maps,
                    help="fraction of patches whose background varies across the patch (gradients, illumination, cells)")
+    p.add_argument("--structured", type=float, default=T.structured,
+                   help="fraction of patches whose blinking molecules lie on filaments or in clusters")
     p.add_argument("--seed", type=int, default=T.seed)
     p.add_argument("--calibrate", type=int, default=0, metavar="FRAMES",
                    help="afterwards, refit the uncertainty calibration on 6 simulated stacks of FRAMES frames "
