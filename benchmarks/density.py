@@ -12,7 +12,8 @@ in each frame), so the local density along a filament is many times the mean. Se
 (Picasso's tuning movies) are used nowhere else. Methods: ``default`` (the default pipeline: phi, diffusion
 samples, refinement), ``phi`` (phi alone, samples 0, refined), ``picasso`` (Picasso's gaussmle, its minimum net
 gradient and box tuned for each movie on a tuning movie of the same settings; only where ``.venv-bench`` exists,
-see picasso_baseline.py; its s/frame is after numba's warm-up). Scores as precision.score: E, JAC, RMSE (nm,
+see picasso_baseline.py; its s/frame is after numba's warm-up), and the read-out's own ceiling: ``kde_readout``
+(``_unsaturated``), the peaks of the true KDE, saturated at 1 as the networks learn it (or not). Scores as precision.score: E, JAC, RMSE (nm,
 lateral), precision, recall, the localization z std (error / reported uncertainty per axis), isolated RMSE
 over the CRLB; beside them the lateral CRLB of an isolated emitter and the mean number of other emitters
 within 250 nm of an emitter (how crowded a movie is). Writes the JSON (after every movie) and the plot.
@@ -34,11 +35,13 @@ import torch
 from precision import BENCH, lateral_crlb, run, score
 from scipy.spatial import cKDTree
 
+from napari_smlm_uq.inference.localize import find_peaks
 from napari_smlm_uq.inference.pipeline import PredictSettings
 from napari_smlm_uq.io.tables import emitters_table, read_localizations, table_localizations, write_localizations
 from napari_smlm_uq.io.tiff import write_stack
 from napari_smlm_uq.localizations import Localizations
 from napari_smlm_uq.models import registry
+from napari_smlm_uq.physics.kde import from_model, render_kde, sr_to_raw, to_model
 from napari_smlm_uq.physics.simulate import SimulatedStack, SimulationSettings, simulate
 from napari_smlm_uq.physics.structures import STRUCTURES as SIM_STRUCTURES
 
@@ -52,8 +55,10 @@ CROWDING_NM = 250.0
 NG_GRID = ("250", "500", "1000", "1500", "2000", "3000", "5000")
 
 
-def movie(density: float, structure: str, frames: int, size: int, seed: int) -> SimulationSettings:
-    return SimulationSettings(frames=frames, **{**BENCH, "size": size}, density=density, structure=structure, seed=seed)
+def movie(density: float, structure: str, frames: int, size: int, seed: int,
+          filament_density: float = SimulationSettings.filament_density) -> SimulationSettings:
+    return SimulationSettings(frames=frames, **{**BENCH, "size": size}, density=density, structure=structure, seed=seed,
+                              filament_density=filament_density)
 
 
 def seed_of(i: int, j: int, base: int) -> int:
@@ -71,9 +76,27 @@ def crowding(gt, pixel_size: float, radius_nm: float = CROWDING_NM) -> float:
 
 
 def ours(models, stack: SimulatedStack, settings: PredictSettings) -> dict:
+    """Scores, wall seconds per frame, and the process's CPU seconds per frame (all its threads: steadier
+    than the wall time on a machine that other jobs load)."""
+    cpu = time.process_time()
     results, seconds = run(models, stack, settings)
+    cpu = (time.process_time() - cpu) / stack.settings.frames
     locs = Localizations.concat([r.localizations for r in results])
-    return dict(score(locs, stack.emitters, stack.settings), seconds_per_frame=seconds)
+    return dict(score(locs, stack.emitters, stack.settings), seconds_per_frame=seconds, cpu_seconds_per_frame=cpu)
+
+
+def readout_ceiling(stack: SimulatedStack, saturate: bool) -> dict:
+    """What the KDE read-out finds in a perfect network's output: the peaks (localize.find_peaks, default
+    threshold) of each frame's true KDE, saturated at 1 as the networks are trained to draw it
+    (kde.to_model) or not; positions unrefined."""
+    gt, parts = stack.emitters, []
+    for t in range(stack.settings.frames):
+        e = gt.in_frame(t)
+        kde = render_kde(e.row, e.col, stack.settings.shape)
+        peaks = find_peaks(from_model(to_model(kde)) if saturate else kde)
+        nan = np.full(len(peaks), np.nan)
+        parts.append(Localizations(np.full(len(peaks), t), sr_to_raw(peaks[:, 0]), sr_to_raw(peaks[:, 1]), nan, nan, nan))
+    return dict(score(Localizations.concat(parts), gt, stack.settings), seconds_per_frame=float("nan"))
 
 
 def write_movie(stack: SimulatedStack, folder: Path, name: str) -> Path:
@@ -107,7 +130,7 @@ def picasso(stack: SimulatedStack, tune: SimulatedStack, folder: Path) -> dict:
 
 
 def study(models, density: float, structure: str, seeds: tuple[int, int], a: argparse.Namespace) -> dict:
-    stack = simulate(movie(density, structure, a.frames, a.size, seeds[0]))
+    stack = simulate(movie(density, structure, a.frames, a.size, seeds[0], a.filament_density))
     res = {"emitters": len(stack.emitters), "emitters_per_um2": len(stack.emitters) / a.frames / (a.size * BENCH["pixel_size"] / 1000) ** 2,
            "neighbours_within_250nm": crowding(stack.emitters, BENCH["pixel_size"])}
     base = PredictSettings(device=a.device, samples=a.samples)
@@ -116,8 +139,10 @@ def study(models, density: float, structure: str, seeds: tuple[int, int], a: arg
             res[method] = ours(models, stack, base)
         elif method == "phi":
             res[method] = ours(models, stack, PredictSettings(device=a.device, samples=0))
+        elif method in ("kde_readout", "kde_readout_unsaturated"):
+            res[method] = readout_ceiling(stack, saturate=method == "kde_readout")
         elif method == "picasso" and PICASSO.exists():
-            tune = simulate(movie(density, structure, a.frames, a.size, seeds[1]))
+            tune = simulate(movie(density, structure, a.frames, a.size, seeds[1], a.filament_density))
             with tempfile.TemporaryDirectory() as folder:
                 res[method] = picasso(stack, tune, Path(folder))
     print(f"{structure} {density:g}/um^2", json.dumps({m: [round(res[m]["efficiency"], 1), round(res[m]["jaccard"], 1),
@@ -135,7 +160,7 @@ def plot(res: dict, out: Path) -> None:
 
     panels = (("efficiency", "E"), ("jaccard", "JAC (%)"), ("z_std", "localization z std"), ("seconds_per_frame", "s / frame"))
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), dpi=110)
-    colours = {"default": "C0", "phi": "C1", "picasso": "C2"}
+    colours = {"default": "C0", "phi": "C1", "picasso": "C2", "kde_readout": "C3", "kde_readout_unsaturated": "C4"}
     for ax, (key, label) in zip(axes, panels):
         for structure, style in (("uniform", "o-"), ("filaments", "s--")):
             rows = res["movies"].get(structure, {})
@@ -166,6 +191,8 @@ def main() -> None:
     ap.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES), help="mean emitters/um^2")
     ap.add_argument("--structures", default=",".join(STRUCTURES))
     ap.add_argument("--methods", default="default,phi,picasso")
+    ap.add_argument("--filament-density", type=float, default=SimulationSettings.filament_density,
+                    help="filaments per um^2 (fewer: more crowded along them at the same mean density)")
     ap.add_argument("--samples", type=int, default=PredictSettings.samples, help="diffusion samples of the default pipeline")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or model file")
@@ -179,10 +206,13 @@ def main() -> None:
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU",
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                "threads": torch.get_num_threads(), "note": a.note}
-    res = {"frames": a.frames, "size": a.size, "samples": a.samples, "model": a.model, "methods": a.methods,
+    res = {"frames": a.frames, "size": a.size, "samples": a.samples, "filament_density": a.filament_density, "model": a.model, "methods": a.methods,
            "picasso": PICASSO.exists(), "machine": machine, "crlb_lateral_nm": lateral_crlb(BENCH["photons"], BENCH["background"],
                                                                                               BENCH["psf_sigma"], BENCH["camera"].read_noise) * BENCH["pixel_size"],
            "movies": {}}
+    warm = simulate(movie(1.0, "uniform", 2, a.size, TUNE_SEED - 1))
+    for samples in [a.samples] * ("default" in a.methods) + [0] * ("phi" in a.methods):
+        run(models, warm, PredictSettings(device=a.device, samples=samples))   # start-up is not a frame's cost
     t0 = time.perf_counter()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for structure in a.structures.split(","):

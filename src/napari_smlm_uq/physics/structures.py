@@ -1,4 +1,4 @@
-"""Molecules on structures: worm-like filaments and clusters (issue 26; docs/physics.md).
+"""Molecules on structures: worm-like filaments and clusters (issue 26).
 
 Real samples put their molecules on structures, so the local density of a frame is many times its mean.
 Both point processes here are stationary: filament midpoints and cluster centres are drawn uniformly over
