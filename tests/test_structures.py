@@ -25,6 +25,8 @@ def test_mean_density_is_the_setting(kind):
     se = counts.std(ddof=1) / np.sqrt(len(counts))
     assert abs(counts.mean() - expected) < 4 * se, (counts.mean(), expected, se)
     assert se < 0.15 * expected   # the tolerance is tight enough to mean something
+    if kind != "clusters":        # a Poisson number per field, as for uniform emitters
+        assert counts.var(ddof=1) == pytest.approx(expected, rel=0.4)
 
 
 def neighbours_within(points: list[np.ndarray], r: float) -> float:
@@ -42,7 +44,9 @@ def test_filaments_crowd_molecules_several_times_the_mean():
     poisson = DENSITY_PX * np.pi * r**2                                          # 0.063
     along = DENSITY_PX / (FILAMENTS["filaments_px"] * FILAMENTS["length"]) * 2 * r   # 0.8 on a straight stretch
     assert uniform == pytest.approx(poisson, rel=0.1)
-    assert filaments == pytest.approx(along + poisson, rel=0.1)
+    # a field's molecules share the contour inside it: fields crossed by fewer filaments crowd them more,
+    # so the mean is above the value for the mean contour (1.14-1.25x over seeds 0-2)
+    assert along + poisson < filaments < 1.4 * (along + poisson)
     assert filaments > 8 * uniform
 
 
@@ -85,12 +89,10 @@ def test_blinking_molecules_are_on_a_fifth_of_the_time_for_on_time_frames():
 
 def test_simulate_on_filaments_keeps_molecules_fixed_and_the_mean_density():
     settings = SimulationSettings(frames=40, size=64, density=1.0, structure="filaments", seed=5)
-    per_frame = []
-    for seed in range(8):
-        gt = simulate(replace(settings, seed=seed)).emitters
-        per_frame.append(len(gt) / settings.frames)
     um2 = (64 * 0.1) ** 2
-    assert np.mean(per_frame) / um2 == pytest.approx(1.0, abs=4 * np.std(per_frame, ddof=1) / np.sqrt(8) / um2)
+    for seed in range(4):   # 41 emitters per frame on average; 8.2 x 41 molecules, a fifth on per frame
+        gt = simulate(replace(settings, seed=seed)).emitters
+        assert len(gt) / settings.frames / um2 == pytest.approx(1.0, abs=0.25)
     positions = np.column_stack([gt.row, gt.col])
     assert len(np.unique(positions, axis=0)) < 0.6 * len(positions)   # the same molecules come back
 
@@ -115,9 +117,19 @@ def test_structured_training_patches_have_the_mean_density_and_crowd():
     per_patch = np.bincount(gt.frame, minlength=2000)
     expected = 0.04 * PATCH**2                                   # 10.2 emitters per patch
     assert per_patch.mean() == pytest.approx(expected, abs=4 * per_patch.std() / np.sqrt(2000))
-    assert per_patch.var() > 3 * expected                        # structures: far more spread than Poisson
+    assert per_patch.var() > 1.5 * expected    # half are clusters, their number per patch more spread than Poisson
     points = [np.column_stack([gt.row, gt.col])[gt.frame == t] for t in range(2000)]
     close = np.mean([len(cKDTree(p).query_pairs(1.0)) for p in points])   # pairs within 1 px per patch
     assert 2 * close / per_patch.mean() > 5 * 0.04 * np.pi      # neighbours within 1 px: over 5x uniform's
     with pytest.raises(ValueError, match="structured must be a fraction"):
         TrainSettings(structured=1.5).validate()
+
+
+def test_filaments_that_never_reach_the_field_are_refused(tmp_path, capsys):
+    from napari_smlm_uq.cli import main
+
+    with pytest.raises(ValueError, match="no filament crossed the field in 100 draws"):
+        structure_points(np.random.default_rng(0), "filaments", SHAPE, DENSITY_PX, **{**FILAMENTS, "filaments_px": 1e-9})
+    out = tmp_path / "s.tif"
+    assert main(["simulate", str(out), "--frames", "2", "--structure", "filaments", "--filament-density", "1e-9"]) == 2
+    assert "no filament crossed the field" in capsys.readouterr().err and not out.exists()

@@ -1,16 +1,19 @@
 """Molecules on structures: worm-like filaments and clusters (issue 26).
 
 Real samples put their molecules on structures, so the local density of a frame is many times its mean.
-Both point processes here are stationary: filament midpoints and cluster centres are drawn uniformly over
-the field grown by the farthest a molecule can lie from them, so the expected number of molecules per
-pixel^2 inside the field is exactly the ``density_px`` asked for, whatever the structure. Positions are in
-raw pixels, pixel centres at integers, the field spanning ``-0.5 .. size - 0.5``.
+Filament midpoints and cluster centres are drawn uniformly over the field grown by the farthest a molecule
+can lie from them, so no edge is special, and the expected number of molecules per pixel^2 inside the field
+is exactly the ``density_px`` asked for. Positions are in raw pixels, pixel centres at integers, the field
+spanning ``-0.5 .. size - 0.5``.
 
 - Filaments: 2D worm-like chains of contour length ``L`` and persistence length ``Lp``: the tangent angle is
-  a random walk, ``dtheta ~ N(0, ds / Lp)``, so ``<cos(theta(s) - theta(0))> = exp(-s / (2 Lp))``. Molecules
-  sit uniformly along the contour (Poisson, ``density_px / (filaments_px L)`` per pixel of contour).
+  a random walk, ``dtheta ~ N(0, ds / Lp)``, so ``<cos(theta(s) - theta(0))> = exp(-s / (2 Lp))``. A field
+  gets a Poisson number of molecules, as uniform emitters would, spread uniformly along the filaments' parts
+  inside it (about ``density_px / (filaments_px L)`` per pixel of contour on average): how many filaments
+  cross a field varies a lot, its number of molecules does not.
 - Clusters: a Thomas process: centres Poisson at ``density_px / cluster_size`` per pixel^2, a Poisson
-  number (mean ``cluster_size``) of molecules per centre, each offset by ``N(0, radius^2)`` per axis.
+  number (mean ``cluster_size``) of molecules per centre, each offset by ``N(0, radius^2)`` per axis; a
+  field's number of molecules varies with its number of clusters.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 STRUCTURES = ("uniform", "filaments", "clusters")
 CHAIN_STEP = 0.25       # raw pixels between a chain's vertices (at most Lp / 20, see worm_like_chains)
 CLUSTER_REACH = 4.0     # cluster radii beyond which a cluster's molecules are ignored (6e-5 of them)
+MAX_DRAWS = 100         # filament draws before a field that no filament crosses is refused
 
 
 def worm_like_chains(rng: np.random.Generator, n: int, length: float, persistence: float) -> np.ndarray:
@@ -47,18 +51,23 @@ def in_field(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def filament_points(rng: np.random.Generator, shape: tuple[int, int], density_px: float, filaments_px: float,
                     length: float, persistence: float) -> np.ndarray:
-    """Molecules ``(n, 2)`` on worm-like filaments (``filaments_px`` per pixel^2, midpoints uniform; ``length``
-    and ``persistence`` px) at a mean ``density_px`` per pixel^2 inside the field of ``shape``."""
-    mids = _grown_field(rng, shape, length / 2, filaments_px)
-    chains = worm_like_chains(rng, len(mids), length, persistence)
-    chains += (mids - chains[:, chains.shape[1] // 2])[:, None, :]
-    counts = rng.poisson(density_px / filaments_px, len(mids))   # contour density_px / (filaments_px length)
-    chain = np.repeat(np.arange(len(mids)), counts)
-    s = rng.uniform(0, chains.shape[1] - 1, len(chain))        # arc position in steps
-    i = np.minimum(s.astype(int), chains.shape[1] - 2)
-    frac = (s - i)[:, None]
+    """A Poisson number (mean ``density_px`` per pixel^2 of the field of ``shape``) of molecules ``(n, 2)``,
+    uniform along the parts inside the field of worm-like filaments (``filaments_px`` per pixel^2, midpoints
+    uniform; ``length`` and ``persistence`` px), drawn again until one crosses the field."""
+    n = rng.poisson(density_px * shape[0] * shape[1])
+    for _ in range(MAX_DRAWS):
+        mids = _grown_field(rng, shape, length / 2, filaments_px)
+        chains = worm_like_chains(rng, len(mids), length, persistence)
+        chains += (mids - chains[:, chains.shape[1] // 2])[:, None, :]
+        inside = np.flatnonzero(in_field(0.5 * (chains[:, 1:] + chains[:, :-1]).reshape(-1, 2), shape))  # segments
+        if len(inside) or not n:
+            break
+    else:
+        raise ValueError(f"no filament crossed the field in {MAX_DRAWS} draws: raise the filament density")
+    chain, i = np.divmod(rng.choice(inside, n) if n else np.zeros(0, int), chains.shape[1] - 1)
+    frac = rng.uniform(size=(n, 1))
     points = (1 - frac) * chains[chain, i] + frac * chains[chain, i + 1]
-    return points[in_field(points, shape)]
+    return np.clip(points, -0.5, np.array(shape) - 0.5 - 1e-9)   # segments half out of the field: by < a step
 
 
 def cluster_points(rng: np.random.Generator, shape: tuple[int, int], density_px: float, size: float,
