@@ -7,7 +7,7 @@ density, emitters uniform or on filaments.
 The benchmark movies of docs/benchmarks.md (100 nm pixels, PSF sigma 1 px, 2000 photons, background 20 photons/px,
 read noise 1.5 e-, offset 100 ADU, gain 1; benchmarks/precision.py's ``BENCH``) at mean densities of 0.5-10
 emitters/um^2. ``filaments``: blinking molecules on worm-like filaments (physics/structures.py with the
-simulator's default shape: 0.1 filaments/um^2, 5 um long, persistence length 2 um; a fifth of the molecules on
+simulator's default shape: 0.3 filaments/um^2, 5 um long, persistence length 2 um; a fifth of the molecules on
 in each frame), so the local density along a filament is many times the mean. Seeds 9400+ (test) and 7400+
 (Picasso's tuning movies) are used nowhere else. Methods: ``default`` (the default pipeline: phi, diffusion
 samples, refinement), ``phi`` (phi alone, samples 0, refined), ``picasso`` (Picasso's gaussmle, its minimum net

@@ -70,7 +70,7 @@ class SimulationSettings:
     background_map: str | None = None
     background_ratio: float = 6.0
     structure: str = "uniform"          # uniform | filaments | clusters: where the molecules lie
-    filament_density: float = 0.1       # filaments per um^2 (midpoints uniform, reaching in from outside too)
+    filament_density: float = 0.3       # filaments per um^2 (midpoints uniform, reaching in from outside too): 1.5 um of filament per um^2
     filament_length: float = 5000.0     # nm, contour length of each filament
     persistence_length: float = 2000.0  # nm, bending stiffness: <cos dtheta(s)> = exp(-s / (2 Lp))
     cluster_size: float = 10.0          # mean molecules per cluster (Poisson), of which 1/5 are on per frame
