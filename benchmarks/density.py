@@ -158,30 +158,49 @@ def plot(res: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("efficiency", "E"), ("jaccard", "JAC (%)"), ("z_std", "localization z std"), ("seconds_per_frame", "s / frame"))
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), dpi=110)
+    timed = "cpu_seconds_per_frame" if any("cpu_seconds_per_frame" in m for rows in res["movies"].values()
+                                           for movie in rows.values() for m in movie.values() if isinstance(m, dict)) else "seconds_per_frame"
+    panels = (("efficiency", "E"), ("jaccard", "JAC (%)"), ("z_std", "localization z std"),
+              (timed, "CPU s / frame" if timed.startswith("cpu") else "s / frame"))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 4.2), dpi=110)
+    names = {"default": "default pipeline", "phi": "phi alone", "picasso": "Picasso", "kde_readout": "read-out of the true KDE"}
     colours = {"default": "C0", "phi": "C1", "picasso": "C2", "kde_readout": "C3", "kde_readout_unsaturated": "C4"}
     for ax, (key, label) in zip(axes, panels):
         for structure, style in (("uniform", "o-"), ("filaments", "s--")):
             rows = res["movies"].get(structure, {})
-            for method in res["methods"]:
-                xs = [float(d) for d in rows if method in rows[d]]
+            for method in (m for m in res["methods"] if m in names):
+                xs = [float(d) for d in rows if key in rows[d].get(method, {})]
                 if xs:
                     ax.plot(xs, [rows[f"{d:g}"][method][key] for d in xs], style, color=colours[method],
-                            label=f"{method}, {structure}", ms=4)
+                            label=f"{names[method]}, {structure}", ms=4)
         if key == "z_std":
             ax.axhspan(0.9, 1.1, color="0.85", zorder=0)
-        if key in ("seconds_per_frame", "z_std"):
+        if key in ("seconds_per_frame", "cpu_seconds_per_frame", "z_std"):
             ax.set_yscale("log")
         ax.set_xlabel("mean density (emitters/um^2)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     m = res["machine"]
-    fig.suptitle(f"{res['frames']} frames of {res['size']}x{res['size']} px per movie, 2000 photons, background 20, PSF 1 px; "
-                 f"{m['device']}, {m['threads']} threads, {m['date']}{', ' + m['note'] if m['note'] else ''}", fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(f"{res['frames']} frames of {res['size']}x{res['size']} px per movie, 2000 photons, background 20, PSF 1 px, "
+                 f"filaments {res.get('filament_density', 0.3):g}/um^2; {m['device']}, {m['threads']} thread(s), {m['date']}"
+                 f"{', ' + m['note'] if m['note'] else ''}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(out)
+
+
+def merged(paths: list[Path]) -> dict:
+    """Result files as one: the first's settings, every file's methods per movie."""
+    res = json.loads(paths[0].read_text())
+    for path in paths[1:]:
+        more = json.loads(path.read_text())
+        res["methods"] += [m for m in more["methods"] if m not in res["methods"]]
+        for structure, rows in more["movies"].items():
+            for density, movie_res in rows.items():
+                res["movies"].setdefault(structure, {}).setdefault(density, {}).update(
+                    {m: v for m, v in movie_res.items() if isinstance(v, dict)})
+    return res
 
 
 def main() -> None:
@@ -199,7 +218,11 @@ def main() -> None:
     ap.add_argument("--note", default="", help="said of the machine in the results and plot (e.g. 'loaded by other jobs')")
     ap.add_argument("--out", type=Path, default=RESULTS / "density_cpu.json")
     ap.add_argument("--plot", type=Path, default=IMG / "density.png")
+    ap.add_argument("--replot", type=Path, nargs="+", help="only plot these result files together (the first's settings)")
     a = ap.parse_args()
+    if a.replot:
+        plot(merged(a.replot), a.plot)
+        return
     a.methods = a.methods.split(",")
     models = registry.load(a.model)
     device = PredictSettings(device=a.device).torch_device()
