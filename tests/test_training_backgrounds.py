@@ -20,7 +20,8 @@ def test_varying_backgrounds_fraction_and_range():
 def test_local_normalisation_flattens_varying_backgrounds():
     """Empty patches (density 0) with 1-6x backgrounds: around the local estimate the input's 4x4-pixel
     block means stay near 0; around the frame median they follow the background's shape."""
-    kwargs = dict(density=(0.0, 0.0), background=(50.0, 50.0), read_noise=(0.0, 0.0), background_maps=1.0)
+    kwargs = dict(density=(0.0, 0.0), background=(50.0, 50.0), read_noise=(0.0, 0.0), background_maps=1.0,
+                  structured=0.0)
     x_local, _ = simulate_patches(np.random.default_rng(1), 64, TrainSettings(background_estimate="local", **kwargs))
     x_frame, _ = simulate_patches(np.random.default_rng(1), 64, TrainSettings(**kwargs))
     blocks = lambda x: x.reshape(64, 4, 4, 4, 4).mean(dim=(2, 4)).flatten(1).std(dim=1).mean()

@@ -33,9 +33,11 @@ from .physics.simulate import (
     Emitters,
     SimulationSettings,
     background_map,
+    blinking_emitters,
     draw_emitters,
     draw_values,
     expected_photons,
+    molecules,
     simulate,
 )
 from .settings import check, option
@@ -63,12 +65,15 @@ class TrainSettings:
                                              low=0.0)
     psf_sigma: tuple[float, float] = option((0.8, 1.5), help="PSF standard deviation", unit="px", low=0.0,
                                             open_low=True, label="PSF sigma")
-    density: tuple[float, float] = option((0.0, 6.0), help="emitters per um^2 in each frame", unit="/um^2", low=0.0)
+    density: tuple[float, float] = option((0.1, 10.0), help="mean emitters per um^2 of a patch (log-uniform)",
+                                          unit="/um^2", low=0.0)
     read_noise: tuple[float, float] = option((0.0, 3.0), help="camera read noise", unit="e- rms", low=0.0)
     pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size (sets the density scale)", unit="nm", low=0.0,
                                open_low=True)
     edge_patches: float = option(0.5, help="fraction of patches with emitters up to the patch edge (the rest: in a "
                                  "centred disc)", low=0.0, high=1.0, step=0.05)
+    structured: float = option(0.5, help="fraction of patches whose blinking molecules lie on filaments or in "
+                               "clusters (even odds)", low=0.0, high=1.0, step=0.05)
     out_dir: str = option("smlm-uq-training", help="output folder (model.pt and resumable checkpoints)",
                           flag="--out", gui=False)
     init: str | None = option(None, help="bundled model name or model file to fine-tune", gui=False)
@@ -117,15 +122,22 @@ class Progress:
 
 def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` training patches: normalised inputs ``(n, 1, 16, 16)`` and model-space KDEs ``(n, 1, 64, 64)``.
-    Emitters lie in a centred disc (paper 4) or, in a fraction ``s.edge_patches`` of the patches, anywhere
-    up to the patch edge, where a frame's edge cuts their PSFs (trained on the disc alone, the first bundled
-    weights had 34 nm RMSE within 200 nm of the frame edge against 7 nm inside; training-log.md)."""
+    A fraction ``s.structured`` of the patches (the last ones) has its emitters on filaments or in clusters
+    (:func:`structured_emitters`). The others are uniform: in a centred disc (paper 4) or, in a fraction
+    ``s.edge_patches`` of them, anywhere up to the patch edge, where a frame's edge cuts their PSFs (trained on
+    the disc alone, the first bundled weights had 34 nm RMSE within 200 nm of the frame edge against 7 nm
+    inside; training-log.md)."""
     shape = (PATCH, PATCH)
     density_px = tuple(np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2)
-    n_disc = n - int(round(n * s.edge_patches))
-    parts = (draw_emitters(rng, n_disc, shape, density_px, s.photons, disc_radius=DISC_RADIUS),
-             draw_emitters(rng, n - n_disc, shape, density_px, s.photons))
-    emitters = Emitters(np.concatenate([parts[0].frame, parts[1].frame + n_disc]),
+    n_structured = int(round(n * s.structured))
+    n_uniform = n - n_structured
+    n_disc = n_uniform - int(round(n_uniform * s.edge_patches))
+    parts = [draw_emitters(rng, n_disc, shape, density_px, s.photons, disc_radius=DISC_RADIUS),
+             draw_emitters(rng, n_uniform - n_disc, shape, density_px, s.photons)]
+    if n_structured:
+        parts.append(structured_emitters(rng, n_structured, density_px, s))
+    first = np.cumsum([0, n_disc, n_uniform - n_disc])
+    emitters = Emitters(np.concatenate([p.frame + f for p, f in zip(parts, first)]),
                         *(np.concatenate([getattr(p, k) for p in parts]) for k in ("row", "col", "photons")))
     sigma, background = draw_values(rng, s.psf_sigma, n), draw_values(rng, s.background, n)
     read = rng.uniform(*s.read_noise, n)[:, None, None]
@@ -139,6 +151,17 @@ def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tupl
     x = normalise(torch.from_numpy(e_shifted.astype(np.float32))[:, None], s.background_estimate)
     kde = np.stack([render_kde(emitters.in_frame(t).row, emitters.in_frame(t).col, shape) for t in range(n)])
     return x, torch.from_numpy(to_model(kde))[:, None]
+
+
+def structured_emitters(rng: np.random.Generator, n: int, density_px: tuple[float, float], s: TrainSettings) -> Emitters:
+    """Emitters of ``n`` patches, each one frame of blinking molecules on filaments or in clusters (even odds;
+    the structure's shape as :class:`SimulationSettings` sets it by default) at a mean density drawn from
+    ``density_px`` (emitters on per pixel^2), over the whole patch."""
+    kinds = [SimulationSettings(structure=kind, pixel_size=s.pixel_size) for kind in ("filaments", "clusters")]
+    density, pick = draw_values(rng, density_px, n), rng.integers(len(kinds), size=n)
+    parts = [blinking_emitters(rng, 1, molecules(rng, kinds[k], (PATCH, PATCH), d), s.photons, None) for k, d in zip(pick, density)]
+    return Emitters(np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]),
+                    *(np.concatenate([getattr(p, k) for p in parts]) for k in ("row", "col", "photons")))
 
 
 def varying_backgrounds(rng: np.random.Generator, n: int, fraction: float, field: int = 64) -> np.ndarray:

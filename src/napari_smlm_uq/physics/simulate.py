@@ -3,7 +3,10 @@
 By default emitters are drawn independently in every frame (a Poisson number at the given density,
 uniform positions). With ``on_time`` set, fixed molecules blink instead: each is on for a geometric number
 of frames (mean ``on_time``) and its photons vary from frame to frame, so one molecule is localized in
-consecutive frames (the precision check of analysis/precision.py). Emitters are imaged through the
+consecutive frames (the precision check of analysis/precision.py). With ``structure`` set to filaments or
+clusters (physics/structures.py), the fixed molecules lie on worm-like filaments or in clusters and blink
+(on in a fraction ``1 / BLINK_MOLECULES`` of the frames; independently every frame without ``on_time``), so
+the local density is several times the mean while ``density`` stays the mean per frame. Emitters are imaged through the
 pixel-integrated Gaussian PSF on a background, flat or shaped by a map (a gradient, a Gaussian
 illumination profile or cell-like blobs), then through the camera. With a z calibration the PSF is
 astigmatic (physics/astigmatism.py) and each emitter gets a uniform z.
@@ -22,6 +25,7 @@ from ..settings import check, option
 from .astigmatism import ZCalibration, render_astigmatic
 from .camera import Camera
 from .psf import render_emitters
+from .structures import Structure, structure_points
 
 Range = float | tuple[float, float]
 BackgroundMap = Literal["gradient", "illumination", "cells"]
@@ -47,7 +51,11 @@ class SimulationSettings:
     ``on_time`` (frames, None: independent emitters per frame) makes fixed molecules blink; ``density`` is
     then the mean density of molecules that are on, and ``photons`` each molecule's mean brightness.
     ``background_map`` (:data:`BACKGROUND_MAPS`) shapes the background across the field, its mean staying
-    ``background`` and its highest pixel ``background_ratio`` times its lowest."""
+    ``background`` and its highest pixel ``background_ratio`` times its lowest.
+
+    ``structure`` (:data:`~.structures.STRUCTURES`) puts fixed, blinking molecules on filaments or in clusters
+    (``density`` then the mean density of molecules that are on, as with ``on_time``); the parameters below
+    shape them and are ignored for ``uniform``."""
 
     frames: int = option(100, help="frames to simulate", low=1)
     size: int | tuple[int, int] = option(64, help="frame size (rows = columns)", unit="px", low=8)
@@ -67,6 +75,18 @@ class SimulationSettings:
     z_calibration: ZCalibration | None = None   # astigmatic PSF (then psf_sigma is not used); no option:
     # the command line reads it from a file (--z-calibration CAL.json)
     z_range: tuple[float, float] | None = option(None, help="uniform z of the emitters (default: the z calibration's range)", unit="nm")
+    structure: Structure = option("uniform", help="where the molecules lie: uniform, or fixed blinking molecules on "
+                                  "worm-like filaments or in clusters (density stays the mean)")
+    filament_density: float = option(0.3, help="filaments per um^2 (midpoints uniform, reaching in from outside too): "
+                                     "0.3 is 1.5 um of filament per um^2", unit="/um^2", low=0.0, open_low=True)
+    filament_length: float = option(5000.0, help="contour length of each filament", unit="nm", low=0.0,
+                                    open_low=True)
+    persistence_length: float = option(2000.0, help="filament stiffness: <cos dtheta(s)> = exp(-s / (2 Lp))",
+                                       unit="nm", low=0.0, open_low=True)
+    cluster_size: float = option(10.0, help="mean molecules per cluster (Poisson), 1/5 of them on per frame",
+                                 low=0.0, open_low=True)
+    cluster_radius: float = option(100.0, help="std per axis of the molecules' offsets from their cluster's centre",
+                                   unit="nm", low=0.0, open_low=True)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -164,15 +184,10 @@ BLINK_MOLECULES = 5.0   # molecules per molecule that is on at a time (the fract
 PHOTON_JITTER = 0.3     # frame-to-frame variation of a molecule's photons (log-normal sigma)
 
 
-def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int, int], density_px: float,
-                      photons: Range, on_time: float) -> Emitters:
-    """Fixed molecules, ``BLINK_MOLECULES`` times as many as are on at a time (``density_px`` per pixel^2),
-    switching as a two-state Markov chain: on for a mean of ``on_time`` frames, on a fraction
-    ``1 / BLINK_MOLECULES`` of the time; photons per frame a molecule's brightness times a log-normal jitter."""
-    h, w = shape
-    n = rng.poisson(density_px * BLINK_MOLECULES * h * w)
-    row, col = rng.uniform(-0.5, h - 0.5, n), rng.uniform(-0.5, w - 0.5, n)
-    brightness = draw_values(rng, photons, n)
+def blink(rng: np.random.Generator, n_frames: int, n: int, on_time: float) -> np.ndarray:
+    """``(n_frames, n)`` on/off states of ``n`` molecules: a two-state Markov chain, on for a mean of
+    ``on_time`` frames and a fraction ``1 / BLINK_MOLECULES`` of the time, starting in that stationary state
+    (``on_time = BLINK_MOLECULES / (BLINK_MOLECULES - 1)``: independent frames)."""
     p_off = 1.0 / on_time
     p_on = p_off / (BLINK_MOLECULES - 1)
     on = np.empty((n_frames, n), bool)
@@ -180,9 +195,26 @@ def blinking_emitters(rng: np.random.Generator, n_frames: int, shape: tuple[int,
     for t in range(1, n_frames):
         flip = rng.uniform(size=n)
         on[t] = np.where(on[t - 1], flip >= p_off, flip < p_on)
+    return on
+
+
+def blinking_emitters(rng: np.random.Generator, n_frames: int, molecules: np.ndarray, photons: Range,
+                      on_time: float | None) -> Emitters:
+    """Fixed ``molecules`` ``(n, 2)`` (row, col; raw px) blinking as :func:`blink` (independently every frame
+    when ``on_time`` is None); photons per frame a molecule's brightness times a log-normal jitter."""
+    brightness = draw_values(rng, photons, len(molecules))
+    on = blink(rng, n_frames, len(molecules), on_time or BLINK_MOLECULES / (BLINK_MOLECULES - 1))
     frame, idx = np.nonzero(on)
     jitter = np.exp(PHOTON_JITTER * rng.standard_normal(len(idx)) - PHOTON_JITTER**2 / 2)
-    return Emitters(frame, row[idx], col[idx], brightness[idx] * jitter)
+    return Emitters(frame, molecules[idx, 0], molecules[idx, 1], brightness[idx] * jitter)
+
+
+def molecules(rng: np.random.Generator, s: SimulationSettings, shape: tuple[int, int], density_px: float) -> np.ndarray:
+    """Fixed molecules ``(n, 2)`` for ``BLINK_MOLECULES`` times ``density_px`` emitters on per pixel^2, on
+    ``s.structure`` (its lengths converted from nm to raw px)."""
+    nm = s.pixel_size
+    return structure_points(rng, s.structure, shape, density_px * BLINK_MOLECULES, s.filament_density * (nm / 1000.0) ** 2,
+                            s.filament_length / nm, s.persistence_length / nm, s.cluster_size, s.cluster_radius / nm)
 
 
 def background_map(kind: str, shape: tuple[int, int], ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -207,10 +239,10 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     s = settings.validate()
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
-    if s.on_time is None:
+    if s.on_time is None and s.structure == "uniform":
         emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
     else:
-        emitters = blinking_emitters(rng, s.frames, s.shape, float(np.mean(density_px)), s.photons, s.on_time)
+        emitters = blinking_emitters(rng, s.frames, molecules(rng, s, s.shape, float(np.mean(density_px))), s.photons, s.on_time)
     sigma = draw_values(rng, s.psf_sigma, s.frames)
     background = draw_values(rng, s.background, s.frames)
     if s.background_map is not None:
