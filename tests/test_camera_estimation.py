@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy.ndimage import gaussian_filter
 
 from napari_smlm_uq.inference.camera_choice import choose_camera
 from napari_smlm_uq.io.camera_map import read_camera_map
@@ -129,11 +130,21 @@ def test_the_offset_never_lies_above_the_data():
 def test_a_stack_without_shot_noise_cannot_tell_the_camera(background_map):
     noise_free = simulate(SimulationSettings(frames=40, size=48, density=1.0, background=(10.0, 30.0),
                                              background_map=background_map, seed=2)).omega * 2.0 + 100.0
-    with pytest.raises(EstimateError, match="cannot be told from the data.*do not fluctuate like photon counts.*--offset and --gain"):
+    why = "do not fluctuate like photon counts" if background_map is None else "neighbouring pixels fluctuate together"
+    with pytest.raises(EstimateError, match=f"cannot be told from the data: .*{why}.*--offset and --gain"):
         estimate_camera(noise_free)
     choice = choose_camera(noise_free, {}, {})
     assert choice.estimate is None and set(choice.sources.values()) == {"default"}
     assert "cannot be told from the data" in choice.messages[1] and "the missing values are the defaults" in choice.messages[1]
+
+
+def test_a_smoothed_stack_or_emitters_everywhere_cannot_tell_the_camera():
+    smoothed = gaussian_filter(movie(Camera(100.0, 2.0, 1.5)), (0, 1.0, 1.0))   # denoised: noise shared by neighbours
+    with pytest.raises(EstimateError, match=r"neighbouring pixels fluctuate together \(correlation 0.7"):
+        estimate_camera(smoothed)
+    dense = simulate(SimulationSettings(frames=50, size=32, density=25.0, photons=(1000.0, 4000.0), seed=1)).adu
+    with pytest.raises(EstimateError, match="emitters everywhere"):   # once gain 150 ADU/e- for 1, offset 211 for 100
+        estimate_camera(dense)
 
 
 @pytest.mark.skipif(SHARED is None, reason="../shared/data is absent")

@@ -123,7 +123,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 # --- camera -------------------------------------------------------------------------------------
 
 def cmd_camera(a: argparse.Namespace) -> int:
-    from .analysis.psf_estimate import estimate_psf
+    from .analysis.preflight import preflight
     from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
     from .physics.camera_estimation import MAX_FRAMES, EstimateError, estimate_camera
@@ -135,21 +135,20 @@ def cmd_camera(a: argparse.Namespace) -> int:
     except EstimateError as exc:
         raise InputError(f"{a.stack}: {exc}") from None
     camera = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else estimate.camera()
-    try:
-        psf, failure = estimate_psf(stack.data, camera, excess=camera.excess_noise), None
-    except ValueError as exc:   # too few isolated spots: the camera is still reported
-        psf, failure = None, str(exc)
+    checks = preflight(stack.data, camera, stack.metadata.get("pixel_size", 100.0))
+    psf, failure = checks.psf, checks.psf_error   # too few isolated spots: the camera is still reported
     if a.json:
         print(json.dumps(estimate.as_dict() | {"psf": psf.as_dict() if psf else None, "psf_error": failure,
-                                               "psf_camera": a.camera_map or "estimated"}))
+                                               "psf_camera": a.camera_map or "estimated",
+                                               "density_per_um2": checks.density, "warnings": checks.warnings}))
         return 0
     print(f"{estimate.source}: {estimate.describe()}")
     for line in estimate.notes:
         print(f"  {line}")
     print(f"spots ({'camera map ' + a.camera_map if a.camera_map else 'estimated camera'}): "
           + (psf.describe() if psf else f"no estimate: {failure}"))
-    if psf and psf.warning():
-        print(f"warning: {psf.warning()}")
+    for line in checks.warnings:
+        print(f"warning: {line}")
     return 0
 
 
@@ -210,7 +209,8 @@ def input_stacks(patterns: list[str]) -> list[Path]:
 def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     """Check one stack before any work: the file, the frame range, the camera, the background estimate (for
     ``models``), the settings, the output folder. Returns the stack, its frame range, the settings, the
-    camera choice (values, sources, messages) and the background choice."""
+    camera choice (values, sources, messages), the background choice and the checks of the stack for the model."""
+    from .analysis.preflight import preflight
     from .inference.background_choice import choose_background
     from .inference.camera_choice import choose_camera
     from .inference.pipeline import PredictSettings, background_estimate
@@ -239,7 +239,8 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
         raise UsageError(f"smlm-uq predict: {exc}") from None
     # a cluster run resumes into its results.zarr (distributed.open_store checks it); one here never does
     output_folder("predict", out, OUTPUTS if a.workers or a.scheduler else OUTPUTS + (STORE_NAME,), a.overwrite)
-    return stack, frames, settings, choice, background
+    checks = preflight(first, choice.camera, settings.pixel_size, models.info.get("trained_on"), choice.doubts)
+    return stack, frames, settings, choice, background, checks
 
 
 def load_model(a: argparse.Namespace):
@@ -367,8 +368,8 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     from .localizations import Localizations
 
     models = load_model(a)
-    stack, frames, settings, choice, background = prepare_stack(a, source, out, models)
-    print("\n".join(choice.messages + [background.describe()]))
+    stack, frames, settings, choice, background, checks = prepare_stack(a, source, out, models)
+    print("\n".join(choice.messages + [background.describe()] + [f"warning: {w}" for w in checks.stack]))
     clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
@@ -387,7 +388,7 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
     check = write_results(out, source, frames, models.name, settings, total, all_locs, seconds, choice.as_dict(),
-                          background=background.as_dict())
+                          background=background.as_dict(), warnings=checks.warnings, preflight=checks.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     print(check)
     return 0
@@ -405,10 +406,11 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
     for source in sources:
         out = Path(a.out) / source.stem if many else Path(a.out)
         try:
-            stack, frames, settings, choice, background = prepare_stack(a, source, out, models)
-            print("\n".join(f"{source.name}: {m}" for m in choice.messages + [background.describe()]))
+            stack, frames, settings, choice, background, checks = prepare_stack(a, source, out, models)
+            print("\n".join(f"{source.name}: {m}" for m in choice.messages + [background.describe()]
+                             + [f"warning: {w}" for w in checks.stack]))
             jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], settings, out, a.store_encoding))
-            choices[source.resolve()] = choice.as_dict(), background.as_dict()
+            choices[source.resolve()] = choice.as_dict(), background.as_dict(), checks
         except (UsageError, InputError) as exc:
             failures.append(failure(source, exc))
     for job in jobs:
@@ -437,12 +439,14 @@ def predict_on_cluster(a: argparse.Namespace, sources: list[Path]) -> int:
     return report_failures(failures)
 
 
-def finish_stack(done, model: str, seconds: float, a: argparse.Namespace, camera: dict, background: dict) -> str:
+def finish_stack(done, model: str, seconds: float, a: argparse.Namespace, camera: dict, background: dict,
+                 checks) -> str:
     """A complete stack on the cluster (its KDEs in results.zarr): the other outputs."""
     cluster = {"scheduler": a.scheduler or f"local, {a.workers} workers", "chunk_frames": a.chunk_frames,
                "worker_seconds": done.seconds}
     return write_results(done.job.out, done.job.source, done.job.frames, model, done.job.settings, done.sums,
-                         done.localizations, seconds, camera, cluster=cluster, background=background)
+                         done.localizations, seconds, camera, cluster=cluster, background=background,
+                         warnings=checks.warnings, preflight=checks.as_dict())
 
 
 # --- train --------------------------------------------------------------------------------------

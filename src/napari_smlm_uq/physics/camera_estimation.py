@@ -17,8 +17,8 @@ differences are taken less each difference frame's median, so a background that 
 (bleaching, laser flicker) does not count as shot noise.
 
 Photon transfer assumes shot-noise-limited pixels, so the estimate checks itself against the data: the
-offset never lies above the data's 5th percentile, the variance must be linear in the mean and the
-background it implies physical. Where the line fails, the offset is the given or default one and the gain
+pixels must fluctuate independently of their neighbours (shot noise does), the offset never lies above the
+data's 5th percentile, the variance must be linear in the mean and the background it implies physical. Where the line fails, the offset is the given or default one and the gain
 matches the background noise (what the network's input needs); where the pixels do not fluctuate like
 photon counts at all (processed, rescaled or noise-free stacks) the estimate says it cannot tell and names
 the options to give.
@@ -46,6 +46,8 @@ NOISE_AGREEMENT = (0.67, 1.5)   # measured / predicted background noise (ADU rms
 LOW_PERCENTILE = 5.0    # the offset lies below this percentile of the pixels read (read noise aside: see the checks)
 LINEARITY = 1.5         # max / min over the mean's deciles of measured / fitted variance: photon transfer is a line
                         # (1.0-1.3 on our simulated movies and the real sCMOS frames; 2-40 on rescaled noise-free stacks)
+MAX_CORRELATION = 0.6   # of neighbouring pixels' fluctuations: 0.0-0.43 on our simulated movies (blinking molecules'
+                        # shoulders the most) and the real sCMOS frames; 0.76-0.77 where spots merge (6-25 /um^2)
 BACKGROUND_RANGE = (0.05, 1e4)  # effective photo-electrons per pixel a background can have (SMLM: 1-500)
 ADVICE = "give --offset and --gain (and --camera-kind) from the camera's data sheet or its calibration"
 
@@ -94,13 +96,15 @@ def _steady_differences(x: np.ndarray, clear: np.ndarray | None = None) -> np.nd
 @dataclass
 class PixelStatistics:
     """Per-pixel background mean (ADU), variance (ADU^2) and degrees of freedom, for pixels ``index``
-    (flat indices into the frame); ``low``: the :data:`LOW_PERCENTILE` of every pixel-frame read (ADU)."""
+    (flat indices into the frame); ``low``: the :data:`LOW_PERCENTILE` of every pixel-frame read (ADU);
+    ``correlation``: of neighbouring pixels' fluctuations (:func:`neighbour_correlation`)."""
 
     mean: np.ndarray
     variance: np.ndarray
     dof: np.ndarray
     index: np.ndarray
     low: float = float("nan")
+    correlation: float = float("nan")
 
 
 def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelStatistics:
@@ -111,19 +115,18 @@ def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelS
     t, h, w = x.shape
     stride = int(np.ceil(np.sqrt(h * w / MAX_PIXELS)))
     index = (np.arange(h)[::stride, None] * w + np.arange(w)[None, ::stride]).ravel()
+    bright = _bright_spots(x)
     if method == "plain":
         mean, var, dof = x.mean(axis=0), x.var(axis=0, ddof=1), np.full((h, w), t - 1.0)
     elif method == "clipped":
         mean, var, keep = _clipped(x, 3.0)
         dof = keep.sum(axis=0) - 1.0
     elif method == "masked":
-        bright = _bright_spots(x)
         n = (~bright).sum(axis=0)
         mean = np.where(bright, 0.0, x).sum(axis=0) / np.maximum(n, 1)
         var = np.where(bright, 0.0, (x - mean) ** 2).sum(axis=0) / np.maximum(n - 1, 1)
         dof = n - 1.0
     elif method == "masked-differences":
-        bright = _bright_spots(x)
         n = (~bright).sum(axis=0)
         mean = np.where(bright, 0.0, x).sum(axis=0) / np.maximum(n, 1)
         pair = ~(bright[1:] | bright[:-1])
@@ -137,7 +140,20 @@ def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelS
     pick = lambda a: a.ravel()[index]  # noqa: E731
     ok = pick(dof) >= 2
     low = float(np.percentile(x.reshape(t, -1)[:, index], LOW_PERCENTILE))
-    return PixelStatistics(pick(mean)[ok], pick(var)[ok], pick(dof)[ok], index[ok], low)
+    correlation = neighbour_correlation(x, ~(bright[1:] | bright[:-1]))
+    return PixelStatistics(pick(mean)[ok], pick(var)[ok], pick(dof)[ok], index[ok], low, correlation)
+
+
+def neighbour_correlation(x: np.ndarray, clear: np.ndarray) -> float:
+    """The correlation of adjacent pixels' frame-to-frame changes (:func:`_steady_differences`) where both are
+    ``clear`` of bright spots: 0 for shot and read noise, which every pixel draws alone; emitters everywhere
+    (spots that merge) or a smoothed, denoised or interpolated stack share it between neighbours."""
+    d = np.where(clear, _steady_differences(x, clear), 0.0)
+    products = squares = 0.0
+    for a, b in ((d[:, 1:], d[:, :-1]), (d[:, :, 1:], d[:, :, :-1])):
+        products += float(np.sum(a * b))
+        squares += float(np.sqrt(np.sum(a**2 * (b != 0)) * np.sum(b**2 * (a != 0))))
+    return products / squares if squares > 0 else float("nan")
 
 
 @dataclass
@@ -203,7 +219,8 @@ def transfer_linearity(stats: PixelStatistics, slope: float, intercept: float) -
 class CameraEstimate:
     """A camera found from the data: offset ADU, gain ADU/e- (EMCCD: with the EM gain), read noise e- rms,
     excess noise F^2 (from the kind, not measured), their standard errors (NaN: not determined from the
-    data), a one-line ``source`` and ``notes`` on what was assumed."""
+    data), a one-line ``source`` and ``notes`` on what was assumed; ``doubt``: why photon transfer could not
+    tell the offset (the gain then matches the background noise), None where it could."""
 
     offset: float
     gain: float
@@ -217,14 +234,15 @@ class CameraEstimate:
     notes: list[str] = field(default_factory=list)
     frames: int = 0
     method: str = DEFAULT_METHOD
+    doubt: str | None = None
 
     def camera(self) -> Camera:
         return Camera(self.offset, self.gain, self.read_noise, self.kind)
 
     def as_dict(self) -> dict:
         keys = ("offset", "gain", "read_noise", "excess_noise", "offset_se", "gain_se", "read_noise_se")
-        return {k: getattr(self, k) for k in keys} | {"kind": self.kind, "source": self.source,
-                                                    "notes": self.notes, "frames": self.frames, "method": self.method}
+        return {k: getattr(self, k) for k in keys} | {"kind": self.kind, "source": self.source, "notes": self.notes,
+                                                    "frames": self.frames, "method": self.method, "doubt": self.doubt}
 
     def describe(self) -> str:
         """``gain 18.6 +/- 0.4 ADU/e-, offset ... , read noise ...`` (``+/-`` only for measured values)."""
@@ -247,6 +265,10 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     if n < MIN_FRAMES:
         raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
     stats = pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method)
+    if stats.correlation > MAX_CORRELATION:
+        raise EstimateError(f"the camera cannot be told from the data: neighbouring pixels fluctuate together "
+                            f"(correlation {stats.correlation:.2f}), as no shot noise does: emitters everywhere, or a "
+                            f"smoothed or interpolated stack; {ADVICE}")
     fit = fit_transfer(stats)
     if not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope):
         return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES))
@@ -316,7 +338,7 @@ def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None
         why = (f"their variance ({var:.3g} ADU^2 at {mean:.4g} ADU) is far below photon counts'" if linearity <= LINEARITY
                else f"their variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)")
         raise EstimateError(f"the camera cannot be told from the data: the pixels do not fluctuate like photon counts "
-                            f"({why}: a processed, rescaled or noise-free stack){'; ' + doubt if doubt else ''}; {ADVICE}")
+                            f"({why}: a processed, rescaled or noise-free stack, or one with emitters everywhere){'; ' + doubt if doubt else ''}; {ADVICE}")
     gain_se = float(gain * np.sqrt(2.0 / np.sum(stats.dof)))
     if doubt:
         source = f"estimated from the data ({frames} frames, the background noise; photon transfer could not tell the offset)"
@@ -325,7 +347,7 @@ def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None
         source = f"estimated from the data ({frames} frames, flat background)"
         notes = [f"offset {off:g} ADU {'given' if offset is not None else 'the default: it could not be determined (flat background)'}"]
     return CameraEstimate(off, float(gain), rn, f2, kind, float("nan"), gain_se, float("nan"), source,
-                          notes + [f"read noise {rn:g} e- rms assumed"], frames, method)
+                          notes + [f"read noise {rn:g} e- rms assumed"], frames, method, notes[0] if doubt else None)
 
 
 def noise_ratio(frames, camera: Camera, method: str = DEFAULT_METHOD) -> float:
