@@ -140,7 +140,7 @@ def test_a_stack_without_shot_noise_cannot_tell_the_camera(background_map):
 
 def test_a_smoothed_stack_or_emitters_everywhere_cannot_tell_the_camera():
     smoothed = gaussian_filter(movie(Camera(100.0, 2.0, 1.5)), (0, 1.0, 1.0))   # denoised: noise shared by neighbours
-    with pytest.raises(EstimateError, match=r"neighbouring pixels fluctuate together \(correlation 0.7"):
+    with pytest.raises(EstimateError, match=r"neighbouring pixels fluctuate together \(correlation 0\.[6-9]"):
         estimate_camera(smoothed)
     dense = simulate(SimulationSettings(frames=50, size=32, density=25.0, photons=(1000.0, 4000.0), seed=1)).adu
     with pytest.raises(EstimateError, match="emitters everywhere"):   # once gain 150 ADU/e- for 1, offset 211 for 100
