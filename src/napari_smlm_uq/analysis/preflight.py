@@ -91,21 +91,22 @@ def preflight(frames, camera: Camera, pixel_size: float, trained_on: dict | None
     training = {k: tuple(trained_on.get(k, v)) for k, v in TRAINING_RANGE.items()}
     if psf is not None and psf.warning(training) and overlap < SURVEY_OVERLAP:
         warnings.append(psf.warning(training))
-    warnings += density_warnings(per_px, overlap, pixel_size, trained_on) if np.isfinite(per_px) else []
+    crowding = density_warning(per_px, overlap, pixel_size, trained_on) if np.isfinite(per_px) else None
+    warnings += [crowding] if crowding else []
     return Preflight(psf, psf_error, per_px / (pixel_size / 1000.0) ** 2, list(camera_doubts), warnings)
 
 
-def density_warnings(per_px: float, overlap: float, pixel_size: float, trained_on: dict) -> list[str]:
-    """A line where the spots' ``overlap`` (emitters per PSF area) lies beyond :data:`CONTINUUM`, or ``per_px``
+def density_warning(per_px: float, overlap: float, pixel_size: float, trained_on: dict) -> str | None:
+    """The line where the spots' ``overlap`` (emitters per PSF area) lies beyond :data:`CONTINUUM`, or ``per_px``
     emitters per px^2 beyond the model's training range (compared per pixel^2: the network sees pixels)."""
     per_um2 = per_px / (pixel_size / 1000.0) ** 2
     trained_pixel = float(trained_on.get("pixel_size", TRAINING_PIXEL))
     high = float(trained_on.get("density", TRAINING_DENSITY)[1]) * (trained_pixel / pixel_size) ** 2
     if overlap >= CONTINUUM:
-        return [f"this stack is too dense for the model: about {per_um2:.3g} emitters/um^2 or more "
+        return (f"this stack is too dense for the model: about {per_um2:.3g} emitters/um^2 or more "
                 f"({overlap:.2g} per PSF area), where spots merge into a continuum beyond what the model resolves "
-                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); its localizations there are not reliable"]
+                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); its localizations there are not reliable")
     if per_um2 > high:
-        return [f"this stack is denser than the model's training range: about {per_um2:.3g} emitters/um^2 "
-                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); expect missed emitters where spots overlap"]
-    return []
+        return (f"this stack is denser than the model's training range: about {per_um2:.3g} emitters/um^2 "
+                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); expect missed emitters where spots overlap")
+    return None
