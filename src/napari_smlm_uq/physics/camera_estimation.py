@@ -271,10 +271,10 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
                             f"smoothed or interpolated stack; {ADVICE}")
     fit = fit_transfer(stats)
     if not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope):
-        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES))
+        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES), fit)
     doubt = photon_transfer_doubt(stats, fit, excess, offset)
     if doubt:
-        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES), doubt)
+        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES), fit, doubt)
     gain, gain_se = fit.slope / excess, fit.slope_se / excess
     zero, zero_se = fit.zero_level, fit.zero_level_se
     notes = []
@@ -317,10 +317,11 @@ def photon_transfer_doubt(stats: PixelStatistics, fit: TransferFit, excess: floa
 
 
 def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None, read_noise: float | None,
-                         method: str, frames: int, doubt: str | None = None) -> CameraEstimate:
-    """A flat background (or a photon-transfer line in ``doubt``): one (mean, variance) point. The gain follows
-    once the offset is known; the offset is taken as given, else the default, and the notes say it could not be
-    determined. Raises :class:`EstimateError` where that camera would contradict the data."""
+                         method: str, frames: int, fit: TransferFit, doubt: str | None = None) -> CameraEstimate:
+    """A flat background (or a photon-transfer line ``fit`` in ``doubt``): one (mean, variance) point. The gain
+    follows once the offset is known; the offset is taken as given, else the default, and the notes say it could
+    not be determined. Raises :class:`EstimateError` where the pixels' variance follows neither that camera's
+    line nor ``fit``'s, or is far below photon counts'."""
     defaults = Camera(kind=kind)
     off = defaults.offset if offset is None else float(offset)
     rn = ASSUMED_READ_NOISE[kind] if read_noise is None else float(read_noise)
@@ -333,7 +334,8 @@ def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None
                             f"{LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU){'; ' + doubt if doubt else ''}; {ADVICE}")
     gain = (-signal + np.sqrt(signal**2 + 4 * rn**2 * var)) / (2 * rn**2) if rn > 0 else var / signal
     background = (mean - off) / gain if gain > 0 else np.inf
-    linearity = transfer_linearity(stats, gain * f2, (gain * rn) ** 2 - gain * f2 * off) if gain > 0 else 1.0
+    linearity = min(transfer_linearity(stats, fit.slope, fit.intercept),
+                    transfer_linearity(stats, gain * f2, (gain * rn) ** 2 - gain * f2 * off) if gain > 0 else 1.0)
     if not (BACKGROUND_RANGE[0] <= background <= BACKGROUND_RANGE[1] and linearity <= LINEARITY):
         why = (f"their variance ({var:.3g} ADU^2 at {mean:.4g} ADU) is far below photon counts'" if linearity <= LINEARITY
                else f"their variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)")
