@@ -32,6 +32,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..analysis.preflight import preflight
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
@@ -223,6 +224,8 @@ class PredictWidget(Container):
             return None
         choice = choose_camera(self._camera_frames(layer), {}, {}, self.camera_kind.value)
         self._show_camera(choice)
+        for line in preflight(self._camera_frames(layer), choice.camera, self.pixel_size.value, None, choice.doubts).warnings:
+            show_warning(line)
         return choice
 
     def _samples_changed(self, value: int) -> None:
