@@ -66,3 +66,17 @@ def test_warm_up_reads_the_runs_frames_first_then_the_earlier_ones():
     assert warm_up_frames(100, range(100)) == list(range(16))
     assert warm_up_frames(100, range(95, 100)) == list(range(95, 100)) + list(range(11))
     assert warm_up_frames(3, range(1, 2)) == [1, 2, 0]
+
+
+def test_a_chunk_refines_its_first_frame_with_the_prior_of_the_whole_run(movie, models, tmp_path):
+    from napari_smlm_uq.inference.distributed import StackJob
+    from napari_smlm_uq.io.tiff import write_stack
+
+    settings = PredictSettings(samples=0, pixel_size=108.0)
+    write_stack(tmp_path / "movie.tif", movie.adu.astype("float32"), 108.0)
+    job = StackJob(tmp_path / "movie.tif", range(3), movie.adu.shape[1:], settings, tmp_path).with_prior("default")
+    assert job.settings.prior == learn_prior(movie.adu, models, settings, range(3))   # the driver's, once
+    assert job.run("default") == StackJob(job.source, range(3), job.shape, settings, tmp_path).run("default")   # resumable
+    whole = list(predict(movie.adu, models, job.settings))
+    chunk = next(predict(movie.adu, models, job.settings, frames=range(2, 3)))
+    np.testing.assert_array_equal(chunk.localizations.row, whole[2].localizations.row)
