@@ -304,6 +304,15 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     return fit, alone
 
 
+def photon_statistics(photons) -> tuple[float, float] | None:
+    """Median photons and log spread (1.4826 median absolute deviation of log photons) of single emitters;
+    None below ``MIN_WIDTH_FITS`` of them."""
+    if len(photons) < MIN_WIDTH_FITS:
+        return None
+    median = float(np.median(photons))
+    return median, float(1.4826 * np.median(np.abs(np.log(np.asarray(photons) / median))))
+
+
 @dataclass(frozen=True)
 class RefinerPrior:
     """What the refinement knows of a stack before its first frame: the PSF width ``psf_sigma`` (raw px) and
@@ -378,15 +387,6 @@ class Refiner:
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
         """``locs`` of one frame refined on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
         return refined_localizations(*self.refit(locs, frame_adu))
-
-
-def photon_statistics(photons) -> tuple[float, float] | None:
-    """Median photons and log spread (1.4826 median absolute deviation of log photons) of single emitters;
-    None below ``MIN_WIDTH_FITS`` of them."""
-    if len(photons) < MIN_WIDTH_FITS:
-        return None
-    median = float(np.median(photons))
-    return median, float(1.4826 * np.median(np.abs(np.log(np.asarray(photons) / median))))
 
 
 def refined_localizations(fit: RefinedFrame, source: Localizations, diffusion_weight: float = DIFFUSION_WEIGHT) -> Localizations:
