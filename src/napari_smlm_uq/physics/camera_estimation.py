@@ -290,7 +290,7 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
         off_se, rn_se = zero_se, float("nan")
         notes.append(f"read noise {rn:g} e- rms {'given' if read_noise is not None else 'assumed (the default)'}: "
                      "offset and read noise cannot both be found from photon transfer")
-        if off > stats.low:   # the read noise assumed is too large for the data: the offset goes no higher than they do
+        if off > stats.low and read_noise is None:   # the read noise assumed is too large for the data
             off, rn = stats.low, float(np.sqrt(excess * (stats.low - zero) / gain))
             notes.append(f"offset capped at the data's {LOW_PERCENTILE:g}th percentile ({off:.4g} ADU) and read noise "
                          f"{rn:.2g} e- rms from it: the read noise assumed put the offset above the data")
@@ -305,8 +305,8 @@ def photon_transfer_doubt(stats: PixelStatistics, fit: TransferFit, excess: floa
     :data:`LINEARITY`); a background outside :data:`BACKGROUND_RANGE` photo-electrons."""
     zero = fit.zero_level if offset is None else float(offset)
     if zero > stats.low:
-        return (f"the photon-transfer fit puts the offset at {zero:.4g} ADU, above {LOW_PERCENTILE:g} % of the pixels "
-                f"({stats.low:.4g} ADU)")
+        what = "the photon-transfer fit puts the offset at" if offset is None else "the offset given,"
+        return f"{what} {zero:.4g} ADU, above {LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU)"
     linearity = transfer_linearity(stats, fit.slope, fit.intercept)
     if linearity > LINEARITY:
         return f"the pixels' variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)"
