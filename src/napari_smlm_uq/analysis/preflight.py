@@ -24,6 +24,7 @@ from ..physics.camera import Camera
 from .psf_estimate import TRAINING_RANGE, PSFEstimate, estimate_psf
 
 MAX_FRAMES = 200          # frames read (the first ones): the camera estimate's
+MAX_SIDE = 256            # px: the density is measured on the central crop of larger frames (memory)
 MIN_FRAMES = 10           # fewer: no density estimate
 MIN_QUANTILE = 0.01       # the background's quantile over frames (at least 1 / (frames + 1): the minimum)
 TRAINING_DENSITY = (0.0, 6.0)   # emitters / um^2 at 100-nm pixels: the bundled model's (docs/models.md)
@@ -74,6 +75,16 @@ def estimate_density(frames, camera: Camera) -> tuple[float, float]:
     return signal**2 / (4 * np.pi * width2 * excess), float(np.sqrt(width2))
 
 
+def central_crop(frames, camera: Camera, side: int = MAX_SIDE) -> tuple[np.ndarray, Camera]:
+    """The central ``side`` x ``side`` px of ``(T, H, W)`` frames (array-like), and the camera's maps cut alike."""
+    rows, cols = (slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + side) for n in frames.shape[-2:])
+
+    def cut(value):
+        return np.asarray(value)[rows, cols] if np.ndim(value) == 2 else value
+
+    return np.asarray(frames[:, rows, cols]), Camera(cut(camera.offset), cut(camera.gain), cut(camera.read_noise), camera.kind)
+
+
 def preflight(frames, camera: Camera, pixel_size: float, trained_on: dict | None = None,
               camera_doubts: list[str] = ()) -> Preflight:
     """The checks of ``(T, H, W)`` ADU frames (array-like; the first :data:`MAX_FRAMES` are read) for a model
@@ -86,7 +97,7 @@ def preflight(frames, camera: Camera, pixel_size: float, trained_on: dict | None
         psf, psf_error = estimate_psf(frames, camera, excess=camera.excess_noise), None
     except ValueError as exc:
         psf, psf_error = None, str(exc)
-    per_px, width = estimate_density(frames, camera) if len(frames) >= MIN_FRAMES else (float("nan"), float("nan"))
+    per_px, width = estimate_density(*central_crop(frames, camera)) if len(frames) >= MIN_FRAMES else (np.nan, np.nan)
     overlap = 4 * np.pi * width**2 * per_px if np.isfinite(width) else 0.0
     training = {k: tuple(trained_on.get(k, v)) for k, v in TRAINING_RANGE.items()}
     if psf is not None and psf.warning(training) and overlap < SURVEY_OVERLAP:
