@@ -28,22 +28,25 @@ from napari_smlm_uq.physics.simulate import SimulationSettings, simulate
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "camera_fallback.json"
 EMCCD = Camera(200.0, 40.0, 1.5, "emccd")
 RIGHT_EMCCD = ["--offset", "200", "--gain", "40", "--read-noise", "1.5", "--camera-kind", "emccd"]
+FLICKER = {"photons": 3000.0, "background": (3.0, 15.0), "camera": EMCCD, "seed": 1}   # background per frame
 CASES = {   # name: simulation, the right camera's options, noise-free (expected photons x 2 + 100 ADU)
-    "ccd, gain 3, offset 200, 20 frames": (SimulationSettings(frames=20, size=64, camera=Camera(200.0, 3.0, 1.5), seed=11),
-                                           ["--offset", "200", "--gain", "3", "--read-noise", "1.5"], False),
+    "ccd, gain 3, offset 200, 20 frames": (
+        SimulationSettings(frames=20, size=64, camera=Camera(200.0, 3.0, 1.5), seed=11),
+        ["--offset", "200", "--gain", "3", "--read-noise", "1.5"], False),
     "emccd, EM gain 40, background 3-15 per frame, 20 frames": (
-        SimulationSettings(frames=20, size=64, photons=3000.0, background=(3.0, 15.0), camera=EMCCD, seed=1), RIGHT_EMCCD, False),
-    "the same, 100 frames": (
-        SimulationSettings(frames=100, size=64, photons=3000.0, background=(3.0, 15.0), camera=EMCCD, seed=1), RIGHT_EMCCD, False),
-    "noise-free, x2 + 100 ADU, 20 frames": (SimulationSettings(frames=20, size=64, background=(10.0, 30.0), seed=2),
-                                            ["--offset", "100", "--gain", "2", "--read-noise", "0"], True),
+        SimulationSettings(frames=20, size=64, **FLICKER), RIGHT_EMCCD, False),
+    "the same, 100 frames": (SimulationSettings(frames=100, size=64, **FLICKER), RIGHT_EMCCD, False),
+    "noise-free, x2 + 100 ADU, 20 frames": (
+        SimulationSettings(frames=20, size=64, background=(10.0, 30.0), seed=2),
+        ["--offset", "100", "--gain", "2", "--read-noise", "0"], True),
 }
 
 
 def run(stack: Path, out: Path, options: list[str]) -> tuple[dict, list[str]]:
     text = io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
-        assert cli.main(["predict", str(stack), "--out", str(out), "--samples", "0", "--device", "cpu", "--overwrite", *options]) == 0
+        args = ["predict", str(stack), "--out", str(out), "--samples", "0", "--device", "cpu", "--overwrite", *options]
+        assert cli.main(args) == 0
     return json.loads((out / "summary.json").read_text()), text.getvalue().splitlines()
 
 

@@ -54,7 +54,8 @@ def test_predict_warns_of_a_continuum_before_the_run(tmp_path, capsys):
     assert code == 0, err
     lines = out.splitlines()
     warning = next(i for i, line in enumerate(lines) if "too dense for the model" in line)
-    assert lines[warning].startswith("warning: ") and warning < next(i for i, line in enumerate(lines) if "frames in" in line)
+    done = next(i for i, line in enumerate(lines) if "frames in" in line)
+    assert lines[warning].startswith("warning: ") and warning < done   # before the run
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert lines[warning].removeprefix("warning: ") in summary["warnings"]
     assert summary["preflight"]["density_per_um2"] > 8.0

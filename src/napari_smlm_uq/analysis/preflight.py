@@ -82,7 +82,8 @@ def central_crop(frames, camera: Camera, side: int = MAX_SIDE) -> tuple[np.ndarr
     def cut(value):
         return np.asarray(value)[rows, cols] if np.ndim(value) == 2 else value
 
-    return np.asarray(frames[:, rows, cols]), Camera(cut(camera.offset), cut(camera.gain), cut(camera.read_noise), camera.kind)
+    cropped = Camera(cut(camera.offset), cut(camera.gain), cut(camera.read_noise), camera.kind)
+    return np.asarray(frames[:, rows, cols]), cropped
 
 
 def preflight(frames, camera: Camera, pixel_size: float, trained_on: dict | None = None,
@@ -116,8 +117,10 @@ def density_warning(per_px: float, overlap: float, pixel_size: float, trained_on
     if overlap >= CONTINUUM:
         return (f"this stack is too dense for the model: about {per_um2:.3g} emitters/um^2 or more "
                 f"({overlap:.2g} per PSF area), where spots merge into a continuum beyond what the model resolves "
-                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); its localizations there are not reliable")
+                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); its localizations there are not "
+                "reliable")
     if per_um2 > high:
         return (f"this stack is denser than the model's training range: about {per_um2:.3g} emitters/um^2 "
-                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); expect missed emitters where spots overlap")
+                f"(trained up to {high:.3g} /um^2 at {pixel_size:g}-nm pixels); expect missed emitters where spots "
+                "overlap")
     return None

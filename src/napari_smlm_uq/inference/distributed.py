@@ -6,8 +6,9 @@ loads the model once (cached per worker process, on its own GPU when it has one)
 :func:`pipeline.predict` (random streams per frame: the same samples whatever the chunking) and writes the
 frames' KDEs straight into their region of the result store ``OUT/results.zarr`` (io/store.py, one zarr chunk
 per frame: workers never share a file); the refinement's prior (PSF width, single emitters' photons) is learned
-once by the client and sent with every chunk, so every chunk refines as the single process does. The chunk's localizations and accumulated images come back to the
-client, which keeps them in ``OUT/parts/`` until the stack is complete, so a run interrupted as a whole leaves
+once by the client and sent with every chunk, so every chunk refines as the single process does. The chunk's
+localizations and accumulated images come back to the client, which keeps them in ``OUT/parts/`` until the
+stack is complete, so a run interrupted as a whole leaves
 a partial store and resumes with only the missing chunks. Workers and client share a filesystem.
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ class StackJob:
         return {"source": str(self.source), "frames": [self.frames.start, self.frames.stop], "model": str(model),
                 "settings": json.loads(json.dumps(settings, default=str))}
 
-    def with_prior(self, model: str) -> "StackJob":
+    def with_prior(self, model: str) -> StackJob:
         """This job with the refinement's prior learned once, here, for all its chunks (pipeline.learn_prior):
         every chunk refines its first frame as the single-process run does."""
         if not self.settings.refine or self.settings.prior is not None:

@@ -349,7 +349,7 @@ def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None
         source = f"estimated from the data ({frames} frames, flat background)"
         notes = [f"offset {off:g} ADU {'given' if offset is not None else 'the default: it could not be determined (flat background)'}"]
     return CameraEstimate(off, float(gain), rn, f2, kind, float("nan"), gain_se, float("nan"), source,
-                          notes + [f"read noise {rn:g} e- rms assumed"], frames, method, notes[0] if doubt else None)
+                          [*notes, f"read noise {rn:g} e- rms assumed"], frames, method, notes[0] if doubt else None)
 
 
 def noise_ratio(frames, camera: Camera, method: str = DEFAULT_METHOD) -> float:
