@@ -14,9 +14,10 @@ samples, refinement), ``phi`` (phi alone, samples 0, refined), ``picasso`` (Pica
 gradient and box tuned for each movie on a tuning movie of the same settings; only where ``.venv-bench`` exists,
 see picasso_baseline.py; its s/frame is after numba's warm-up), and the read-out's own ceiling: ``kde_readout``
 (``_unsaturated``), the peaks of the true KDE, saturated at 1 as the networks learn it (or not). Scores as
-precision.score: E, JAC, RMSE (nm, lateral), precision, recall, the localization z std (error / reported uncertainty per axis), isolated RMSE
-over the CRLB; beside them the lateral CRLB of an isolated emitter and the mean number of other emitters
-within 250 nm of an emitter (how crowded a movie is). Writes the JSON (after every movie) and the plot.
+precision.score: E, JAC, RMSE (nm, lateral), precision, recall, the localization z std (error / reported
+uncertainty per axis), isolated RMSE over the CRLB; beside them the lateral CRLB of an isolated emitter and the
+mean number of other emitters within 250 nm of an emitter (how crowded a movie is).
+Writes the JSON (after every movie) and the plot.
 """
 
 from __future__ import annotations

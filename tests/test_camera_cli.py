@@ -139,9 +139,13 @@ def test_predict_warns_when_the_camera_disagrees(inputs, tmp_path, capsys):
                                  "--model", inputs["model"], "--samples", "0", "--device", "cpu", "--gain", "0.5")
     assert code == 0, err
     warning = [line for line in stdout.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and "gain 0.5 ADU/e- (command line)" in warning[0]
+    assert len(warning) == 2 and "gain 0.5 ADU/e- (command line)" in warning[0]
     assert float(warning[0].split("--gain ")[1].split()[0]) == pytest.approx(3.0, rel=0.1)
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["camera"]["warning"] == warning[0]
+    # 6x the gain: 6x the photons and background, outside the training range, said before the run too
+    assert "outside the model's training range: photons" in warning[1] and "background" in warning[1]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["camera"]["warning"] == warning[0]
+    assert summary["warnings"] == [line.removeprefix("warning: ") for line in warning]
 
 
 def camera_map(path, shape, plane=None, value=None):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy.ndimage import gaussian_filter
 
 from napari_smlm_uq.inference.camera_choice import choose_camera
 from napari_smlm_uq.io.camera_map import read_camera_map
@@ -104,9 +105,57 @@ def test_choice_order_and_disagreement_warning():
     assert chosen.camera.gain == pytest.approx(4.0, rel=0.1)
 
 
+def emccd_flicker(background_map: str | None = None) -> np.ndarray:
+    """An EMCCD stack (EM gain 40, offset 200 ADU) whose background jumps between 3 and 15 photons from frame
+    to frame: the case where photon transfer once put the offset at 394 ADU, above the data's 5th percentile."""
+    return simulate(SimulationSettings(frames=100, size=64, density=1.0, photons=3000.0, background=(3.0, 15.0),
+                                       camera=Camera(200.0, 40.0, 1.5, "emccd"), background_map=background_map,
+                                       background_ratio=5.0, seed=1)).adu
+
+
+def test_a_background_changing_between_frames_is_no_shot_noise():
+    est = estimate_camera(emccd_flicker("gradient"), "emccd")
+    assert est.gain == pytest.approx(40.0, rel=0.05) and "photon transfer" in est.source
+
+
+def test_the_offset_never_lies_above_the_data():
+    adu = emccd_flicker()   # a flat field: photon transfer's line is too short to tell the offset
+    low = np.percentile(adu, 5)
+    est = estimate_camera(adu, "emccd")
+    assert est.offset <= low and "could not tell the offset" in est.source
+    assert "above 5 % of the pixels" in est.notes[0] and "--offset" in est.notes[0]
+    # the background noise it predicts is the data's: the network's input is right
+    assert choose_camera(adu, {}, {}, "emccd").noise_ratio == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("background_map", [None, "gradient"])
+def test_a_stack_without_shot_noise_cannot_tell_the_camera(background_map):
+    noise_free = simulate(SimulationSettings(frames=40, size=48, density=1.0, background=(10.0, 30.0),
+                                             background_map=background_map, seed=2)).omega * 2.0 + 100.0
+    why = "do not fluctuate like photon counts" if background_map is None else "neighbouring pixels fluctuate together"
+    with pytest.raises(EstimateError, match=f"cannot be told from the data: .*{why}.*--offset and --gain"):
+        estimate_camera(noise_free)
+    choice = choose_camera(noise_free, {}, {})
+    assert choice.estimate is None and set(choice.sources.values()) == {"default"}
+    assert "cannot be told from the data" in choice.messages[1]
+    assert "the missing values are the defaults" in choice.messages[1] and choice.messages[1] in choice.doubts
+
+
+def test_a_smoothed_stack_or_emitters_everywhere_cannot_tell_the_camera():
+    smoothed = gaussian_filter(movie(Camera(100.0, 2.0, 1.5)), (0, 1.0, 1.0))   # denoised: noise shared by neighbours
+    with pytest.raises(EstimateError, match=r"neighbouring pixels fluctuate together \(correlation 0\.[6-9]"):
+        estimate_camera(smoothed)
+    dense = simulate(SimulationSettings(frames=50, size=32, density=25.0, photons=(1000.0, 4000.0), seed=1)).adu
+    with pytest.raises(EstimateError, match="emitters everywhere"):   # once gain 150 ADU/e- for 1, offset 211 for 100
+        estimate_camera(dense)
+
+
 @pytest.mark.skipif(SHARED is None, reason="../shared/data is absent")
 def test_real_scmos_gain_within_15_percent_of_its_calibration():
     folder = SHARED / "real-scmos-storm"
     est = estimate_camera(tifffile.imread(folder / "sample.tif"), "scmos")
-    median_gain = np.median(tifffile.imread(folder / "calib_offset_variance_gain.tif")[2])
-    assert est.gain == pytest.approx(median_gain, rel=0.15)
+    _, variance, gain = (np.median(p) for p in tifffile.imread(folder / "calib_offset_variance_gain.tif"))
+    assert est.gain == pytest.approx(gain, rel=0.15)
+    # the default read noise put the offset above the data: capped, the read noise follows (1.13 e- calibrated)
+    assert est.offset <= 100.0 == np.percentile(tifffile.imread(folder / "sample.tif"), 5)
+    assert est.read_noise == pytest.approx(np.sqrt(variance) / gain, rel=0.25)

@@ -23,6 +23,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, Progre
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..analysis.preflight import preflight
 from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
@@ -194,6 +195,9 @@ class PredictWidget(Container):
             return None
         choice = choose_camera(self._camera_frames(layer), {}, {}, self.camera_kind.value)
         self._show_camera(choice)
+        checks = preflight(self._camera_frames(layer), choice.camera, self.pixel_size.value, None, choice.doubts)
+        for line in checks.warnings:
+            show_warning(line)
         return choice
 
     def _samples_changed(self, value: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..defaults import PIXEL_SIZE_NM
 from ..inference.run import RunSettings
 from ..io.files import InputError
 from ..physics import camera_estimation as estimation
@@ -27,7 +28,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..analysis.psf_estimate import estimate_psf
+    from ..analysis.preflight import preflight
     from ..io.camera_map import read_camera_map
     from ..io.tiff import open_stack
 
@@ -39,19 +40,18 @@ def run(a: argparse.Namespace) -> int:
     except estimation.EstimateError as exc:
         raise InputError(f"{a.stack}: {exc}") from None
     camera = read_camera_map(a.camera_map, stack.shape[1:]) if a.camera_map else estimate.camera()
-    try:
-        psf, failure = estimate_psf(stack.data, camera, excess=camera.excess_noise), None
-    except InputError as exc:   # too few isolated spots: the camera is still reported
-        psf, failure = None, str(exc)
+    checks = preflight(stack.data, camera, stack.metadata.get("pixel_size", PIXEL_SIZE_NM))
+    psf, failure = checks.psf, checks.psf_error   # too few isolated spots: the camera is still reported
     if a.json:
         print(json.dumps(estimate.as_dict() | {"psf": psf.as_dict() if psf else None, "psf_error": failure,
-                                               "psf_camera": a.camera_map or "estimated"}))
+                                               "psf_camera": a.camera_map or "estimated",
+                                               "density_per_um2": checks.density, "warnings": checks.warnings}))
         return 0
     print(f"{estimate.source}: {estimate.describe()}")
     for line in estimate.notes:
         print(f"  {line}")
     print(f"spots ({'camera map ' + a.camera_map if a.camera_map else 'estimated camera'}): "
           + (psf.describe() if psf else f"no estimate: {failure}"))
-    if psf and psf.warning():
-        print(f"warning: {psf.warning()}")
+    for line in checks.warnings:
+        print(f"warning: {line}")
     return 0

@@ -21,10 +21,11 @@ def predict_on_cluster(a: argparse.Namespace, options: RunSettings, sources: lis
     for source in sources:
         out = Path(a.out) / source.stem if many else Path(a.out)
         try:
-            stack, frames, s, choice, background = prepare_stack(a, source, out, models)
-            print("\n".join(f"{source.name}: {m}" for m in [*choice.messages, background.describe()]))
+            stack, frames, s, choice, background, checks = prepare_stack(a, source, out, models)
+            print("\n".join(f"{source.name}: {m}" for m in [*choice.messages, background.describe(),
+                                                            *(f"warning: {w}" for w in checks.stack)]))
             jobs.append(dist.StackJob(source.resolve(), frames, stack.shape[1:], s, out, options.store_encoding))
-            choices[source.resolve()] = choice.as_dict(), background.as_dict()
+            choices[source.resolve()] = choice.as_dict(), background.as_dict(), checks
         except InputError as exc:
             failures.append(failure(source, exc))
     for job in jobs:
@@ -54,9 +55,11 @@ def predict_on_cluster(a: argparse.Namespace, options: RunSettings, sources: lis
     return report_failures(failures)
 
 
-def finish_stack(done, model: str, seconds: float, options: RunSettings, camera: dict, background: dict) -> str:
+def finish_stack(done, model: str, seconds: float, options: RunSettings, camera: dict, background: dict,
+                 checks) -> str:
     """A complete stack on the cluster (its KDEs in results.zarr): the other outputs."""
     cluster = {"scheduler": options.scheduler or f"local, {options.workers} workers",
                "chunk_frames": options.chunk_frames, "worker_seconds": done.seconds}
     return write_results(done.job.out, done.job.source, done.job.frames, model, done.job.settings, done.sums,
-                         done.localizations, seconds, camera, cluster=cluster, background=background)
+                         done.localizations, seconds, camera, cluster=cluster, background=background,
+                         warnings=checks.warnings, preflight=checks.as_dict())

@@ -68,7 +68,9 @@ def load_model(a: argparse.Namespace):
 def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     """Check one stack before any work: the file, the frame range, the camera, the background estimate (for
     ``models``), the settings, the output folder. Returns the stack, its frame range, the settings, the
-    camera choice (values, sources, messages) and the background choice."""
+    camera choice (values, sources, messages), the background choice and the checks of the stack for the
+    model (analysis/preflight.py)."""
+    from ..analysis.preflight import preflight
     from ..inference.background_choice import choose_background
     from ..inference.camera_choice import choose_camera
     from ..inference.pipeline import background_estimate
@@ -91,7 +93,8 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate)
     s.validate().torch_device()
     output_folder(out, options.outputs(), a.overwrite)
-    return stack, frames, s, choice, background
+    checks = preflight(first, choice.camera, s.pixel_size, models.info.get("trained_on"), choice.doubts)
+    return stack, frames, s, choice, background, checks
 
 
 def progress_bar(files: ExitStack, frames: int):
@@ -107,8 +110,8 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     from ..localizations import Localizations
 
     models = load_model(a)
-    stack, frames, s, choice, background = prepare_stack(a, source, out, models)
-    print("\n".join([*choice.messages, background.describe()]))
+    stack, frames, s, choice, background, checks = prepare_stack(a, source, out, models)
+    print("\n".join([*choice.messages, background.describe(), *(f"warning: {w}" for w in checks.stack)]))
     clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
@@ -127,7 +130,7 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     seconds = time.perf_counter() - t0
     all_locs = Localizations.concat(locs)
     check = write_results(out, source, frames, models.name, s, total, all_locs, seconds, choice.as_dict(),
-                          background=background.as_dict())
+                          background=background.as_dict(), warnings=checks.warnings, preflight=checks.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     print(check)
     return 0

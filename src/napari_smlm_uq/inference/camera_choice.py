@@ -34,13 +34,22 @@ class CameraChoice:
     noise_ratio: float = float("nan")
     messages: list[str] = field(default_factory=list)
     warning: str | None = None
+    refusal: str | None = None   # why the data could not give the missing values (the defaults were used)
+
+    @property
+    def doubts(self) -> list[str]:
+        """The lines a user must see before a run: the noise disagreement, a refused estimate, an offset that
+        photon transfer could not tell."""
+        doubt = self.estimate.doubt if self.estimate and self.sources.get("offset") != "command line" else None
+        warning = self.warning and self.warning.removeprefix("warning: ")
+        return [line for line in (warning, self.refusal, doubt and f"camera: {doubt}") if line]
 
     def as_dict(self) -> dict:
         """For summary.json: scalar values (a map's median), sources, the estimate and the noise check."""
         values = {k: float(np.median(getattr(self.camera, k))) for k in CAMERA_KEYS}
         return values | {"kind": self.camera.kind, "excess_noise": self.camera.excess_noise, "sources": self.sources,
                          "estimate": self.estimate.as_dict() if self.estimate else None,
-                         "noise_ratio": self.noise_ratio, "warning": self.warning}
+                         "noise_ratio": self.noise_ratio, "warning": self.warning, "refusal": self.refusal}
 
 
 def _describe(camera: Camera, sources: dict[str, str]) -> str:
@@ -68,13 +77,14 @@ def choose_camera(frames, given: dict, metadata: dict, kind: str = "ccd", camera
 def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice:
     known = {k: given[k] if given.get(k) is not None else metadata.get(k) for k in CAMERA_KEYS}
     sources = {k: "command line" if given.get(k) is not None else "file metadata" for k in CAMERA_KEYS if known[k] is not None}
-    estimate, messages = None, []
+    estimate, messages, refusal = None, [], None
     if len(sources) < len(CAMERA_KEYS):
         try:
             estimate = estimate_camera(frames, kind, known["offset"], known["read_noise"])
             messages.append(f"{estimate.source}: {estimate.describe()}; " + "; ".join(estimate.notes))
         except EstimateError as exc:
-            messages.append(f"no camera estimate: {exc}; the missing values are the defaults")
+            refusal = f"no camera estimate: {exc}; the missing values are the defaults"
+            messages.append(refusal)
     defaults = Camera()
     for k in CAMERA_KEYS:
         if k not in sources:
@@ -82,7 +92,7 @@ def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice
             measured = estimate is not None and np.isfinite(getattr(estimate, f"{k}_se"))
             sources[k] = "estimated from the data" if measured else "default" if estimate is None else "assumed"
     return CameraChoice(Camera(known["offset"], known["gain"], known["read_noise"], kind), sources, estimate,
-                        messages=messages)
+                        messages=messages, refusal=refusal)
 
 
 def _check_agreement(choice: CameraChoice, frames, given: dict, metadata: dict) -> None:

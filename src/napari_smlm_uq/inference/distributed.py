@@ -5,8 +5,10 @@ workers (a LocalCluster, or any scheduler such as one started by dask-jobqueue's
 loads the model once (cached per worker process, on its own GPU when it has one), predicts its chunk with
 :func:`pipeline.predict` (random streams per frame: the same samples whatever the chunking) and writes the
 frames' KDEs straight into their region of the result store ``OUT/results.zarr`` (io/store.py, one zarr chunk
-per frame: workers never share a file). The chunk's localizations and accumulated images come back to the
-client, which keeps them in ``OUT/parts/`` until the stack is complete, so a run interrupted as a whole leaves
+per frame: workers never share a file); the refinement's prior (PSF width, single emitters' photons) is learned
+once by the client and sent with every chunk, so every chunk refines as the single process does. The chunk's
+localizations and accumulated images come back to the client, which keeps them in ``OUT/parts/`` until the
+stack is complete, so a run interrupted as a whole leaves
 a partial store and resumes with only the missing chunks. Workers and client share a filesystem.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..io.store import DEFAULT_ENCODING, STORE_NAME, ResultStore
 from ..localizations import FIELDS, Localizations
 from ..models import registry
 from ..models.registry import Models
-from .pipeline import PredictSettings, StackSum, keep_freed_buffers, never, predict
+from .pipeline import PredictSettings, StackSum, keep_freed_buffers, learn_prior, never, predict
 
 DEFAULT_CHUNK_FRAMES = 32   # frames per task: dask's cost (<= 60 ms a chunk, benchmarks.md) stays small against a
                             # chunk's work (0.3 s on a GPU at 100 frames/s, minutes on a CPU)
@@ -54,9 +56,20 @@ class StackJob:
                 for a in range(start, stop, size)]
 
     def run(self, model: str) -> dict:
-        """What the store's frames belong to (a resume checks it)."""
+        """What the store's frames belong to (a resume checks it; the refinement's prior is learned from them)."""
+        settings = {k: v for k, v in asdict(self.settings).items() if k != "prior"}
         return {"source": str(self.source), "frames": [self.frames.start, self.frames.stop], "model": str(model),
-                "settings": json.loads(json.dumps(asdict(self.settings), default=str))}
+                "settings": json.loads(json.dumps(settings, default=str))}
+
+    def with_prior(self, model: str) -> StackJob:
+        """This job with the refinement's prior learned once, here, for all its chunks (pipeline.learn_prior):
+        every chunk refines its first frame as the single-process run does."""
+        if not self.settings.refine or self.settings.prior is not None:
+            return self
+        from ..io.tiff import open_stack
+
+        prior = learn_prior(open_stack(self.source).data, worker_models(model), self.settings, self.frames)
+        return replace(self, settings=replace(self.settings, prior=prior))
 
 
 @dataclass
@@ -263,11 +276,13 @@ def predict_on_cluster(client, jobs: list[StackJob], model: str, chunk_frames: i
     pending, left, stores = {}, {}, {}
     for job in jobs:
         try:
-            stores[job] = open_store(job, model, resume)
+            store = open_store(job, model, resume)
         except InputError as exc:
             yield StackFailed(job, str(exc))
             continue
         chunks = job.chunks(chunk_frames)
+        job = job.with_prior(model) if chunks else job
+        stores[job] = store
         left[job] = len(chunks)
         for frames in chunks:
             future = client.submit(predict_chunk, str(job.source), frames, str(model), job.settings, str(job.out),

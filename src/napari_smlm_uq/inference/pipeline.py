@@ -30,7 +30,7 @@ from ..settings import check, option
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
 from .preprocessing import BackgroundEstimate, normalise, pixel_snr, psi_condition, shifted_photoelectrons
-from .refine import Refiner
+from .refine import Refiner, RefinerPrior
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
 
@@ -48,6 +48,11 @@ PRECISIONS = get_args(Precision)
 PRECISION_HELP = ("network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively: "
                   "1.5-2.3x faster at the same E and calibration; docs/benchmarks.md)")
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
+# The refinement's prior (PSF width, single emitters' photons) is learned before the first frame on up to
+# WARM_UP_FRAMES frames (phi alone), until WARM_UP_FITS isolated spots give it: the median width of 200 spots
+# is known to ~1 % of their spread.
+WARM_UP_FRAMES = 16
+WARM_UP_FITS = 200
 
 
 def never() -> bool:
@@ -80,6 +85,8 @@ class PredictSettings:
         None, help="background estimate of the normalisation, frame or local (default: the model's own; chosen by "
         "the run)", flag="--background-estimate", cli=False, gui=False)
     refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
+    prior: RefinerPrior | None = None   # the refinement's PSF width and photons; None: learned from the stack
+    # first. Not an option: a run learns it (a cluster run's driver learns it once for every chunk).
 
     def validate(self) -> "PredictSettings":
         check(self)
@@ -278,6 +285,36 @@ def frame_result(index: int, stats: KdeStatistics, i: int, raw: np.ndarray, snr:
                        seconds + time.perf_counter() - t0)
 
 
+def warm_up_frames(n: int, frames: range) -> list[int]:
+    """The frames the prior is learned on: from the run's first frame on, then the stack's earlier ones
+    (a short run or a late chunk learns from the same acquisition), at most :data:`WARM_UP_FRAMES`."""
+    return (list(range(frames.start, n)) + list(range(frames.start)))[:WARM_UP_FRAMES]
+
+
+def learn_prior(stack, models: Models, s: PredictSettings, frames: range | None = None,
+                should_stop: Callable[[], bool] = never) -> RefinerPrior:
+    """The refinement's prior for ``frames`` of ``stack`` (``(T, H, W)`` ADU, any array-like), learned before
+    the first frame is refined: phi alone localizes the :func:`warm_up_frames` until :data:`WARM_UP_FITS`
+    isolated spots are fitted with a free width (refine.Refiner.learn_width); the PSF width is their median,
+    the single emitters' photons those of the spots no wider than it (refine.Refiner.learned)."""
+    s = s.validate()
+    device = s.torch_device()
+    models.to(device)
+    phi, calibration = models.phi.fused(), Calibration.from_dict(models.calibration)
+    refiner = Refiner(s.camera, excess=s.camera.excess_noise)
+    read_variance = np.asarray(s.camera.read_noise, float) ** 2
+    with torch.inference_mode():
+        for index in warm_up_frames(len(stack), range(len(stack)) if frames is None else frames):
+            if should_stop() or len(refiner.widths) >= WARM_UP_FITS:
+                break
+            raw = np.asarray(stack[index:index + 1])
+            x, z_phi = run_phi(phi, raw, s, device, background_estimate(models, s))
+            stats = kde_statistics(None, z_phi, s.threshold)
+            locs = localize_peaks(stats.peaks[0], None, index, stats.mean.shape[1:], calibration, pixel_snr(x)[0, 0].cpu().numpy())
+            refiner.learn_width(s.camera.to_photoelectrons(raw[0]).astype(np.float64), locs, read_variance)
+    return refiner.learned()
+
+
 def psi_frames(s: PredictSettings, device: torch.device) -> int:
     """Frames per psi batch: the frame batch on a GPU; one on a CPU, where larger batches leave the cache."""
     return s.frame_batch if device.type == "cuda" else 1
@@ -289,7 +326,7 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     refinement) runs in a thread while the network draws the next batch's samples."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
-    refiner = Refiner(s.camera, excess=s.camera.excess_noise) if s.refine else None
+    refiner = Refiner(s.camera, excess=s.camera.excess_noise, prior=s.prior) if s.refine else None
     per_psi = psi_frames(s, device)
     with torch.inference_mode(), ThreadPoolExecutor(1) as host:
         pending: list[Future] = []
@@ -337,7 +374,8 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     """Yield a :class:`FrameResult` per frame of ``frames`` (default: all) of ``stack`` (``(T, H, W)`` ADU, any
     array-like: frames are read batch by batch). Stops cleanly (no partial frame) when ``should_stop()`` turns
     true. On a GPU out-of-memory error, halves the tile and frame batches and goes on from the frame that
-    failed; the next result's ``notes`` say so."""
+    failed; the next result's ``notes`` say so. The refinement's prior is learned first (:func:`learn_prior`)
+    unless the settings carry it."""
     s = settings.validate()
     frames = range(len(stack)) if frames is None else frames
     if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
@@ -346,6 +384,8 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     models.to(device)
     if s.samples and models.psi is None:
         raise InputError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
+    if s.refine and s.prior is None and len(frames):
+        s = replace(s, prior=learn_prior(stack, models, s, frames, should_stop))
     notes: list[str] = []
     while len(frames):
         try:

@@ -4,7 +4,9 @@ Each localization is refitted by maximum likelihood (physics/fit.py) in a box of
 raw pixels around it (3 sigma beyond the emitter wherever it lies in the centre pixel), together with up to
 ``NEIGHBOURS - 1`` other localizations whose light reaches the box (physics/boxes.py),
 starting from the deep positions. The PSF width is fitted on the stack's isolated spots (a
-running median over the frames seen) unless given. The reported uncertainty combines the fit's
+running median over the frames seen), unless given or known before the first frame (:class:`RefinerPrior`:
+inference/pipeline.py learns it from the stack first, so that the first frames are not fitted with the
+default width). The reported uncertainty combines the fit's
 Cramer-Rao bound (what the photons allow), the spot's width beyond the PSF's (two emitters closer than
 the PSF width, localized as one at their centre), and, where other localizations lie near, the
 diffusion samples' calibrated spread (overlapping spots: where the scene is ambiguous;
@@ -224,30 +226,59 @@ def isolated_widths(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     return fit, alone
 
 
+def photon_statistics(photons) -> tuple[float, float] | None:
+    """Median photons and log spread (1.4826 median absolute deviation of log photons) of single emitters;
+    None below ``MIN_WIDTH_FITS`` of them."""
+    if len(photons) < MIN_WIDTH_FITS:
+        return None
+    median = float(np.median(photons))
+    return median, float(1.4826 * np.median(np.abs(np.log(np.asarray(photons) / median))))
+
+
+@dataclass(frozen=True)
+class RefinerPrior:
+    """What the refinement knows of a stack before its first frame: the PSF width ``psf_sigma`` (raw px) and
+    its single emitters' median photons and log spread ``single_photons`` (None: too few of them seen)."""
+
+    psf_sigma: float
+    single_photons: tuple[float, float] | None
+
+
 @dataclass
 class Refiner:
     """Refines a stack frame by frame (``__call__``), keeping the PSF width estimated from the isolated
     spots seen so far when ``psf_sigma`` is None, and the photons of the single emitters refined so far
-    (``single_photons``). ``excess``: the camera's excess noise factor ``F^2``."""
+    (``single_photons``); with a ``prior`` both are known and nothing is learned. ``excess``: the camera's
+    excess noise factor ``F^2``."""
 
     camera: Camera
     psf_sigma: float | None = None
     excess: float = 1.0
     widths: list = field(default_factory=list)
     photons: list = field(default_factory=list)
+    prior: RefinerPrior | None = None
+    isolated: list = field(default_factory=list)   # (photons, width, its bound) of the isolated spots' fits
+
+    def __post_init__(self):
+        if self.prior is not None and self.psf_sigma is None:
+            self.psf_sigma = self.prior.psf_sigma
 
     def width(self) -> float:
         if self.psf_sigma is not None:
             return self.psf_sigma
         return float(np.median(self.widths)) if len(self.widths) >= MIN_WIDTH_FITS else DEFAULT_PSF_SIGMA
 
+    def learned(self) -> RefinerPrior:
+        """What the isolated spots seen so far say, as the prior of a run: the width, and the photons of those
+        no wider than it (:func:`width_excess`: single emitters, as :meth:`learn_photons` keeps them)."""
+        width = self.width()
+        spots = np.reshape(self.isolated, (-1, 3))
+        single = (spots[:, 0] > 0) & (width_excess(spots[:, 1], spots[:, 2], width) == 0)
+        return RefinerPrior(width, photon_statistics(spots[single, 0]))
+
     def single_photons(self) -> tuple[float, float] | None:
-        """Median photons and log spread (1.4826 median absolute deviation of log photons) of the single
-        emitters refined so far; None until ``MIN_WIDTH_FITS`` of them."""
-        if len(self.photons) < MIN_WIDTH_FITS:
-            return None
-        median = float(np.median(self.photons))
-        return median, float(1.4826 * np.median(np.abs(np.log(np.asarray(self.photons) / median))))
+        """:func:`photon_statistics` of the single emitters refined so far (the prior's, where given)."""
+        return self.prior.single_photons if self.prior is not None else photon_statistics(self.photons)
 
     def learn_width(self, e: np.ndarray, locs: Localizations, read_variance) -> None:
         if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
@@ -255,12 +286,13 @@ class Refiner:
         fit, _ = isolated_widths(e, locs.row, locs.col, ImagingModel(self.width(), read_variance, self.excess))
         if fit is None:
             return
-        good = np.isfinite(fit.crlb_sigma) & (fit.crlb_sigma < MAX_WIDTH_CRLB) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
-        self.widths.extend(fit.sigma[good].tolist())
+        fitted = np.isfinite(fit.crlb_sigma) & (fit.sigma > 0.45) & (fit.sigma < 3.9)
+        self.widths.extend(fit.sigma[fitted & (fit.crlb_sigma < MAX_WIDTH_CRLB)].tolist())
+        self.isolated.extend(np.column_stack([fit.photons[:, 0], fit.sigma, fit.crlb_sigma])[fitted].tolist())
 
     def learn_photons(self, fit: RefinedFrame) -> None:
         """The photons of a refit's single emitters: kept, alone (not crowded), not wider than the PSF."""
-        if len(self.photons) < 1000:
+        if len(self.photons) < 1000 and self.prior is None:
             single = fit.ok & ~fit.crowded & (fit.excess == 0) & (fit.photons > 0)
             self.photons.extend(fit.photons[single].tolist())
 

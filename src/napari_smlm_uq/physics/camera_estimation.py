@@ -12,7 +12,16 @@ resist them (benchmarks/real_acquisitions.py measures each): ``plain`` (none), `
 3-sigma clipping per pixel), ``masked`` (pixel-frames within 2 px of a bright spot left out),
 ``differences`` (the variance from clipped consecutive-frame differences, which also cancels slow
 drifts) and ``masked-differences`` (the default: differences of consecutive frames that are both clear of
-bright spots; the only one within 5 % on both simulated blinking movies and the real sCMOS frames).
+bright spots; the only one within 5 % on both simulated blinking movies and the real sCMOS frames). The
+differences are taken less each difference frame's median, so a background that changes between frames
+(bleaching, laser flicker) does not count as shot noise.
+
+Photon transfer assumes shot-noise-limited pixels, so the estimate checks itself against the data: the
+pixels must fluctuate independently of their neighbours (shot noise does), the offset never lies above the
+data's 5th percentile, the variance must be linear in the mean and the background it implies physical. Where the line fails, the offset is the given or default one and the gain
+matches the background noise (what the network's input needs); where the pixels do not fluctuate like
+photon counts at all (processed, rescaled or noise-free stacks) the estimate says it cannot tell and names
+the options to give.
 """
 from __future__ import annotations
 
@@ -34,6 +43,13 @@ DEFAULT_METHOD = "masked-differences"
 #: is far below 1 e- at usual EM gains
 ASSUMED_READ_NOISE = {"ccd": Camera().read_noise, "scmos": Camera().read_noise, "emccd": 0.0}
 NOISE_AGREEMENT = (0.67, 1.5)   # measured / predicted background noise (ADU rms) counted as agreement
+LOW_PERCENTILE = 5.0    # the offset lies below this percentile of the pixels read (read noise aside: see the checks)
+LINEARITY = 1.5         # max / min over the mean's deciles of measured / fitted variance: photon transfer is a line
+                        # (1.0-1.3 on our simulated movies and the real sCMOS frames; 2-40 on rescaled noise-free stacks)
+MAX_CORRELATION = 0.6   # of neighbouring pixels' fluctuations: 0.0-0.43 on our simulated movies (blinking molecules'
+                        # shoulders the most) and the real sCMOS frames; 0.76-0.77 where spots merge (6-25 /um^2)
+BACKGROUND_RANGE = (0.05, 1e4)  # effective photo-electrons per pixel a background can have (SMLM: 1-500)
+ADVICE = "give --offset and --gain (and --camera-kind) from the camera's data sheet or its calibration"
 
 
 class EstimateError(ValueError):
@@ -67,15 +83,28 @@ def _bright_spots(x: np.ndarray, k: float = 3.0) -> np.ndarray:
     return maximum_filter(x - centre > k * _robust_scale(x, centre), size=(1, 5, 5))
 
 
+def _steady_differences(x: np.ndarray, clear: np.ndarray | None = None) -> np.ndarray:
+    """Consecutive-frame differences ``(T - 1, H, W)`` less each difference frame's median over its ``clear``
+    pixels (all by default): a background that changes between frames (bleaching, laser flicker) moves every
+    pixel alike and is no shot noise."""
+    d = np.diff(x, axis=0)
+    clear = np.ones(d.shape, bool) if clear is None else clear
+    shift = np.array([np.median(f[c]) if c.any() else 0.0 for f, c in zip(d, clear)])
+    return d - shift[:, None, None]
+
+
 @dataclass
 class PixelStatistics:
     """Per-pixel background mean (ADU), variance (ADU^2) and degrees of freedom, for pixels ``index``
-    (flat indices into the frame)."""
+    (flat indices into the frame); ``low``: the :data:`LOW_PERCENTILE` of every pixel-frame read (ADU);
+    ``correlation``: of neighbouring pixels' fluctuations (:func:`neighbour_correlation`)."""
 
     mean: np.ndarray
     variance: np.ndarray
     dof: np.ndarray
     index: np.ndarray
+    low: float = float("nan")
+    correlation: float = float("nan")
 
 
 def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelStatistics:
@@ -86,32 +115,45 @@ def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelS
     t, h, w = x.shape
     stride = int(np.ceil(np.sqrt(h * w / MAX_PIXELS)))
     index = (np.arange(h)[::stride, None] * w + np.arange(w)[None, ::stride]).ravel()
+    bright = _bright_spots(x)
     if method == "plain":
         mean, var, dof = x.mean(axis=0), x.var(axis=0, ddof=1), np.full((h, w), t - 1.0)
     elif method == "clipped":
         mean, var, keep = _clipped(x, 3.0)
         dof = keep.sum(axis=0) - 1.0
     elif method == "masked":
-        bright = _bright_spots(x)
         n = (~bright).sum(axis=0)
         mean = np.where(bright, 0.0, x).sum(axis=0) / np.maximum(n, 1)
         var = np.where(bright, 0.0, (x - mean) ** 2).sum(axis=0) / np.maximum(n - 1, 1)
         dof = n - 1.0
     elif method == "masked-differences":
-        bright = _bright_spots(x)
         n = (~bright).sum(axis=0)
         mean = np.where(bright, 0.0, x).sum(axis=0) / np.maximum(n, 1)
         pair = ~(bright[1:] | bright[:-1])
         pairs = pair.sum(axis=0)
-        var = np.where(pair, np.diff(x, axis=0) ** 2, 0.0).sum(axis=0) / np.maximum(pairs, 1) / 2.0
+        var = np.where(pair, _steady_differences(x, pair) ** 2, 0.0).sum(axis=0) / np.maximum(pairs, 1) / 2.0
         dof = pairs * 2.0 / 3.0
     else:
         mean = _clipped(x, 3.0)[0]
-        _, diff_var, keep = _clipped(np.diff(x, axis=0), 4.0)
+        _, diff_var, keep = _clipped(_steady_differences(x), 4.0)
         var, dof = diff_var / 2.0, keep.sum(axis=0) * 2.0 / 3.0   # overlapping differences: ~2/3 of the dof
     pick = lambda a: a.ravel()[index]  # noqa: E731
     ok = pick(dof) >= 2
-    return PixelStatistics(pick(mean)[ok], pick(var)[ok], pick(dof)[ok], index[ok])
+    low = float(np.percentile(x.reshape(t, -1)[:, index], LOW_PERCENTILE))
+    correlation = neighbour_correlation(x, ~(bright[1:] | bright[:-1]))
+    return PixelStatistics(pick(mean)[ok], pick(var)[ok], pick(dof)[ok], index[ok], low, correlation)
+
+
+def neighbour_correlation(x: np.ndarray, clear: np.ndarray) -> float:
+    """The correlation of adjacent pixels' frame-to-frame changes (:func:`_steady_differences`) where both are
+    ``clear`` of bright spots: 0 for shot and read noise, which every pixel draws alone; emitters everywhere
+    (spots that merge) or a smoothed, denoised or interpolated stack share it between neighbours."""
+    d = np.where(clear, _steady_differences(x, clear), 0.0)
+    products = squares = 0.0
+    for a, b in ((d[:, 1:], d[:, :-1]), (d[:, :, 1:], d[:, :, :-1])):
+        products += float(np.sum(a * b))
+        squares += float(np.sqrt(np.sum(a**2 * (b != 0)) * np.sum(b**2 * (a != 0))))
+    return products / squares if squares > 0 else float("nan")
 
 
 @dataclass
@@ -162,11 +204,23 @@ def fit_transfer(stats: PixelStatistics, reject: float = 5.0, iterations: int = 
                        float(cov[0, 1]), int(keep.sum()))
 
 
+def transfer_linearity(stats: PixelStatistics, slope: float, intercept: float) -> float:
+    """Max / min over the deciles of the pixels' mean of (median variance / ``slope x mean + intercept``):
+    1 where the variance is linear in the mean, as photon transfer has it (the median of a chi-square
+    variance sits a few per cent below its mean in every decile alike)."""
+    edges = np.quantile(stats.mean, np.linspace(0, 1, 11))
+    deciles = np.clip(np.searchsorted(edges, stats.mean, side="right") - 1, 0, 9)
+    ratios = [np.median(stats.variance[deciles == d]) / max(slope * np.median(stats.mean[deciles == d]) + intercept, 1e-9)
+              for d in range(10) if np.any(deciles == d)]
+    return float(max(ratios) / max(min(ratios), 1e-9))
+
+
 @dataclass
 class CameraEstimate:
     """A camera found from the data: offset ADU, gain ADU/e- (EMCCD: with the EM gain), read noise e- rms,
     excess noise F^2 (from the kind, not measured), their standard errors (NaN: not determined from the
-    data), a one-line ``source`` and ``notes`` on what was assumed."""
+    data), a one-line ``source`` and ``notes`` on what was assumed; ``doubt``: why photon transfer could not
+    tell the offset (the gain then matches the background noise), None where it could."""
 
     offset: float
     gain: float
@@ -180,14 +234,15 @@ class CameraEstimate:
     notes: list[str] = field(default_factory=list)
     frames: int = 0
     method: str = DEFAULT_METHOD
+    doubt: str | None = None
 
     def camera(self) -> Camera:
         return Camera(self.offset, self.gain, self.read_noise, self.kind)
 
     def as_dict(self) -> dict:
         keys = ("offset", "gain", "read_noise", "excess_noise", "offset_se", "gain_se", "read_noise_se")
-        return {k: getattr(self, k) for k in keys} | {"kind": self.kind, "source": self.source,
-                                                    "notes": self.notes, "frames": self.frames, "method": self.method}
+        return {k: getattr(self, k) for k in keys} | {"kind": self.kind, "source": self.source, "notes": self.notes,
+                                                    "frames": self.frames, "method": self.method, "doubt": self.doubt}
 
     def describe(self) -> str:
         """``gain 18.6 +/- 0.4 ADU/e-, offset ... , read noise ...`` (``+/-`` only for measured values)."""
@@ -202,15 +257,24 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
                     method: str = DEFAULT_METHOD) -> CameraEstimate:
     """Estimate the camera of ``(T, H, W)`` ADU frames (any array-like; the first :data:`MAX_FRAMES` are
     read). ``offset`` (ADU) and ``read_noise`` (e- rms) known from elsewhere fill what the data cannot
-    separate. Raises :class:`EstimateError` below :data:`MIN_FRAMES` frames or without background signal."""
+    separate. A photon-transfer line the data contradict (:func:`photon_transfer_doubt`) gives way to the
+    flat-field estimate, which names the offset it assumed. Raises :class:`EstimateError` below
+    :data:`MIN_FRAMES` frames, and where the pixels do not fluctuate like photon counts."""
     excess = Camera(kind=kind).validate().excess_noise
     n = len(frames)
     if n < MIN_FRAMES:
         raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
-    fit = fit_transfer(pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method))
-    flat = not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope)
-    if flat:
-        return _flat_field_estimate(frames[:MAX_FRAMES], kind, offset, read_noise, method)
+    stats = pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method)
+    if stats.correlation > MAX_CORRELATION:
+        raise EstimateError(f"the camera cannot be told from the data: neighbouring pixels fluctuate together "
+                            f"(correlation {stats.correlation:.2f}), as no shot noise does: emitters everywhere, or a "
+                            f"smoothed or interpolated stack; {ADVICE}")
+    fit = fit_transfer(stats)
+    if not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope):
+        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES), fit)
+    doubt = photon_transfer_doubt(stats, fit, excess, offset)
+    if doubt:
+        return _flat_field_estimate(stats, kind, offset, read_noise, method, min(n, MAX_FRAMES), fit, doubt)
     gain, gain_se = fit.slope / excess, fit.slope_se / excess
     zero, zero_se = fit.zero_level, fit.zero_level_se
     notes = []
@@ -226,31 +290,66 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
         off_se, rn_se = zero_se, float("nan")
         notes.append(f"read noise {rn:g} e- rms {'given' if read_noise is not None else 'assumed (the default)'}: "
                      "offset and read noise cannot both be found from photon transfer")
+        if off > stats.low and read_noise is None:   # the read noise assumed is too large for the data
+            off, rn = stats.low, float(np.sqrt(excess * (stats.low - zero) / gain))
+            notes.append(f"offset capped at the data's {LOW_PERCENTILE:g}th percentile ({off:.4g} ADU) and read noise "
+                         f"{rn:.2g} e- rms from it: the read noise assumed put the offset above the data")
     return CameraEstimate(float(off), float(gain), rn, excess, kind, float(off_se), float(gain_se), rn_se,
                           f"estimated from the data ({min(n, MAX_FRAMES)} frames, photon transfer)", notes,
                           min(n, MAX_FRAMES), method)
 
 
-def _flat_field_estimate(frames, kind: str, offset: float | None, read_noise: float | None,
-                         method: str) -> CameraEstimate:
-    """A flat background: one (mean, variance) point. The gain follows once the offset is known; the
-    offset is taken as given (else the default, and the note says it could not be determined)."""
-    stats = pixel_statistics(np.asarray(frames), method)
+def photon_transfer_doubt(stats: PixelStatistics, fit: TransferFit, excess: float, offset: float | None) -> str | None:
+    """Why the photon-transfer line cannot be the camera's, or None: its zero level (the offset, read noise
+    aside) above the data's :data:`LOW_PERCENTILE`; a variance that is not linear in the mean (beyond
+    :data:`LINEARITY`); a background outside :data:`BACKGROUND_RANGE` photo-electrons."""
+    zero = fit.zero_level if offset is None else float(offset)
+    if zero > stats.low:
+        what = "the photon-transfer fit puts the offset at" if offset is None else "the offset given,"
+        return f"{what} {zero:.4g} ADU, above {LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU)"
+    linearity = transfer_linearity(stats, fit.slope, fit.intercept)
+    if linearity > LINEARITY:
+        return f"the pixels' variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)"
+    background = float(np.median(stats.mean) - zero) / (fit.slope / excess)
+    if not BACKGROUND_RANGE[0] <= background <= BACKGROUND_RANGE[1]:
+        return f"the photon-transfer fit implies a background of {background:.3g} photo-electrons per pixel"
+    return None
+
+
+def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None, read_noise: float | None,
+                         method: str, frames: int, fit: TransferFit, doubt: str | None = None) -> CameraEstimate:
+    """A flat background (or a photon-transfer line ``fit`` in ``doubt``): one (mean, variance) point. The gain
+    follows once the offset is known; the offset is taken as given, else the default, and the notes say it could
+    not be determined. Raises :class:`EstimateError` where the pixels' variance follows neither that camera's
+    line nor ``fit``'s, or is far below photon counts'."""
     defaults = Camera(kind=kind)
     off = defaults.offset if offset is None else float(offset)
     rn = ASSUMED_READ_NOISE[kind] if read_noise is None else float(read_noise)
     mean, var = float(np.median(stats.mean)), float(np.median(stats.variance))
     f2 = defaults.excess_noise
     signal = f2 * (mean - off)
-    if signal <= 0:
-        raise EstimateError(f"flat background at {mean:.1f} ADU, not above the offset {off:g} ADU: "
-                            "the gain cannot be estimated; give --offset and --gain")
+    which = "given" if offset is not None else "the default"
+    if off > stats.low:
+        raise EstimateError(f"the camera cannot be told from the data: the offset {off:g} ADU ({which}) lies above "
+                            f"{LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU){'; ' + doubt if doubt else ''}; {ADVICE}")
     gain = (-signal + np.sqrt(signal**2 + 4 * rn**2 * var)) / (2 * rn**2) if rn > 0 else var / signal
+    background = (mean - off) / gain if gain > 0 else np.inf
+    linearity = min(transfer_linearity(stats, fit.slope, fit.intercept),
+                    transfer_linearity(stats, gain * f2, (gain * rn) ** 2 - gain * f2 * off) if gain > 0 else 1.0)
+    if not (BACKGROUND_RANGE[0] <= background <= BACKGROUND_RANGE[1] and linearity <= LINEARITY):
+        why = (f"their variance ({var:.3g} ADU^2 at {mean:.4g} ADU) is far below photon counts'" if linearity <= LINEARITY
+               else f"their variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)")
+        raise EstimateError(f"the camera cannot be told from the data: the pixels do not fluctuate like photon counts "
+                            f"({why}: a processed, rescaled or noise-free stack, or one with emitters everywhere){'; ' + doubt if doubt else ''}; {ADVICE}")
     gain_se = float(gain * np.sqrt(2.0 / np.sum(stats.dof)))
-    what = "given" if offset is not None else "the default: it could not be determined (flat background)"
-    return CameraEstimate(off, float(gain), rn, f2, kind, float("nan"), gain_se, float("nan"),
-                          f"estimated from the data ({len(frames)} frames, flat background)",
-                          [f"offset {off:g} ADU {what}", f"read noise {rn:g} e- rms assumed"], len(frames), method)
+    if doubt:
+        source = f"estimated from the data ({frames} frames, the background noise; photon transfer could not tell the offset)"
+        notes = [f"{doubt}: offset {off:g} ADU {which}, gain from the background noise; if that is not the camera's, {ADVICE}"]
+    else:
+        source = f"estimated from the data ({frames} frames, flat background)"
+        notes = [f"offset {off:g} ADU {'given' if offset is not None else 'the default: it could not be determined (flat background)'}"]
+    return CameraEstimate(off, float(gain), rn, f2, kind, float("nan"), gain_se, float("nan"), source,
+                          [*notes, f"read noise {rn:g} e- rms assumed"], frames, method, notes[0] if doubt else None)
 
 
 def noise_ratio(frames, camera: Camera, method: str = DEFAULT_METHOD) -> float:
