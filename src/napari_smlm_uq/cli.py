@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.files import InputError
+from .io.files import InputError, StorageError
 from .io.store import STORE_NAME
 
 EXIT_USAGE = 2
+EXIT_FAULT = 1   # the machine failed the run (a full disk, a vanished folder); what is kept is named
 
 
 class UsageError(Exception):
@@ -214,6 +215,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     from .inference.background_choice import choose_background
     from .inference.camera_choice import choose_camera
     from .inference.pipeline import PredictSettings, background_estimate
+    from .inference.resumable import refuse_interrupted
     from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
     from .physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
@@ -237,8 +239,13 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
         settings.torch_device()
     except ValueError as exc:
         raise UsageError(f"smlm-uq predict: {exc}") from None
-    # a cluster run resumes into its results.zarr (distributed.open_store checks it); one here never does
-    output_folder("predict", out, OUTPUTS if a.workers or a.scheduler else OUTPUTS + (STORE_NAME,), a.overwrite)
+    # a cluster run resumes into its results.zarr (distributed.open_store checks it), one here with --resume too
+    # (resumable.StoreRun checks it); a run here without --resume names an interrupted run it would not complete
+    if a.format == "zarr" and not (a.workers or a.scheduler or a.resume or a.overwrite):
+        refuse_interrupted(out)
+    resuming = a.resume and not (a.workers or a.scheduler) and (out / STORE_NAME).exists()
+    output_folder("predict", out, () if resuming else OUTPUTS if a.workers or a.scheduler else OUTPUTS + (STORE_NAME,),
+                  a.overwrite)
     return stack, frames, settings, choice, background
 
 
@@ -301,8 +308,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         raise UsageError(f"smlm-uq predict: --chunk-frames must be >= 1 (got {a.chunk_frames})")
     if a.workers < 0 or (a.workers and a.scheduler):
         raise UsageError("smlm-uq predict: use either --workers N (N >= 1) or --scheduler ADDRESS")
-    if a.resume and not (a.workers or a.scheduler):
-        raise UsageError("smlm-uq predict: --resume completes a cluster run: add --workers N or --scheduler ADDRESS")
+    if a.resume and a.format == "tif":
+        raise UsageError("smlm-uq predict: --resume completes a results.zarr run; --format tif runs start again")
     if a.format == "tif" and (a.workers or a.scheduler):
         raise UsageError("smlm-uq predict: a cluster run writes results.zarr; --format tif is for runs in one process")
     if a.workers or a.scheduler:
@@ -330,26 +337,10 @@ def report_failures(failures: list[str]) -> int:
     return EXIT_USAGE if failures else 0
 
 
-def frame_writer(a: argparse.Namespace, files, job, total, model_name: str):
-    """``write(result)`` of one frame's mean, std and sample: into ``job.out/results.zarr`` (``--format
-    zarr``; when ``files`` closes, the sums of ``total`` are stored and the store marked complete, or partial
-    with the frames done if the run stopped) or into three TIFF stacks."""
-    from .physics.kde import UPSAMPLING
-
-    first = job.frames.start
-    if a.format == "zarr":
-        from .io.store import ResultStore
-
-        store = ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
-                                   encoding=job.encoding, settings=job.run(a.model))
-
-        def close() -> None:
-            if total.total is not None:
-                store.write_sums(total.total.astype(np.float32), total.std.astype(np.float32), total.frames)
-            store.finish()
-        files.callback(close)
-        return lambda r: store.write_frame(r.index - first, r.mean, r.std, r.sample)
+def frame_writer(files, job, model_name: str):
+    """``write(result)`` of one frame's mean, std and sample into three TIFF stacks (``--format tif``)."""
     from .io.tiff import StackWriter
+    from .physics.kde import UPSAMPLING
 
     sr = job.settings.pixel_size / UPSAMPLING
     writers = {k: files.enter_context(StackWriter(job.out / f"{k}.tif", sr, kind=f"SR {k}", model=model_name))
@@ -369,13 +360,16 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     models = load_model(a)
     stack, frames, settings, choice, background = prepare_stack(a, source, out, models)
     print("\n".join(choice.messages + [background.describe()]))
+    if a.format == "zarr":
+        return predict_into_store(a, stack, StackJob(source.resolve(), frames, stack.shape[1:], settings, out,
+                                                     a.store_encoding), models, choice, background)
     clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
         job = StackJob(source.resolve(), frames, stack.shape[1:], settings, out, a.store_encoding)
-        write = frame_writer(a, files, job, total, models.name)
+        write = frame_writer(files, job, models.name)
         bar = progress_bar(files, n)
         for result in predict(stack.data, models, settings, frames):
             for note in result.notes:
@@ -390,6 +384,46 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
                           background=background.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     print(check)
+    return 0
+
+
+def predict_into_store(a: argparse.Namespace, stack, job, models, choice, background) -> int:
+    """One stack into ``job.out/results.zarr``, or with ``--resume`` the frames an interrupted or damaged run
+    there still needs (inference/resumable.py); Ctrl-C or a failing folder keeps what was predicted."""
+    import time
+    from contextlib import ExitStack
+
+    from .inference.pipeline import keep_freed_buffers
+    from .inference.resumable import StoreRun
+
+    if not (a.resume and (job.out / STORE_NAME).exists()):
+        clear_outputs(job.out, a.overwrite)
+    run = StoreRun.start(job, a.model, a.resume)
+    if run.message:
+        print(run.message)
+    keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
+    t0 = time.perf_counter()
+    try:
+        with ExitStack() as files, run:
+            bar = progress_bar(files, int(run.todo.sum()))
+            for result in run.predict(stack.data, models):
+                for note in result.notes:
+                    bar.write(f"smlm-uq predict: {note}", file=sys.stderr)
+                bar.update()
+    except KeyboardInterrupt:
+        print(f"smlm-uq predict: interrupted; {run.kept_count} of {len(job.frames)} frames are kept in {job.out}: "
+              f"--resume completes the run", file=sys.stderr)
+        raise
+    seconds, n, lines = time.perf_counter() - t0, bar.n, []
+
+    def write_outputs(total, locs) -> None:
+        lines.append(write_results(job.out, job.source, job.frames, models.name, job.settings, total, locs, seconds,
+                                   choice.as_dict(), background=background.as_dict()))
+        lines.insert(0, f"{len(locs)} localizations in {len(job.frames)} frames -> {job.out}")
+    run.complete(write_outputs)
+    if n:
+        print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame)")
+    print("\n".join(lines) or f"{job.out}: complete")
     return 0
 
 
@@ -631,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="predict on a local dask cluster of N worker processes")
     p.add_argument("--scheduler", default=None, help="predict on an existing dask cluster (scheduler address)")
     p.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per cluster task")
-    p.add_argument("--resume", action="store_true", help="complete an interrupted cluster run in --out")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted or damaged run in --out "
+                   "(its frames kept and intact are reused, the rest predicted)")
     add_camera_args(p, defaults=False)
     add_camera_kind(p)
     p.set_defaults(func=cmd_predict)
@@ -721,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # settings rejected by the core's validation
         print(f"smlm-uq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:   # the output folder failed mid-run: what is kept is named
+        print(f"smlm-uq: error: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    except OSError as exc:   # any other fault of the machine's files: one line, no traceback
+        print(f"smlm-uq: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:
         print("smlm-uq: interrupted", file=sys.stderr)
         return 130
