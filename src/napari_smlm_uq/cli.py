@@ -170,13 +170,13 @@ def parse_frames(text: str | None, n: int) -> range:
     return range(a, b)
 
 
-def _check_finite(data, frames: range, chunk: int = 64) -> None:
-    if np.dtype(data.dtype).kind != "f":
-        return
-    for i in range(frames.start, frames.stop, chunk):
-        block = np.asarray(data[i:min(i + chunk, frames.stop)])
-        if not np.all(np.isfinite(block)):
-            raise UsageError(f"smlm-uq predict: the stack holds NaN or infinite values (frames {i}..{i + len(block) - 1})")
+def _check_finite(data, frames: range) -> None:
+    from .io.tiff import check_finite
+
+    try:
+        check_finite(data, frames)
+    except InputError as exc:
+        raise UsageError(f"smlm-uq predict: {exc}") from None
 
 
 def output_folder(command: str, path: str, outputs: tuple[str, ...], overwrite: bool) -> Path:

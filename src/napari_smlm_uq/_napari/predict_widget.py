@@ -38,6 +38,7 @@ from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import PRECISIONS, PredictSettings, available_devices, native_bf16
 from ..io.camera_map import read_camera_map
 from ..io.store import DEFAULT_ENCODING
+from ..io.tiff import check_finite
 from ..physics.camera import EXCESS_NOISE, Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
@@ -301,6 +302,7 @@ class PredictWidget(Container):
                        "workers can read (File > Open), or leave the cluster field empty.")
             return None
         try:
+            check_finite(frames, range(start, stop))
             camera = self.checked_camera(frames[start:])
             self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
             settings = self.settings(camera)

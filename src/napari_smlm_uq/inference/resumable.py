@@ -12,10 +12,13 @@ the outputs beside the store are written, the store is marked complete and the c
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -29,6 +32,7 @@ from .pipeline import StackSum, never
 CHECKPOINT = "checkpoint"
 KEEP_EVERY_S = 10.0   # a killed run loses at most this much work; sums.npz is 2 x 8 bytes per SR pixel
 FINAL_OUTPUTS = ("localizations.csv", "summary.json")   # written beside a complete store (cli.write_results)
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)   # a missing or damaged .npz
 
 
 def _sums_path(out: Path) -> Path:
@@ -44,17 +48,17 @@ def _read_checkpoint(out: Path, frames: int) -> tuple[np.ndarray, StackSum, list
     cannot be read); ``locs`` files written after the last ``sums.npz`` are dropped."""
     sums, kept, locs = StackSum(), np.zeros(frames, bool), []
     try:
-        with np.load(_sums_path(out)) as z:
+        with open(_sums_path(out), "rb") as fh, np.load(fh) as z:
             mask, parts = z["kept"].astype(bool), int(z["parts"])
             if len(mask) != frames:
                 raise ValueError("another run's checkpoint")
             if mask.any():
                 sums.total, sums.variance, sums.frames = z["total"], z["variance"], int(mask.sum())
             for part in range(parts):
-                with np.load(_locs_path(out, part)) as p:
+                with open(_locs_path(out, part), "rb") as fh_part, np.load(fh_part) as p:
                     locs.append(Localizations(*(p[k] for k in FIELDS)))
         kept = mask
-    except (OSError, ValueError, KeyError):   # none, or damaged: nothing kept
+    except UNREADABLE:   # none, or damaged: nothing kept
         sums, locs, parts = StackSum(), [], 0
     for path in (out / CHECKPOINT).glob("locs-*.npz"):
         if int(path.stem.split("-")[1]) >= parts:
@@ -72,9 +76,9 @@ def kept_frames(out: Path) -> tuple[int, int] | None:
     if store.complete:
         return None
     try:
-        with np.load(_sums_path(out)) as z:
+        with open(_sums_path(out), "rb") as fh, np.load(fh) as z:
             kept = z["kept"].astype(bool)
-    except (OSError, ValueError, KeyError):
+    except UNREADABLE:
         kept = np.zeros(store.frames, bool)
     try:
         return int((kept & store.done()).sum()) if len(kept) == store.frames else 0, store.frames
@@ -169,6 +173,8 @@ class StoreRun:
         """Store one frame's KDEs; its localizations and sums are kept at the next checkpoint."""
         index = result.index - self.job.frames.start
         try:
+            if not self._store_there():   # a folder that vanished: zarr would write into a new, empty one
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.store.path))
             self.store.write_frame(index, result.mean, result.std, result.sample)
         except OSError as exc:
             raise self._failed(exc) from None
@@ -212,7 +218,13 @@ class StoreRun:
             pass
         return StorageError(self._fault(exc))
 
+    def _store_there(self) -> bool:
+        return (self.store.path / "zarr.json").exists()
+
     def _fault(self, exc: OSError) -> str:
+        if not self._store_there():
+            return (f"cannot write to {self.job.out}: {exc.strerror or exc}; the folder or its {STORE_NAME} is gone, "
+                    f"and the run with it: predict again (with --overwrite if anything is left there)")
         return (f"cannot write to {self.job.out}: {exc.strerror or exc}; {self.kept_count} of {len(self.kept)} frames "
                 f"are kept there: free space or restore the folder, then the same command with --resume completes "
                 f"the run")
@@ -226,12 +238,12 @@ class StoreRun:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if kind is None:
+        if kind is None or not self._store_there():   # nothing to keep where the folder vanished
             return
         for step in (self.keep, self.store.mark_partial):   # keep what was predicted; never a complete-looking store
             try:
                 step()
-            except (OSError, StorageError):
+            except Exception:   # noqa: BLE001 (a failing folder: the error being raised already says so)
                 pass
 
     # --- completing ----------------------------------------------------------------------------------------

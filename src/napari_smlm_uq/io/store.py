@@ -139,7 +139,7 @@ class ResultStore:
     """Per-frame results of one prediction on disk; frames may be written in any order."""
 
     def __init__(self, group, path: Path):
-        self.group, self.path = group, path
+        self.group, self.path, self._writers = group, path, {}
         self.meta = dict(group.attrs[FORMAT])
         # stores written before encodings were recorded hold their values as given (float32 or float16)
         self.encoding = ENCODINGS.get(self.meta.get("encoding", {}).get("name"), ENCODINGS[str(group["mean"].dtype)])
@@ -233,8 +233,11 @@ class ResultStore:
         self._written("done")[index] = 1
 
     def _written(self, name: str):
-        """Array ``name`` writing every chunk, even one of zeros (a missing chunk then means a damaged store)."""
-        return self.group[name].with_config({"write_empty_chunks": True})
+        """Array ``name`` writing every chunk, even one of zeros (a missing chunk then means a damaged store);
+        opened once (its metadata is not read again for every frame)."""
+        if name not in self._writers:
+            self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
+        return self._writers[name]
 
     def write(self, result) -> None:
         """Store a ``FrameResult``-like object (``index``, ``mean``, ``std``, ``sample``)."""
