@@ -62,7 +62,9 @@ def test_a_prediction_of_a_stack_with_nan_is_refused(make_napari_viewer, qtbot, 
     data[7, 2, 2] = np.nan
     viewer = make_napari_viewer()
     viewer.open(write(tmp_path / "nan.tif", data), plugin=PLUGIN)
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT)   # its camera estimate once raised here
+    assert "no camera estimate: the frames hold 1 NaN or infinite pixel" in widget.camera_note.value
+    assert "1 NaN or infinite pixel in its 12 frames (the first in frame 7)" in widget.camera_note.value
     widget.model.add_file(tiny_model_file)
     for key in ("offset", "gain", "read_noise"):
         getattr(widget, key).value = CAMERA[key]

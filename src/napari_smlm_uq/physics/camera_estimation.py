@@ -207,7 +207,11 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     n = len(frames)
     if n < MIN_FRAMES:
         raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
-    fit = fit_transfer(pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method))
+    data = np.asarray(frames[:MAX_FRAMES])
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise EstimateError(f"the frames hold {bad} NaN or infinite pixel{'s' if bad > 1 else ''}")
+    fit = fit_transfer(pixel_statistics(data, method))
     flat = not (fit.slope > 0 and fit.slope_se < FLAT_SLOPE_ERROR * fit.slope)
     if flat:
         return _flat_field_estimate(frames[:MAX_FRAMES], kind, offset, read_noise, method)
