@@ -180,6 +180,23 @@ def test_disk_full_at_the_outputs_keeps_every_frame(inputs, reference, tmp_path,
     resume(capsys, inputs, out, reference, kept=FRAMES)   # nothing predicted: the outputs written
 
 
+def test_disk_full_in_a_tiff_run_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    """``--format tif`` (no store, no resume): the failing file named in one line, exit 1, no stack left that
+    looks complete."""
+    out, written = tmp_path / "out", []
+    real = tiff.StackWriter.write
+
+    def write(writer, frames):
+        written.append(writer.path.name)
+        if len(written) > 4:   # frame 1's std does not fit
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(writer._tmp))
+        real(writer, frames)
+    monkeypatch.setattr(tiff.StackWriter, "write", write)
+    code, _, err = run(capsys, predict_args(inputs, out, "--format", "tif"))
+    assert code == 1 and one_line(err) == f"smlm-uq: error: {out / 'std.tif.partial'}: No space left on device"
+    assert list(out.iterdir()) == []
+
+
 def test_output_folder_removed_mid_run(inputs, reference, tmp_path, capsys, monkeypatch):
     """A network folder that vanishes during frame 2's writes: one line saying the run is gone with it, exit 1,
     never a store that looks complete; predicting again with --overwrite works."""
@@ -258,8 +275,9 @@ def test_sigkill_during_the_run_keeps_every_frame_kept(inputs, tmp_path, capsys)
     data = np.concatenate([tifffile.imread(inputs["stack"])] * 2)
     tiff.write_stack(stack, data, 120.0)
     args = lambda folder, *extra: predict_args({**inputs, "stack": stack}, folder, *extra)  # noqa: E731
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", KILLED, *args(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
+                            stderr=subprocess.DEVNULL, env=env)
     try:
         seen, t0 = 0, time.monotonic()
         while proc.poll() is None and seen < 3 and time.monotonic() - t0 < 300:
@@ -327,7 +345,8 @@ def test_a_damaged_accumulated_image_redoes_the_run(inputs, reference, finished,
 def test_resume_of_an_intact_finished_run_changes_nothing(inputs, finished, capsys):
     before = tree(finished)
     code, stdout, _ = run(capsys, predict_args(inputs, finished, "--resume"))
-    assert code == 0 and f"{finished} holds the complete results of this run ({FRAMES} frames): nothing to predict" in stdout
+    assert code == 0
+    assert f"{finished} holds the complete results of this run ({FRAMES} frames): nothing to predict" in stdout
     assert tree(finished) == before
 
 

@@ -760,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smlm-uq: error: {exc}", file=sys.stderr)
         return EXIT_FAULT
     except OSError as exc:   # any other fault of the machine's files: one line, no traceback
-        print(f"smlm-uq: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"smlm-uq: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAULT
     except KeyboardInterrupt:
         print("smlm-uq: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from :func:`background_choice.choose_background` (local when the background vari
 from __future__ import annotations
 
 import atexit
+import gc
 import shutil
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
@@ -91,6 +93,7 @@ class PredictWidget(Container):
         self.background_choice: BackgroundChoice | None = None
         self._stop = threading.Event()
         self._layers: dict = {}
+        self._removed: list = []   # result layers the user removed, until they are let go of (_let_go)
         self._error: str | None = None
         self._outcome: RunOutcome | None = None   # what the worker returned on closing the run
         self._source = ""
@@ -168,6 +171,7 @@ class PredictWidget(Container):
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
         self.layer.changed.connect(self._layer_changed)
+        napari_viewer.layers.events.removed.connect(self._layer_removed)
         self.samples.changed.connect(self._samples_changed)
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
         self.keep.changed.connect(self._keep_changed)
@@ -323,6 +327,7 @@ class PredictWidget(Container):
             show_error(f"Check the settings: {exc}")
             return None
         self._layers, self._error = {}, None
+        self._let_go()   # an earlier run's layers, if removed: here, not by chance during the run
         self.precision.value = ""
         self._stop = threading.Event()
         if scheduler:
@@ -353,6 +358,20 @@ class PredictWidget(Container):
         self._stop.set()
         self.worker.quit()
         self._say("cancelling…")
+
+    def _layer_removed(self, event) -> None:
+        """Let go of a result layer the user removed at a moment we choose: a removed layer is cyclic garbage
+        whose vispy objects queue GL deletions when collected; collected by chance, inside a draw or from the
+        worker's thread, they crashed napari (tests/test_napari_remove_layers.py). Held until the event loop
+        is idle, then collected on the main thread."""
+        gone = [kind for kind, layer in self._layers.items() if getattr(layer, "__wrapped__", layer) is event.value]
+        if gone:   # ours are the proxies napari gives plugins
+            self._removed += [self._layers.pop(kind) for kind in gone]
+            QTimer.singleShot(0, self._let_go)
+
+    def _let_go(self) -> None:
+        self._removed.clear()
+        gc.collect()
 
     def _remove_previous(self) -> None:
         """Remove result layers of an earlier run on the same input (so names do not pile up)."""

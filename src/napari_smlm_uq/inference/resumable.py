@@ -148,12 +148,14 @@ class StoreRun:
         todo = ~(kept & intact)
         damaged = int((marked & ~intact).sum())
         hurt = f" ({damaged} damaged on disk)" if damaged else ""
-        if final:
-            message = (f"{out} holds the complete results of this run ({n} frames): nothing to predict" if not todo.any()
-                       else f"{out}: the complete run has {int(todo.sum())} of {n} frames damaged on disk: "
-                            f"predicting them again (its localizations and accumulated image are kept)")
+        left = int(todo.sum())
+        if final and not left:
+            message = f"{out} holds the complete results of this run ({n} frames): nothing to predict"
+        elif final:
+            message = (f"{out}: the complete run has {left} of {n} frames damaged on disk: predicting them again "
+                       f"(its localizations and accumulated image are kept)")
         else:
-            message = f"{out}: resuming: {int((kept & intact).sum())} of {n} frames kept, {int(todo.sum())} to predict{hurt}"
+            message = f"{out}: resuming: {int((kept & intact).sum())} of {n} frames kept, {left} to predict{hurt}"
         return cls(job, store, kept, sums, locs, todo, final, message)
 
     # --- predicting ----------------------------------------------------------------------------------------
