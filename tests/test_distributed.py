@@ -194,7 +194,7 @@ def test_workers_with_another_version_are_named(client, monkeypatch):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--resume",), "--resume completes a cluster run"),
+    (("--resume", "--format", "tif"), "--format tif runs start again"),
     (("--workers", "1", "--scheduler", "tcp://127.0.0.1:9"), "either --workers"),
     (("--workers", "1", "--chunk-frames", "0"), "chunk frames must be >= 1"),
     (("--workers", "1", "--format", "tif"), "--format tif is for runs in one process"),

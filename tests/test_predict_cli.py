@@ -345,10 +345,11 @@ def test_interrupted_zarr_run_keeps_a_partial_store(inputs, tmp_path, capsys, mo
     out = tmp_path / "out"
     _interrupt_after_first_frame(monkeypatch)
     args = [a for a in predict_args(inputs, out) if a not in ("--format", "tif")]
-    assert run_main(capsys, *args)[0] == 130
-    assert sorted(p.name for p in out.iterdir()) == ["results.zarr"]   # no tables, no summary
+    code, _, err = run_main(capsys, *args)
+    assert code == 130 and f"1 of {FRAMES} frames are kept in {out}" in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "results.zarr"]   # no tables, no summary
     store = ResultStore.open(out)
-    assert not store.complete and store.meta["done_ranges"] == [[0, 1]] and store.meta["accumulated_frames"] == 1
+    assert not store.complete and store.meta["done_ranges"] == [[0, 1]] and store.meta["accumulated_frames"] == 0
     assert store.group["mean"][0].max() > 0 and store.group["mean"][1].max() == 0
 
 

@@ -6,6 +6,8 @@ files are memory-mapped; compressed or tiled ones become a dask array of per-fra
 many gigabytes is never read into memory. The pixel size (nm) comes from the file (100 nm when the file
 does not say, noted in ``metadata["pixel_size_source"]``); camera settings found in the file are kept
 in ``layer.metadata`` for the prediction widget, tagged as camera frames (``metadata["smlm_uq"] = "raw"``).
+NaN or infinite pixels and a constant first frame are noted there and shown as a warning; a stack with no
+finite pixel is refused.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import numpy as np
 from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError
 from ..io.store import STORE_NAME
-from ..io.tiff import PageReader, open_stack
+from ..io.tiff import PageReader, nonfinite_pixels, open_stack
 from ._layers import TAG, PredictionResults, raw_geometry
 
 SUFFIXES = (".tif", ".tiff")
+SCAN_BYTES = 256 * 2**20   # a float stack's first 256 MB are checked for NaN when opened (a prediction checks all)
 
 
 def _paths(path) -> list[str] | None:
@@ -53,8 +56,32 @@ def _lazy(data):
 
 
 def _contrast(frame: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(np.asarray(frame, dtype=np.float64), (0.5, 99.95))
+    """Contrast limits from the finite pixels of ``frame`` ((0, 1) where none is): napari cannot show NaN limits."""
+    finite = np.asarray(frame, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, (0.5, 99.95))
     return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def _notes(path: str, data, first: np.ndarray) -> list[str]:
+    """What the user should know about a stack napari can show but a prediction cannot use: NaN or infinite
+    pixels (float stacks, read up to :data:`SCAN_BYTES`), a constant first frame. Raises :class:`InputError`
+    for a stack with no finite pixel."""
+    frames, notes = len(data), []
+    scanned = max(1, min(frames, SCAN_BYTES // max(1, first.nbytes)))
+    count, where = nonfinite_pixels(data, range(scanned))
+    if count == scanned * first.size and scanned == frames:
+        raise InputError(f"napari-smlm-uq could not open the stack: every pixel of {path} is NaN or infinite")
+    if count:
+        part = f"its {frames} frames" if scanned == frames else f"the first {scanned} of its {frames} frames"
+        notes.append(f"{count} NaN or infinite pixel{'s' if count > 1 else ''} in {part} (the first in frame {where}): "
+                     f"left out of the contrast limits; a prediction refuses them")
+    finite = first[np.isfinite(first)]
+    if finite.size and finite.min() == finite.max():
+        notes.append(f"the first frame is constant ({float(finite[0]):g} everywhere): camera frames carry noise")
+    return notes
 
 
 def stack_layer(path: str) -> tuple:
@@ -76,6 +103,12 @@ def stack_layer(path: str) -> tuple:
         first = np.asarray(stack.data[0])
     except Exception as exc:  # any page that cannot be decoded
         raise InputError(f"napari-smlm-uq could not read the first frame of {path} ({exc})") from None
+    notes = _notes(path, stack.data, first)
+    if notes:
+        from napari.utils.notifications import show_warning
+
+        meta["note"] = "; ".join(([meta["note"]] if "note" in meta else []) + notes)
+        show_warning(f"{Path(path).name}: {'; '.join(notes)}.")
     kwargs = {"name": Path(path).stem, "metadata": meta, "contrast_limits": _contrast(first),
               "colormap": "gray", **raw_geometry(meta["pixel_size"], 3)}
     return data, kwargs, "image"

@@ -11,6 +11,7 @@ from :func:`background_choice.choose_background` (local when the background vari
 from __future__ import annotations
 
 import atexit
+import gc
 import shutil
 import tempfile
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from ..analysis.preflight import preflight
 from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
@@ -33,6 +35,7 @@ from ..inference.run import RunOutcome, RunSettings, run_folder
 from ..io.camera_map import read_camera_map
 from ..io.files import InputError
 from ..io.store import ENCODINGS
+from ..io.tiff import check_finite
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
@@ -79,6 +82,7 @@ class PredictWidget(Container):
         self.background_choice: BackgroundChoice | None = None
         self._stop = threading.Event()
         self._layers: dict = {}
+        self._removed: list = []   # result layers the user removed, until they are let go of (_let_go)
         self._error: str | None = None
         self._outcome: RunOutcome | None = None   # what the worker returned on closing the run
         self._source = ""
@@ -132,6 +136,7 @@ class PredictWidget(Container):
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
         self.layer.changed.connect(self._layer_changed)
+        napari_viewer.layers.events.removed.connect(self._layer_removed)
         self.samples.changed.connect(self._samples_changed)
         self.background.changed.connect(lambda _: self._background_changed())
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
@@ -275,6 +280,7 @@ class PredictWidget(Container):
                        "workers can read (File > Open), or leave the cluster field empty.")
             return None
         try:
+            check_finite(frames, range(start, stop))
             camera = self.checked_camera(frames[start:])
             self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
             settings = self.settings(camera)
@@ -296,6 +302,7 @@ class PredictWidget(Container):
             show_error(f"Check the settings: {exc}")
             return None
         self._layers, self._error = {}, None
+        self._let_go()   # an earlier run's layers, if removed: here, not by chance during the run
         self.precision_check.value = ""
         self._stop = threading.Event()
         if scheduler:
@@ -326,6 +333,20 @@ class PredictWidget(Container):
         self._stop.set()
         self.worker.quit()
         self._say("cancelling…")
+
+    def _layer_removed(self, event) -> None:
+        """Let go of a result layer the user removed at a moment we choose: a removed layer is cyclic garbage
+        whose vispy objects queue GL deletions when collected; collected by chance, inside a draw or from the
+        worker's thread, they crashed napari (tests/test_napari_remove_layers.py). Held until the event loop
+        is idle, then collected on the main thread."""
+        gone = [kind for kind, layer in self._layers.items() if getattr(layer, "__wrapped__", layer) is event.value]
+        if gone:   # ours are the proxies napari gives plugins
+            self._removed += [self._layers.pop(kind) for kind in gone]
+            QTimer.singleShot(0, self._let_go)
+
+    def _let_go(self) -> None:
+        self._removed.clear()
+        gc.collect()
 
     def _remove_previous(self) -> None:
         """Remove result layers of an earlier run on the same input (so names do not pile up)."""

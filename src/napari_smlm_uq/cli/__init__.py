@@ -14,7 +14,8 @@ How it is built (read this before adding an option):
   hand in a command's module: its input and output paths, ``--json``, ``--overwrite``.
 - Errors: the user's mistakes raise ``InputError`` (io/files.py; argparse's own become one): one line on
   stderr, exit status 2, nothing written. Anything else is a bug of ours: its traceback and a request to
-  report it, exit status 1. Ctrl-C: exit status 130.
+  report it, exit status 1. A fault of the machine's files (a full disk, a folder that vanished): one line
+  naming what of the run is kept, exit status 1. Ctrl-C: exit status 130.
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ import argparse
 import sys
 import traceback
 
-from ..io.files import InputError
+from ..io.files import InputError, StorageError
 from . import calibrate_z, camera, crlb, demo, evaluate, postprocess, predict, simulate, train
 from ._options import ParseError, Parser
 
 PROG = "smlm-uq"
 EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_FAULT = 1   # the machine failed the run (a full disk, a vanished folder): one line naming what is kept
 COMMANDS = (simulate, crlb, evaluate, camera, predict, train, demo, postprocess, calibrate_z)
 
 
@@ -51,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"{exc.prog if isinstance(exc, ParseError) else prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:   # the output folder failed mid-run: what is kept is named
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    except OSError as exc:   # any other fault of the machine's files: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

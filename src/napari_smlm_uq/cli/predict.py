@@ -74,9 +74,10 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     from ..inference.background_choice import choose_background
     from ..inference.camera_choice import choose_camera
     from ..inference.pipeline import background_estimate
-    from ..inference.run import check_finite, parse_frames
+    from ..inference.resumable import refuse_interrupted
+    from ..inference.run import parse_frames
     from ..io.camera_map import read_camera_map
-    from ..io.tiff import open_stack
+    from ..io.tiff import check_finite, open_stack
     from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 
     options = settings(RunSettings, a)
@@ -92,7 +93,9 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     pixel_size = a.pixel_size if a.pixel_size is not None else stack.metadata.get("pixel_size", PIXEL_SIZE_NM)
     s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate)
     s.validate().torch_device()
-    output_folder(out, options.outputs(), a.overwrite)
+    if options.format == "zarr" and not (options.cluster or options.resume or a.overwrite):
+        refuse_interrupted(out)   # an interrupted run there: named, not silently replaced
+    output_folder(out, options.outputs(out), a.overwrite)
     checks = preflight(first, choice.camera, s.pixel_size, models.info.get("trained_on"), choice.doubts)
     return stack, frames, s, choice, background, checks
 
@@ -112,13 +115,17 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     models = load_model(a)
     stack, frames, s, choice, background, checks = prepare_stack(a, source, out, models)
     print("\n".join([*choice.messages, background.describe(), *(f"warning: {w}" for w in checks.stack)]))
+    job = StackJob(source.resolve(), frames, stack.shape[1:], s, out, a.store_encoding)
+    if a.format == "zarr":
+        from .store_run import predict_into_store
+
+        return predict_into_store(a, stack, job, models, choice, background, checks)
     clear_outputs(out, a.overwrite)
     n = len(frames)
     keep_freed_buffers()  # the CLI owns its process: keep freed activation buffers (benchmarks.md)
     total, locs, t0 = StackSum(), [], time.perf_counter()
     with ExitStack() as files:
-        job = StackJob(source.resolve(), frames, stack.shape[1:], s, out, a.store_encoding)
-        write = frame_writer(a.format, files, job, total, a.model, models.name)
+        write = frame_writer(files, job, models.name)
         bar = progress_bar(files, n)
         for result in predict(stack.data, models, s, frames):
             for note in result.notes:

@@ -52,7 +52,8 @@ class RunSettings:
                                    "(tcp://host:8786), whose workers read the TIFF and write the output folder",
                                    label="cluster")
     chunk_frames: int = option(DEFAULT_CHUNK_FRAMES, help="frames per cluster task", low=1, gui=False)
-    resume: bool = option(False, help="complete an interrupted cluster run in --out", gui=False)
+    resume: bool = option(False, help="complete an interrupted or damaged run in --out (its frames kept and intact "
+                          "are reused, the rest predicted)", gui=False)
 
     @property
     def cluster(self) -> bool:
@@ -62,15 +63,18 @@ class RunSettings:
         """The rules between options (each option's own range is checked when it is read)."""
         if self.workers and self.scheduler:
             raise InputError("use either --workers N (N >= 1) or --scheduler ADDRESS")
-        if self.resume and not self.cluster:
-            raise InputError("--resume completes a cluster run: add --workers N or --scheduler ADDRESS")
+        if self.resume and self.format == "tif":
+            raise InputError("--resume completes a results.zarr run; --format tif runs start again")
         if self.format == "tif" and self.cluster:
             raise InputError("a cluster run writes results.zarr; --format tif is for runs in one process")
         return self
 
-    def outputs(self) -> tuple[str, ...]:
-        """Files in the output folder that mean "already holds results": a cluster run resumes into its
-        results.zarr (distributed.open_store checks it); a run in one process never does."""
+    def outputs(self, out: Path) -> tuple[str, ...]:
+        """Files in the output folder ``out`` that mean "already holds results": none when a run in one process
+        resumes its results.zarr (resumable.StoreRun checks it); a cluster run resumes into its results.zarr
+        (distributed.open_store checks it); any other run never does."""
+        if self.resume and not self.cluster and (out / STORE_NAME).exists():
+            return ()
         return OUTPUTS if self.cluster else (*OUTPUTS, STORE_NAME)
 
 
@@ -86,16 +90,6 @@ def parse_frames(text: str | None, n: int) -> range:
     if not 0 <= a < b <= n:
         raise InputError(f"--frames {text} is outside the stack's {n} frames (0:{n})")
     return range(a, b)
-
-
-def check_finite(data, frames: range, chunk: int = 64) -> None:
-    """InputError when float frames hold NaN or infinite values."""
-    if np.dtype(data.dtype).kind != "f":
-        return
-    for i in range(frames.start, frames.stop, chunk):
-        block = np.asarray(data[i:min(i + chunk, frames.stop)])
-        if not np.all(np.isfinite(block)):
-            raise InputError(f"the stack holds NaN or infinite values (frames {i}..{i + len(block) - 1})")
 
 
 def input_stacks(patterns: list[str]) -> list[Path]:
@@ -143,22 +137,9 @@ def clear_outputs(out: Path, overwrite: bool) -> None:
         discard(out)
 
 
-def frame_writer(kind: str, files: ExitStack, job, total: StackSum, model: str, model_name: str):
+def frame_writer(files: ExitStack, job, model_name: str):
     """``write(result)`` of one frame's mean, std and sample of ``job`` (an ``inference.distributed.StackJob``)
-    by a run in one process: into ``job.out/results.zarr`` (``kind`` zarr; when ``files`` closes, the sums of
-    ``total`` are stored and the store marked complete, or partial with the frames done if the run stopped) or
-    into three TIFF stacks. ``model``: as given (a name or a file), ``model_name``: the loaded model's name."""
-    first = job.frames.start
-    if kind == "zarr":
-        store = ResultStore.create(job.out, len(job.frames), job.shape, job.settings.pixel_size,
-                                   encoding=job.encoding, settings=job.run(model))
-
-        def close() -> None:
-            if total.total is not None:
-                store.write_sums(total.total.astype(np.float32), total.std.astype(np.float32), total.frames)
-            store.finish()
-        files.callback(close)
-        return lambda r: store.write_frame(r.index - first, r.mean, r.std, r.sample)
+    into three TIFF stacks (``--format tif``; a results.zarr run goes through resumable.StoreRun)."""
     from ..io.tiff import StackWriter
 
     sr = job.settings.pixel_size / UPSAMPLING

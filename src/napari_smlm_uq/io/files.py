@@ -1,5 +1,5 @@
 """Files written atomically (``NAME.partial`` renamed into place when complete, so an interrupted run
-never leaves a file that looks finished), JSON, and the error type for unusable input.
+never leaves a file that looks finished), JSON, and the error types for unusable input and failing output.
 """
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from pathlib import Path
 
 class InputError(ValueError):
     """Input that cannot be used, with a message a user can act on."""
+
+
+class StorageError(RuntimeError):
+    """The output folder failed during a run (a full disk, a folder that vanished): a one-line message naming
+    the folder and what of the run is kept."""
 
 
 def partial_path(path: Path) -> Path:

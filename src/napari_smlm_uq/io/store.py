@@ -139,7 +139,7 @@ class ResultStore:
     """Per-frame results of one prediction on disk; frames may be written in any order."""
 
     def __init__(self, group, path: Path):
-        self.group, self.path = group, path
+        self.group, self.path, self._writers = group, path, {}
         self.meta = dict(group.attrs[FORMAT])
         # stores written before encodings were recorded hold their values as given (float32 or float16)
         self.encoding = ENCODINGS.get(self.meta.get("encoding", {}).get("name"), ENCODINGS[str(group["mean"].dtype)])
@@ -175,7 +175,7 @@ class ResultStore:
         group.attrs["ome"] = {"version": "0.5", "multiscales": ngff_multiscales(pixel_size)}
         group.attrs[FORMAT] = {"version": VERSION, "frames": frames, "raw_shape": list(raw_shape),
                                "pixel_size_nm": pixel_size, "complete": False, "accumulated_frames": 0,
-                               "encoding": enc.describe(), "settings": settings or {}}
+                               "encoding": enc.describe(), "settings": settings or {}, "every_chunk_written": True}
         return cls(group, path)
 
     @classmethod
@@ -229,8 +229,15 @@ class ResultStore:
         if not 0 <= index < self.frames:
             raise IndexError(f"frame {index} outside the store's 0..{self.frames - 1}")
         for name, image in zip(FRAME_ARRAYS, self.encoding.apply(mean, std, sample)):
-            self.group[name][index] = image
-        self.group["done"][index] = 1
+            self._written(name)[index] = image
+        self._written("done")[index] = 1
+
+    def _written(self, name: str):
+        """Array ``name`` writing every chunk, even one of zeros (a missing chunk then means a damaged store);
+        opened once (its metadata is not read again for every frame)."""
+        if name not in self._writers:
+            self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
+        return self._writers[name]
 
     def write(self, result) -> None:
         """Store a ``FrameResult``-like object (``index``, ``mean``, ``std``, ``sample``)."""
@@ -238,8 +245,8 @@ class ResultStore:
 
     def write_sums(self, total: np.ndarray, std: np.ndarray, frames: int) -> None:
         """Store the accumulated image (sum of means) and its std over ``frames`` frames."""
-        self.group["sum"][...] = total
-        self.group["sum_std"][...] = std
+        self._written("sum")[...] = total
+        self._written("sum_std")[...] = std
         self._update(accumulated_frames=int(frames))
 
     def finish(self) -> bool:
@@ -247,6 +254,50 @@ class ResultStore:
         complete = bool(self.done().all())
         self._update(complete=complete, done_ranges=self.done_ranges())
         return complete
+
+    # --- checking what is on disk ----------------------------------------------------------------------------
+    def check(self) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean ``(T,)`` masks ``(marked, intact)``: frames marked done (or whose ``done`` chunk cannot be
+        read), and of those the ones whose stored chunks are all there and readable (reads every done frame
+        once). In stores that write every chunk (attribute ``every_chunk_written``; older ones leave chunks of
+        zeros out) a missing chunk is damage."""
+        marked, intact = np.zeros(self.frames, bool), np.zeros(self.frames, bool)
+        step = self.group["done"].chunks[0]
+        for index, start in enumerate(range(0, self.frames, step)):
+            block = self._block("done", index, must_exist=False)
+            marked[start:start + step] = True if block is None else block.astype(bool)
+            intact[start:start + step] = False if block is None else block.astype(bool)
+        for name in FRAME_ARRAYS:
+            step = self.group[name].chunks[0]
+            for index in np.unique(np.flatnonzero(intact) // step):
+                if self._block(name, index, self.meta.get("every_chunk_written", False)) is None:
+                    intact[index * step:(index + 1) * step] = False
+        return marked, intact
+
+    def sums_intact(self) -> bool:
+        """Whether the accumulated images (stored once every frame is) are there and readable."""
+        return all(self._block(name, 0, True) is not None for name in IMAGE_ARRAYS)
+
+    def _block(self, name: str, index: int, must_exist: bool) -> np.ndarray | None:
+        """Chunk ``index`` (along the first axis) of array ``name``, or None where it is missing (and
+        ``must_exist``) or cannot be decoded."""
+        array = self.group[name]
+        key = array.metadata.encode_chunk_key((int(index),) + (0,) * (array.ndim - 1))
+        if must_exist and not (self.path / name / key).exists():
+            return None
+        try:
+            return array.blocks[int(index)]
+        except Exception:   # a truncated or corrupted chunk file: whatever the codec raises
+            return None
+
+    def mark_partial(self, redo: np.ndarray | None = None) -> None:
+        """Mark the store partial, listing its done frame ranges, after marking ``redo`` (boolean ``(T,)``)
+        not done: frames to predict again."""
+        if redo is not None and redo.any():
+            done = self._written("done")
+            for index in np.flatnonzero(redo):
+                done[index] = 0
+        self._update(complete=False, done_ranges=self.done_ranges())
 
     def _update(self, **changes) -> None:
         self.meta.update(changes)

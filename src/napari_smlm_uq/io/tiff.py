@@ -188,6 +188,31 @@ def open_stack(path: str | os.PathLike) -> Stack:
     return Stack(path, data, meta)
 
 
+def nonfinite_pixels(data, frames: range | None = None, chunk: int = 64) -> tuple[int, int | None]:
+    """NaN or infinite pixels in ``frames`` (default: all) of a ``(T, H, W)`` stack, read ``chunk`` frames at a
+    time: their number and the first frame holding one (None where there is none; integer data holds none)."""
+    frames = range(len(data)) if frames is None else frames
+    if np.dtype(data.dtype).kind not in "fc":
+        return 0, None
+    count, first = 0, None
+    for start in range(frames.start, frames.stop, chunk):
+        bad = ~np.isfinite(np.asarray(data[start:min(start + chunk, frames.stop)]))
+        if first is None and bad.any():
+            first = start + int(np.flatnonzero(bad.reshape(len(bad), -1).any(1))[0])
+        count += int(bad.sum())
+    return count, first
+
+
+def check_finite(data, frames: range | None = None) -> None:
+    """Raise :class:`InputError` for NaN or infinite pixels in ``frames`` of a stack: predictions need finite
+    camera counts."""
+    count, first = nonfinite_pixels(data, frames)
+    if count:
+        raise InputError(f"the stack holds {count} NaN or infinite pixel{'s' if count > 1 else ''} (the first in "
+                         f"frame {first}); predicting needs finite camera counts (ADU): replace them, e.g. by the "
+                         f"frame's median, or choose frames without them")
+
+
 def imagej_kwargs(pixel_size_nm: float, **extra) -> dict:
     """tifffile keywords that store the pixel size (and extra metadata) ImageJ-style."""
     um = pixel_size_nm / 1000.0

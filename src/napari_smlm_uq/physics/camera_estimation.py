@@ -264,7 +264,11 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     n = len(frames)
     if n < MIN_FRAMES:
         raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
-    stats = pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method)
+    data = np.asarray(frames[:MAX_FRAMES])
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise EstimateError(f"the frames hold {bad} NaN or infinite pixel{'s' if bad > 1 else ''}")
+    stats = pixel_statistics(data, method)
     if stats.correlation > MAX_CORRELATION:
         raise EstimateError(f"the camera cannot be told from the data: neighbouring pixels fluctuate together "
                             f"(correlation {stats.correlation:.2f}), as no shot noise does: emitters everywhere, or a "
