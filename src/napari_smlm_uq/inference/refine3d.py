@@ -1,0 +1,152 @@
+"""3D refinement with an astigmatic z calibration (docs/3d.md): each localization is refitted by maximum
+likelihood on the raw pixels with the astigmatic PSF (physics/fit3d.py) for x, y, z, photons and
+background, jointly with the neighbours whose light reaches its box, as in 2D (refine.py). Each emitter's z
+starts from a free elliptical fit of its box (physics/elliptical_fit.py, started round at the deep position) through ``z_from_widths``.
+
+Uncertainty: the lateral one is that of refine.py with the 3D Fisher bound (x and y given z unknown), the
+width test against the calibrated widths at the fitted z (``excess``: a box alone whose free elliptical fit
+is wider, in either axis, than the calibration at that z by more than ``WIDTH_NOISE`` of its bound), and the
+diffusion spread where crowded. The axial one is the 3D Fisher bound of z, inflated by the same factor as
+the lateral one (psi's samples are 2D: they say how ambiguous the scene is, not where along z; an
+emitter whose lateral variance the crowding doubles has its z variance doubled). Spots are not split in 3D
+(a defocused spot is elongated: the 2D width test would split it). A fit that moves a localization by
+more than ``MAX_SHIFT`` or leaves its box unexplained keeps the deep position and uncertainty, the z of
+its elliptical fit and a NaN z uncertainty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..localizations import Localizations
+from ..physics.astigmatism import ZCalibration, z_from_widths
+from ..physics.boxes import Boxes, box_half_width, neighbour_slots
+from ..physics.camera import Camera
+from ..physics.elliptical_fit import EllipticalFit, fit_elliptical
+from ..physics.fit import ImagingModel, _start
+from ..physics.fit3d import fit_rois_3d
+from .refine import MAX_CHI2, MAX_SHIFT, WIDTH_NOISE, RefinedFrame, axis_bound, crowded, refined_localizations
+
+FLAT_FRACTION = 0.8   # a stack is called flat (no astigmatism) when this share of its z lie within ...
+FLAT_BOUNDS = 3.0     # ... this many of their axial bounds of the focus (where sigma_x = sigma_y)
+MIN_FLAT_TEST = 50    # localizations before the flatness test speaks
+
+
+@dataclass
+class RefinedFrame3D(RefinedFrame):
+    """A :class:`RefinedFrame` with each localization's ``z`` (nm) and its Fisher bound ``fisher_z`` (nm)."""
+
+    z: np.ndarray
+    fisher_z: np.ndarray
+
+
+def focus(calibration: ZCalibration) -> float:
+    """z (nm) where the calibrated widths are equal (or nearest to)."""
+    grid = np.linspace(*calibration.z_range, 2001)
+    sx, sy = calibration.sigmas(grid)
+    return float(grid[np.argmin(np.abs(sx - sy))])
+
+
+def widest(calibration: ZCalibration) -> float:
+    """The largest calibrated width (px) over the z range: the boxes' size."""
+    return float(max(s.max() for s in calibration.sigmas(np.linspace(*calibration.z_range, 201))))
+
+
+def calibrated_width_excess(sx: np.ndarray, sy: np.ndarray, crlb_sx: np.ndarray, crlb_sy: np.ndarray,
+                            z: np.ndarray, calibration: ZCalibration) -> np.ndarray:
+    """Per-axis position variance (px^2) of a spot wider than the calibration at ``z``: half the sum over
+    the axes of ``s^2 - s(z)^2`` where a fitted width ``s`` exceeds the calibrated ``s(z)`` by more than
+    ``WIDTH_NOISE`` of its bound (refine.width_excess, per axis)."""
+    total = np.zeros(len(z))
+    for s, bound, expected in zip((sx, sy), (crlb_sx, crlb_sy), calibration.sigmas(z)):
+        wider = s - expected > WIDTH_NOISE * bound   # False where the fit gave no bound (NaN)
+        total += np.where(wider, s**2 - expected**2, 0.0)
+    return 0.5 * total
+
+
+def free_widths(boxes: Boxes, width: float) -> EllipticalFit:
+    """Free elliptical fit of each box's spot (slot 0) started round (``width`` px) at its position, pixels
+    outside the frame set to the start's background (the fit has no mask)."""
+    model = boxes.model
+    flat = _start(boxes.e, boxes.inside, boxes.cols[:, :1], boxes.rows[:, :1], boxes.active[:, :1], width)
+    b, col, row, photons = flat[:, 0], flat[:, 2], flat[:, 3], flat[:, 4]
+    start = np.column_stack([b, col, row, np.full_like(b, width), np.full_like(b, width), photons])
+    filled = np.where(boxes.inside, boxes.e, b[:, None, None]) / model.excess
+    read_noise = float(np.sqrt(np.mean(model.read_variance) / model.excess))
+    return fit_elliptical(filled, read_noise, start=start)
+
+
+def refine_frame_3d(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, calibration: ZCalibration,
+                    model: ImagingModel) -> RefinedFrame3D:
+    """Maximum-likelihood x, y, z of one frame's localizations (raw-pixel ``rows``/``cols``; ``model``: read
+    variance, scalar or the frame's map, and excess noise; see the module docstring)."""
+    n = len(rows)
+    if not n:
+        e = np.zeros(0)
+        return RefinedFrame3D(e.astype(int), e, e, e, e, e, e.astype(bool), e, e, e.astype(bool), e, e)
+    half = box_half_width(widest(calibration))
+    boxes = Boxes.around(photoelectrons, rows, cols, half, model)
+    slots, _ = neighbour_slots(rows, cols, half)
+    free = free_widths(boxes, float(np.mean(calibration.sigmas(focus(calibration)))))
+    z0 = z_from_widths(free["sigma_x"], free["sigma_y"], calibration)
+    fit = fit_rois_3d(boxes.e, boxes.cols, boxes.rows, z0[slots[:, :boxes.active.shape[1]]], boxes.active,
+                      calibration, boxes.model, boxes.inside)
+    row, col, z = fit.row[:, 0] + boxes.corner[:, 0], fit.col[:, 0] + boxes.corner[:, 1], fit.z[:, 0]
+    fisher, fisher_z = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0]), fit.crlb_z[:, 0]
+    ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
+        & (fisher > 0) & np.isfinite(fisher_z)
+    alone = ~boxes.active[:, 1:].any(axis=1) & boxes.inside.all(axis=(1, 2))
+    excess = np.where(alone, calibrated_width_excess(free["sigma_x"], free["sigma_y"], free.crlb[:, 3],
+                                                     free.crlb[:, 4], z, calibration), 0.0)
+    psf = float(np.mean(calibration.sigmas(focus(calibration))))
+    zeros = np.zeros(n)
+    return RefinedFrame3D(np.arange(n), np.where(ok, row, rows), np.where(ok, col, cols), fisher, excess, zeros,
+                          crowded(rows, cols, psf), fit.photons[:, 0], fit.background, ok,
+                          np.where(ok, z, z0), np.where(ok, fisher_z, np.nan))
+
+
+def refined_localizations_3d(fit: RefinedFrame3D, source: Localizations) -> Localizations:
+    """refine.refined_localizations with ``z`` and its uncertainty (the bound scaled as the lateral one)."""
+    out = refined_localizations(fit, source)
+    inflation = out.uncertainty / fit.fisher
+    return replace(out, z=fit.z, uncertainty_z=np.where(fit.ok, fit.fisher_z * inflation, np.nan))
+
+
+@dataclass
+class Refiner3D:
+    """Refines a stack frame by frame in 3D (``__call__``) with an astigmatic ``calibration``; ``excess``: the
+    camera's excess noise factor ``F^2``. Keeps the refined z and bounds seen so far for :meth:`flat_warning`."""
+
+    camera: Camera
+    calibration: ZCalibration
+    excess: float = 1.0
+    z_seen: list = field(default_factory=list)
+    bounds_seen: list = field(default_factory=list)
+
+    def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
+        """``locs`` of one frame refined in 3D on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
+        e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
+        read_variance = np.asarray(self.camera.read_noise, float) ** 2
+        fit = refine_frame_3d(e, locs.row, locs.col, self.calibration, ImagingModel(1.0, read_variance, self.excess))
+        if len(self.z_seen) < 10_000:
+            self.z_seen.extend(fit.z[fit.ok].tolist())
+            self.bounds_seen.extend(fit.fisher_z[fit.ok].tolist())
+        return refined_localizations_3d(fit, locs.take(fit.parent))
+
+    def flat_warning(self) -> str | None:
+        """A warning when the spots show no astigmatism: most z within ``FLAT_BOUNDS`` axial bounds of the
+        focus (a 2D stack read with a z calibration); None otherwise or with too few localizations."""
+        return flat_warning(np.asarray(self.z_seen), np.asarray(self.bounds_seen), self.calibration)
+
+
+def flat_warning(z: np.ndarray, bounds: np.ndarray, calibration: ZCalibration) -> str | None:
+    """See :meth:`Refiner3D.flat_warning` (``z``, ``bounds`` nm of the kept fits)."""
+    if len(z) < MIN_FLAT_TEST:
+        return None
+    at = focus(calibration)
+    near = np.mean(np.abs(z - at) <= FLAT_BOUNDS * bounds)
+    if near < FLAT_FRACTION:
+        return None
+    return (f"The spots show no astigmatism: {100 * near:.0f} % of z lie within {FLAT_BOUNDS:g} bounds of the "
+            f"calibration's focus ({at:.0f} nm); z [nm] is then mostly the focus, not a depth. Is this a 2D stack?")
