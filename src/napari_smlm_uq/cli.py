@@ -140,16 +140,24 @@ def cmd_crlb(a: argparse.Namespace) -> int:
 # --- evaluate -----------------------------------------------------------------------------------
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .analysis.metrics import score
+    from .analysis.metrics import score, score_3d
     from .io.tables import read_localizations, table_xy
 
     locs, gt = read_localizations(a.locs), read_localizations(a.gt)
-    s = score(locs["frame"], table_xy(locs), gt["frame"], table_xy(gt), a.tolerance)
+    axial = None
+    if "z [nm]" in locs and "z [nm]" in gt:   # 3D: both tables have z
+        s, axial = score_3d(locs["frame"], table_xy(locs), locs["z [nm]"], gt["frame"], table_xy(gt), gt["z [nm]"],
+                            a.tolerance)
+    else:
+        s = score(locs["frame"], table_xy(locs), gt["frame"], table_xy(gt), a.tolerance)
     if a.json:
-        print(json.dumps(s.as_dict()))
+        print(json.dumps(s.as_dict() | (axial.as_dict() if axial else {})))
     else:
         print(f"JAC {s.jaccard:.2f} %  RMSE {s.rmse:.2f} nm  E {s.efficiency:.2f}  precision {s.precision:.2f} %  "
               f"recall {s.recall:.2f} %  (TP {s.tp}, FP {s.fp}, FN {s.fn}, tolerance {a.tolerance:g} nm)")
+        if axial:
+            print(f"3D: RMSE z {axial.rmse_z:.2f} nm  E axial {axial.efficiency_axial:.2f}  "
+                  f"E 3D {axial.efficiency_3d:.2f} (mean of lateral and axial)")
     return 0
 
 
@@ -249,6 +257,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     from .inference.pipeline import PredictSettings, background_estimate
     from .io.camera_map import read_camera_map
     from .io.tiff import open_stack
+    from .io.zcalibration import read_zcalibration
     from .physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 
     stack = open_stack(source)
@@ -264,7 +273,8 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     settings = PredictSettings(samples=a.samples, steps=a.steps, start=a.start, camera=choice.camera,
                                pixel_size=pick(a.pixel_size, "pixel_size", PredictSettings.pixel_size), device=a.device,
                                precision=a.precision, threshold=a.threshold, seed=a.seed, schedule=a.schedule,
-                               background=background.estimate)
+                               background=background.estimate,
+                               z_calibration=a.z_calibration and read_zcalibration(a.z_calibration))
     try:
         settings.validate()
         settings.torch_device()
@@ -338,6 +348,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         raise UsageError("smlm-uq predict: --resume completes a cluster run: add --workers N or --scheduler ADDRESS")
     if a.format == "tif" and (a.workers or a.scheduler):
         raise UsageError("smlm-uq predict: a cluster run writes results.zarr; --format tif is for runs in one process")
+    if a.z_calibration and (a.workers or a.scheduler):
+        raise UsageError("smlm-uq predict: --z-calibration runs in one process (a cluster run keeps no z yet)")
     if a.workers or a.scheduler:
         return predict_on_cluster(a, sources)
     if len(sources) == 1:
@@ -397,6 +409,7 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
 
     from .inference.distributed import StackJob
     from .inference.pipeline import StackSum, keep_freed_buffers, predict
+    from .inference.refine3d import flat_warning
     from .localizations import Localizations
 
     models = load_model(a)
@@ -423,6 +436,9 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
                           background=background.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
     print(check)
+    warning = settings.z_calibration and flat_warning(all_locs, settings.z_calibration)
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -654,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it "
                         "natively: 1.5-2.3x faster at the same E and calibration; docs/benchmarks.md)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--z-calibration", default=None, metavar="CAL.json",
+                   help="3D: astigmatic calibration (smlm-uq calibrate-z) of the stack's pixel size; adds z [nm]")
     p.add_argument("--format", choices=("zarr", "tif"), default="zarr",
                    help="per-frame mean/std/sample: a results.zarr store (docs/store.md) or three TIFF stacks")
     p.add_argument("--store-encoding", choices=tuple(ENCODINGS), default=DEFAULT_ENCODING,

@@ -22,12 +22,14 @@ from ..localizations import Localizations
 from ..models.deepstorm import DeepSTORM
 from ..models.diffusion import Schedule, ancestral_sampler
 from ..models.registry import Models
+from ..physics.astigmatism import ZCalibration
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, from_model
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
 from .preprocessing import BACKGROUND_ESTIMATES, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner
+from .refine3d import Refiner3D
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
 
@@ -67,6 +69,7 @@ class PredictSettings:
     schedule: str | None = None   # inference noise levels from a named schedule; None: the model's own
     background: str | None = None  # "frame" or "local" (preprocessing.normalise); None: the model's own
     refine: bool = True           # maximum-likelihood refit on the raw pixels (refine.py; benchmarks.md)
+    z_calibration: ZCalibration | None = None   # astigmatic 3D refit (refine3d.py): z [nm]; its pixel size, nm
 
     def validate(self) -> "PredictSettings":
         if self.samples < 0 or self.samples == 1:
@@ -88,7 +91,19 @@ class PredictSettings:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
+        self._validate_z()
         return self
+
+    def _validate_z(self) -> None:
+        cal = self.z_calibration
+        if cal is None:
+            return
+        if not self.refine:
+            raise ValueError("a z calibration needs the refinement (z comes from the fit on the raw pixels)")
+        if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
+            raise ValueError(f"the z calibration was measured at {cal.pixel_size:g} nm per pixel, the stack has "
+                             f"{self.pixel_size:g} nm: calibrate with beads imaged at the stack's pixel size")
+        cal.validate()
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -288,6 +303,8 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     refiner = Refiner(s.camera, excess=s.camera.excess_noise) if s.refine else None
+    if s.z_calibration is not None:
+        refiner = Refiner3D(s.camera, s.z_calibration, s.camera.excess_noise)
     per_psi = psi_frames(s, device)
     with torch.inference_mode(), ThreadPoolExecutor(1) as host:
         pending: list[Future] = []

@@ -15,7 +15,7 @@ its elliptical fit and a NaN z uncertainty.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -116,37 +116,32 @@ def refined_localizations_3d(fit: RefinedFrame3D, source: Localizations) -> Loca
 @dataclass
 class Refiner3D:
     """Refines a stack frame by frame in 3D (``__call__``) with an astigmatic ``calibration``; ``excess``: the
-    camera's excess noise factor ``F^2``. Keeps the refined z and bounds seen so far for :meth:`flat_warning`."""
+    camera's excess noise factor ``F^2``."""
 
     camera: Camera
     calibration: ZCalibration
     excess: float = 1.0
-    z_seen: list = field(default_factory=list)
-    bounds_seen: list = field(default_factory=list)
 
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
         """``locs`` of one frame refined in 3D on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         fit = refine_frame_3d(e, locs.row, locs.col, self.calibration, ImagingModel(1.0, read_variance, self.excess))
-        if len(self.z_seen) < 10_000:
-            self.z_seen.extend(fit.z[fit.ok].tolist())
-            self.bounds_seen.extend(fit.fisher_z[fit.ok].tolist())
         return refined_localizations_3d(fit, locs.take(fit.parent))
 
-    def flat_warning(self) -> str | None:
-        """A warning when the spots show no astigmatism: most z within ``FLAT_BOUNDS`` axial bounds of the
-        focus (a 2D stack read with a z calibration); None otherwise or with too few localizations."""
-        return flat_warning(np.asarray(self.z_seen), np.asarray(self.bounds_seen), self.calibration)
 
-
-def flat_warning(z: np.ndarray, bounds: np.ndarray, calibration: ZCalibration) -> str | None:
-    """See :meth:`Refiner3D.flat_warning` (``z``, ``bounds`` nm of the kept fits)."""
-    if len(z) < MIN_FLAT_TEST:
+def flat_warning(locs: Localizations, calibration: ZCalibration) -> str | None:
+    """A warning when the spots show no astigmatism (a 2D stack read with a z calibration): at least
+    ``FLAT_FRACTION`` of the localizations with a z uncertainty lie within ``FLAT_BOUNDS`` of it of the
+    calibration's focus; None otherwise, in 2D, or with fewer than ``MIN_FLAT_TEST`` such localizations."""
+    if locs.z is None:
+        return None
+    kept = np.isfinite(locs.uncertainty_z)
+    if kept.sum() < MIN_FLAT_TEST:
         return None
     at = focus(calibration)
-    near = np.mean(np.abs(z - at) <= FLAT_BOUNDS * bounds)
+    near = np.mean(np.abs(locs.z[kept] - at) <= FLAT_BOUNDS * locs.uncertainty_z[kept])
     if near < FLAT_FRACTION:
         return None
-    return (f"The spots show no astigmatism: {100 * near:.0f} % of z lie within {FLAT_BOUNDS:g} bounds of the "
-            f"calibration's focus ({at:.0f} nm); z [nm] is then mostly the focus, not a depth. Is this a 2D stack?")
+    return (f"the spots show no astigmatism: {100 * near:.0f} % of z lie within {FLAT_BOUNDS:g} uncertainties of "
+            f"the calibration's focus ({at:.0f} nm), so z [nm] is mostly the focus, not a depth (a 2D stack?)")
