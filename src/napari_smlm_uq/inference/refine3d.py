@@ -8,7 +8,9 @@ width test against the calibrated widths at the fitted z (``excess``: a box alon
 is wider, in either axis, than the calibration at that z by more than ``WIDTH_NOISE`` of its bound), and the
 diffusion spread where crowded. The axial one is the 3D Fisher bound of z, inflated by the same factor as
 the lateral one (psi's samples are 2D: they say how ambiguous the scene is, not where along z; an
-emitter whose lateral variance the crowding doubles has its z variance doubled). Spots are not split in 3D
+emitter whose lateral variance the crowding doubles has its z variance doubled; with phi alone, no
+samples, the z uncertainty is the bound inflated by the width excess only, while the lateral one is NaN as
+in 2D). Spots are not split in 3D
 (a defocused spot is elongated: the 2D width test would split it). A fit that moves a localization by
 more than ``MAX_SHIFT`` or leaves its box unexplained keeps the deep position and uncertainty, the z of
 its elliptical fit and a NaN z uncertainty.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ..localizations import Localizations
 from ..physics.astigmatism import ZCalibration, z_from_widths
@@ -26,11 +29,14 @@ from ..physics.camera import Camera
 from ..physics.elliptical_fit import EllipticalFit, fit_elliptical
 from ..physics.fit import ImagingModel, _start
 from ..physics.fit3d import fit_rois_3d
-from .refine import MAX_CHI2, MAX_SHIFT, WIDTH_NOISE, RefinedFrame, axis_bound, crowded, refined_localizations
+from .refine import DIFFUSION_WEIGHT, MAX_CHI2, MAX_SHIFT, SPLIT_GAIN, WIDTH_NOISE, RefinedFrame, axis_bound, crowded, refined_localizations
 
 FLAT_FRACTION = 0.8   # a stack is called flat (no astigmatism) when this share of its z lie within ...
 FLAT_BOUNDS = 3.0     # ... this many of their axial bounds of the focus (where sigma_x = sigma_y)
 MIN_FLAT_TEST = 50    # localizations before the flatness test speaks
+MERGE_DISTANCE = 4.5  # px: two localizations this near may be one elongated spot (merge_duplicates)
+MERGE_ROUNDS = 3        # a spot seen as three peaks merges in two rounds
+MERGE_GAIN = SPLIT_GAIN   # twice the log-likelihood a second emitter must add to stay (chi2(4): p ~ 3e-3)
 
 
 @dataclass
@@ -46,6 +52,11 @@ def focus(calibration: ZCalibration) -> float:
     grid = np.linspace(*calibration.z_range, 2001)
     sx, sy = calibration.sigmas(grid)
     return float(grid[np.argmin(np.abs(sx - sy))])
+
+
+def focus_width(calibration: ZCalibration) -> float:
+    """The mean calibrated width (px) at the focus."""
+    return float(np.mean(calibration.sigmas(focus(calibration))))
 
 
 def widest(calibration: ZCalibration) -> float:
@@ -77,21 +88,78 @@ def free_widths(boxes: Boxes, width: float) -> EllipticalFit:
     return fit_elliptical(filled, read_noise, start=start)
 
 
+def start_z(boxes: Boxes, calibration: ZCalibration) -> tuple[np.ndarray, EllipticalFit]:
+    """Each box's spot's z (nm) from its free elliptical fit's widths, and that fit."""
+    free = free_widths(boxes, focus_width(calibration))
+    return z_from_widths(free["sigma_x"], free["sigma_y"], calibration), free
+
+
+def fit_boxes(boxes: Boxes, slots: np.ndarray, active: np.ndarray, z0: np.ndarray, calibration: ZCalibration):
+    """fit_rois_3d of ``boxes`` with the emitters ``slots`` (indices into ``z0``, nm) that are ``active``."""
+    used = boxes.active.shape[1]
+    return fit_rois_3d(boxes.e, boxes.cols, boxes.rows, z0[slots[:, :used]], active[:, :used], calibration,
+                       boxes.model, boxes.inside)
+
+
+def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, z0: np.ndarray,
+                     calibration: ZCalibration, model: ImagingModel, half: int) -> tuple[np.ndarray, ...]:
+    """One localization for two that a single elongated spot gave (phi, trained on round spots, may see two
+    peaks in a defocused one): each pair closer than ``MERGE_DISTANCE`` px (nearest first, each localization
+    in one pair) is fitted in a box at its midpoint, with the other localizations near, as one emitter and as
+    two; it stays two where the second raises twice the log-likelihood by more than ``MERGE_GAIN``. Returns
+    the kept localizations' indices, their start positions (the midpoint for a merged pair) and z (nm)."""
+    n = len(rows)
+    pts = np.column_stack([rows, cols])
+    pairs = cKDTree(pts).query_pairs(MERGE_DISTANCE, output_type="ndarray")
+    if not len(pairs):
+        return np.arange(n), rows, cols, z0
+    pairs = pairs[np.argsort(np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T), kind="stable")]
+    used, chosen = np.zeros(n, bool), []
+    for i, j in pairs:
+        if not (used[i] or used[j]):
+            used[i] = used[j] = True
+            chosen.append((i, j))
+    i, j = np.array(chosen).T
+    all_rows, all_cols = np.concatenate([rows, 0.5 * (rows[i] + rows[j])]), np.concatenate([cols, 0.5 * (cols[i] + cols[j])])
+    mid = n + np.arange(len(i))
+    boxes = Boxes.around(photoelectrons, all_rows, all_cols, half, model, which=mid)
+    slots, active = (a[mid] for a in neighbour_slots(all_rows, all_cols, half))
+    z_mid, _ = start_z(boxes, calibration)
+    z_all = np.concatenate([z0, z_mid])
+    others = active & (slots < n) & (slots != i[:, None]) & (slots != j[:, None])
+    one = others.copy()
+    one[:, 0] = True
+    two = others | (slots == i[:, None]) | (slots == j[:, None])
+    gain = 2 * (fit_boxes(boxes, slots, two, z_all, calibration).log_likelihood
+                - fit_boxes(boxes, slots, one, z_all, calibration).log_likelihood)
+    merged = gain <= MERGE_GAIN
+    keep = np.setdiff1d(np.arange(n), j[merged])
+    rows, cols, z0 = rows.copy(), cols.copy(), z0.copy()
+    rows[i[merged]], cols[i[merged]], z0[i[merged]] = all_rows[mid[merged]], all_cols[mid[merged]], z_mid[merged]
+    return keep, rows[keep], cols[keep], z0[keep]
+
+
 def refine_frame_3d(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, calibration: ZCalibration,
                     model: ImagingModel) -> RefinedFrame3D:
     """Maximum-likelihood x, y, z of one frame's localizations (raw-pixel ``rows``/``cols``; ``model``: read
-    variance, scalar or the frame's map, and excess noise; see the module docstring)."""
-    n = len(rows)
-    if not n:
+    variance, scalar or the frame's map, and excess noise; see the module docstring). A merged pair's
+    ``parent`` is its first localization."""
+    if not len(rows):
         e = np.zeros(0)
         return RefinedFrame3D(e.astype(int), e, e, e, e, e, e.astype(bool), e, e, e.astype(bool), e, e)
-    half = box_half_width(widest(calibration))
+    n, half = len(rows), box_half_width(widest(calibration))
+    z0, free = start_z(Boxes.around(photoelectrons, rows, cols, half, model), calibration)
+    parent = np.arange(n)
+    for _ in range(MERGE_ROUNDS):
+        keep, rows, cols, z0 = merge_duplicates(photoelectrons, rows, cols, z0, calibration, model, half)
+        if len(keep) == len(parent):
+            break
+        parent = parent[keep]
     boxes = Boxes.around(photoelectrons, rows, cols, half, model)
-    slots, _ = neighbour_slots(rows, cols, half)
-    free = free_widths(boxes, float(np.mean(calibration.sigmas(focus(calibration)))))
-    z0 = z_from_widths(free["sigma_x"], free["sigma_y"], calibration)
-    fit = fit_rois_3d(boxes.e, boxes.cols, boxes.rows, z0[slots[:, :boxes.active.shape[1]]], boxes.active,
-                      calibration, boxes.model, boxes.inside)
+    if len(parent) < n:   # pairs merged: the widths of the spots at their midpoints (for the width test)
+        _, free = start_z(boxes, calibration)
+    slots, active = neighbour_slots(rows, cols, half)
+    fit = fit_boxes(boxes, slots, active, z0, calibration)
     row, col, z = fit.row[:, 0] + boxes.corner[:, 0], fit.col[:, 0] + boxes.corner[:, 1], fit.z[:, 0]
     fisher, fisher_z = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0]), fit.crlb_z[:, 0]
     ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
@@ -99,17 +167,17 @@ def refine_frame_3d(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     alone = ~boxes.active[:, 1:].any(axis=1) & boxes.inside.all(axis=(1, 2))
     excess = np.where(alone, calibrated_width_excess(free["sigma_x"], free["sigma_y"], free.crlb[:, 3],
                                                      free.crlb[:, 4], z, calibration), 0.0)
-    psf = float(np.mean(calibration.sigmas(focus(calibration))))
-    zeros = np.zeros(n)
-    return RefinedFrame3D(np.arange(n), np.where(ok, row, rows), np.where(ok, col, cols), fisher, excess, zeros,
-                          crowded(rows, cols, psf), fit.photons[:, 0], fit.background, ok,
+    zeros = np.zeros(len(rows))
+    return RefinedFrame3D(parent, np.where(ok, row, rows), np.where(ok, col, cols), fisher, excess, zeros,
+                          crowded(rows, cols, focus_width(calibration)), fit.photons[:, 0], fit.background, ok,
                           np.where(ok, z, z0), np.where(ok, fisher_z, np.nan))
 
 
 def refined_localizations_3d(fit: RefinedFrame3D, source: Localizations) -> Localizations:
     """refine.refined_localizations with ``z`` and its uncertainty (the bound scaled as the lateral one)."""
     out = refined_localizations(fit, source)
-    inflation = out.uncertainty / fit.fisher
+    diffusion = np.nan_to_num(DIFFUSION_WEIGHT * fit.crowded * source.uncertainty**2)   # phi alone: none
+    inflation = np.sqrt(1.0 + (np.maximum(fit.excess, fit.hidden) + diffusion) / fit.fisher**2)
     return replace(out, z=fit.z, uncertainty_z=np.where(fit.ok, fit.fisher_z * inflation, np.nan))
 
 
