@@ -12,7 +12,7 @@ emitter whose lateral variance the crowding doubles has its z variance doubled; 
 samples, the z uncertainty is the bound inflated by the width excess only, while the lateral one is NaN as
 in 2D). Spots are not split in 3D
 (a defocused spot is elongated: the 2D width test would split it). A fit that moves a localization by
-more than ``MAX_SHIFT`` or leaves its box unexplained keeps the deep position and uncertainty, the z of
+more than ``MAX_SHIFT`` (times the spot's width at its start z over the focus's) or leaves its box unexplained keeps the deep position and uncertainty, the z of
 its elliptical fit and a NaN z uncertainty.
 """
 from __future__ import annotations
@@ -88,6 +88,12 @@ def free_widths(boxes: Boxes, width: float) -> EllipticalFit:
     return fit_elliptical(filled, read_noise, start=start)
 
 
+def shift_limit(z: np.ndarray, calibration: ZCalibration) -> np.ndarray:
+    """How far (px) a fit may move a localization: ``MAX_SHIFT`` scaled by the spot's width at ``z`` (nm)
+    over the focus's (a defocused spot's deep position is as uncertain as it is wide)."""
+    return MAX_SHIFT * np.sqrt(np.prod(calibration.sigmas(z), axis=0)) / focus_width(calibration)
+
+
 def start_z(boxes: Boxes, calibration: ZCalibration) -> tuple[np.ndarray, EllipticalFit]:
     """Each box's spot's z (nm) from its free elliptical fit's widths, and that fit."""
     free = free_widths(boxes, focus_width(calibration))
@@ -101,13 +107,35 @@ def fit_boxes(boxes: Boxes, slots: np.ndarray, active: np.ndarray, z0: np.ndarra
                        boxes.model, boxes.inside)
 
 
+def best_single(boxes: Boxes, slots: np.ndarray, active: np.ndarray, z_all: np.ndarray, mid: np.ndarray,
+                starts: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray, calibration: ZCalibration):
+    """Each pair's box (slot 0: its midpoint ``mid``) fitted with one emitter from each of ``starts`` (indices
+    into ``rows``, ``cols``, ``z_all``: the midpoint's and each localization's position and z), the others
+    ``active`` too; the fit of highest likelihood per box (an elongated spot's z may trap one start)."""
+    best = None
+    for start in starts:
+        moved = replace(boxes, rows=boxes.rows.copy(), cols=boxes.cols.copy())
+        moved.rows[:, 0], moved.cols[:, 0] = rows[start] - boxes.corner[:, 0], cols[start] - boxes.corner[:, 1]
+        z = z_all.copy()
+        z[mid] = z_all[start]
+        fit = fit_boxes(moved, slots, active, z, calibration)
+        if best is None:
+            best = fit
+            continue
+        better = fit.log_likelihood > best.log_likelihood
+        for name in best.__dataclass_fields__:
+            getattr(best, name)[better] = getattr(fit, name)[better]
+    return best
+
+
 def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, z0: np.ndarray,
                      calibration: ZCalibration, model: ImagingModel, half: int) -> tuple[np.ndarray, ...]:
     """One localization for two that a single elongated spot gave (phi, trained on round spots, may see two
     peaks in a defocused one): each pair closer than ``MERGE_DISTANCE`` px (nearest first, each localization
     in one pair) is fitted in a box at its midpoint, with the other localizations near, as one emitter and as
-    two; it stays two where the second raises twice the log-likelihood by more than ``MERGE_GAIN``. Returns
-    the kept localizations' indices, their start positions (the midpoint for a merged pair) and z (nm)."""
+    two (one: the best of three starts, :func:`best_single`); it stays two where the second raises twice the
+    log-likelihood by more than ``MERGE_GAIN``. Returns the kept localizations' indices, their start positions
+    and z (nm) (a merged pair's: its single-emitter fit's)."""
     n = len(rows)
     pts = np.column_stack([rows, cols])
     pairs = cKDTree(pts).query_pairs(MERGE_DISTANCE, output_type="ndarray")
@@ -130,12 +158,15 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     one = others.copy()
     one[:, 0] = True
     two = others | (slots == i[:, None]) | (slots == j[:, None])
-    gain = 2 * (fit_boxes(boxes, slots, two, z_all, calibration).log_likelihood
-                - fit_boxes(boxes, slots, one, z_all, calibration).log_likelihood)
-    merged = gain <= MERGE_GAIN
+    ll_two = fit_boxes(boxes, slots, two, z_all, calibration).log_likelihood
+    single = best_single(boxes, slots, one, z_all, mid, (mid, i, j), all_rows, all_cols, calibration)
+    merged = 2 * (ll_two - single.log_likelihood) <= MERGE_GAIN
     keep = np.setdiff1d(np.arange(n), j[merged])
     rows, cols, z0 = rows.copy(), cols.copy(), z0.copy()
-    rows[i[merged]], cols[i[merged]], z0[i[merged]] = all_rows[mid[merged]], all_cols[mid[merged]], z_mid[merged]
+    first = i[merged]
+    rows[first] = single.row[merged, 0] + boxes.corner[merged, 0]
+    cols[first] = single.col[merged, 0] + boxes.corner[merged, 1]
+    z0[first] = single.z[merged, 0]
     return keep, rows[keep], cols[keep], z0[keep]
 
 
@@ -162,7 +193,7 @@ def refine_frame_3d(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     fit = fit_boxes(boxes, slots, active, z0, calibration)
     row, col, z = fit.row[:, 0] + boxes.corner[:, 0], fit.col[:, 0] + boxes.corner[:, 1], fit.z[:, 0]
     fisher, fisher_z = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0]), fit.crlb_z[:, 0]
-    ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
+    ok = (np.hypot(row - rows, col - cols) <= shift_limit(z0, calibration)) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
         & (fisher > 0) & np.isfinite(fisher_z)
     alone = ~boxes.active[:, 1:].any(axis=1) & boxes.inside.all(axis=(1, 2))
     excess = np.where(alone, calibrated_width_excess(free["sigma_x"], free["sigma_y"], free.crlb[:, 3],
