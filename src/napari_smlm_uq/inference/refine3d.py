@@ -1,19 +1,22 @@
 """3D refinement with an astigmatic z calibration (docs/3d.md): each localization is refitted by maximum
 likelihood on the raw pixels with the astigmatic PSF (physics/fit3d.py) for x, y, z, photons and
 background, jointly with the neighbours whose light reaches its box, as in 2D (refine.py). Each emitter's z
-starts from a free elliptical fit of its box (physics/elliptical_fit.py, started round at the deep position) through ``z_from_widths``.
+starts from a free elliptical fit of its box (physics/elliptical_fit.py, started round at the deep position)
+through ``z_from_widths``. phi, trained on round spots, may see two peaks in one defocused spot: two
+localizations closer than ``MERGE_DISTANCE`` become one unless a second emitter raises twice the
+log-likelihood by more than ``MERGE_GAIN`` (:func:`merge_duplicates`). Spots are not split in 3D (a defocused
+spot is elongated: the 2D width test would split it).
 
-Uncertainty: the lateral one is that of refine.py with the 3D Fisher bound (x and y given z unknown), the
+Uncertainty: the lateral one is that of refine.py with the 3D Fisher bound (x and y with z unknown), the
 width test against the calibrated widths at the fitted z (``excess``: a box alone whose free elliptical fit
 is wider, in either axis, than the calibration at that z by more than ``WIDTH_NOISE`` of its bound), and the
 diffusion spread where crowded. The axial one is the 3D Fisher bound of z, inflated by the same factor as
-the lateral one (psi's samples are 2D: they say how ambiguous the scene is, not where along z; an
-emitter whose lateral variance the crowding doubles has its z variance doubled; with phi alone, no
-samples, the z uncertainty is the bound inflated by the width excess only, while the lateral one is NaN as
-in 2D). Spots are not split in 3D
-(a defocused spot is elongated: the 2D width test would split it). A fit that moves a localization by
-more than ``MAX_SHIFT`` (times the spot's width at its start z over the focus's) or leaves its box unexplained keeps the deep position and uncertainty, the z of
-its elliptical fit and a NaN z uncertainty.
+the lateral one (psi's samples are 2D: they say how ambiguous the scene is, not where along z; an emitter
+whose lateral variance the crowding doubles has its z variance doubled); with phi alone (no samples) the z
+uncertainty is the bound inflated by the width excess only, while the lateral one is NaN as in 2D. A fit
+that moves a localization by more than ``MAX_SHIFT`` (times the spot's width at its start z over the
+focus's) or leaves its box unexplained keeps the deep position and uncertainty, the z of its elliptical
+fit and a NaN z uncertainty.
 """
 from __future__ import annotations
 
@@ -29,7 +32,17 @@ from ..physics.camera import Camera
 from ..physics.elliptical_fit import EllipticalFit, fit_elliptical
 from ..physics.fit import ImagingModel, _start
 from ..physics.fit3d import fit_rois_3d
-from .refine import DIFFUSION_WEIGHT, MAX_CHI2, MAX_SHIFT, SPLIT_GAIN, WIDTH_NOISE, RefinedFrame, axis_bound, crowded, refined_localizations
+from .refine import (
+    DIFFUSION_WEIGHT,
+    MAX_CHI2,
+    MAX_SHIFT,
+    SPLIT_GAIN,
+    WIDTH_NOISE,
+    RefinedFrame,
+    axis_bound,
+    crowded,
+    refined_localizations,
+)
 
 FLAT_FRACTION = 0.8   # a stack is called flat (no astigmatism) when this share of its z lie within ...
 FLAT_BOUNDS = 3.0     # ... this many of their axial bounds of the focus (where sigma_x = sigma_y)
@@ -107,25 +120,29 @@ def fit_boxes(boxes: Boxes, slots: np.ndarray, active: np.ndarray, z0: np.ndarra
                        boxes.model, boxes.inside)
 
 
+def best_fit(fits: list) -> object:
+    """Per box, the fit of highest likelihood among ``fits`` (RoiFit3D of the same boxes from other starts)."""
+    best = fits[0]
+    for fit in fits[1:]:
+        better = fit.log_likelihood > best.log_likelihood
+        for name in best.__dataclass_fields__:
+            getattr(best, name)[better] = getattr(fit, name)[better]
+    return best
+
+
 def best_single(boxes: Boxes, slots: np.ndarray, active: np.ndarray, z_all: np.ndarray, mid: np.ndarray,
                 starts: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray, calibration: ZCalibration):
     """Each pair's box (slot 0: its midpoint ``mid``) fitted with one emitter from each of ``starts`` (indices
     into ``rows``, ``cols``, ``z_all``: the midpoint's and each localization's position and z), the others
     ``active`` too; the fit of highest likelihood per box (an elongated spot's z may trap one start)."""
-    best = None
+    fits = []
     for start in starts:
         moved = replace(boxes, rows=boxes.rows.copy(), cols=boxes.cols.copy())
         moved.rows[:, 0], moved.cols[:, 0] = rows[start] - boxes.corner[:, 0], cols[start] - boxes.corner[:, 1]
         z = z_all.copy()
         z[mid] = z_all[start]
-        fit = fit_boxes(moved, slots, active, z, calibration)
-        if best is None:
-            best = fit
-            continue
-        better = fit.log_likelihood > best.log_likelihood
-        for name in best.__dataclass_fields__:
-            getattr(best, name)[better] = getattr(fit, name)[better]
-    return best
+        fits.append(fit_boxes(moved, slots, active, z, calibration))
+    return best_fit(fits)
 
 
 def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, z0: np.ndarray,
@@ -133,8 +150,8 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     """One localization for two that a single elongated spot gave (phi, trained on round spots, may see two
     peaks in a defocused one): each pair closer than ``MERGE_DISTANCE`` px (nearest first, each localization
     in one pair) is fitted in a box at its midpoint, with the other localizations near, as one emitter and as
-    two (one: the best of three starts, :func:`best_single`); it stays two where the second raises twice the
-    log-likelihood by more than ``MERGE_GAIN``. Returns the kept localizations' indices, their start positions
+    two (one: the best of three starts, :func:`best_single`; two: from their own z or the focus); it stays
+    two where the second raises twice the log-likelihood by more than ``MERGE_GAIN``. Returns the kept localizations' indices, their start positions
     and z (nm) (a merged pair's: its single-emitter fit's)."""
     n = len(rows)
     pts = np.column_stack([rows, cols])
@@ -148,7 +165,8 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
             used[i] = used[j] = True
             chosen.append((i, j))
     i, j = np.array(chosen).T
-    all_rows, all_cols = np.concatenate([rows, 0.5 * (rows[i] + rows[j])]), np.concatenate([cols, 0.5 * (cols[i] + cols[j])])
+    all_rows = np.concatenate([rows, 0.5 * (rows[i] + rows[j])])
+    all_cols = np.concatenate([cols, 0.5 * (cols[i] + cols[j])])
     mid = n + np.arange(len(i))
     boxes = Boxes.around(photoelectrons, all_rows, all_cols, half, model, which=mid)
     slots, active = (a[mid] for a in neighbour_slots(all_rows, all_cols, half))
@@ -158,11 +176,17 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     one = others.copy()
     one[:, 0] = True
     two = others | (slots == i[:, None]) | (slots == j[:, None])
-    ll_two = fit_boxes(boxes, slots, two, z_all, calibration).log_likelihood
+    at_focus = z_all.copy()   # the pair's own boxes see both spots: their widths may mislead z
+    at_focus[np.r_[i, j]] = focus(calibration)
+    pair = best_fit([fit_boxes(boxes, slots, two, z, calibration) for z in (z_all, at_focus)])
     single = best_single(boxes, slots, one, z_all, mid, (mid, i, j), all_rows, all_cols, calibration)
-    merged = 2 * (ll_two - single.log_likelihood) <= MERGE_GAIN
+    merged = 2 * (pair.log_likelihood - single.log_likelihood) <= MERGE_GAIN
     keep = np.setdiff1d(np.arange(n), j[merged])
     rows, cols, z0 = rows.copy(), cols.copy(), z0.copy()
+    width, kept = pair.z.shape[1], ~merged
+    for k in (i, j):   # a pair that stays: each emitter starts from the pair fit's z
+        slot = np.argmax((slots[:, :width] == k[:, None]) & two[:, :width], axis=1)
+        z0[k[kept]] = pair.z[kept, slot[kept]]
     first = i[merged]
     rows[first] = single.row[merged, 0] + boxes.corner[merged, 0]
     cols[first] = single.col[merged, 0] + boxes.corner[merged, 1]
@@ -193,8 +217,8 @@ def refine_frame_3d(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarr
     fit = fit_boxes(boxes, slots, active, z0, calibration)
     row, col, z = fit.row[:, 0] + boxes.corner[:, 0], fit.col[:, 0] + boxes.corner[:, 1], fit.z[:, 0]
     fisher, fisher_z = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0]), fit.crlb_z[:, 0]
-    ok = (np.hypot(row - rows, col - cols) <= shift_limit(z0, calibration)) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
-        & (fisher > 0) & np.isfinite(fisher_z)
+    ok = (np.hypot(row - rows, col - cols) <= shift_limit(z0, calibration)) & (fit.chi2 <= MAX_CHI2) \
+        & np.isfinite(fisher) & (fisher > 0) & np.isfinite(fisher_z)
     alone = ~boxes.active[:, 1:].any(axis=1) & boxes.inside.all(axis=(1, 2))
     excess = np.where(alone, calibrated_width_excess(free["sigma_x"], free["sigma_y"], free.crlb[:, 3],
                                                      free.crlb[:, 4], z, calibration), 0.0)

@@ -51,8 +51,8 @@ def fit_rois_3d(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, z: np.ndar
     width = np.sqrt(np.prod(calibration.sigmas(z[:, 0]), axis=0))     # the start's photons (fit._start)
     flat = _start(rois, weight, np.asarray(cols, float), np.asarray(rows, float), active, width)
     theta = np.empty((n_roi, 1 + 4 * active.shape[1]))
-    theta[:, 0], theta[:, 1::4], theta[:, 2::4], theta[:, 4::4] = flat[:, 0], flat[:, 2::3], flat[:, 3::3], flat[:, 4::3]
-    theta[:, 3::4] = z
+    theta[:, 0], theta[:, 1::4], theta[:, 2::4] = flat[:, 0], flat[:, 2::3], flat[:, 3::3]
+    theta[:, 3::4], theta[:, 4::4] = z, flat[:, 4::3]
     free = np.concatenate([np.ones((n_roi, 1), bool), np.repeat(active, 4, axis=1)], axis=1)
     astig = AstigmaticModel(size, active.shape[1], calibration)
 
