@@ -151,8 +151,9 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     peaks in a defocused one): each pair closer than ``MERGE_DISTANCE`` px (nearest first, each localization
     in one pair) is fitted in a box at its midpoint, with the other localizations near, as one emitter and as
     two (one: the best of three starts, :func:`best_single`; two: from their own z or the focus); it stays
-    two where the second raises twice the log-likelihood by more than ``MERGE_GAIN``. Returns the kept localizations' indices, their start positions
-    and z (nm) (a merged pair's: its single-emitter fit's)."""
+    two where the second raises twice the log-likelihood by more than ``MERGE_GAIN``. Returns the kept
+    localizations' indices, their start positions and z (nm) (a merged pair's: its single-emitter fit's; a
+    pair that stays: its pair fit's z)."""
     n = len(rows)
     pts = np.column_stack([rows, cols])
     pairs = cKDTree(pts).query_pairs(MERGE_DISTANCE, output_type="ndarray")
