@@ -14,7 +14,7 @@ diffusion spread where crowded. The axial one is the 3D Fisher bound of z, infla
 the lateral one (psi's samples are 2D: they say how ambiguous the scene is, not where along z; an emitter
 whose lateral variance the crowding doubles has its z variance doubled); with phi alone (no samples) the z
 uncertainty is the bound inflated by the width excess only, while the lateral one is NaN as in 2D. A fit
-that moves a localization by more than ``MAX_SHIFT`` (times the spot's width at its start z over the
+that moves a localization by more than ``SHIFT_3D`` (times the spot's width at its start z over the
 focus's) or leaves its box unexplained keeps the deep position and uncertainty, the z of its elliptical
 fit and a NaN z uncertainty.
 """
@@ -35,7 +35,6 @@ from ..physics.fit3d import fit_rois_3d
 from .refine import (
     DIFFUSION_WEIGHT,
     MAX_CHI2,
-    MAX_SHIFT,
     SPLIT_GAIN,
     WIDTH_NOISE,
     RefinedFrame,
@@ -47,6 +46,7 @@ from .refine import (
 FLAT_FRACTION = 0.8   # a stack is called flat (no astigmatism) when this share of its z lie within ...
 FLAT_BOUNDS = 3.0     # ... this many of their axial bounds of the focus (where sigma_x = sigma_y)
 MIN_FLAT_TEST = 50    # localizations before the flatness test speaks
+SHIFT_3D = 3.0        # px at focus: phi, trained on round spots, places elongated ones up to this far off
 MERGE_DISTANCE = 4.5  # px: two localizations this near may be one elongated spot (merge_duplicates)
 MERGE_ROUNDS = 3        # a spot seen as three peaks merges in two rounds
 MERGE_GAIN = SPLIT_GAIN   # twice the log-likelihood a second emitter must add to stay (chi2(4): p ~ 3e-3)
@@ -102,9 +102,9 @@ def free_widths(boxes: Boxes, width: float) -> EllipticalFit:
 
 
 def shift_limit(z: np.ndarray, calibration: ZCalibration) -> np.ndarray:
-    """How far (px) a fit may move a localization: ``MAX_SHIFT`` scaled by the spot's width at ``z`` (nm)
+    """How far (px) a fit may move a localization: ``SHIFT_3D`` scaled by the spot's width at ``z`` (nm)
     over the focus's (a defocused spot's deep position is as uncertain as it is wide)."""
-    return MAX_SHIFT * np.sqrt(np.prod(calibration.sigmas(z), axis=0)) / focus_width(calibration)
+    return SHIFT_3D * np.sqrt(np.prod(calibration.sigmas(z), axis=0)) / focus_width(calibration)
 
 
 def start_z(boxes: Boxes, calibration: ZCalibration) -> tuple[np.ndarray, EllipticalFit]:
