@@ -59,6 +59,7 @@ def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip
         grad = (jac @ (flat / mu - 1.0)[..., None])[..., 0]
         fisher = (jac / mu[:, None, :]) @ jac.transpose(0, 2, 1)
         diag = np.diagonal(fisher, axis1=1, axis2=2)
+        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)   # a parameter without effect stays solvable
         step = np.linalg.solve(fisher + lam[:, None, None] * (diag[:, None, :] * np.eye(diag.shape[1])),
                                grad[..., None])[..., 0]
         trial = clip(theta + step)
