@@ -196,3 +196,25 @@ def test_predict_cli_refuses_a_calibration_of_another_pixel_size(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "100 nm per pixel, the stack has 160 nm" in err
     assert not (tmp_path / "out" / "localizations.csv").exists()
+
+
+@pytest.mark.slow
+def test_predict_cli_writes_z_and_warns_on_a_2d_stack(tmp_path, capsys):
+    """A 3D stack through ``smlm-uq predict --z-calibration``: the CSV has z and its uncertainty; the 2D
+    stack of the same seed: a warning that the spots show no astigmatism."""
+    from napari_smlm_uq.io.tiff import write_stack
+    from napari_smlm_uq.io.zcalibration import write_zcalibration
+
+    write_zcalibration(tmp_path / "cal.json", CAL)
+    outputs = []
+    for name, calibration in (("flat", None), ("astig", CAL)):
+        movie = simulate(SimulationSettings(frames=12, size=32, density=1.0, seed=4, z_calibration=calibration))
+        write_stack(tmp_path / f"{name}.tif", movie.adu.astype(np.uint16), 100.0)
+        code = cli.main(["predict", str(tmp_path / f"{name}.tif"), "--out", str(tmp_path / name), "--samples", "0",
+                         "--z-calibration", str(tmp_path / "cal.json"), "--offset", "100", "--gain", "1",
+                         "--read-noise", "1.5", "--format", "tif"])
+        assert code == 0
+        outputs.append(capsys.readouterr().out)
+        table = read_localizations(tmp_path / name / "localizations.csv")
+        assert {"z [nm]", "uncertainty z [nm]"} <= set(table) and len(table["frame"]) > 60
+    assert "no astigmatism" in outputs[0] and "no astigmatism" not in outputs[1]
