@@ -188,10 +188,11 @@ def merge_duplicates(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndar
     for k in (i, j):   # a pair that stays: each emitter starts from the pair fit's z
         slot = np.argmax((slots[:, :width] == k[:, None]) & two[:, :width], axis=1)
         z0[k[kept]] = pair.z[kept, slot[kept]]
-    first = i[merged]
-    rows[first] = single.row[merged, 0] + boxes.corner[merged, 0]
-    cols[first] = single.col[merged, 0] + boxes.corner[merged, 1]
-    z0[first] = single.z[merged, 0]
+    first, (h, w) = i[merged], photoelectrons.shape
+    at = lambda fitted, start, size: np.clip(np.where(np.isfinite(fitted), fitted, start), -0.5, size - 0.5)
+    rows[first] = at(single.row[merged, 0] + boxes.corner[merged, 0], all_rows[mid[merged]], h)
+    cols[first] = at(single.col[merged, 0] + boxes.corner[merged, 1], all_cols[mid[merged]], w)
+    z0[first] = np.where(np.isfinite(single.z[merged, 0]), single.z[merged, 0], z_mid[merged])
     return keep, rows[keep], cols[keep], z0[keep]
 
 
