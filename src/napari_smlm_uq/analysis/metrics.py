@@ -75,7 +75,11 @@ def efficiency(jaccard: float, rmse: float, alpha: float = 1.0) -> float:
 
 def score(loc_frame, loc_xy, gt_frame, gt_xy, tolerance: float = ScoreSettings.tolerance) -> Scores:
     """Match, then JAC = TP / (TP + FP + FN), lateral RMSE over matched pairs, E, precision, recall."""
-    m = match(loc_frame, loc_xy, gt_frame, gt_xy, tolerance)
+    return matched_scores(match(loc_frame, loc_xy, gt_frame, gt_xy, tolerance), loc_xy, gt_xy)
+
+
+def matched_scores(m: Matching, loc_xy, gt_xy) -> Scores:
+    """The :class:`Scores` of a matching of localizations ``loc_xy`` to the truth ``gt_xy`` (nm)."""
     tp = len(m.loc_idx)
     fp, fn = m.n_loc - tp, m.n_gt - tp
     err = np.asarray(loc_xy, float).reshape(-1, 2)[m.loc_idx] - np.asarray(gt_xy, float).reshape(-1, 2)[m.gt_idx]
@@ -83,6 +87,34 @@ def score(loc_frame, loc_xy, gt_frame, gt_xy, tolerance: float = ScoreSettings.t
     jac = 100.0 * tp / max(tp + fp + fn, 1)
     return Scores(jac, rmse, efficiency(jac, rmse if tp else 0.0) if tp else 0.0,
                   100.0 * tp / max(m.n_loc, 1), 100.0 * tp / max(m.n_gt, 1), tp, fp, fn)
+
+
+AXIAL_ALPHA = 0.5   # nm^-1: the challenge's weight of the axial RMSE in its 3D efficiency
+
+
+@dataclass(frozen=True)
+class AxialScores:
+    """3D scores of the matched pairs (matched laterally, as in :func:`score`): ``rmse_z`` (nm), the axial
+    efficiency ``efficiency_axial`` (alpha :data:`AXIAL_ALPHA`) and ``efficiency_3d``, the mean of the lateral
+    and axial efficiencies (SMLM Challenge 2016, Sage et al. 2019)."""
+
+    rmse_z: float
+    efficiency_axial: float
+    efficiency_3d: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_3d(loc_frame, loc_xy, loc_z, gt_frame, gt_xy, gt_z, tolerance: float = 250.0) -> tuple[Scores, AxialScores]:
+    """:func:`score` and the axial scores of the same matching (``*_z`` nm)."""
+    m = match(loc_frame, loc_xy, gt_frame, gt_xy, tolerance)
+    lateral = matched_scores(m, loc_xy, gt_xy)
+    if not lateral.tp:
+        return lateral, AxialScores(float("nan"), 0.0, 0.0)
+    rmse_z = float(np.sqrt(np.mean((np.asarray(loc_z, float)[m.loc_idx] - np.asarray(gt_z, float)[m.gt_idx]) ** 2)))
+    axial = efficiency(lateral.jaccard, rmse_z, AXIAL_ALPHA)
+    return lateral, AxialScores(rmse_z, axial, 0.5 * (lateral.efficiency + axial))
 
 
 # --- uncertainty quality (docs/physics.md, section 7) ---------------------------------------------------------

@@ -25,10 +25,14 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     add_options(p, PredictSettings, unset=("pixel_size", *CAMERA_FIELDS))
     add_options(p, RunSettings)
+    p.add_argument("--z-calibration", default=None, metavar="CAL.json",
+                   help="3D: astigmatic calibration (smlm-uq calibrate-z) of the stack's pixel size; adds z [nm]")
 
 
 def run(a: argparse.Namespace) -> int:
     options = settings(RunSettings, a).validate()
+    if a.z_calibration and options.cluster:
+        raise InputError("--z-calibration runs in one process (a cluster run keeps no z yet)")
     sources = input_stacks(a.inputs)
     if options.cluster:
         from .cluster import predict_on_cluster
@@ -78,6 +82,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     from ..inference.run import parse_frames
     from ..io.camera_map import read_camera_map
     from ..io.tiff import check_finite, open_stack
+    from ..io.zcalibration import read_zcalibration
     from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 
     options = settings(RunSettings, a)
@@ -91,13 +96,23 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     background = choose_background(first, choice.camera, background_estimate(models, PredictSettings()),
                                    options.background)
     pixel_size = a.pixel_size if a.pixel_size is not None else stack.metadata.get("pixel_size", PIXEL_SIZE_NM)
-    s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate)
+    z_calibration = read_zcalibration(a.z_calibration) if a.z_calibration else None
+    s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate,
+                 z_calibration=z_calibration)
     s.validate().torch_device()
     if options.format == "zarr" and not (options.cluster or options.resume or a.overwrite):
         refuse_interrupted(out)   # an interrupted run there: named, not silently replaced
     output_folder(out, options.outputs(out), a.overwrite)
     checks = preflight(first, choice.camera, s.pixel_size, models.info.get("trained_on"), choice.doubts)
     return stack, frames, s, choice, background, checks
+
+
+def flat_stack(locs, s: PredictSettings) -> list[str]:
+    """A warning when a 3D run's z sit at the calibration's focus: a 2D stack read with a z calibration."""
+    from ..inference.refine3d import flat_warning
+
+    warning = s.z_calibration is not None and flat_warning(locs, s.z_calibration)
+    return [f"warning: {warning}"] if warning else []
 
 
 def progress_bar(files: ExitStack, frames: int):
@@ -139,5 +154,5 @@ def predict_here(a: argparse.Namespace, source: Path, out: Path) -> int:
     check = write_results(out, source, frames, models.name, s, total, all_locs, seconds, choice.as_dict(),
                           background=background.as_dict(), warnings=checks.warnings, preflight=checks.as_dict())
     print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame); {len(all_locs)} localizations -> {out}")
-    print(check)
+    print("\n".join([check, *flat_stack(all_locs, s)]))
     return 0

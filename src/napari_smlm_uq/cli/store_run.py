@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 from ..inference.run import clear_outputs, write_results
 from ..io.store import STORE_NAME
-from .predict import progress_bar
+from .predict import flat_stack, progress_bar
 
 
 def predict_into_store(a: argparse.Namespace, stack, job, models, choice, background, checks) -> int:
@@ -42,6 +42,7 @@ def predict_into_store(a: argparse.Namespace, stack, job, models, choice, backgr
                                    choice.as_dict(), background=background.as_dict(), warnings=checks.warnings,
                                    preflight=checks.as_dict()))
         lines.insert(0, f"{len(locs)} localizations in {len(job.frames)} frames -> {job.out}")
+        lines.extend(flat_stack(locs, job.settings))
     run.complete(write_outputs)
     if n:
         print(f"{n} frames in {seconds:.1f} s ({seconds / n:.2f} s/frame)")

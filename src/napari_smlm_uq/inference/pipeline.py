@@ -24,6 +24,7 @@ from ..localizations import Localizations
 from ..models.deepstorm import DeepSTORM
 from ..models.diffusion import Schedule, ancestral_sampler
 from ..models.registry import Models
+from ..physics.astigmatism import ZCalibration
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, from_model
 from ..settings import check, option
@@ -31,6 +32,7 @@ from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
 from .preprocessing import BackgroundEstimate, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner, RefinerPrior
+from .refine3d import Refiner3D
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
 
@@ -87,6 +89,8 @@ class PredictSettings:
     refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
     prior: RefinerPrior | None = None   # the refinement's PSF width and photons; None: learned from the stack
     # first. Not an option: a run learns it (a cluster run's driver learns it once for every chunk).
+    z_calibration: ZCalibration | None = None   # astigmatic 3D refit (refine3d.py): z [nm]. Not an option: the
+    # command line reads it from a file (--z-calibration CAL.json)
 
     def validate(self) -> "PredictSettings":
         check(self)
@@ -97,7 +101,19 @@ class PredictSettings:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"device must be auto, cpu or cuda (got {self.device!r})")
         self.camera.validate()
+        self._validate_z()
         return self
+
+    def _validate_z(self) -> None:
+        cal = self.z_calibration
+        if cal is None:
+            return
+        if not self.refine:
+            raise InputError("a z calibration needs the refinement (z comes from the fit on the raw pixels)")
+        if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
+            raise InputError(f"the z calibration was measured at {cal.pixel_size:g} nm per pixel, the stack has "
+                             f"{self.pixel_size:g} nm: calibrate with beads imaged at the stack's pixel size")
+        cal.validate()
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -327,6 +343,8 @@ def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, de
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     refiner = Refiner(s.camera, excess=s.camera.excess_noise, prior=s.prior) if s.refine else None
+    if s.z_calibration is not None:
+        refiner = Refiner3D(s.camera, s.z_calibration, s.camera.excess_noise)
     per_psi = psi_frames(s, device)
     with torch.inference_mode(), ThreadPoolExecutor(1) as host:
         pending: list[Future] = []
@@ -384,7 +402,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     models.to(device)
     if s.samples and models.psi is None:
         raise InputError(f"model {models.name!r} has no diffusion model (psi); use samples = 0")
-    if s.refine and s.prior is None and len(frames):
+    if s.refine and s.prior is None and s.z_calibration is None and len(frames):   # the 3D refit learns no prior
         s = replace(s, prior=learn_prior(stack, models, s, frames, should_stop))
     notes: list[str] = []
     while len(frames):

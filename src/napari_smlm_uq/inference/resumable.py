@@ -25,7 +25,7 @@ import numpy as np
 
 from ..io.files import InputError, StorageError, atomic_path
 from ..io.store import STORE_NAME, ResultStore, frame_ranges
-from ..localizations import FIELDS, Localizations
+from ..localizations import AXIAL, FIELDS, Localizations
 from . import pipeline
 from .distributed import StackJob
 from .pipeline import StackSum, never
@@ -57,7 +57,8 @@ def _read_checkpoint(out: Path, frames: int) -> tuple[np.ndarray, StackSum, list
                 sums.total, sums.variance, sums.frames = z["total"], z["variance"], int(mask.sum())
             for part in range(parts):
                 with open(_locs_path(out, part), "rb") as fh_part, np.load(fh_part) as p:
-                    locs.append(Localizations(*(p[k] for k in FIELDS)))
+                    axial = (p[k] if k in p.files else None for k in AXIAL)   # 3D runs only
+                    locs.append(Localizations(*(p[k] for k in FIELDS), *axial))
         kept = mask
     except UNREADABLE:   # none, or damaged: nothing kept
         sums, locs, parts = StackSum(), [], 0
@@ -208,7 +209,7 @@ class StoreRun:
         sums.merge(self._pending_sums)
         locs = Localizations.concat(self._pending_locs)
         with atomic_path(_locs_path(self.job.out, self.parts)) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: getattr(locs, k) for k in FIELDS})
+            np.savez(fh, **{k: getattr(locs, k) for k in FIELDS + AXIAL if getattr(locs, k) is not None})
         with atomic_path(_sums_path(self.job.out)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, kept=self.kept | self._pending, parts=self.parts + 1, total=sums.total, variance=sums.variance)
         self.sums = sums

@@ -1,6 +1,7 @@
 """Picasso's localization files: an HDF5 file whose dataset ``locs`` is a structured array (``frame``,
 ``x``, ``y`` in camera pixels with pixel centres at integers, ``photons``, ``sx``, ``sy``, ``bg``, ``lpx``,
-``lpy``, ...) and the metadata (a list of dicts holding ``Width``, ``Height``, ``Frames``, ``Pixelsize``)
+``lpy``, and in 3D ``z`` and ``lpz``, both in nm as Picasso's file format states and its z fit writes
+them, ...) and the metadata (a list of dicts holding ``Width``, ``Height``, ``Frames``, ``Pixelsize``)
 as a YAML file beside it and, as Picasso 0.11 does, as JSON in the dataset ``metadata``.
 
 Our tables use ThunderSTORM's columns (nm from the top-left corner of pixel (0, 0), 1-based frames);
@@ -22,7 +23,8 @@ from .files import InputError, atomic_path
 COLUMNS_KEY = "napari-smlm-uq columns"
 # our columns that become Picasso's standard fields (converted to pixels, renamed or dropped: ``id``)
 STANDARD = ("id", "frame", "x [nm]", "y [nm]", "uncertainty [nm]", "sigma [nm]", "intensity [photon]",
-            "offset [photon]")
+            "offset [photon]", "z [nm]", "uncertainty z [nm]")
+AXIAL = {"z": "z [nm]", "lpz": "uncertainty z [nm]"}   # Picasso's 3D fields (nm) and our columns
 RENAMED = {"frames": "n"}  # our merged-frame count is the ``n`` of Picasso's linked localizations
 
 
@@ -43,6 +45,8 @@ def locs_array(table: dict[str, np.ndarray], pixel_nm: float, psf_sigma_px: floa
               "bg": table.get("offset [photon]", np.zeros(n)),
               "lpx": table["uncertainty [nm]"] / pixel_nm}
     fields["sy"], fields["lpy"] = fields["sx"], fields["lpx"]
+    axial = [k for k, column in AXIAL.items() if column in table]
+    fields |= {k: table[AXIAL[k]] for k in axial}
     names = {}
     for column, values in table.items():
         if column in STANDARD:
@@ -51,7 +55,7 @@ def locs_array(table: dict[str, np.ndarray], pixel_nm: float, psf_sigma_px: floa
         while field in fields:
             field += "_"
         fields[field], names[field] = values, column
-    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", *names]
+    order = ["frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy", *axial, *names]
     dtype = [(k, np.uint32 if k == "frame" else np.float32) for k in order]
     locs = np.empty(n, dtype=dtype)
     for k in order:
@@ -143,8 +147,9 @@ def read_locs(path: str | os.PathLike, pixel_nm: float | None = None) -> dict[st
         table["offset [photon]"] = f("bg")
     if "sx" in locs.dtype.names and "sy" in locs.dtype.names:
         table["sigma [nm]"] = np.sqrt(f("sx") * f("sy")) * pixel
+    table |= {column: f(k) for k, column in AXIAL.items() if k in locs.dtype.names}
     back = {v: k for k, v in RENAMED.items()}
     for field in locs.dtype.names:
-        if field not in ("frame", "x", "y", "lpx", "lpy", "photons", "bg", "sx", "sy"):
+        if field not in ("frame", "x", "y", "lpx", "lpy", "photons", "bg", "sx", "sy", *AXIAL):
             table[names.get(field, back.get(field, field))] = f(field)
     return table

@@ -69,18 +69,23 @@ def table_xy(table: dict[str, np.ndarray]) -> np.ndarray:
 
 def localizations_table(locs: Localizations, pixel_size: float) -> dict[str, np.ndarray]:
     """Predicted localizations as ThunderSTORM columns, with ``uncertainty [nm]`` (per axis),
-    ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``."""
-    return {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size), "y [nm]": px_to_nm(locs.row, pixel_size),
-            "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}
+    ``detection`` (fraction of diffusion samples holding the peak) and ``peak snr``; in 3D also ``z [nm]``
+    and ``uncertainty z [nm]``."""
+    table = {"frame": locs.frame + 1, "x [nm]": px_to_nm(locs.col, pixel_size),
+             "y [nm]": px_to_nm(locs.row, pixel_size),
+             "uncertainty [nm]": locs.uncertainty * pixel_size, "detection": locs.detection, "peak snr": locs.snr}
+    return table if locs.z is None else {**table, "z [nm]": locs.z, "uncertainty z [nm]": locs.uncertainty_z}
 
 
 def table_localizations(table: dict[str, np.ndarray], pixel_size: float) -> Localizations:
-    """Inverse of :func:`localizations_table`; absent uncertainty, detection or peak SNR columns become NaN."""
+    """Inverse of :func:`localizations_table`; absent uncertainty, detection or peak SNR columns become NaN
+    (so does an absent z uncertainty of a table with z; no z column: 2D)."""
     n = len(table["frame"])
     col = lambda key: np.asarray(table.get(key, np.full(n, np.nan)), dtype=np.float64)
+    axial = (col("z [nm]"), col("uncertainty z [nm]")) if "z [nm]" in table else (None, None)
     return Localizations(np.asarray(table["frame"]).astype(int) - 1, nm_to_px(table["y [nm]"], pixel_size),
                          nm_to_px(table["x [nm]"], pixel_size), col("uncertainty [nm]") / pixel_size,
-                         col("detection"), col("peak snr"))
+                         col("detection"), col("peak snr"), *axial)
 
 
 def table_emitters(table: dict[str, np.ndarray], pixel_size: float) -> Emitters:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.interpolate import BSpline
 
+from ..io.files import InputError
 from .fit import _profile
 from .psf import integrated_gaussian_1d
 
@@ -95,15 +96,15 @@ class ZCalibration:
     def validate(self) -> ZCalibration:
         lo, hi = self.z_range
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise ValueError(f"z calibration: z range must be two increasing numbers, nm (got {self.z_range})")
+            raise InputError(f"z calibration: z range must be two increasing numbers, nm (got {self.z_range})")
         if not self.pixel_size > 0:
-            raise ValueError(f"z calibration: pixel size must be > 0 nm (got {self.pixel_size})")
+            raise InputError(f"z calibration: pixel size must be > 0 nm (got {self.pixel_size})")
         for name, curve in (("x", self.x), ("y", self.y)):
             if isinstance(curve, DefocusCurve) and not (curve.sigma0 > 0 and curve.d > 0):
-                raise ValueError(f"z calibration: axis {name} needs sigma0 > 0 px and d > 0 nm (got {curve})")
+                raise InputError(f"z calibration: axis {name} needs sigma0 > 0 px and d > 0 nm (got {curve})")
             widths = curve.sigma(np.linspace(lo, hi, 101))
             if not np.all(np.isfinite(widths) & (widths > 0.05)):
-                raise ValueError(f"z calibration: axis {name}'s widths are not positive over its z range")
+                raise InputError(f"z calibration: axis {name}'s widths are not positive over its z range")
         return self
 
     @property

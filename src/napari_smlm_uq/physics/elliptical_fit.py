@@ -59,6 +59,7 @@ def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip
         grad = (jac @ (flat / mu - 1.0)[..., None])[..., 0]
         fisher = (jac / mu[:, None, :]) @ jac.transpose(0, 2, 1)
         diag = np.diagonal(fisher, axis1=1, axis2=2)
+        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)   # a parameter without effect stays solvable
         step = np.linalg.solve(fisher + lam[:, None, None] * (diag[:, None, :] * np.eye(diag.shape[1])),
                                grad[..., None])[..., 0]
         trial = clip(theta + step)
@@ -71,14 +72,15 @@ def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip
     return theta, mu, (jac / mu[:, None, :]) @ jac.transpose(0, 2, 1)
 
 
-def fit_elliptical(rois: np.ndarray, read_noise: float = 0.0, iterations: int = 30) -> EllipticalFit:
+def fit_elliptical(rois: np.ndarray, read_noise: float = 0.0, iterations: int = 30,
+                   start: np.ndarray | None = None) -> EllipticalFit:
     """Fit ROIs ``(B, S, S)`` of photo-electrons (offset removed, divided by the gain), one spot each,
-    started from the ROI's moments."""
+    started from ``start`` (``(B, 6)``, :data:`PARAMS`) or else the ROI's moments."""
     rois = np.asarray(rois, np.float64)
     n, size = rois.shape[0], rois.shape[-1]
     r2 = read_noise**2
     data = np.clip(rois + r2, 0.0, None)
-    theta = _start(rois)
+    theta = _start(rois) if start is None else np.array(start, np.float64)
     max_sigma = size / 3.0
 
     def clip(t: np.ndarray) -> np.ndarray:
