@@ -34,6 +34,24 @@ def more_settings(widgets: list, title: str = "More settings"):
     return section
 
 
+def scrolling(container: Container) -> None:
+    """Put ``container``'s form (its layout, with everything in it) into a vertical scroll area filling its
+    native widget, so that the dock can shrink to a laptop screen (napari docks ``container.native``)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+
+    inner = QWidget()
+    inner.setLayout(container.native.layout())   # Qt moves the layout and its widgets to ``inner``
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(inner)
+    area.setMinimumWidth(inner.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width())
+    outer = QVBoxLayout(container.native)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+
+
 def note(text: str = "") -> Label:
     """A label whose text wraps to the dock's width."""
     label = Label(value=text)

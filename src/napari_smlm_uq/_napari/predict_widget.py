@@ -28,7 +28,7 @@ from ..inference import distributed
 from ..inference.background_choice import BackgroundChoice, choose_background
 from ..inference.camera_choice import CameraChoice, choose_camera
 from ..inference.pipeline import PredictSettings
-from ..inference.run import RunOutcome, RunSettings, run_folder
+from ..inference.run import RunOutcome, RunSettings, check_finite, run_folder
 from ..io.camera_map import read_camera_map
 from ..io.files import InputError
 from ..io.store import ENCODINGS
@@ -45,6 +45,7 @@ from ._widgets import (
     more_settings,
     note,
     precision_choices,
+    scrolling,
 )
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
@@ -128,12 +129,15 @@ class PredictWidget(Container):
             *f.take("store_encoding"), self.keep, *f.take("scheduler"), run_row,
             self.progress, self.status, self.precision_check])
         self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
+        scrolling(self)   # fits a laptop screen
         self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
 
         self.layer.changed.connect(self._layer_changed)
         self.samples.changed.connect(self._samples_changed)
         self.background.changed.connect(lambda _: self._background_changed())
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
+        for box in (self.start_frame, self.stop_frame):
+            box.changed.connect(lambda _: self._show_total())
         self.keep.changed.connect(self._keep_changed)
         self.estimate_button.changed.connect(lambda: self.estimate_camera())
         self.run_button.changed.connect(lambda: self.run())
@@ -154,6 +158,7 @@ class PredictWidget(Container):
         n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
         self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
         self.start_frame.value, self.stop_frame.value = 0, n
+        self._show_total()
         known = {k: layer.metadata[k] for k in meta["found"] if k != "pixel_size"}
         frames = self._camera_frames(layer)
         self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
@@ -163,6 +168,11 @@ class PredictWidget(Container):
                                    else f"; pixel size: default {PIXEL_SIZE_NM:g} nm, check it")
         extra = layer.metadata.get("note")
         self.camera_note.value += f". {extra}" if extra else ""
+
+    def _show_total(self) -> None:
+        """The progress bar's total: the frames of the chosen range (before and between runs)."""
+        if self.worker is None:
+            self.progress.max, self.progress.value = max(self.stop_frame.value - self.start_frame.value, 1), 0
 
     def _camera_frames(self, layer):
         """The frames the camera estimate reads: the first ones of the chosen range."""
@@ -216,9 +226,9 @@ class PredictWidget(Container):
             camera_map = read_camera_map(self.camera_map.value, frames.shape[-2:])
         given = {k: getattr(self, k).value for k in CAMERA_FIELDS}
         choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
-                               f"camera map {self.camera_map.value}")
-        if camera_map is not None:   # the note says which camera the run uses
-            self.camera_note.value = "\n".join(choice.messages)
+                               "sCMOS map")
+        if camera_map is not None:   # the note says which camera the run uses, naming the map's file once
+            self.camera_note.value = "\n".join([f"sCMOS map: {self.camera_map.value}", *choice.messages])
         if choice.warning:
             show_warning(choice.warning.replace("command line", "the widget"))
         return choice.camera
@@ -271,6 +281,7 @@ class PredictWidget(Container):
                        "workers can read (File > Open), or leave the cluster field empty.")
             return None
         try:
+            check_finite(frames, range(start, stop))
             camera = self.checked_camera(frames[start:])
             self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
             settings = self.settings(camera)
