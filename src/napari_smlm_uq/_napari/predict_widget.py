@@ -130,7 +130,8 @@ class PredictWidget(Container):
             self.progress, self.status, self.precision_check])
         self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
         scrolling(self)   # fits a laptop screen
-        self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
+        self.native.destroyed.connect(lambda *_: self._closed())  # closing napari cancels a run
+        self.native_parent_changed.connect(lambda parent: parent is None and self.cancel())  # ... removing the dock
 
         self.layer.changed.connect(self._layer_changed)
         self.samples.changed.connect(self._samples_changed)
@@ -333,6 +334,15 @@ class PredictWidget(Container):
         self._stop.set()
         self.worker.quit()
         self._say("cancelling…")
+
+    def _closed(self) -> None:
+        """napari closed with the dock: stop the run (its worker still writes the frames done, marked partial)
+        and show nothing more (the dock's Qt widgets are gone)."""
+        self._stop.set()
+        if self.worker is not None:
+            for signal, slot in ((self.worker.yielded, self._on_yielded), (self.worker.returned, self._on_returned),
+                                 (self.worker.errored, self._on_errored), (self.worker.finished, self._on_finished)):
+                signal.disconnect(slot)
 
     def _remove_previous(self) -> None:
         """Remove result layers of an earlier run on the same input (so names do not pile up)."""
