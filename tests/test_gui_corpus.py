@@ -264,7 +264,8 @@ def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, 
     assert errors and errors_shown(shown)[-1].startswith("Prediction stopped:")
     assert "internal error" not in errors_shown(shown)[-1]
     assert widget.status.value.startswith("failed after")
-    assert "raw SR mean" not in viewer.layers
+    assert not any(n.name.startswith("raw SR") and not n.name.endswith("(partial)") for n in viewer.layers)
+    assert all(layer.metadata["partial"] for layer in viewer.layers if layer.name.endswith("(partial)"))
     assert_alive(viewer, qtbot)
 
 
@@ -372,11 +373,12 @@ def test_training_with_nonsense_ranges_and_cancelled(make_napari_viewer, qtbot, 
     train.train_button.native.click()
     assert "photons" in errors_shown(shown)[-1] and not train.running
     train.photons.value = (100, 5000)
-    train.background.value = (-5, 10)
+    assert all(box.min >= 0 for box in (*train.background, *train.photons, *train.psf_sigma))  # no negative input
+    train.psf_sigma.value = (1.5, 0.8)
     train.train_button.native.click()
-    assert "background" in errors_shown(shown)[-1].lower() and not train.running
+    assert "PSF sigma" in errors_shown(shown)[-1] and not train.running
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
-    train.background.value = (1, 10)
+    train.psf_sigma.value = (1.0, 1.4)
     errors: list = []
     workers: list = []
     train.worker_started.connect(workers.append)

@@ -403,7 +403,10 @@ class PredictWidget(Container):
         outcome = self._outcome or RunOutcome(False, len(results.localizations()), "")  # failed
         partial = not outcome.complete
         if results.done:
-            self._draw(partial=partial)
+            try:
+                self._draw(partial=partial)
+            except (OSError, KeyError) as exc:   # zarr: KeyError for an array whose folder is gone
+                self._store_lost(results, exc)
         seconds = time.perf_counter() - self._t0
         n_locs = outcome.localizations
         if self._error:
@@ -416,6 +419,19 @@ class PredictWidget(Container):
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
         self.precision_check.value = outcome.precision
         self.run_finished.emit(results)
+
+    def _store_lost(self, results: PredictionResults, exc: BaseException) -> None:
+        """The run's store cannot be read (its folder removed mid-run): remove the layers that read it, mark the
+        others (held in memory) partial, and say so."""
+        names = results.names(self._source, partial=True)
+        for kind, layer in self._layers.items():
+            if layer in self.viewer.layers:
+                if kind in ("mean", "sample", "std"):
+                    self.viewer.layers.remove(layer)
+                else:
+                    layer.name, layer.metadata = names[kind], {**layer.metadata, "partial": True}
+        self._error = f"the results in {results.path} cannot be read any more ({type(exc).__name__}: {exc})"
+        show_error(f"Prediction stopped: {self._error}; the sums and localizations are kept in napari.")
 
     def _say(self, text: str) -> None:
         self.status.value = text
