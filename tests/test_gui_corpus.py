@@ -15,7 +15,7 @@ from napari_helpers import CAMERA, PLUGIN, PREDICT, TRAIN, add_raw, watch
 from napari_smlm_uq._napari import _layers, postprocess_widget, predict_widget, train_widget
 from napari_smlm_uq.io.store import ResultStore
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
+pytestmark = pytest.mark.gui   # slow: the cases over 5 s on the 2-core dev CPU
 SUFFIXES = tuple(_layers.SUFFIXES.values())
 
 
@@ -82,6 +82,7 @@ def assert_partial_is_marked(widget, viewer, name: str) -> None:
 # --- choosing the input ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wrong_layers_are_not_offered_and_are_explained(make_napari_viewer, qtbot, tiny_model_file, shown):
     """Cases: no layer; an 8-bit RGB image; a result layer (SR mean) as camera frames; a 4D stack; a
     float stack of NaNs; the estimate button without a layer; a cluster run without a file."""
@@ -116,6 +117,7 @@ def test_wrong_layers_are_not_offered_and_are_explained(make_napari_viewer, qtbo
     assert_alive(viewer, qtbot)
 
 
+@pytest.mark.slow
 def test_one_frame_zeros_and_a_two_d_image_run(make_napari_viewer, qtbot, tiny_model_file, shown):
     """Cases: a 1-frame stack, a stack of zeros (the camera estimate fails: defaults, said so), a 2D image."""
     viewer = make_napari_viewer()
@@ -182,6 +184,7 @@ def test_run_twice_and_cancel_during_the_first_frame(make_napari_viewer, qtbot, 
     assert_alive(viewer, qtbot)
 
 
+@pytest.mark.slow
 def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_model_file, shown, monkeypatch):
     """Cases: Cancel inside psi's sampling of the second frame (the first kept, partial); Cancel while the
     worker writes the last frame (every frame was done: the run completes, nothing marked partial)."""
@@ -209,6 +212,7 @@ def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_mo
     assert_alive(viewer, qtbot)
 
 
+@pytest.mark.slow
 def test_closing_the_dock_or_the_viewer_during_a_run_stops_the_worker(make_napari_viewer, qtbot, tiny_model_file,
                                                                        shown):
     """Cases: the dock removed during a run; the viewer closed during a run: the worker stops, no exception."""
@@ -232,6 +236,7 @@ def test_closing_the_dock_or_the_viewer_during_a_run_stops_the_worker(make_napar
 # --- output folders -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, tiny_model_file, shown, tmp_path):
     """Cases: an output folder inside a file (cannot be made); one that is read-only; the run's folder removed
     mid-run (the run stops with a message; nothing looks complete)."""
@@ -304,6 +309,7 @@ def select_and_delete(viewer, names) -> None:
     viewer.layers.remove_selected()
 
 
+@pytest.mark.slow
 def test_remove_result_layers_one_by_one_and_all_at_once_then_run_again(make_napari_viewer, qtbot,
                                                                          tiny_model_file, shown):
     """Cases: removing the result layers one by one, then all at once (selected, deleted in one go), after
@@ -332,6 +338,7 @@ def test_remove_result_layers_one_by_one_and_all_at_once_then_run_again(make_nap
     assert_alive(viewer, qtbot)
 
 
+@pytest.mark.slow
 def test_frame_slider_moves_and_layers_vanish_while_results_stream_in(make_napari_viewer, qtbot, tiny_model_file,
                                                                       shown):
     """Cases: the frame slider moved while frames arrive; result layers removed during the run (they come
