@@ -245,8 +245,7 @@ def test_choosers_offer_only_layers_of_the_right_kind(make_napari_viewer, qtbot,
 @pytest.mark.slow
 def test_result_layers_can_be_removed_and_the_next_run_recreates_them(make_napari_viewer, qtbot, model_file):
     """An empty run (flat frames, bundled model: no localizations) and a full one; the user removes the
-    result layers (one by one: removing several image layers at once crashes napari's OpenGL drawing under
-    Xvfb even for plain layers, see docs/napari.md), then runs again."""
+    result layers one by one (all at once: tests/test_napari_remove_layers.py), then runs again."""
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
     widget.samples.value, widget.steps.value, widget.device.value = 0, 1, "cpu"

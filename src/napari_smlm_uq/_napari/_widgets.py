@@ -34,6 +34,29 @@ def more_settings(widgets: list, title: str = "More settings"):
     return section
 
 
+def scrolling(container: Container) -> None:
+    """Put ``container``'s form (its layout, with everything in it) into a vertical scroll area filling its
+    native widget, so that the dock can shrink to a laptop screen (napari docks ``container.native``); the
+    area is never narrower than the form."""
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+
+    class FormArea(QScrollArea):
+        def minimumSizeHint(self) -> QSize:
+            width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+            return QSize(width, super().minimumSizeHint().height())
+
+    inner = QWidget()
+    inner.setLayout(container.native.layout())   # Qt moves the layout and its widgets to ``inner``
+    area = FormArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(inner)
+    outer = QVBoxLayout(container.native)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+
+
 def note(text: str = "") -> Label:
     """A label whose text wraps to the dock's width."""
     label = Label(value=text)

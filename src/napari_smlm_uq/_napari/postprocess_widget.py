@@ -19,7 +19,7 @@ from ..io.files import InputError
 from ..io.tables import read_table
 from ..postprocess import workflow
 from ._fields import SettingsForm
-from ._widgets import more_settings
+from ._widgets import more_settings, scrolling
 
 MARGIN_NM = 500.0
 
@@ -64,6 +64,7 @@ class PostprocessWidget(Container):
         self.native.layout().insertWidget(self.index(self.run_button), more_settings(f.rest()))
         self.canvas, self.figure = _plot_canvas()
         self.native.layout().addWidget(self.canvas)
+        scrolling(self)   # fits a laptop screen
         self.result: workflow.Result | None = None
         self.run_button.changed.connect(self.run)
         self.save_button.changed.connect(self.save)

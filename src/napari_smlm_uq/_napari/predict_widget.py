@@ -49,6 +49,7 @@ from ._widgets import (
     more_settings,
     note,
     precision_choices,
+    scrolling,
 )
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
 
@@ -133,13 +134,17 @@ class PredictWidget(Container):
             *f.take("store_encoding"), self.keep, *f.take("scheduler"), run_row,
             self.progress, self.status, self.precision_check])
         self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
-        self.native.destroyed.connect(lambda *_: self._stop.set())  # closing the dock cancels a run
+        scrolling(self)   # fits a laptop screen
+        self.native.destroyed.connect(lambda *_: self._closed())  # closing napari cancels a run
+        self.native_parent_changed.connect(lambda parent: parent is None and self.cancel())  # ... removing the dock
 
         self.layer.changed.connect(self._layer_changed)
         napari_viewer.layers.events.removed.connect(self._layer_removed)
         self.samples.changed.connect(self._samples_changed)
         self.background.changed.connect(lambda _: self._background_changed())
         self.start_frame.changed.connect(lambda v: setattr(self.stop_frame, "min", v + 1))
+        for box in (self.start_frame, self.stop_frame):
+            box.changed.connect(lambda _: self._show_total())
         self.keep.changed.connect(self._keep_changed)
         self.estimate_button.changed.connect(lambda: self.estimate_camera())
         self.run_button.changed.connect(lambda: self.run())
@@ -160,6 +165,7 @@ class PredictWidget(Container):
         n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
         self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
         self.start_frame.value, self.stop_frame.value = 0, n
+        self._show_total()
         known = {k: layer.metadata[k] for k in meta["found"] if k != "pixel_size"}
         frames = self._camera_frames(layer)
         self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
@@ -169,6 +175,11 @@ class PredictWidget(Container):
                                    else f"; pixel size: default {PIXEL_SIZE_NM:g} nm, check it")
         extra = layer.metadata.get("note")
         self.camera_note.value += f". {extra}" if extra else ""
+
+    def _show_total(self) -> None:
+        """The progress bar's total: the frames of the chosen range (before and between runs)."""
+        if self.worker is None:
+            self.progress.max, self.progress.value = max(self.stop_frame.value - self.start_frame.value, 1), 0
 
     def _camera_frames(self, layer):
         """The frames the camera estimate reads: the first ones of the chosen range."""
@@ -225,9 +236,9 @@ class PredictWidget(Container):
             camera_map = read_camera_map(self.camera_map.value, frames.shape[-2:])
         given = {k: getattr(self, k).value for k in CAMERA_FIELDS}
         choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
-                               f"camera map {self.camera_map.value}")
-        if camera_map is not None:   # the note says which camera the run uses
-            self.camera_note.value = "\n".join(choice.messages)
+                               "sCMOS map")
+        if camera_map is not None:   # the note says which camera the run uses, naming the map's file once
+            self.camera_note.value = "\n".join([f"sCMOS map: {self.camera_map.value}", *choice.messages])
         if choice.warning:
             show_warning(choice.warning.replace("command line", "the widget"))
         return choice.camera
@@ -348,6 +359,15 @@ class PredictWidget(Container):
         self._removed.clear()
         gc.collect()
 
+    def _closed(self) -> None:
+        """napari closed with the dock: stop the run (its worker still writes the frames done, marked partial)
+        and show nothing more (the dock's Qt widgets are gone)."""
+        self._stop.set()
+        if self.worker is not None:
+            for signal, slot in ((self.worker.yielded, self._on_yielded), (self.worker.returned, self._on_returned),
+                                 (self.worker.errored, self._on_errored), (self.worker.finished, self._on_finished)):
+                signal.disconnect(slot)
+
     def _remove_previous(self) -> None:
         """Remove result layers of an earlier run on the same input (so names do not pile up)."""
         for name in self.results.names(self._source, partial=False).values():
@@ -407,7 +427,10 @@ class PredictWidget(Container):
         outcome = self._outcome or RunOutcome(False, len(results.localizations()), "")  # failed
         partial = not outcome.complete
         if results.done:
-            self._draw(partial=partial)
+            try:
+                self._draw(partial=partial)
+            except (OSError, KeyError) as exc:   # zarr: KeyError for an array whose folder is gone
+                self._store_lost(results, exc)
         seconds = time.perf_counter() - self._t0
         n_locs = outcome.localizations
         if self._error:
@@ -420,6 +443,19 @@ class PredictWidget(Container):
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
         self.precision_check.value = outcome.precision
         self.run_finished.emit(results)
+
+    def _store_lost(self, results: PredictionResults, exc: BaseException) -> None:
+        """The run's store cannot be read (its folder removed mid-run): remove the layers that read it, mark the
+        others (held in memory) partial, and say so."""
+        names = results.names(self._source, partial=True)
+        for kind, layer in self._layers.items():
+            if layer in self.viewer.layers:
+                if kind in ("mean", "sample", "std"):
+                    self.viewer.layers.remove(layer)
+                else:
+                    layer.name, layer.metadata = names[kind], {**layer.metadata, "partial": True}
+        self._error = f"the results in {results.path} cannot be read any more ({type(exc).__name__}: {exc})"
+        show_error(f"Prediction stopped: {self._error}; the sums and localizations are kept in napari.")
 
     def _say(self, text: str) -> None:
         self.status.value = text

@@ -36,6 +36,7 @@ from ._widgets import (
     more_settings,
     note,
     precision_choices,
+    scrolling,
 )
 from ._workers import Notice, as_frames, eta, inspect_job, start_worker, train_and_validate_job
 
@@ -172,6 +173,7 @@ class TrainWidget(Container):
         self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
         self.plot = LossPlot()  # plain Qt: magicgui has no plot widget
         self.native.layout().addWidget(self.plot)
+        scrolling(self)   # fits a laptop screen
         self.append(self.results)
 
         self.layer.changed.connect(self._prefill)
