@@ -106,11 +106,15 @@ def test_an_error_in_the_network_thread_is_raised_to_the_caller(tiny_models, fra
     assert threading.active_count() == before
 
 
-def test_host_pool_after_the_refiner_settles_gives_the_sequential_results(monkeypatch):
-    """With the refiner settled after a few spots (MAX_LEARNED 5; the bundled phi, whose spots are isolated
-    enough to learn from), later frames are refined in a pool of 3 threads: the same localizations as one
-    frame after the other."""
+@pytest.mark.parametrize("prior", [True, False])
+def test_host_pool_after_the_refiner_settles_gives_the_sequential_results(monkeypatch, prior):
+    """With the prior learned before the first frame the refiner never changes: every frame is refined in the
+    pool of 3 threads. Without one (learned frame by frame, settled after a few spots: MAX_LEARNED 5; the
+    bundled phi, whose spots are isolated enough to learn from), the first frames are refined in order, the
+    later ones in the pool. The same localizations as one frame after the other."""
     monkeypatch.setattr(refine, "MAX_LEARNED", 5)
+    if not prior:
+        monkeypatch.setattr(pipeline, "learn_prior", lambda *args, **kwargs: None)
     bundled = registry.load("default")
     stack = simulate(SimulationSettings(frames=8, size=32, density=1.0, seed=6)).adu
     monkeypatch.setattr(overlap, "HOST_THREADS", 1)
@@ -124,9 +128,12 @@ def test_host_pool_after_the_refiner_settles_gives_the_sequential_results(monkey
     monkeypatch.setattr(overlap.HostWork, "submit", spy)
     monkeypatch.setattr(overlap, "HOST_THREADS", 3)
     _, locs, total, _ = run(bundled, stack, 2, monkeypatch, samples=0)
-    # the refiner settles with frame 1; frame k is submitted once the caller has taken frame k - 3 (a queue of
-    # DEPTH = 2 and one in hand), that is once frame k - 4 is done: frames 5 on go to the pool
-    assert len(pooled) == 8 and not pooled[0] and all(pooled[5:])
+    if prior:
+        assert pooled == [True] * 8
+    else:
+        # the refiner settles with frame 1; frame k is submitted once the caller has taken frame k - 3 (a queue
+        # of DEPTH = 2 and one in hand), that is once frame k - 4 is done: frames 5 on go to the pool
+        assert len(pooled) == 8 and not pooled[0] and all(pooled[5:])
     assert len(seq_locs) > 40
     for k in FIELDS:
         np.testing.assert_array_equal(getattr(locs, k), getattr(seq_locs, k), err_msg=k)
