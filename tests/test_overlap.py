@@ -73,7 +73,7 @@ def test_network_runs_ahead_while_the_caller_holds_a_frame(tiny_models, frames, 
         return statistics(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "kde_statistics", counted)
-    s = PredictSettings(samples=2, device="cpu", precision="fp32", frame_batch=1)
+    s = PredictSettings(samples=2, device="cpu", precision="fp32", frame_batch=1, refine=False)  # no prior to learn
     gen = pipeline.predict(frames, tiny_models, s)
     assert next(gen).index == 0
     if depth:
@@ -86,7 +86,7 @@ def test_network_runs_ahead_while_the_caller_holds_a_frame(tiny_models, frames, 
 def test_stopping_early_leaves_no_thread(tiny_models, frames, monkeypatch):
     monkeypatch.setattr(overlap, "DEPTH", 2)
     before = threading.active_count()
-    s = PredictSettings(samples=2, device="cpu", precision="fp32", frame_batch=1)
+    s = PredictSettings(samples=2, device="cpu", precision="fp32", frame_batch=1, refine=False)  # no prior to learn
     gen = pipeline.predict(frames, tiny_models, s)
     first = next(gen)
     gen.close()

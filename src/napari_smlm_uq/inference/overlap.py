@@ -3,9 +3,10 @@ psi, the KDE statistics and peaks) run in a producer thread, up to :data:`DEPTH`
 frames handed to the caller, while the host thread localizes and refines the earlier batches and the caller
 writes them. torch releases the GIL in its kernels, numpy and scipy in most of theirs. The host work
 (:class:`HostWork`) runs in frame order in one thread while the refiner learns the PSF width and the single
-emitters' photons frame after frame, then, once it has settled, in a pool (on a GPU: the CPU's cores are
-free); every frame draws from its own random stream, so the results are those of the sequential path
-(``DEPTH = 0``, ``HOST_THREADS = 1``: each batch's network pass, host work and hand-over one after the other).
+emitters' photons frame after frame, then, once it has settled (from the start with the prior that
+``predict`` learns before the first frame), in a pool (on a GPU: the CPU's cores are free); every frame
+draws from its own random stream, so the results are those of the sequential path (``DEPTH = 0``,
+``HOST_THREADS = 1``: each batch's network pass, host work and hand-over one after the other).
 
 :class:`Timeline` records where the network thread's wall time goes, so a benchmark can report the
 fraction of it the network waits on reading, host work and the caller.
