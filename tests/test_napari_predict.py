@@ -43,7 +43,7 @@ def run_and_wait(widget, qtbot, errors, timeout=60_000):
 
 def unrefined(monkeypatch) -> None:
     """Localizations at the mean KDE's peaks (no refit on the raw pixels), to check the layers' alignment."""
-    monkeypatch.setattr(pipeline, "Refiner", lambda camera, **options: (lambda locs, frame: locs))
+    monkeypatch.setattr(pipeline, "Refiner", lambda camera, **options: None)   # predict then refines nothing
     monkeypatch.setattr(pipeline, "learn_prior", lambda *args, **options: None)   # no refiner to learn a prior for
 
 

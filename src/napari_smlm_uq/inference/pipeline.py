@@ -10,10 +10,10 @@ import ctypes
 import functools
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Callable, Generator, Literal, get_args
+from typing import Callable, Generator, Iterator, Literal, get_args
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from ..physics.kde import UPSAMPLING, from_model
 from ..settings import check, option
 from .calibration import Calibration
 from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
+from .overlap import HostWork, Timeline, host_threads, in_order
 from .preprocessing import BackgroundEstimate, normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner, RefinerPrior
 from .refine3d import Refiner3D
@@ -336,46 +337,49 @@ def psi_frames(s: PredictSettings, device: torch.device) -> int:
     return s.frame_batch if device.type == "cuda" else 1
 
 
-def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, device: torch.device,
-                    should_stop: Callable[[], bool]) -> Generator[FrameResult, None, None]:
-    """:func:`predict` without the out-of-memory retry. The host work of a psi batch (localization and
-    refinement) runs in a thread while the network draws the next batch's samples."""
+def _network_passes(stack, frames: range, models: Models, s: PredictSettings, device: torch.device, host: HostWork,
+                    timeline: Timeline, should_stop: Callable[[], bool]) -> Iterator[list[Future]]:
+    """The network passes over ``frames``, a psi batch at a time: each batch's host work (localization and
+    refinement) submitted to ``host`` in frame order; the futures of each batch."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
     refiner = Refiner(s.camera, excess=s.camera.excess_noise, prior=s.prior) if s.refine else None
     if s.z_calibration is not None:
         refiner = Refiner3D(s.camera, s.z_calibration, s.camera.excess_noise)
     per_psi = psi_frames(s, device)
-    with torch.inference_mode(), ThreadPoolExecutor(1) as host:
-        pending: list[Future] = []
+    with torch.inference_mode():
         for b0 in range(frames.start, frames.stop, s.frame_batch):
             t0 = time.perf_counter()
-            batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
-            x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
-            snr = pixel_snr(x).cpu().numpy()
+            with timeline.span("read"):
+                batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
+            with timeline.span("network"):
+                x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
+                snr = pixel_snr(x).cpu().numpy()
             per_frame = (time.perf_counter() - t0) / len(batch)
             for i0 in range(0, len(batch), per_psi):
                 if should_stop():
                     return
                 t1, part = time.perf_counter(), slice(i0, min(i0 + per_psi, len(batch)))
-                z = None
-                if s.samples:
-                    gens = [frame_generator(s.seed, b0 + i, device) for i in range(part.start, part.stop)]
-                    z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
-                    if z is None:
-                        return
-                stats = kde_statistics(z, z_phi[part], s.threshold)
+                with timeline.span("network"):
+                    z = None
+                    if s.samples:
+                        gens = [frame_generator(s.seed, b0 + i, device) for i in range(part.start, part.stop)]
+                        z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
+                        if z is None:
+                            return
+                    stats = kde_statistics(z, z_phi[part], s.threshold)
                 seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
-                done, pending = pending, [host.submit(frame_result, b0 + i, stats, i - part.start, batch[i], snr[i, 0],
-                                                      s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
-                for f in done:
-                    yield f.result()
-                    if should_stop():
-                        return
-        for f in pending:
-            yield f.result()
-            if should_stop():
-                return
+                yield [host.submit(refiner is None or refiner.settled, frame_result, b0 + i, stats, i - part.start,
+                                   batch[i], snr[i, 0], s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
+
+
+def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, device: torch.device,
+                    should_stop: Callable[[], bool], timeline: Timeline) -> Generator[FrameResult, None, None]:
+    """:func:`predict` without the out-of-memory retry: the network passes run ahead of the host work
+    (in frame order until the refiner has settled, then in a pool on a GPU) and of the caller (overlap.py)."""
+    with HostWork(host_threads(device.type)) as host:
+        yield from in_order(
+            lambda stop: _network_passes(stack, frames, models, s, device, host, timeline, stop), should_stop, timeline)
 
 
 def smaller_batches(s: PredictSettings, device: torch.device, tile_pixels: int) -> PredictSettings | None:
@@ -388,13 +392,14 @@ def smaller_batches(s: PredictSettings, device: torch.device, tile_pixels: int) 
 
 
 def predict(stack, models: Models, settings: PredictSettings, frames: range | None = None,
-            should_stop: Callable[[], bool] = never) -> Generator[FrameResult, None, None]:
+            should_stop: Callable[[], bool] = never, timeline: Timeline | None = None
+            ) -> Generator[FrameResult, None, None]:
     """Yield a :class:`FrameResult` per frame of ``frames`` (default: all) of ``stack`` (``(T, H, W)`` ADU, any
     array-like: frames are read batch by batch). Stops cleanly (no partial frame) when ``should_stop()`` turns
     true. On a GPU out-of-memory error, halves the tile and frame batches and goes on from the frame that
     failed; the next result's ``notes`` say so. The refinement's prior is learned first (:func:`learn_prior`)
-    unless the settings carry it."""
-    s = settings.validate()
+    unless the settings carry it. ``timeline`` records where the wall time went (overlap.py)."""
+    s, timeline = settings.validate(), timeline or Timeline()
     frames = range(len(stack)) if frames is None else frames
     if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
         raise ValueError(f"frames must be a contiguous range within 0..{len(stack)} (got {frames})")
@@ -407,7 +412,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     notes: list[str] = []
     while len(frames):
         try:
-            for r in _predict_frames(stack, frames, models, s, device, should_stop):
+            for r in _predict_frames(stack, frames, models, s, device, should_stop, timeline):
                 frames = range(r.index + 1, frames.stop)
                 r.notes, notes = tuple(notes), []
                 yield r

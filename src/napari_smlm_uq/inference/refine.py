@@ -46,6 +46,7 @@ CROWDED = 5.0             # PSF sigmas: a localization with another this near is
 WIDTH_NOISE = 2.0         # a box's fitted width counts as wider than the PSF beyond this many of its bounds
 DEFAULT_PSF_SIGMA = 1.0   # raw pixels: until the stack's isolated spots have given a width
 MIN_WIDTH_FITS = 20       # isolated-spot fits before their median replaces the default width
+MAX_LEARNED = 1000        # widths and single-emitter photons learned, at most: then the refiner stops changing
 MAX_WIDTH_CRLB = 0.25     # px: isolated-spot widths known better than this enter the median (dim spots too)
 # twice the log-likelihood a second emitter must add to a wide spot alone in its box (chi2(3): p ~ 1e-3)
 SPLIT_GAIN = 16.0
@@ -280,8 +281,15 @@ class Refiner:
         """:func:`photon_statistics` of the single emitters refined so far (the prior's, where given)."""
         return self.prior.single_photons if self.prior is not None else photon_statistics(self.photons)
 
+    @property
+    def settled(self) -> bool:
+        """Whether the PSF width and the single emitters' photons have stopped changing (from the start with a
+        ``prior``): the refits of later frames then depend on their own frame alone (they may run in parallel)."""
+        width = self.psf_sigma is not None or len(self.widths) >= MAX_LEARNED
+        return width and (self.prior is not None or len(self.photons) >= MAX_LEARNED)
+
     def learn_width(self, e: np.ndarray, locs: Localizations, read_variance) -> None:
-        if self.psf_sigma is not None or len(self.widths) >= 1000 or not len(locs):
+        if self.psf_sigma is not None or len(self.widths) >= MAX_LEARNED or not len(locs):
             return
         fit, _ = isolated_widths(e, locs.row, locs.col, ImagingModel(self.width(), read_variance, self.excess))
         if fit is None:
@@ -292,7 +300,7 @@ class Refiner:
 
     def learn_photons(self, fit: RefinedFrame) -> None:
         """The photons of a refit's single emitters: kept, alone (not crowded), not wider than the PSF."""
-        if len(self.photons) < 1000 and self.prior is None:
+        if len(self.photons) < MAX_LEARNED and self.prior is None:
             single = fit.ok & ~fit.crowded & (fit.excess == 0) & (fit.photons > 0)
             self.photons.extend(fit.photons[single].tolist())
 
