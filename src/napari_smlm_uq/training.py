@@ -347,12 +347,14 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
                 return good
             for group in stage.opt.param_groups:
                 group["lr"] = _lr(stage.iteration, total, s.lr)
-            x, z0 = next(batches)
-            loss = stage.loss(x, z0)
-            stage.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(stage.net.parameters(), 1.0)
-            stage.opt.step()
+            # grad on whatever the thread was left in (a worker thread's earlier job may have left inference mode)
+            with torch.inference_mode(False), torch.enable_grad():
+                x, z0 = next(batches)
+                loss = stage.loss(x, z0)
+                stage.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(stage.net.parameters(), 1.0)
+                stage.opt.step()
             stage.iteration += 1
             if s.stage_seconds and stage.iteration in (PACE_ITERATIONS, 2 * PACE_ITERATIONS):
                 paced = time.perf_counter() - start

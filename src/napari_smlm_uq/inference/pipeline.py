@@ -347,30 +347,34 @@ def _network_passes(stack, frames: range, models: Models, s: PredictSettings, de
     if s.z_calibration is not None:
         refiner = Refiner3D(s.camera, s.z_calibration, s.camera.excess_noise)
     per_psi = psi_frames(s, device)
-    with torch.inference_mode():
-        for b0 in range(frames.start, frames.stop, s.frame_batch):
-            t0 = time.perf_counter()
-            with timeline.span("read"):
-                batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
-            with timeline.span("network"):
-                x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
-                snr = pixel_snr(x).cpu().numpy()
-            per_frame = (time.perf_counter() - t0) / len(batch)
-            for i0 in range(0, len(batch), per_psi):
-                if should_stop():
-                    return
-                t1, part = time.perf_counter(), slice(i0, min(i0 + per_psi, len(batch)))
-                with timeline.span("network"):
-                    z = None
-                    if s.samples:
-                        gens = [frame_generator(s.seed, b0 + i, device) for i in range(part.start, part.stop)]
-                        z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
-                        if z is None:
-                            return
-                    stats = kde_statistics(z, z_phi[part], s.threshold)
-                seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
-                yield [host.submit(refiner is None or refiner.settled, frame_result, b0 + i, stats, i - part.start,
-                                   batch[i], snr[i, 0], s, calibration, refiner, seconds) for i in range(part.start, part.stop)]
+    # inference mode only between the yields: a generator suspended inside it would leave its consumer's
+    # thread (a napari worker, later a training job) in inference mode
+    for b0 in range(frames.start, frames.stop, s.frame_batch):
+        t0 = time.perf_counter()
+        with timeline.span("read"):
+            batch = np.asarray(stack[b0:min(b0 + s.frame_batch, frames.stop)])
+        with timeline.span("network"), torch.inference_mode():
+            x, z_phi = run_phi(phi, batch, s, device, background_estimate(models, s))
+            snr = pixel_snr(x).cpu().numpy()
+        per_frame = (time.perf_counter() - t0) / len(batch)
+        for i0 in range(0, len(batch), per_psi):
+            if should_stop():
+                return
+            t1, part = time.perf_counter(), slice(i0, min(i0 + per_psi, len(batch)))
+            with timeline.span("network"), torch.inference_mode():
+                z = None
+                if s.samples:
+                    gens = [frame_generator(s.seed, b0 + i, device) for i in range(part.start, part.stop)]
+                    z = sample_frames(models, x[part], z_phi[part], s, device, gens, should_stop)
+                    if z is None:
+                        return
+                stats = kde_statistics(z, z_phi[part], s.threshold)
+            seconds = per_frame + (time.perf_counter() - t1) / (part.stop - part.start)
+            with torch.inference_mode():
+                futures = [host.submit(refiner is None or refiner.settled, frame_result, b0 + i, stats,
+                                       i - part.start, batch[i], snr[i, 0], s, calibration, refiner, seconds)
+                           for i in range(part.start, part.stop)]
+            yield futures
 
 
 def _predict_frames(stack, frames: range, models: Models, s: PredictSettings, device: torch.device,
