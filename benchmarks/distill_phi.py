@@ -6,7 +6,7 @@
 
 The student keeps the teacher's context module (copied and frozen: 48 channels at the raw pixel size) and
 learns its upsampling and prediction modules (``--up-channels`` at 2x and 4x the raw size) to reproduce the
-teacher's output on training patches (``training.simulate_patches`` over the training ranges of
+teacher's output on training patches (``training_data.simulate_patches`` over the training ranges of
 ``TrainSettings``), by mean squared error, bf16 where native, Adam with a cosine decay, batch 32. psi, the
 schedule and the calibration are the teacher's, so psi is conditioned on (nearly) the same phi output.
 """
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from napari_smlm_uq.inference.pipeline import bf16_autocast
 from napari_smlm_uq.models import registry
 from napari_smlm_uq.models.deepstorm import DeepSTORM
-from napari_smlm_uq.training import TrainSettings, simulate_patches
+from napari_smlm_uq.training import TrainSettings
+from napari_smlm_uq.training_data import simulate_patches
 
 
 def student_of(teacher: DeepSTORM, up_channels: int) -> DeepSTORM:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, TRAIN, add_raw, watch
 
-from napari_smlm_uq._napari import _layers, postprocess_widget, predict_widget, train_widget
+from napari_smlm_uq._napari import _camera_section, _layers, postprocess_widget, predict_widget, train_widget
 from napari_smlm_uq.io.store import ResultStore
 
 pytestmark = pytest.mark.gui   # slow: the cases over 5 s on the 2-core dev CPU
@@ -23,7 +23,7 @@ SUFFIXES = tuple(_layers.SUFFIXES.values())
 def shown(monkeypatch) -> list[tuple[str, str]]:
     """The notifications the widgets show, as ``(level, text)``."""
     out: list[tuple[str, str]] = []
-    for module in (predict_widget, train_widget, postprocess_widget):
+    for module in (predict_widget, _camera_section, train_widget, postprocess_widget):
         for level in ("show_error", "show_warning", "show_info"):
             if hasattr(module, level):
                 monkeypatch.setattr(module, level, lambda text, level=level: out.append((level[5:], str(text))))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_smlm_uq import training
+from napari_smlm_uq import training, training_data
 from napari_smlm_uq.inference import tiling
 from napari_smlm_uq.io.files import InputError
 from napari_smlm_uq.models import registry
@@ -650,10 +650,10 @@ def test_training_refits_the_calibration_when_asked(tmp_path):
 def test_training_patches_put_that_fraction_of_emitters_up_to_the_edge(tmp_path, fraction):
     """Disc patches (paper 4) hold no emitter in the corners; edge patches do, as a frame's edge does."""
     s = settings(tmp_path, density=(20.0, 20.0), edge_patches=fraction, structured=0.0)   # uniform patches only
-    _, kde = training.simulate_patches(np.random.default_rng(2), 40, s)
+    _, kde = training_data.simulate_patches(np.random.default_rng(2), 40, s)
     y = (kde[:, 0].numpy() + 1) / 2  # KDE units
     r = np.hypot(*np.meshgrid(np.arange(64) - 31.5, np.arange(64) - 31.5, indexing="ij"))
-    corner_mass = (y * (r > 4 * (training.DISC_RADIUS + 1.5))).sum(axis=(1, 2))  # beyond the disc and its kernels
+    corner_mass = (y * (r > 4 * (training_data.DISC_RADIUS + 1.5))).sum(axis=(1, 2))  # beyond the disc and its kernels
     n_disc = 40 - int(round(40 * fraction))
     assert not (corner_mass[:n_disc] > 0.5).any()
     assert np.all(corner_mass[n_disc:] > 0.5)  # 20/um^2: about 9 emitters per patch corner area

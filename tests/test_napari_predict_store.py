@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, watch
 
-from napari_smlm_uq._napari import predict_widget
+from napari_smlm_uq._napari import _camera_section, predict_widget
 from napari_smlm_uq._napari._layers import PredictionResults, world_to_index
 from napari_smlm_uq._napari._reader import napari_get_results_reader
 from napari_smlm_uq.inference import pipeline
@@ -152,7 +152,8 @@ def camera_movie(camera: Camera, frames: int = 20, size: int = 32) -> np.ndarray
 def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
         make_napari_viewer, qtbot, tiny_model_file, monkeypatch, tmp_path):
     warnings: list[str] = []
-    monkeypatch.setattr(predict_widget, "show_warning", warnings.append)
+    for module in (predict_widget, _camera_section):
+        monkeypatch.setattr(module, "show_warning", warnings.append)
     viewer = make_napari_viewer()
     true = Camera(100.0, 4.0, 1.5)
     viewer.add_image(camera_movie(true), name="no camera", metadata={"pixel_size": 80.0})

@@ -110,7 +110,8 @@ def test_bad_structure_settings_are_refused(change, message):
 
 
 def test_structured_training_patches_have_the_mean_density_and_crowd():
-    from napari_smlm_uq.training import PATCH, TrainSettings, structured_emitters
+    from napari_smlm_uq.training import TrainSettings
+    from napari_smlm_uq.training_data import PATCH, structured_emitters
 
     s = TrainSettings(density=(4.0, 4.0))
     density_px = (0.04, 0.04)                                    # 4 /um^2 at 100 nm pixels

@@ -7,7 +7,8 @@ import pytest
 
 from napari_smlm_uq.inference import pipeline
 from napari_smlm_uq.models import registry
-from napari_smlm_uq.training import PATCH, TrainSettings, simulate_patches, varying_backgrounds
+from napari_smlm_uq.training import TrainSettings
+from napari_smlm_uq.training_data import PATCH, simulate_patches, varying_backgrounds
 
 
 def test_varying_backgrounds_fraction_and_range():

@@ -6,7 +6,8 @@ the localizations; the main thread only draws. The layers ``<name> SR mean/sampl
 lazily; ``<name> SR sum``, ``SR sum std``, ``rendered`` and ``localizations`` (in memory) grow as frames are
 done. The inputs of the settings are made from their fields (_fields.py). The camera comes from
 :func:`camera_choice.choose_camera` (metadata, else the estimate from the data), the background estimate
-from :func:`background_choice.choose_background` (local when the background varies across the field).
+from :func:`background_choice.choose_background` (local when the background varies across the field);
+those methods are in _camera_section.py.
 """
 from __future__ import annotations
 
@@ -25,22 +26,21 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
-from ..analysis.preflight import preflight
-from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
+from ..defaults import RENDER_PIXEL_NM
 from ..inference import distributed
-from ..inference.background_choice import BackgroundChoice, choose_background
-from ..inference.camera_choice import CameraChoice, choose_camera
+from ..inference.background_choice import BackgroundChoice
+from ..inference.camera_choice import CameraChoice
 from ..inference.pipeline import PredictSettings
 from ..inference.run import RunOutcome, RunSettings, run_folder
-from ..io.camera_map import read_camera_map
 from ..io.files import InputError
 from ..io.store import ENCODINGS
 from ..io.tiff import check_finite
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
 from . import _models
+from ._camera_section import CameraSection
 from ._fields import SettingsForm
-from ._layers import PredictionResults, RawGrid, camera_settings, show_layers
+from ._layers import PredictionResults, RawGrid, show_layers
 from ._widgets import (
     ModelChooser,
     describe_error,
@@ -68,7 +68,7 @@ def remove_temporary() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class PredictWidget(Container):
+class PredictWidget(CameraSection, Container):
     """Choose the camera frames, camera, model settings and output folder; Run / Cancel; progress with time
     left; after a run, the consecutive-frame precision check."""
 
@@ -154,67 +154,10 @@ class PredictWidget(Container):
 
     # --- controls ------------------------------------------------------------------------------
 
-    def _layer_changed(self, layer) -> None:
-        if layer is None:
-            self.camera_note.value = ("Open a camera stack (File > Open) or a sample (File > Open Sample): "
-                                      "layers of camera counts are listed here.")
-            self.background_note.value = ""
-            return
-        meta = camera_settings(layer.metadata)
-        self.pixel_size.value = meta["pixel_size"]
-        n = int(layer.data.shape[0]) if layer.ndim == 3 else 1
-        self.start_frame.max, self.stop_frame.max = max(n - 1, 0), max(n, 1)
-        self.start_frame.value, self.stop_frame.value = 0, n
-        self._show_total()
-        known = {k: layer.metadata[k] for k in meta["found"] if k != "pixel_size"}
-        frames = self._camera_frames(layer)
-        self._show_camera(choose_camera(frames, {}, known, self.camera_kind.value))
-        self._show_background(frames, self.camera_choice.camera)
-        found = "pixel_size" in meta["found"]
-        self.camera_note.value += (f"; pixel size {meta['pixel_size']:g} nm (file metadata)" if found
-                                   else f"; pixel size: default {PIXEL_SIZE_NM:g} nm, check it")
-        extra = layer.metadata.get("note")
-        self.camera_note.value += f". {extra}" if extra else ""
-
     def _show_total(self) -> None:
         """The progress bar's total: the frames of the chosen range (before and between runs)."""
         if self.worker is None:
             self.progress.max, self.progress.value = max(self.stop_frame.value - self.start_frame.value, 1), 0
-
-    def _camera_frames(self, layer):
-        """The frames the camera estimate reads: the first ones of the chosen range."""
-        start = self.start_frame.value
-        return np.asarray(as_frames(layer.data)[start:start + CAMERA_FRAMES])
-
-    def _show_camera(self, choice: CameraChoice) -> None:
-        """Fill the camera fields from ``choice`` and say where each value came from."""
-        for key in CAMERA_FIELDS:
-            getattr(self, key).value = float(np.median(getattr(choice.camera, key)))
-        self.camera_choice = choice
-        self.camera_note.value = "\n".join(choice.messages)
-
-    def _show_background(self, frames, camera: Camera) -> None:
-        """Choose the background estimate from ``frames`` (ADU) with ``camera`` and say why."""
-        self.background_choice = choose_background(frames, camera, given=self.background.value)
-        self.background_note.value = self.background_choice.describe()
-
-    def _background_changed(self) -> None:
-        layer = self.layer.value
-        if layer is not None and self.camera_choice is not None:
-            self._show_background(self._camera_frames(layer), self.camera_choice.camera)
-
-    def estimate_camera(self) -> CameraChoice | None:
-        """Estimate gain, offset and read noise from the chosen layer's frames and fill the fields."""
-        layer = self.layer.value
-        if layer is None:
-            show_error("No image layer to estimate the camera from.")
-            return None
-        choice = choose_camera(self._camera_frames(layer), {}, {}, self.camera_kind.value)
-        self._show_camera(choice)
-        checks = preflight(self._camera_frames(layer), choice.camera, self.pixel_size.value, None, choice.doubts)
-        for line in checks.warnings:
-            show_warning(line)
-        return choice
 
     def _samples_changed(self, value: int) -> None:
         if value == 1:  # 1 sample has no spread: jump over it
@@ -227,21 +170,6 @@ class PredictWidget(Container):
         given = {"camera": camera} if camera is not None else {}
         background = self.background_choice.estimate if self.background_choice else None
         return self.fields.build(PredictSettings, background=background, **given).validate()
-
-    def checked_camera(self, frames) -> Camera:
-        """The camera of the fields (or the sCMOS map), checked against the data's background noise: a
-        disagreement is shown as a warning before the run. Raises InputError for a map that does not fit."""
-        camera_map = None
-        if self.camera_map.value:
-            camera_map = read_camera_map(self.camera_map.value, frames.shape[-2:])
-        given = {k: getattr(self, k).value for k in CAMERA_FIELDS}
-        choice = choose_camera(np.asarray(frames[:CAMERA_FRAMES]), given, {}, self.camera_kind.value, camera_map,
-                               "sCMOS map")
-        if camera_map is not None:   # the note says which camera the run uses, naming the map's file once
-            self.camera_note.value = "\n".join([f"sCMOS map: {self.camera_map.value}", *choice.messages])
-        if choice.warning:
-            show_warning(choice.warning.replace("command line", "the widget"))
-        return choice.camera
 
     def output_folder(self) -> Path:
         """A new folder for this run: under the chosen output folder, else in the system's temporary folder."""

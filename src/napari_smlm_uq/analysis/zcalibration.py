@@ -1,8 +1,8 @@
 """Astigmatic z calibration from a bead z-stack (docs/3d.md).
 
 Beads are the bright isolated spots of the stack's maximum projection; each is followed from frame to
-frame (drift) and fitted in every frame with an elliptical pixel-integrated Gaussian
-(physics/elliptical_fit.py). Each bead's z is the stage z (frame x step) minus its own focus, where
+frame (drift) and fitted in every frame with an elliptical pixel-integrated Gaussian (analysis/bead_fits.py,
+plot in analysis/zcalibration_plot.py). Each bead's z is the stage z (frame x step) minus its own focus, where
 sigma_x = sigma_y; one pair of Huang et al. 2008 defocus curves is then fitted to all beads at once,
 each bead's z offset refined with them (robust loss), beads that do not follow the common curves are
 dropped, and z = 0 is put where the fitted curves cross. Least-squares cubic splines are fitted to the
@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.interpolate import make_lsq_spline
-from scipy.ndimage import gaussian_filter, maximum_filter, median_filter
+from scipy.ndimage import median_filter
 from scipy.optimize import brentq, least_squares
 
 from ..defaults import PIXEL_SIZE_NM
-from ..io.files import InputError, atomic_path
+from ..io.files import InputError
 from ..physics.astigmatism import Curve, DefocusCurve, SplineCurve, ZCalibration
 from ..physics.camera import Camera
-from ..physics.elliptical_fit import MIN_SIGMA, fit_elliptical
+from ..physics.elliptical_fit import MIN_SIGMA
 from ..settings import check, option
+from .bead_fits import Beads, bead_focus, find_beads, fit_beads
+from .zcalibration_plot import plot_calibration
 
-SMOOTH_SIGMA = 1.0  # px: the Gaussian smoothing of frames before peak finding and tracking
-TRACK_WINDOW = 11  # frames: the running median over a bead's per-frame peak positions
-MAX_REL_ERROR = 0.1  # a frame's width is used when its Cramer-Rao bound is below this fraction of it
-WIDTH_FLOOR = 0.01  # relative width error added to the bound: model mismatch that the bound does not see
 ROBUST_SCALE = 3.0  # normalized residual where the robust (soft L1) loss of the first joint fit turns linear
 NO_ASTIGMATISM = (
     "the stack shows no astigmatism, or its focus lies outside the stack, or it covers too little z around its focus"
@@ -75,24 +73,6 @@ class ZCalibrationSettings:
 
 
 @dataclass
-class Beads:
-    """The fitted beads: per bead ``row``, ``col`` (px, in the max projection); per bead and frame
-    ``(J, T)`` arrays ``sigma_x``, ``sigma_y``, their ``error`` (px) and ``valid`` (a usable fit); after
-    alignment ``z`` ``(J, T)`` nm on the common scale, ``kept`` ``(J,)`` and ``notes``: why beads were dropped."""
-
-    row: np.ndarray
-    col: np.ndarray
-    sigma_x: np.ndarray
-    sigma_y: np.ndarray
-    error_x: np.ndarray
-    error_y: np.ndarray
-    valid: np.ndarray
-    z: np.ndarray | None = None
-    kept: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class ZCalibrationResult:
     """A calibration, the beads it came from, both models' (x, y) curves on its z scale, the time taken."""
 
@@ -101,81 +81,6 @@ class ZCalibrationResult:
     huang: tuple[DefocusCurve, DefocusCurve]
     splines: tuple[SplineCurve, SplineCurve]
     seconds: float
-
-
-def find_beads(stack: np.ndarray, settings: ZCalibrationSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Bead positions (rows, cols, px) in the max projection of the smoothed stack: peaks ``min_snr`` noise
-    sds above its median, with no other peak within a box side and the box (plus drift) inside the frame."""
-    proj = np.max([gaussian_filter(f, SMOOTH_SIGMA) for f in stack], axis=0)
-    level = np.median(proj)
-    noise = 1.4826 * np.median(np.abs(proj - level))
-    threshold = level + settings.min_snr * max(noise, 1e-6)
-    merge = 2 * int(np.ceil(settings.max_drift)) + 3  # a drifting bead's trace is one peak
-    peaks = np.argwhere((proj == maximum_filter(proj, merge)) & (proj > threshold))
-    if len(peaks) == 0:
-        return np.empty(0), np.empty(0)
-    dist = np.hypot(*(peaks[:, None, :] - peaks[None, :, :]).transpose(2, 0, 1))
-    np.fill_diagonal(dist, np.inf)
-    isolated = dist.min(axis=1) > settings.box
-    margin = settings.box // 2 + int(np.ceil(settings.max_drift))
-    h, w = proj.shape
-    inside = ((peaks >= margin) & (peaks < np.array([h, w]) - margin)).all(axis=1)
-    keep = peaks[isolated & inside]
-    return keep[:, 0].astype(float), keep[:, 1].astype(float)
-
-
-def _track(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, settings: ZCalibrationSettings) -> np.ndarray:
-    """Box corners ``(J, T, 2)``: each bead's peak in each smoothed frame within ``max_drift`` px of its
-    projection peak, smoothed by a running median over frames."""
-    r = int(np.ceil(settings.max_drift))
-    half = settings.box // 2
-    peaks = np.empty((len(rows), len(stack), 2))
-    for t, frame in enumerate(stack):
-        smooth = gaussian_filter(frame, SMOOTH_SIGMA)
-        for j, (r0, c0) in enumerate(zip(rows.astype(int), cols.astype(int))):
-            win = smooth[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1]
-            dr, dc = np.unravel_index(np.argmax(win), win.shape)
-            peaks[j, t] = r0 - r + dr, c0 - r + dc
-    window = min(TRACK_WINDOW, len(stack))
-    peaks = median_filter(peaks, size=(1, window, 1), mode="nearest")
-    return np.rint(peaks).astype(int) - half
-
-
-def fit_beads(
-    stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, read_noise: float, settings: ZCalibrationSettings
-) -> Beads:
-    """Fit every bead in every frame; ``stack`` in photo-electrons."""
-    corners = _track(stack, rows, cols, settings)
-    s = settings.box
-    n_beads, n_frames = corners.shape[:2]
-    t_idx = np.broadcast_to(np.arange(n_frames), (n_beads, n_frames))
-    r_idx = corners[..., 0, None] + np.arange(s)  # (J, T, S)
-    c_idx = corners[..., 1, None] + np.arange(s)
-    rois = stack[t_idx[..., None, None], r_idx[..., :, None], c_idx[..., None, :]].reshape(-1, s, s)
-    fit = fit_elliptical(rois, read_noise)
-    sx, sy = fit["sigma_x"].reshape(n_beads, n_frames), fit["sigma_y"].reshape(n_beads, n_frames)
-    ex, ey = fit.crlb[:, 3].reshape(n_beads, n_frames), fit.crlb[:, 4].reshape(n_beads, n_frames)
-    upper = s / 3.0 - 1e-3
-    valid = (
-        (sx > MIN_SIGMA + 1e-3)
-        & (sx < upper)
-        & (sy > MIN_SIGMA + 1e-3)
-        & (sy < upper)
-        & (ex < MAX_REL_ERROR * sx)
-        & (ey < MAX_REL_ERROR * sy)
-    )
-    return Beads(rows, cols, sx, sy, np.hypot(ex, WIDTH_FLOOR * sx), np.hypot(ey, WIDTH_FLOOR * sy), valid)
-
-
-def bead_focus(z: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> float | None:
-    """z (nm) where a bead's widths cross (linear interpolation), the crossing of smallest spot when they
-    cross more than once (noise far from focus); None when they do not cross."""
-    diff = sx - sy
-    cross = np.nonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) < 0)[0]
-    if len(cross) == 0:
-        return None
-    i = cross[np.argmin((sx + sy)[cross])]
-    return float(z[i] + diff[i] / (diff[i] - diff[i + 1]) * (z[i + 1] - z[i]))
 
 
 _CURVE = ("sigma0", "c", "d", "a", "b")
@@ -409,63 +314,6 @@ def _check_astigmatism(x: DefocusCurve, y: DefocusCurve, z_range: tuple[float, f
 def _require(ok: np.ndarray, settings: ZCalibrationSettings, what: str) -> None:
     if ok.sum() < settings.min_beads:
         raise InputError(f"only {ok.sum()} of {len(ok)} beads {what} (at least {settings.min_beads} needed)")
-
-
-def plot_calibration(result: ZCalibrationResult, path: str | os.PathLike) -> None:
-    """PNG of the beads' widths against z, both models' curves (the one written thicker) and the valid
-    range (atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    cal, beads = result.calibration, result.beads
-    fig = Figure(figsize=(7, 4.2), dpi=120)
-    ax = fig.add_subplot()
-    ax.axvspan(*cal.z_range, color="0.93", label="valid range")
-    for kept, style in ((True, {"alpha": 0.5}), (False, {"alpha": 0.35, "marker": "x", "color": "0.5"})):
-        use = beads.valid & (beads.kept == kept)[:, None]
-        if use.any():
-            for s, colour, axis in ((beads.sigma_x, "tab:blue", "x"), (beads.sigma_y, "tab:red", "y")):
-                ax.scatter(
-                    beads.z[use],
-                    s[use],
-                    s=6,
-                    **{"color": colour, **style},
-                    label=f"sigma {axis}, beads" if kept else ("dropped beads" if axis == "x" else None),
-                )
-    used = beads.z[beads.valid & beads.kept[:, None]]
-    grid = np.linspace(used.min(), used.max(), 400)
-    written = cal.model == "huang2008"
-    for huang, spline, colour, axis in zip(result.huang, result.splines, ("tab:blue", "tab:red"), "xy"):
-        ax.plot(
-            grid,
-            huang.sigma(grid),
-            color=colour,
-            lw=2 if written else 1,
-            label=f"sigma {axis}, Huang et al. 2008" + (" (written)" if written else ""),
-        )
-        ax.plot(
-            grid,
-            spline.sigma(grid),
-            color="k",
-            lw=1 if written else 2,
-            ls="--",
-            label=None if axis == "y" else "splines" + ("" if written else " (written)"),
-        )
-    r = cal.residuals
-    ax.set(
-        xlabel="z [nm]",
-        ylabel="PSF sigma [px]",
-        title=f"{r['beads_used']} of {r['beads_found']} beads; held-out rms: Huang {r['huang_heldout_rms_px']:.3f} px, "
-        f"spline {r['spline_heldout_rms_px']:.3f} px",
-        ylim=(0, None),
-    )
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, loc="upper center")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 def calibrate_file(
