@@ -109,7 +109,7 @@ def test_wrong_layers_are_not_offered_and_are_explained(make_napari_viewer, qtbo
     viewer.add_image(nan, name="nan", metadata={"smlm_uq": "raw", **CAMERA})
     widget.layer.value = viewer.layers["nan"]
     widget.run_button.native.click()
-    assert "NaN or infinite values (frames 0..2)" in errors_shown(shown)[-1] and not widget.running
+    assert "1 NaN or infinite pixel (the first in frame 1)" in errors_shown(shown)[-1] and not widget.running
     widget.layer.value = viewer.layers["cells"]
     widget.scheduler.value = "tcp://localhost:1"
     widget.run_button.native.click()

@@ -376,7 +376,7 @@ class PredictWidget(CameraSection, Container):
         """The run's store cannot be read (its folder removed mid-run): remove the layers that read it, mark the
         others (held in memory) partial, and say so."""
         names = results.names(self._source, partial=True)
-        for kind, layer in self._layers.items():
+        for kind, layer in list(self._layers.items()):   # removing one pops it (_layer_removed)
             if layer in self.viewer.layers:
                 if kind in ("mean", "sample", "std"):
                     self.viewer.layers.remove(layer)

@@ -12,30 +12,41 @@ import sys
 import time
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
-from typing import Callable, Generator, Iterator, Literal, get_args
+from dataclasses import dataclass, replace
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
 
-from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError
 from ..localizations import Localizations
 from ..models.deepstorm import DeepSTORM
 from ..models.diffusion import Schedule, ancestral_sampler
 from ..models.registry import Models
-from ..physics.astigmatism import ZCalibration
-from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, from_model
-from ..settings import check, option
 from .calibration import Calibration
-from .localize import DEFAULT_THRESHOLD, localize_peaks, peaks_of
+from .localize import localize_peaks, peaks_of
 from .overlap import HostWork, Timeline, host_threads, in_order
-from .preprocessing import BackgroundEstimate, normalise, pixel_snr, psi_condition, shifted_photoelectrons
+from .predict_settings import (
+    DEVICE_HELP,
+    PRECISION_HELP,
+    PRECISIONS,
+    Precision,
+    PredictSettings,
+    available_devices,
+    bf16_autocast,
+    native_bf16,
+    never,
+)
+from .preprocessing import normalise, pixel_snr, psi_condition, shifted_photoelectrons
 from .refine import Refiner, RefinerPrior
 from .refine3d import Refiner3D
 from .streams import frame_generator
 from .tiling import TileGrid, chunked, phi_tiled
+
+# re-exported: the settings module is where they live, this one is where callers have found them
+__all__ = ["DEVICE_HELP", "PRECISIONS", "PRECISION_HELP", "FrameResult", "Precision", "PredictSettings", "StackSum",
+           "available_devices", "bf16_autocast", "learn_prior", "native_bf16", "never", "predict"]
 
 # psi runs on whole frames up to PSI_TILE SR pixels (256x256 raw px), with attention in windows of its
 # training patch (64 SR px); larger frames in tiles blended over PSI_OVERLAP, GroupNorm statistics pooled over
@@ -43,103 +54,14 @@ from .tiling import TileGrid, chunked, phi_tiled
 # than 256-px tiles, with less memory (benchmarks.md).
 PSI_TILE = 1024                          # SR pixels
 PSI_OVERLAP = 32                         # SR pixels
-PSI_WINDOW = 64                          # SR pixels: training.PATCH raw pixels
+PSI_WINDOW = 64                          # SR pixels: training_data.PATCH raw pixels
 PSI_PIXELS = {"cpu": 256 * 256, "cuda": 1024 * 1024 * 16}   # SR pixels per psi call: cache-sized, filling a GPU
 PHI_TILE = 256       # raw pixels: whole frames up to 256x256 (tiles of 128 cost 2x in margins: benchmarks.md)
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = get_args(Precision)
-PRECISION_HELP = ("network arithmetic: bf16 autocast, fp32, or auto (bf16 where the GPU or CPU computes it natively: "
-                  "1.5-2.3x faster at the same E and calibration; docs/benchmarks.md)")
-DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 # The refinement's prior (PSF width, single emitters' photons) is learned before the first frame on up to
 # WARM_UP_FRAMES frames (phi alone), until WARM_UP_FITS isolated spots give it: the median width of 200 spots
 # is known to ~1 % of their spread.
 WARM_UP_FRAMES = 16
 WARM_UP_FITS = 200
-
-
-def never() -> bool:
-    """The default ``should_stop``: run to the end."""
-    return False
-
-
-@dataclass
-class PredictSettings:
-    """Inference settings. ``samples = 0`` runs phi alone. ``start`` is the preconditioned start as a
-    fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
-
-    samples: int = option(8, help="diffusion samples per frame (0: phi alone, no uncertainty)", low=0)
-    steps: int = option(2, help="diffusion steps per sample (fewer is faster)", low=1)
-    start: float = option(0.5, help="preconditioned start, fraction of the noise schedule (1: pure noise)", low=0.0,
-                          open_low=True, high=1.0, step=0.05)
-    camera: Camera = field(default_factory=Camera)
-    pixel_size: float = option(PIXEL_SIZE_NM, help="raw pixel size in the sample plane", unit="nm", low=0.0,
-                               open_low=True)
-    device: str = option("auto", help=DEVICE_HELP)
-    precision: Precision = option("auto", help=PRECISION_HELP)
-    frame_batch: int = option(8, help="frames read and put through phi together (through psi too on a GPU)", low=1)
-    tile_batch: int | None = option(None, help="psi tiles (or whole frames) per network call (default: as many as "
-                                    "the device's pixel budget)", low=1)
-    threshold: float = option(DEFAULT_THRESHOLD, help="KDE peak threshold", low=0.0, open_low=True)
-    seed: int = option(0, help="random seed of the diffusion samples")
-    schedule: str | None = option(None, help="inference noise levels from a named schedule (default: the model's "
-                                  "training schedule; 'paper' for the paper's)")
-    background: BackgroundEstimate | None = option(
-        None, help="background estimate of the normalisation, frame or local (default: the model's own; chosen by "
-        "the run)", flag="--background-estimate", cli=False, gui=False)
-    refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
-    prior: RefinerPrior | None = None   # the refinement's PSF width and photons; None: learned from the stack
-    # first. Not an option: a run learns it (a cluster run's driver learns it once for every chunk).
-    z_calibration: ZCalibration | None = None   # astigmatic 3D refit (refine3d.py): z [nm]. Not an option: the
-    # command line reads it from a file (--z-calibration CAL.json)
-
-    def validate(self) -> "PredictSettings":
-        check(self)
-        if self.samples == 1:
-            raise InputError(f"samples must be 0 (phi alone) or >= 2 (got {self.samples})")
-        if self.schedule is not None:
-            Schedule.named(self.schedule)
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise InputError(f"device must be auto, cpu or cuda (got {self.device!r})")
-        self.camera.validate()
-        self._validate_z()
-        return self
-
-    def _validate_z(self) -> None:
-        cal = self.z_calibration
-        if cal is None:
-            return
-        if not self.refine:
-            raise InputError("a z calibration needs the refinement (z comes from the fit on the raw pixels)")
-        if not np.isclose(cal.pixel_size, self.pixel_size, rtol=1e-3):
-            raise InputError(f"the z calibration was measured at {cal.pixel_size:g} nm per pixel, the stack has "
-                             f"{self.pixel_size:g} nm: calibrate with beads imaged at the stack's pixel size")
-        cal.validate()
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError("device cuda was asked for, but no CUDA GPU is available")
-        return torch.device(self.device)
-
-    def bf16(self, device: torch.device) -> bool:
-        """Whether the networks run in bf16 autocast on ``device``."""
-        return bf16_autocast(self.precision, device)
-
-
-def bf16_autocast(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` (one of PRECISIONS) means bf16 autocast on ``device`` (inference and training)."""
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
-
-
-@functools.cache
-def native_bf16(device: torch.device) -> bool:
-    """bf16 in hardware: a CUDA GPU from Ampere on, or a CPU with AVX512-BF16 or AMX (where phi ran 2.3x and
-    the default pipeline 1.5x faster than in fp32, at the same E and calibration: benchmarks.md)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 @dataclass
@@ -195,10 +117,6 @@ def tile_batch(s: PredictSettings, device: torch.device, tile_pixels: int) -> in
     """psi tiles per network call: the settings' value, else the device's pixel budget over a tile's pixels."""
     budget = PSI_PIXELS.get(device.type, PSI_PIXELS["cpu"])
     return s.tile_batch or max(1, budget // tile_pixels)
-
-
-def available_devices() -> list[str]:
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @functools.cache

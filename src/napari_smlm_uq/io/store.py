@@ -11,6 +11,7 @@ once :meth:`ResultStore.finish` ran; until then it is partial and lists the fini
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -236,7 +237,12 @@ class ResultStore:
         """Array ``name`` writing every chunk, even one of zeros (a missing chunk then means a damaged store);
         opened once (its metadata is not read again for every frame)."""
         if name not in self._writers:
-            self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
+            try:
+                array = self.group[name]
+            except KeyError:   # zarr's answer when the store's folder was removed under it
+                raise FileNotFoundError(errno.ENOENT, f"array {name!r} is gone from the result store",
+                                        str(self.path)) from None
+            self._writers[name] = array.with_config({"write_empty_chunks": True})
         return self._writers[name]
 
     def write(self, result) -> None:
