@@ -320,7 +320,7 @@ def test_remove_result_layers_one_by_one_and_all_at_once_then_run_again(make_nap
     noise = np.random.default_rng(0).poisson(20, (2, 16, 16)).astype(np.uint16) + 100
     viewer.add_image(noise, name="noise", metadata=dict(CAMERA))
     add_raw(viewer, frames=2, name="full")
-    for repeat in range(5):
+    for repeat in range(2):   # one by one, then all at once (repeated: test_napari_remove_layers.py)
         for name in ("noise", "full"):
             widget.layer.value = viewer.layers[name]
             assert run_and_wait(widget, qtbot) == []

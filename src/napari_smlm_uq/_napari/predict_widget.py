@@ -269,8 +269,7 @@ class PredictWidget(CameraSection, Container):
         """Stop after the current diffusion step; the frames done so far are kept (marked partial)."""
         if self.worker is None:
             return
-        self._stop.set()
-        self.worker.quit()
+        self._stop.set()   # the run ends itself (not worker.quit(), which abandons the job before it writes)
         self._say("cancelling…")
 
     def _layer_removed(self, event) -> None:

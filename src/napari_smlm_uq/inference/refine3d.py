@@ -247,6 +247,11 @@ class Refiner3D:
     calibration: ZCalibration
     excess: float = 1.0
 
+    @property
+    def settled(self) -> bool:
+        """Always: it learns nothing from the frames, so any frame may be refined in a pool (overlap.py)."""
+        return True
+
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
         """``locs`` of one frame refined in 3D on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)

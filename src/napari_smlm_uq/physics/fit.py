@@ -11,6 +11,7 @@ Coordinates are ROI pixels (pixel ``k`` covers ``[k - 1/2, k + 1/2]``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,37 @@ def _log_likelihood(data: np.ndarray, mu: np.ndarray, weight: np.ndarray) -> np.
     return (weight * (data * np.log(mu) - mu)).reshape(len(mu), -1).sum(axis=1)
 
 
+def damped_scoring(data: np.ndarray, weight: np.ndarray, free: np.ndarray, theta: np.ndarray,
+                   expected: Callable, clip: Callable, iterations: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Maximize the likelihood of ``data`` (the fitted variable, ``weight`` 0 outside the frame) over the
+    ``free`` parameters of ``theta`` ``(B, P)`` by Fisher scoring damped as Levenberg-Marquardt, all boxes
+    at once; ``expected(theta) -> (mu, jac)``, ``clip`` keeps parameters physical. Returns the parameters,
+    the log-likelihood, the Cramér-Rao bounds (NaN for fixed parameters) and the reduced chi^2."""
+    n_roi = len(theta)
+    lam = np.full(n_roi, 1e-2)
+    mu, jac = expected(theta)
+    ll = _log_likelihood(data, mu, weight)
+    for _ in range(iterations):
+        grad, fisher = _scores(data, mu, jac, weight, free)
+        diag = np.diagonal(fisher, axis1=1, axis2=2)
+        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)   # a parameter without effect stays solvable
+        damped = fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0]))
+        step = np.linalg.solve(damped, grad[..., None])[..., 0]
+        trial = clip(theta + step)
+        mu_t, jac_t = expected(trial)
+        ll_t = _log_likelihood(data, mu_t, weight)
+        better = ll_t > ll
+        theta[better], mu[better], jac[better], ll[better] = trial[better], mu_t[better], jac_t[better], ll_t[better]
+        lam = np.where(better, lam * 0.3, lam * 4.0).clip(1e-6, 1e6)
+    _, fisher = _scores(data, mu, jac, weight, free)
+    bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
+    bounds = np.where(free, bounds, np.nan)
+    dof = np.clip(weight.reshape(n_roi, -1).sum(axis=1) - free.sum(axis=1), 1, None)
+    chi2 = (weight * (data - mu) ** 2 / mu).reshape(n_roi, -1).sum(axis=1) / dof
+    return theta, ll, bounds, chi2
+
+
 def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.ndarray, model: ImagingModel,
              mask: np.ndarray | None = None, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
     """Fit ROIs ``(B, S, S)`` of photo-electrons ``e`` (camera.to_photoelectrons, not shifted).
@@ -117,27 +149,9 @@ def fit_rois(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, active: np.nd
     free = np.concatenate([np.ones((n_roi, 1), bool), np.full((n_roi, 1), fit_sigma), np.repeat(active, 3, axis=1)],
                           axis=1)
     model = _Model(size, k)
-    expected = lambda t, jac: _expected(model, t, jac, r2, excess)
-    lam = np.full(n_roi, 1e-2)
-    mu, jac = expected(theta, True)
-    ll = _log_likelihood(data, mu, weight)
-    for _ in range(iterations):
-        grad, fisher = _scores(data, mu, jac, weight, free)
-        diag = np.diagonal(fisher, axis1=1, axis2=2)
-        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)
-        damped = fisher + lam[:, None, None] * diag[:, None, :] * np.eye(len(diag[0]))
-        step = np.linalg.solve(damped, grad[..., None])[..., 0]
-        trial = _clip(theta + step, size, free)
-        mu_t, jac_t = expected(trial, True)
-        ll_t = _log_likelihood(data, mu_t, weight)
-        better = ll_t > ll
-        theta[better], mu[better], jac[better], ll[better] = trial[better], mu_t[better], jac_t[better], ll_t[better]
-        lam = np.where(better, lam * 0.3, lam * 4.0).clip(1e-6, 1e6)
-    _, fisher = _scores(data, mu, jac, weight, free)
-    bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
-    bounds = np.where(free, bounds, np.nan)
-    dof = np.clip(weight.reshape(n_roi, -1).sum(axis=1) - free.sum(axis=1), 1, None)
-    chi2 = (weight * (data - mu) ** 2 / mu).reshape(n_roi, -1).sum(axis=1) / dof
+    theta, ll, bounds, chi2 = damped_scoring(data, weight, free, theta,
+                                             lambda t: _expected(model, t, True, r2, excess),
+                                             lambda t: _clip(t, size, free), iterations)
     return RoiFit(theta[:, 2::3], theta[:, 3::3], theta[:, 4::3], theta[:, 0], theta[:, 1],
                   bounds[:, 2::3], bounds[:, 3::3], bounds[:, 4::3], bounds[:, 1], ll, chi2)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .astigmatism import AstigmaticModel, ZCalibration
-from .fit import MIN_PHOTONS, ImagingModel, _log_likelihood, _scores, _start
+from .fit import MIN_PHOTONS, ImagingModel, _start, damped_scoring
 
 ITERATIONS = 12   # from the free elliptical fit's z: the bound is reached (tests/test_refine3d.py)
 
@@ -69,26 +69,6 @@ def fit_rois_3d(rois: np.ndarray, cols: np.ndarray, rows: np.ndarray, z: np.ndar
         t[:, 4::4] = np.where(free[:, 4::4], np.clip(t[:, 4::4], MIN_PHOTONS, None), 0.0)
         return t
 
-    theta = clip(theta)
-    lam = np.full(n_roi, 1e-2)
-    mu, jac = expected(theta)
-    ll = _log_likelihood(data, mu, weight)
-    for _ in range(iterations):
-        grad, fisher = _scores(data, mu, jac, weight, free)
-        diag = np.diagonal(fisher, axis1=1, axis2=2)
-        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)
-        step = np.linalg.solve(fisher + lam[:, None, None] * diag[:, None, :] * np.eye(diag.shape[1]),
-                               grad[..., None])[..., 0]
-        trial = clip(theta + step)
-        mu_t, jac_t = expected(trial)
-        ll_t = _log_likelihood(data, mu_t, weight)
-        better = ll_t > ll
-        theta[better], mu[better], jac[better], ll[better] = trial[better], mu_t[better], jac_t[better], ll_t[better]
-        lam = np.where(better, lam * 0.3, lam * 4.0).clip(1e-6, 1e6)
-    _, fisher = _scores(data, mu, jac, weight, free)
-    bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
-    bounds = np.where(free, bounds, np.nan)
-    dof = np.clip(weight.reshape(n_roi, -1).sum(axis=1) - free.sum(axis=1), 1, None)
-    chi2 = (weight * (data - mu) ** 2 / mu).reshape(n_roi, -1).sum(axis=1) / dof
+    theta, ll, bounds, chi2 = damped_scoring(data, weight, free, clip(theta), expected, clip, iterations)
     return RoiFit3D(theta[:, 1::4], theta[:, 2::4], theta[:, 3::4], theta[:, 4::4], theta[:, 0],
                     bounds[:, 1::4], bounds[:, 2::4], bounds[:, 3::4], ll, chi2)
