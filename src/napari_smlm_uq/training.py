@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class TrainSettings:
                                      "photo-electrons)", label="camera kind")
     config: dict = field(default_factory=registry.default_config)
 
-    def validate(self) -> "TrainSettings":
+    def validate(self) -> TrainSettings:
         check(self)
         PredictSettings(device=self.device, precision=self.precision).validate().torch_device()  # inference's rules
         if self.target == "psi" and not self.init:

@@ -76,7 +76,8 @@ def choose_camera(frames, given: dict, metadata: dict, kind: str = "ccd", camera
 
 def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice:
     known = {k: given[k] if given.get(k) is not None else metadata.get(k) for k in CAMERA_KEYS}
-    sources = {k: "command line" if given.get(k) is not None else "file metadata" for k in CAMERA_KEYS if known[k] is not None}
+    sources = {k: "command line" if given.get(k) is not None else "file metadata"
+               for k in CAMERA_KEYS if known[k] is not None}
     estimate, messages, refusal = None, [], None
     if len(sources) < len(CAMERA_KEYS):
         try:

@@ -10,10 +10,10 @@ import ctypes
 import functools
 import sys
 import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class StackSum:
         self.variance += np.square(result.std, dtype=np.float64)
         self.frames += 1
 
-    def merge(self, other: "StackSum") -> None:
+    def merge(self, other: StackSum) -> None:
         """Add the sums of other frames (a chunk predicted elsewhere)."""
         if other.total is None:
             return
@@ -245,7 +245,8 @@ def learn_prior(stack, models: Models, s: PredictSettings, frames: range | None 
             raw = np.asarray(stack[index:index + 1])
             x, z_phi = run_phi(phi, raw, s, device, background_estimate(models, s))
             stats = kde_statistics(None, z_phi, s.threshold)
-            locs = localize_peaks(stats.peaks[0], None, index, stats.mean.shape[1:], calibration, pixel_snr(x)[0, 0].cpu().numpy())
+            snr = pixel_snr(x)[0, 0].cpu().numpy()
+            locs = localize_peaks(stats.peaks[0], None, index, stats.mean.shape[1:], calibration, snr)
             refiner.learn_width(s.camera.to_photoelectrons(raw[0]).astype(np.float64), locs, read_variance)
     return refiner.learned()
 

@@ -33,11 +33,12 @@ IMAGE_ARRAYS = ("sum", "sum_std")
 @dataclass(frozen=True)
 class Encoding:
     """How the per-frame arrays are stored. ``floor`` (KDE units; 0: none): mean and sample values of
-    magnitude below it are stored as 0; where the mean is, the std becomes ``std + |mean| / 2`` rounded up to
-    a multiple of ``floor / 2``, so stored mean +/- 2 stored std holds every value that mean +/- 2 std held
-    (``|v| <= |v - mean| + |mean|``), and psi's background compresses to almost nothing. ``compressor``: ``"blosc"`` (zstd 3, bit-shuffle: best for
-    noisy floats) or ``"zstd"`` (zstd 3: best for runs of zeros). ``bound``: upper bytes per SR pixel and
-    array on disk, for the free-space check before a run (docs/store.md: about twice the densest measured)."""
+    magnitude below it are stored as 0; where the mean is, the std becomes ``std + |mean| / 2`` rounded up to a multiple
+    of ``floor / 2``, so stored mean +/- 2 stored std holds every value that mean +/- 2 std held (``|v| <=
+    |v - mean| + |mean|``), and psi's background compresses to almost nothing. ``compressor``: ``"blosc"`` (zstd 3,
+    bit-shuffle: best for noisy floats) or ``"zstd"`` (zstd 3: best for runs of zeros). ``bound``: upper bytes per
+    SR pixel and array on disk, for the free-space check before a run (docs/store.md: about twice the densest
+    measured)."""
 
     name: str
     dtype: str
@@ -94,7 +95,7 @@ def sr_transform(pixel_size: float, frame_axis: bool) -> list[dict]:
     p = pixel_size / UPSAMPLING
     shift = grid_offset(1.0 / UPSAMPLING) * pixel_size
     lead = [1.0] if frame_axis else []
-    return [{"type": "scale", "scale": lead + [p, p]},
+    return [{"type": "scale", "scale": [*lead, p, p]},
             {"type": "translation", "translation": [0.0] * len(lead) + [shift, shift]}]
 
 
@@ -149,7 +150,7 @@ class ResultStore:
     @classmethod
     def create(cls, directory: str | os.PathLike, frames: int, raw_shape: tuple[int, int], pixel_size: float,
                encoding: str = DEFAULT_ENCODING, frames_per_chunk: int = 1, settings: dict | None = None,
-               check_space: bool = True) -> "ResultStore":
+               check_space: bool = True) -> ResultStore:
         """A new, empty (partial) store in ``directory``; refuses to replace an existing one. ``encoding``: a
         name of :data:`ENCODINGS` (``compact``: lossy as documented in docs/store.md; ``float32``: lossless);
         the stored arrays are plain floats any zarr reader understands."""
@@ -180,7 +181,7 @@ class ResultStore:
         return cls(group, path)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, mode: str = "r") -> "ResultStore":
+    def open(cls, directory: str | os.PathLike, mode: str = "r") -> ResultStore:
         """An existing store (``mode`` ``"r"`` or ``"r+"`` to resume); a clear error for anything else."""
         path = Path(directory)
         path = path if path.name.endswith(".zarr") else path / STORE_NAME

@@ -16,12 +16,12 @@ bright spots; the only one within 5 % on both simulated blinking movies and the 
 differences are taken less each difference frame's median, so a background that changes between frames
 (bleaching, laser flicker) does not count as shot noise.
 
-Photon transfer assumes shot-noise-limited pixels, so the estimate checks itself against the data: the
-pixels must fluctuate independently of their neighbours (shot noise does), the offset never lies above the
-data's 5th percentile, the variance must be linear in the mean and the background it implies physical. Where the line fails, the offset is the given or default one and the gain
-matches the background noise (what the network's input needs); where the pixels do not fluctuate like
-photon counts at all (processed, rescaled or noise-free stacks) the estimate says it cannot tell and names
-the options to give.
+Photon transfer assumes shot-noise-limited pixels, so the estimate checks itself against the data: the pixels must
+fluctuate independently of their neighbours (shot noise does), the offset never lies above the data's 5th
+percentile, the variance must be linear in the mean and the background it implies physical. Where the line fails,
+the offset is the given or default one and the gain matches the background noise (what the network's input needs);
+where the pixels do not fluctuate like photon counts at all (processed, rescaled or noise-free stacks) the estimate
+says it cannot tell and names the options to give.
 """
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ DEFAULT_METHOD = "masked-differences"
 ASSUMED_READ_NOISE = {"ccd": Camera().read_noise, "scmos": Camera().read_noise, "emccd": 0.0}
 NOISE_AGREEMENT = (0.67, 1.5)   # measured / predicted background noise (ADU rms) counted as agreement
 LOW_PERCENTILE = 5.0    # the offset lies below this percentile of the pixels read (read noise aside: see the checks)
-LINEARITY = 1.5         # max / min over the mean's deciles of measured / fitted variance: photon transfer is a line
-                        # (1.0-1.3 on our simulated movies and the real sCMOS frames; 2-40 on rescaled noise-free stacks)
+# max / min over the mean's deciles of measured / fitted variance: photon transfer is a line (1.0-1.3 on our
+# simulated movies and the real sCMOS frames; 2-40 on rescaled noise-free stacks)
+LINEARITY = 1.5
 MAX_CORRELATION = 0.6   # of neighbouring pixels' fluctuations: 0.0-0.43 on our simulated movies (blinking molecules'
                         # shoulders the most) and the real sCMOS frames; 0.76-0.77 where spots merge (6-25 /um^2)
 BACKGROUND_RANGE = (0.05, 1e4)  # effective photo-electrons per pixel a background can have (SMLM: 1-500)
@@ -137,7 +138,7 @@ def pixel_statistics(frames: np.ndarray, method: str = DEFAULT_METHOD) -> PixelS
         mean = _clipped(x, 3.0)[0]
         _, diff_var, keep = _clipped(_steady_differences(x), 4.0)
         var, dof = diff_var / 2.0, keep.sum(axis=0) * 2.0 / 3.0   # overlapping differences: ~2/3 of the dof
-    pick = lambda a: a.ravel()[index]  # noqa: E731
+    pick = lambda a: a.ravel()[index]
     ok = pick(dof) >= 2
     low = float(np.percentile(x.reshape(t, -1)[:, index], LOW_PERCENTILE))
     correlation = neighbour_correlation(x, ~(bright[1:] | bright[:-1]))
@@ -210,7 +211,8 @@ def transfer_linearity(stats: PixelStatistics, slope: float, intercept: float) -
     variance sits a few per cent below its mean in every decile alike)."""
     edges = np.quantile(stats.mean, np.linspace(0, 1, 11))
     deciles = np.clip(np.searchsorted(edges, stats.mean, side="right") - 1, 0, 9)
-    ratios = [np.median(stats.variance[deciles == d]) / max(slope * np.median(stats.mean[deciles == d]) + intercept, 1e-9)
+    ratios = [np.median(stats.variance[deciles == d])
+              / max(slope * np.median(stats.mean[deciles == d]) + intercept, 1e-9)
               for d in range(10) if np.any(deciles == d)]
     return float(max(ratios) / max(min(ratios), 1e-9))
 
@@ -248,7 +250,8 @@ class CameraEstimate:
         """``gain 18.6 +/- 0.4 ADU/e-, offset ... , read noise ...`` (``+/-`` only for measured values)."""
         def part(name: str, value: float, se: float, unit: str) -> str:
             return f"{name} {value:.3g}{f' +/- {se:.2g}' if np.isfinite(se) else ''} {unit}"
-        text = ", ".join([part("gain", self.gain, self.gain_se, "ADU/e-"), part("offset", self.offset, self.offset_se, "ADU"),
+        text = ", ".join([part("gain", self.gain, self.gain_se, "ADU/e-"),
+                          part("offset", self.offset, self.offset_se, "ADU"),
                           part("read noise", self.read_noise, self.read_noise_se, "e- rms")])
         return text + (f" (EMCCD, F^2 = {self.excess_noise:g})" if self.kind == "emccd" else "")
 
@@ -263,7 +266,8 @@ def estimate_camera(frames, kind: str = "ccd", offset: float | None = None, read
     excess = Camera(kind=kind).validate().excess_noise
     n = len(frames)
     if n < MIN_FRAMES:
-        raise EstimateError(f"{n} frames are too few to estimate the camera from the data (at least {MIN_FRAMES} needed)")
+        raise EstimateError(f"{n} frames are too few to estimate the camera from the data "
+                            f"(at least {MIN_FRAMES} needed)")
     data = np.asarray(frames[:MAX_FRAMES])
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if bad:
@@ -335,23 +339,29 @@ def _flat_field_estimate(stats: PixelStatistics, kind: str, offset: float | None
     which = "given" if offset is not None else "the default"
     if off > stats.low:
         raise EstimateError(f"the camera cannot be told from the data: the offset {off:g} ADU ({which}) lies above "
-                            f"{LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU){'; ' + doubt if doubt else ''}; {ADVICE}")
+                            f"{LOW_PERCENTILE:g} % of the pixels ({stats.low:.4g} ADU)"
+                            f"{'; ' + doubt if doubt else ''}; {ADVICE}")
     gain = (-signal + np.sqrt(signal**2 + 4 * rn**2 * var)) / (2 * rn**2) if rn > 0 else var / signal
     background = (mean - off) / gain if gain > 0 else np.inf
     linearity = min(transfer_linearity(stats, fit.slope, fit.intercept),
                     transfer_linearity(stats, gain * f2, (gain * rn) ** 2 - gain * f2 * off) if gain > 0 else 1.0)
     if not (BACKGROUND_RANGE[0] <= background <= BACKGROUND_RANGE[1] and linearity <= LINEARITY):
-        why = (f"their variance ({var:.3g} ADU^2 at {mean:.4g} ADU) is far below photon counts'" if linearity <= LINEARITY
+        why = (f"their variance ({var:.3g} ADU^2 at {mean:.4g} ADU) is far below photon counts'"
+               if linearity <= LINEARITY
                else f"their variance is not linear in their mean (deciles off the line by up to {linearity:.2g}x)")
         raise EstimateError(f"the camera cannot be told from the data: the pixels do not fluctuate like photon counts "
-                            f"({why}: a processed, rescaled or noise-free stack, or one with emitters everywhere){'; ' + doubt if doubt else ''}; {ADVICE}")
+                            f"({why}: a processed, rescaled or noise-free stack, or one with emitters everywhere)"
+                            f"{'; ' + doubt if doubt else ''}; {ADVICE}")
     gain_se = float(gain * np.sqrt(2.0 / np.sum(stats.dof)))
     if doubt:
-        source = f"estimated from the data ({frames} frames, the background noise; photon transfer could not tell the offset)"
-        notes = [f"{doubt}: offset {off:g} ADU {which}, gain from the background noise; if that is not the camera's, {ADVICE}"]
+        source = (f"estimated from the data ({frames} frames, the background noise; photon transfer could not tell "
+                  "the offset)")
+        notes = [f"{doubt}: offset {off:g} ADU {which}, gain from the background noise; if that is not the "
+                 f"camera's, {ADVICE}"]
     else:
         source = f"estimated from the data ({frames} frames, flat background)"
-        notes = [f"offset {off:g} ADU {'given' if offset is not None else 'the default: it could not be determined (flat background)'}"]
+        how = "given" if offset is not None else "the default: it could not be determined (flat background)"
+        notes = [f"offset {off:g} ADU {how}"]
     return CameraEstimate(off, float(gain), rn, f2, kind, float("nan"), gain_se, float("nan"), source,
                           [*notes, f"read noise {rn:g} e- rms assumed"], frames, method, notes[0] if doubt else None)
 
@@ -360,7 +370,7 @@ def noise_ratio(frames, camera: Camera, method: str = DEFAULT_METHOD) -> float:
     """Measured / predicted background noise (ADU rms) of ``frames`` for ``camera``: the median over
     pixels of the measured variance over :meth:`Camera.noise_variance`, square-rooted."""
     stats = pixel_statistics(np.asarray(frames[:MAX_FRAMES]), method)
-    pixel = lambda a: np.asarray(a).ravel()[stats.index] if np.ndim(a) else a  # noqa: E731
+    pixel = lambda a: np.asarray(a).ravel()[stats.index] if np.ndim(a) else a
     cam = Camera(pixel(camera.offset), pixel(camera.gain), pixel(camera.read_noise), camera.kind)
     predicted = np.maximum(cam.noise_variance(stats.mean), 1e-6)
     return float(np.sqrt(np.median(stats.variance / predicted)))

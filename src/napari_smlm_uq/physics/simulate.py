@@ -74,7 +74,8 @@ class SimulationSettings:
     background_ratio: float = option(6.0, help="the background map's highest / lowest", low=1.0)
     z_calibration: ZCalibration | None = None   # astigmatic PSF (then psf_sigma is not used); no option:
     # the command line reads it from a file (--z-calibration CAL.json)
-    z_range: tuple[float, float] | None = option(None, help="uniform z of the emitters (default: the z calibration's range)", unit="nm")
+    z_range: tuple[float, float] | None = option(
+        None, help="uniform z of the emitters (default: the z calibration's range)", unit="nm")
     structure: Structure = option("uniform", help="where the molecules lie: uniform, or fixed blinking molecules on "
                                   "worm-like filaments or in clusters (density stays the mean)")
     filament_density: float = option(0.3, help="filaments per um^2 (midpoints uniform, reaching in from outside too): "
@@ -92,7 +93,7 @@ class SimulationSettings:
     def shape(self) -> tuple[int, int]:
         return (self.size, self.size) if np.isscalar(self.size) else tuple(self.size)
 
-    def validate(self) -> "SimulationSettings":
+    def validate(self) -> SimulationSettings:
         check(self)
         self._validate_z()
         self.camera.validate()
@@ -127,7 +128,7 @@ class Emitters:
     def __len__(self) -> int:
         return len(self.frame)
 
-    def in_frame(self, t: int) -> "Emitters":
+    def in_frame(self, t: int) -> Emitters:
         keep = self.frame == t
         return Emitters(self.frame[keep], self.row[keep], self.col[keep], self.photons[keep],
                         None if self.z is None else self.z[keep])
@@ -213,7 +214,8 @@ def molecules(rng: np.random.Generator, s: SimulationSettings, shape: tuple[int,
     """Fixed molecules ``(n, 2)`` for ``BLINK_MOLECULES`` times ``density_px`` emitters on per pixel^2, on
     ``s.structure`` (its lengths converted from nm to raw px)."""
     nm = s.pixel_size
-    return structure_points(rng, s.structure, shape, density_px * BLINK_MOLECULES, s.filament_density * (nm / 1000.0) ** 2,
+    return structure_points(rng, s.structure, shape, density_px * BLINK_MOLECULES,
+                            s.filament_density * (nm / 1000.0) ** 2,
                             s.filament_length / nm, s.persistence_length / nm, s.cluster_size, s.cluster_radius / nm)
 
 
@@ -240,9 +242,11 @@ def simulate(settings: SimulationSettings) -> SimulatedStack:
     rng = np.random.default_rng(s.seed)
     density_px = np.asarray(s.density) * (s.pixel_size / 1000.0) ** 2
     if s.on_time is None and s.structure == "uniform":
-        emitters = draw_emitters(rng, s.frames, s.shape, tuple(density_px) if density_px.ndim else float(density_px), s.photons)
+        density = tuple(density_px) if density_px.ndim else float(density_px)
+        emitters = draw_emitters(rng, s.frames, s.shape, density, s.photons)
     else:
-        emitters = blinking_emitters(rng, s.frames, molecules(rng, s, s.shape, float(np.mean(density_px))), s.photons, s.on_time)
+        placed = molecules(rng, s, s.shape, float(np.mean(density_px)))
+        emitters = blinking_emitters(rng, s.frames, placed, s.photons, s.on_time)
     sigma = draw_values(rng, s.psf_sigma, s.frames)
     background = draw_values(rng, s.background, s.frames)
     if s.background_map is not None:
