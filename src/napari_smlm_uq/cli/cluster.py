@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..inference.run import RunSettings, clear_outputs, write_results
 from ..io.files import InputError
-from .predict import failure, load_model, prepare_stack, progress_bar, report_failures
+from .predict import failure, flat_stack, load_model, prepare_stack, progress_bar, report_failures
 
 
 def predict_on_cluster(a: argparse.Namespace, options: RunSettings, sources: list[Path]) -> int:
@@ -47,6 +47,8 @@ def predict_on_cluster(a: argparse.Namespace, options: RunSettings, sources: lis
                     check = finish_stack(item, models.name, seconds, options, *choices[item.job.source])
                     bar.write(f"{item.job.source.name}: {len(item.job.frames)} frames, "
                               f"{len(item.localizations)} localizations -> {item.job.out}; {check}", file=sys.stdout)
+                    for line in flat_stack(item.localizations, item.job.settings):
+                        bar.write(f"{item.job.source.name}: {line}", file=sys.stdout)
     except KeyboardInterrupt:
         print("smlm-uq predict: interrupted; finished chunks are kept: --resume completes the run", file=sys.stderr)
         raise

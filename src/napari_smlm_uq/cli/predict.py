@@ -31,8 +31,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     options = settings(RunSettings, a).validate()
-    if a.z_calibration and options.cluster:
-        raise InputError("--z-calibration runs in one process (a cluster run keeps no z yet)")
     sources = input_stacks(a.inputs)
     if options.cluster:
         from .cluster import predict_on_cluster

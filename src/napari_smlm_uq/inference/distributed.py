@@ -6,7 +6,8 @@ loads the model once (cached per worker process, on its own GPU when it has one)
 :func:`pipeline.predict` (random streams per frame: the same samples whatever the chunking) and writes the
 frames' KDEs straight into their region of the result store ``OUT/results.zarr`` (io/store.py, one zarr chunk
 per frame: workers never share a file); the refinement's prior (PSF width, single emitters' photons) is learned
-once by the client and sent with every chunk, so every chunk refines as the single process does. The chunk's
+once by the client and sent with every chunk, so every chunk refines as the single process does (a 3D run's
+z calibration travels in the settings: the 3D refinement learns nothing, so its chunks need no prior). The chunk's
 localizations and accumulated images come back to the client, which keeps them in ``OUT/parts/`` until the
 stack is complete, so a run interrupted as a whole leaves
 a partial store and resumes with only the missing chunks. Workers and client share a filesystem.
@@ -26,7 +27,7 @@ import torch
 
 from ..io.files import InputError, atomic_path
 from ..io.store import DEFAULT_ENCODING, STORE_NAME, ResultStore
-from ..localizations import FIELDS, Localizations
+from ..localizations import AXIAL, FIELDS, Localizations
 from ..models import registry
 from ..models.registry import Models
 from .pipeline import PredictSettings, StackSum, keep_freed_buffers, learn_prior, never, predict
@@ -63,8 +64,8 @@ class StackJob:
 
     def with_prior(self, model: str) -> StackJob:
         """This job with the refinement's prior learned once, here, for all its chunks (pipeline.learn_prior):
-        every chunk refines its first frame as the single-process run does."""
-        if not self.settings.refine or self.settings.prior is not None:
+        every chunk refines its first frame as the single-process run does. A 3D run (a z calibration) learns none."""
+        if not self.settings.refine or self.settings.prior is not None or self.settings.z_calibration is not None:
             return self
         from ..io.tiff import open_stack
 
@@ -150,8 +151,10 @@ def open_store(job: StackJob, model: str, resume: bool) -> ResultStore:
 
 
 def keep_chunk(out: Path, chunk: ChunkResult) -> None:
-    """Keep a chunk's localizations and sums (atomically: the file marks the chunk finished)."""
-    locs = {f"loc_{k}": getattr(chunk.localizations, k) for k in FIELDS}
+    """Keep a chunk's localizations (with z and its uncertainty in 3D) and sums (atomically: the file marks the
+    chunk finished)."""
+    locs = {f"loc_{k}": getattr(chunk.localizations, k) for k in FIELDS + AXIAL
+            if getattr(chunk.localizations, k) is not None}
     with atomic_path(_part(out, chunk.frames)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, total=chunk.sums.total, variance=chunk.sums.variance, seconds=chunk.seconds, **locs)
 
@@ -160,7 +163,8 @@ def read_chunk(out: Path, frames: range) -> ChunkResult:
     with np.load(_part(out, frames)) as z:
         sums = StackSum()
         sums.total, sums.variance, sums.frames = z["total"], z["variance"], len(frames)
-        locs = Localizations(*(z[f"loc_{k}"] for k in FIELDS))
+        axial = (z[f"loc_{k}"] if f"loc_{k}" in z.files else None for k in AXIAL)   # 3D runs only
+        locs = Localizations(*(z[f"loc_{k}"] for k in FIELDS), *axial)
         return ChunkResult(frames, locs, sums, float(z["seconds"]), ())
 
 

@@ -77,6 +77,8 @@ def check_table(table: dict[str, np.ndarray], settings: Settings) -> None:
         raise InputError("the table has no 'uncertainty [nm]' column (needed for drift, merging and FRC)")
     if "uncertainty [nm]" in table and not np.all(table["uncertainty [nm]"] > 0):
         raise InputError("'uncertainty [nm]' must be > 0 and finite for every localization")
+    if "uncertainty z [nm]" in table and np.any(np.asarray(table["uncertainty z [nm]"]) <= 0):
+        raise InputError("'uncertainty z [nm]' must be > 0 (or NaN: z not fitted) for every localization")
     if (settings.drift or settings.merge) and len(np.unique(table["frame"])) < 2:
         raise InputError(f"all {n} localizations are in one frame: drift and merging need several frames")
 
@@ -121,11 +123,15 @@ def _drift(frame: np.ndarray, table: dict[str, np.ndarray], s: Settings) -> drif
 
 
 def _merged(frame: np.ndarray, table: dict[str, np.ndarray], s: Settings) -> dict[str, np.ndarray]:
-    """One row per event; other columns averaged over the event."""
+    """One row per event (linked in 3D when the table has z and its uncertainty); other columns averaged over
+    the event."""
     photons = table.get("intensity [photon]")
-    ev = merge(frame, table["x [nm]"], table["y [nm]"], table["uncertainty [nm]"], photons, s.max_gap, s.max_sigmas)
+    ev = merge(frame, table["x [nm]"], table["y [nm]"], table["uncertainty [nm]"], photons, s.max_gap, s.max_sigmas,
+               table.get("z [nm]"), table.get("uncertainty z [nm]"))
     out = {"frame": ev.first + 1.0, "x [nm]": ev.x, "y [nm]": ev.y, "uncertainty [nm]": ev.sigma,
            "frames": ev.frames.astype(float)}
+    if ev.z is not None:
+        out["z [nm]"], out["uncertainty z [nm]"] = ev.z, ev.sigma_z
     if photons is not None:
         out["intensity [photon]"] = ev.photons
     for k, v in table.items():
@@ -168,7 +174,8 @@ def summary_lines(n_input: int, result: Result) -> list[str]:
         lines.append(f"drift ({d.method}): span x {span[0]:.1f} nm, y {span[1]:.1f} nm; median standard error "
                      f"{np.median(np.hypot(d.x_se, d.y_se) / np.sqrt(2)):.2f} nm")
     if "frames" in result.table:
-        lines.append(f"merged: {len(result.table['frames'])} events, {np.mean(result.table['frames']):.2f} "
+        linked = " (linked in 3D)" if "uncertainty z [nm]" in result.table else ""
+        lines.append(f"merged: {len(result.table['frames'])} events{linked}, {np.mean(result.table['frames']):.2f} "
                      f"localizations per event")
     if result.frc is not None:
         kept = "n/a" if result.frc_kept is None else f"{result.frc_kept.resolution_nm:.1f} nm"
