@@ -43,7 +43,7 @@ from .refine import (
     refined_localizations,
 )
 
-FLAT_FRACTION = 0.8   # a stack is called flat (no astigmatism) when this share of its z lie within ...
+FLAT_FRACTION = 0.6   # a stack is called flat (no astigmatism) when this share of its z lie within ...
 FLAT_BOUNDS = 3.0     # ... this many of their axial bounds of the focus (where sigma_x = sigma_y)
 MIN_FLAT_TEST = 50    # localizations before the flatness test speaks
 SHIFT_3D = 3.0        # px at focus: phi, trained on round spots, places elongated ones up to this far off

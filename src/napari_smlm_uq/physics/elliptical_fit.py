@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import _profile
+from ..blas import one_openblas_thread
+from .fit import _profile, cramer_rao
 
 #: px: the widths a bead fit may take (a spot wider than a third of its box is not measured)
 MIN_SIGMA = 0.4
@@ -49,6 +50,7 @@ def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip
     """Maximize the Poisson log-likelihood of ``data`` ``(B, S, S)`` (counts, ``>= 0``) under
     ``expected(theta) -> (mu, jac)`` by damped Fisher scoring; ``clip`` keeps parameters physical.
     Returns the parameters, ``mu`` and the Fisher matrices ``(B, P, P)`` at the optimum."""
+    one_openblas_thread()
     n = len(theta)
     flat = data.reshape(n, -1)
     log_l = lambda mu: (flat * np.log(mu) - mu).sum(axis=1)
@@ -96,7 +98,7 @@ def fit_elliptical(rois: np.ndarray, read_noise: float = 0.0, iterations: int = 
         return mu + r2, jac
 
     theta, mu, fisher = fisher_scoring(data, expected, clip(theta), clip, iterations)
-    bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
+    bounds = cramer_rao(fisher)
     chi2 = ((data.reshape(n, -1) - mu) ** 2 / mu).sum(axis=1) / (size * size - 6)
     return EllipticalFit(theta, bounds, chi2)
 

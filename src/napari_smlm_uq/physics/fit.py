@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
+from ..blas import one_openblas_thread
 from .psf import SQRT2
 
 SIGMA_LIMITS = (0.4, 4.0)      # raw pixels: the PSF width a fit may take
@@ -98,6 +99,24 @@ def _log_likelihood(data: np.ndarray, mu: np.ndarray, weight: np.ndarray) -> np.
     return (weight * (data * np.log(mu) - mu)).reshape(len(mu), -1).sum(axis=1)
 
 
+def cramer_rao(fisher: np.ndarray) -> np.ndarray:
+    """Cramér-Rao bounds ``(B, P)``: the root diagonal of the inverse of each Fisher information ``(B, P, P)``.
+    A parameter without effect gets a huge bound (the information regularized by 1e-9 of its largest diagonal),
+    a box without information NaN. An LU inverse, not an eigen-decomposition: on 200 matrices of 38x38 the
+    symmetric eigensolver takes 5x as long on one thread, and 40-80x with OpenBLAS's two threads on a busy
+    2-core machine."""
+    scale = np.abs(np.diagonal(fisher, axis1=1, axis2=2)).max(axis=1)
+    empty = ~(scale > 0)
+    eye = np.eye(fisher.shape[-1])
+    regularized = np.where(empty[:, None, None], eye, fisher + 1e-9 * scale[:, None, None] * eye)
+    try:
+        covariance = np.linalg.inv(regularized)
+    except np.linalg.LinAlgError:   # a NaN in an information
+        covariance = np.linalg.pinv(regularized, hermitian=True)
+    bounds = np.sqrt(np.clip(np.diagonal(covariance, axis1=1, axis2=2), 0, None))
+    return np.where(empty[:, None], np.nan, bounds)
+
+
 def damped_scoring(data: np.ndarray, weight: np.ndarray, free: np.ndarray, theta: np.ndarray,
                    expected: Callable, clip: Callable, iterations: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -105,6 +124,7 @@ def damped_scoring(data: np.ndarray, weight: np.ndarray, free: np.ndarray, theta
     ``free`` parameters of ``theta`` ``(B, P)`` by Fisher scoring damped as Levenberg-Marquardt, all boxes
     at once; ``expected(theta) -> (mu, jac)``, ``clip`` keeps parameters physical. Returns the parameters,
     the log-likelihood, the Cramér-Rao bounds (NaN for fixed parameters) and the reduced chi^2."""
+    one_openblas_thread()
     n_roi = len(theta)
     lam = np.full(n_roi, 1e-2)
     mu, jac = expected(theta)
@@ -122,8 +142,7 @@ def damped_scoring(data: np.ndarray, weight: np.ndarray, free: np.ndarray, theta
         theta[better], mu[better], jac[better], ll[better] = trial[better], mu_t[better], jac_t[better], ll_t[better]
         lam = np.where(better, lam * 0.3, lam * 4.0).clip(1e-6, 1e6)
     _, fisher = _scores(data, mu, jac, weight, free)
-    bounds = np.sqrt(np.clip(np.diagonal(np.linalg.pinv(fisher, hermitian=True), axis1=1, axis2=2), 0, None))
-    bounds = np.where(free, bounds, np.nan)
+    bounds = np.where(free, cramer_rao(fisher), np.nan)
     dof = np.clip(weight.reshape(n_roi, -1).sum(axis=1) - free.sum(axis=1), 1, None)
     chi2 = (weight * (data - mu) ** 2 / mu).reshape(n_roi, -1).sum(axis=1) / dof
     return theta, ll, bounds, chi2
