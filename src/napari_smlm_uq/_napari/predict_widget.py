@@ -283,8 +283,11 @@ class PredictWidget(CameraSection, Container):
             QTimer.singleShot(0, self._let_go)
 
     def _let_go(self) -> None:
-        self._removed.clear()
-        gc.collect()
+        """Release the removed layers and collect them, once for all removed together (a full collection takes
+        0.3-0.8 s with napari and torch loaded)."""
+        if self._removed:
+            self._removed.clear()
+            gc.collect()
 
     def _closed(self) -> None:
         """napari closed with the dock: stop the run (its worker still writes the frames done, marked partial)
