@@ -1,0 +1,38 @@
+"""The z calibration of the predict dock (docs/3d.md): a file field (empty: 2D), read as ``smlm-uq predict
+--z-calibration`` reads it, and the check of a finished run for spots without astigmatism."""
+from __future__ import annotations
+
+from magicgui.widgets import FileEdit
+
+from ..inference.refine3d import flat_warning
+from ..io.files import InputError
+from ..io.zcalibration import read_zcalibration
+from ..localizations import Localizations
+from ..physics.astigmatism import ZCalibration
+
+
+def z_calibration_field() -> FileEdit:
+    return FileEdit(mode="r", nullable=True, filter="z calibrations (*.json)", label="z calibration",
+                    tooltip="3D: an astigmatic calibration (smlm-uq calibrate-z, or 'Calibrate z from beads') "
+                            "measured at the stack's pixel size; adds z [nm]. Empty: 2D")
+
+
+def read_z_field(field: FileEdit) -> ZCalibration | None:
+    """The calibration of the field's file, None when empty; :class:`InputError` for a file that is not one."""
+    return read_zcalibration(field.value) if field.value else None
+
+
+def refuse_cluster(calibration: ZCalibration | None, scheduler: str) -> None:
+    if calibration is not None and scheduler:
+        raise InputError("a z calibration runs in this process (a cluster run keeps no z yet): leave the cluster "
+                         "field empty")
+
+
+def z_info(calibration: ZCalibration | None) -> dict:
+    """What a 3D run keeps in its store: the calibration's valid z range (nm), the z colour scale's."""
+    return {} if calibration is None else {"z_range": [float(v) for v in calibration.z_range]}
+
+
+def z_warning(locs: Localizations, calibration: ZCalibration | None) -> str:
+    """``smlm-uq predict``'s warning for a 3D run whose spots show no astigmatism (a 2D stack?), or ""."""
+    return (calibration is not None and flat_warning(locs, calibration)) or ""
