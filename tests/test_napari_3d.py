@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from napari_helpers import PLUGIN, PREDICT, THRESHOLD, watch
 
-from napari_smlm_uq._napari import predict_widget, zcalibration_widget
+from napari_smlm_uq._napari import _z_section, predict_widget, zcalibration_widget
 from napari_smlm_uq._napari._layers import world_to_index
 from napari_smlm_uq.analysis.render import z_colours
 from napari_smlm_uq.inference.refine3d import focus
@@ -130,7 +130,7 @@ def test_calibration_files_the_prediction_refuses(make_napari_viewer, tmp_path, 
 
 def test_a_2d_stack_read_with_a_calibration_is_flagged(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     warned: list[str] = []
-    monkeypatch.setattr(predict_widget, "show_warning", warned.append)
+    monkeypatch.setattr(_z_section, "show_warning", warned.append)
     cal_file = tmp_path / "cal.json"
     write_zcalibration(cal_file, CAL)
     viewer = make_napari_viewer()
@@ -138,6 +138,7 @@ def test_a_2d_stack_read_with_a_calibration_is_flagged(make_napari_viewer, qtbot
     run(widget, qtbot)
     assert any(w.startswith("the spots show no astigmatism") for w in warned)
     assert "warning: the spots show no astigmatism" in widget.status.value
+    assert "z colours: red -550 nm to blue 550 nm" in widget.status.value
 
 
 def beads(calibration: ZCalibration) -> np.ndarray:

@@ -220,10 +220,11 @@ class PredictionResults(RunResults):
                 self.rendered_z = channels if self.rendered_z is None else self.rendered_z + channels
         return self.rendered
 
-    def z_range(self, z: np.ndarray) -> tuple[float, float]:
+    def z_range(self, z: np.ndarray | None = None) -> tuple[float, float]:
         """The z (nm) of the colour scale: the calibration's valid range (``info["z_range"]``, kept in the store),
-        else the 1-99 % range of the first 3D localizations rendered (rounded out to 50 nm), then kept."""
+        else the 1-99 % range of the first 3D localizations ``z`` rendered (rounded out to 50 nm), then kept."""
         if "z_range" not in self.info:
+            z = np.zeros(0) if z is None else z
             finite = z[np.isfinite(z)]
             lo, hi = np.percentile(finite, [1, 99]) if len(finite) else (-500.0, 500.0)
             self.info["z_range"] = [50.0 * np.floor(lo / 50), 50.0 * max(np.ceil(hi / 50), np.floor(lo / 50) + 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from magicgui.widgets import FileEdit
+from napari.utils.notifications import show_warning
 
 from ..inference.refine3d import flat_warning
 from ..io.files import InputError
@@ -33,6 +34,13 @@ def z_info(calibration: ZCalibration | None) -> dict:
     return {} if calibration is None else {"z_range": [float(v) for v in calibration.z_range]}
 
 
-def z_warning(locs: Localizations, calibration: ZCalibration | None) -> str:
-    """``smlm-uq predict``'s warning for a 3D run whose spots show no astigmatism (a 2D stack?), or ""."""
-    return (calibration is not None and flat_warning(locs, calibration)) or ""
+def z_notes(locs: Localizations, calibration: ZCalibration | None, z_range: tuple[float, float]) -> list[str]:
+    """The lines a finished 3D run adds to the status: the z colour scale (``z_range``, nm) and, shown as a napari
+    warning too, ``smlm-uq predict``'s warning when the spots show no astigmatism (a 2D stack?)."""
+    if calibration is None:
+        return []
+    lines = [f"z colours: red {z_range[0]:.0f} nm to blue {z_range[1]:.0f} nm"]
+    if warning := flat_warning(locs, calibration):
+        show_warning(warning)
+        lines.append(f"warning: {warning}")
+    return lines

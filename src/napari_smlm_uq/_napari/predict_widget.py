@@ -52,7 +52,7 @@ from ._widgets import (
     scrolling,
 )
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
-from ._z_section import read_z_field, refuse_cluster, z_calibration_field, z_info, z_warning
+from ._z_section import read_z_field, refuse_cluster, z_calibration_field, z_info, z_notes
 
 ENCODING_TEXT = {"compact": "compact (float16, |values| < 0.02 as 0)", "float32": "float32 (lossless)"}
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
@@ -375,9 +375,8 @@ class PredictWidget(CameraSection, Container):
         else:
             self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
-            if warning := z_warning(results.localizations(), self._z):
-                self._say(f"{self.status.value}\nwarning: {warning}")
-                show_warning(warning)
+            if self._z is not None:
+                self._say("\n".join([self.status.value, *z_notes(results.localizations(), self._z, results.z_range())]))
         self.precision_check.value = outcome.precision
         self.run_finished.emit(results)
 

@@ -119,10 +119,11 @@ def render_z(x_nm: np.ndarray, y_nm: np.ndarray, z_nm: np.ndarray, sigma_nm: np.
                     axis=-1)
 
 
-def z_image(channels: np.ndarray, saturate: float = 99.5) -> np.ndarray:
+def z_image(channels: np.ndarray, saturate: float = 95.0) -> np.ndarray:
     """An RGB image in [0, 1] of :func:`render_z`'s channels, as Picasso Render shows z: hue = z, brightness =
-    density, the brightest channel's ``saturate`` percentile over the pixels holding signal shown at full
-    brightness."""
+    density; the brightest channel's ``saturate`` percentile over the pixels holding signal (above 1 % of the
+    brightest) is shown at full brightness."""
     top = np.max(channels, axis=-1)
-    signal = top[top > 1e-3 * top.max()] if top.size and top.max() > 0 else np.ones(1)
-    return np.clip(channels / max(float(np.percentile(signal, saturate)), 1e-12), 0.0, 1.0).astype(np.float32)
+    peak = float(top.max()) if top.size else 0.0
+    scale = float(np.percentile(top[top > 0.01 * peak], saturate)) if peak > 0 else 1.0
+    return np.clip(channels / scale, 0.0, 1.0).astype(np.float32)
