@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from napari_helpers import PLUGIN, PREDICT, THRESHOLD, watch
+from napari_helpers import PLUGIN, PREDICT, THRESHOLD, TRAIN, watch
 
-from napari_smlm_uq._napari import _z_section, predict_widget, zcalibration_widget
+from napari_smlm_uq._napari import _z_section, predict_widget, train_widget, zcalibration_widget
 from napari_smlm_uq._napari._layers import world_to_index
 from napari_smlm_uq.analysis.render import z_colours
 from napari_smlm_uq.inference.refine3d import focus
@@ -193,3 +193,17 @@ def test_calibration_widget_writes_a_calibration_that_round_trips(make_napari_vi
     assert calibrate_in_widget(widget, qtbot) == [None]
     assert "0 isolated bead(s) found" in errors[-1]
     assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_training_widget_takes_a_z_calibration(make_napari_viewer, tmp_path, monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    cal_file = tmp_path / "cal.json"
+    write_zcalibration(cal_file, CAL)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, TRAIN)
+    assert widget.settings().z_calibration is None
+    widget.z_calibration.value, widget.pixel_size.value = cal_file, 100.0
+    assert widget.settings().z_calibration.to_dict() == CAL.to_dict()
+    widget.pixel_size.value = 160.0
+    assert widget.run() is None and "measured with 100 nm pixels, the simulation has 160 nm" in shown[-1]

@@ -28,8 +28,8 @@ from ..physics.kde import UPSAMPLING, grid_offset
 F = UPSAMPLING
 CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in CAMERA_FIELDS}  # 100 ADU, 1, 1.5 e-
 SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum": " SR sum",
-            "sum std": " SR sum std", "rendered": " rendered", "rendered z": " rendered by z",
-            "localizations": " localizations"}
+            "sum std": " SR sum std", "rendered": " rendered", "localizations": " localizations"}
+SUFFIXES_3D = {"rendered z": " rendered by z"}   # 3D runs (a z calibration) add these
 PARTIAL = " (partial)"
 TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
 #                  "sum std", "rendered", "rendered z", "localizations", "ground truth", "filtered", "uncertain"
@@ -244,7 +244,7 @@ class PredictionResults(RunResults):
 
     def names(self, source: str, partial: bool | None = None) -> dict[str, str]:
         partial = (not self.complete) if partial is None else partial
-        return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in SUFFIXES.items()}
+        return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in {**SUFFIXES, **SUFFIXES_3D}.items()}
 
     def layer_data(self, source: str, partial: bool | None = None) -> dict[str, tuple]:
         """napari layer-data tuples ``(data, kwargs, type)`` by kind (mean, sample, std: dask arrays of the

@@ -1,5 +1,5 @@
-"""The z calibration of the predict dock (docs/3d.md): a file field (empty: 2D), read as ``smlm-uq predict
---z-calibration`` reads it, and the check of a finished run for spots without astigmatism."""
+"""The z calibration of the predict and training docks (docs/3d.md): a file field (empty: 2D), read as ``smlm-uq
+predict --z-calibration`` and ``smlm-uq train --z-calibration`` read it, and the notes on a finished 3D run."""
 from __future__ import annotations
 
 from magicgui.widgets import FileEdit
@@ -12,10 +12,11 @@ from ..localizations import Localizations
 from ..physics.astigmatism import ZCalibration
 
 
-def z_calibration_field() -> FileEdit:
+def z_calibration_field(purpose: str = "adds z [nm]") -> FileEdit:
+    """A file field for a z calibration (empty: 2D); ``purpose``: what it does, for the tooltip."""
     return FileEdit(mode="r", nullable=True, filter="z calibrations (*.json)", label="z calibration",
                     tooltip="3D: an astigmatic calibration (smlm-uq calibrate-z, or 'Calibrate z from beads') "
-                            "measured at the stack's pixel size; adds z [nm]. Empty: 2D")
+                            f"measured at the pixel size here; {purpose}. Empty: 2D")
 
 
 def read_z_field(field: FileEdit) -> ZCalibration | None:
