@@ -30,7 +30,7 @@ from ._fields import SettingsForm
 from ._widgets import describe_error, layer_chooser, more_settings, note, scrolling
 from ._workers import start_worker
 
-PLOT_WIDTH = 420   # px of the calibration plot in the dock
+PLOT_WIDTH = 330   # px of the calibration plot in the dock (a laptop screen: docks are narrow)
 
 
 def calibrate_job(adu, metadata: dict, settings: ZCalibrationSettings, source: str, out: Path):

@@ -50,7 +50,7 @@ class ZCalibrationSettings:
     pixel_size: float | None = option(None, help="raw pixel size (default: the file's, else "
                                       f"{PIXEL_SIZE_NM:g})", unit="nm", low=0.0, open_low=True)
     offset: float | None = option(None, help="camera offset (default: the file's, else the camera default)",
-                                  unit="ADU")
+                                  unit="ADU", low=0.0)
     gain: float | None = option(None, help="camera gain (default: the file's, else the camera default)",
                                 unit="ADU/e-", low=0.0, open_low=True)
     read_noise: float | None = option(None, help="read noise (default: the file's, else the camera default)",
