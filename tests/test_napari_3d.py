@@ -78,6 +78,8 @@ def test_3d_prediction_layers_and_z_filter(make_napari_viewer, qtbot, tiny_model
     np.testing.assert_allclose(pts.features["uncertainty z [nm]"], table["uncertainty z [nm]"], atol=1e-3)
     _, inside = world_to_index(world, mean.scale, mean.translate, mean.data.shape)
     assert inside.all()   # (frame, y, x) on the SR mean
+    assert tuple(pts.face_contrast_limits) == CAL.z_range   # coloured by z over the valid range
+    np.testing.assert_allclose(pts.face_color[:, :3], z_colours(world[:, 0], CAL.z_range), atol=0.03)
     assert np.ptp(world[:, 0]) > 100 and np.isfinite(table["uncertainty z [nm]"]).sum() >= 3
 
     # 2D: the current frame's points at every z; 3D: (z, y, x) displayed, every frame's points
@@ -128,6 +130,7 @@ def test_calibration_files_the_prediction_refuses(make_napari_viewer, tmp_path, 
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_a_2d_stack_read_with_a_calibration_is_flagged(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     warned: list[str] = []
     monkeypatch.setattr(_z_section, "show_warning", warned.append)

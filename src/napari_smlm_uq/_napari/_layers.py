@@ -294,6 +294,10 @@ def show_layers(viewer, layers: dict, data: dict) -> None:
         if layer is None or layer not in viewer.layers:
             add = viewer.add_points if layer_type == "points" else viewer.add_image
             layers[kind] = add(array, **kwargs)
+            if kwargs.get("ndim") == 4:   # 3D localizations: the dims for them, once (the user may change them)
+                from ._view3d import prepare_3d
+
+                prepare_3d(viewer)
             continue
         if layer_type == "points":
             if "translate" in kwargs:   # 3D: z's squeeze follows the z span
@@ -301,15 +305,13 @@ def show_layers(viewer, layers: dict, data: dict) -> None:
             layer.data = array
             layer.features = kwargs["features"]
             layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
+            if "face_contrast_limits" in kwargs:   # 3D: the z colour scale stays the calibration's range
+                layer.face_contrast_limits = kwargs["face_contrast_limits"]
         else:
             layer.data = array
             layer.contrast_limits = kwargs.get("contrast_limits", (0.0, 1.0))   # an RGB rendering's: (0, 1)
         layer.metadata = kwargs["metadata"]
         layer.name = kwargs["name"]
-    if data.get("localizations", (None, {}))[1].get("ndim") == 4:
-        from ._view3d import prepare_3d
-
-        prepare_3d(viewer)
 
 
 def upper_limit(array) -> float:
