@@ -6,7 +6,6 @@ from magicgui.widgets import FileEdit
 from napari.utils.notifications import show_warning
 
 from ..inference.refine3d import flat_warning
-from ..io.files import InputError
 from ..io.zcalibration import read_zcalibration
 from ..localizations import Localizations
 from ..physics.astigmatism import ZCalibration
@@ -22,12 +21,6 @@ def z_calibration_field(purpose: str = "adds z [nm]") -> FileEdit:
 def read_z_field(field: FileEdit) -> ZCalibration | None:
     """The calibration of the field's file, None when empty; :class:`InputError` for a file that is not one."""
     return read_zcalibration(field.value) if field.value else None
-
-
-def refuse_cluster(calibration: ZCalibration | None, scheduler: str) -> None:
-    if calibration is not None and scheduler:
-        raise InputError("a z calibration runs in this process (a cluster run keeps no z yet): leave the cluster "
-                         "field empty")
 
 
 def z_info(calibration: ZCalibration | None) -> dict:

@@ -52,7 +52,7 @@ from ._widgets import (
     scrolling,
 )
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
-from ._z_section import read_z_field, refuse_cluster, z_calibration_field, z_info, z_notes
+from ._z_section import read_z_field, z_calibration_field, z_info, z_notes
 
 ENCODING_TEXT = {"compact": "compact (float16, |values| < 0.02 as 0)", "float32": "float32 (lossless)"}
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
@@ -229,7 +229,6 @@ class PredictWidget(CameraSection, Container):
             camera = self.checked_camera(frames[start:])
             self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
             settings = self.settings(camera)
-            refuse_cluster(settings.z_calibration, scheduler)
             self._source, self._z = layer.name, settings.z_calibration
             if scheduler:
                 job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
