@@ -324,7 +324,8 @@ def validation_settings(s: TrainSettings, frames: int = 8, size: int = 32) -> tu
            "read_noise": 0.5 * sum(s.read_noise)}
     sim = SimulationSettings(frames=frames, size=size, density=max(mid["density"], 0.5), photons=tuple(s.photons),
                              background=tuple(s.background), psf_sigma=tuple(s.psf_sigma), pixel_size=s.pixel_size,
-                             camera=Camera(read_noise=mid["read_noise"]), seed=s.seed + 7, z_calibration=s.z_calibration)
+                             camera=Camera(read_noise=mid["read_noise"]), seed=s.seed + 7,
+                             z_calibration=s.z_calibration)
     return sim, mid
 
 
