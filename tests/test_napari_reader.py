@@ -20,7 +20,8 @@ def test_manifest_validates_and_points_into_napari_subpackage():
     python_names = [c.python_name for c in pm.contributions.commands]
     assert python_names and all(n.startswith("napari_smlm_uq._napari.") for n in python_names)
     assert {w.display_name for w in pm.contributions.widgets} == {
-        "Super-resolve with uncertainty", "Filter by uncertainty", "Train on simulated data", "Post-process"}
+        "Super-resolve with uncertainty", "Filter by uncertainty", "Train on simulated data", "Post-process",
+        "Calibrate z from beads"}
     assert [s.display_name for s in pm.contributions.sample_data] == ["Simulated SMLM stack"]
 
 

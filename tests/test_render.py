@@ -46,3 +46,20 @@ def test_many_localizations_match_a_direct_sum():
 
 def test_napari_translate_matches_the_sr_grid():
     assert napari_translate(25.0, 100.0) == pytest.approx(-0.375 * 100.0)
+
+
+def test_rendering_by_z_is_the_rendering_with_the_hue_of_each_z():
+    """Red at the low end of the z range, green in its middle, blue at the top (and beyond: clipped); each
+    localization's Gaussian keeps its shape in every channel; the image saturates its brightest pixels."""
+    from napari_smlm_uq.analysis.render import render_z, z_colours, z_image
+
+    np.testing.assert_allclose(z_colours([-500.0, 0.0, 500.0, 900.0], (-500.0, 500.0)),
+                               [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], atol=1e-12)
+    x, y, z = [205.0, 505.0, 805.0], [305.0, 305.0, 305.0], [-500.0, 0.0, 250.0]
+    channels = render_z(x, y, z, 20.0, (600.0, 1000.0), 10.0, (-500.0, 500.0))
+    plain = render(x, y, 20.0, (600.0, 1000.0), 10.0)
+    np.testing.assert_allclose(channels.sum(-1)[:, :65], plain[:, :65], atol=1e-6)   # red, then green alone
+    np.testing.assert_allclose(channels[:, 65:], plain[:, 65:, None] * [0, 1, 1], atol=1e-6)   # z 250: cyan
+    image = z_image(channels)
+    assert image.max() == 1.0 and image.min() == 0.0
+    np.testing.assert_allclose(image[30, 20], [1, 0, 0]) and np.testing.assert_allclose(image[30, 50], [0, 1, 0])

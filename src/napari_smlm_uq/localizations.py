@@ -63,3 +63,10 @@ class Localizations:
 
     def __len__(self) -> int:
         return len(self.row)
+
+
+def within_z_uncertainty(uncertainty_z: np.ndarray, max_nm: float | None) -> np.ndarray:
+    """Which localizations a z-uncertainty filter keeps: all for ``max_nm`` None, else those whose z uncertainty
+    (nm) is at most ``max_nm``; a NaN one (the 3D fit was not kept: docs/3d.md) fails any limit."""
+    u = np.asarray(uncertainty_z, np.float64)
+    return np.ones(u.shape, bool) if max_nm is None else np.nan_to_num(u, nan=np.inf) <= max_nm

@@ -27,6 +27,7 @@ from .io.files import InputError, atomic_path
 from .localizations import Localizations
 from .models import registry
 from .models.registry import Models
+from .physics.astigmatism import ZCalibration
 from .physics.camera import Camera, CameraKind
 from .physics.crlb import crlb_nm
 from .physics.simulate import SimulationSettings, simulate
@@ -86,9 +87,13 @@ class TrainSettings:
     camera_kind: CameraKind = option("ccd", help="emccd: EMCCD shot noise (read noise then in effective "
                                      "photo-electrons)", label="camera kind")
     config: dict = field(default_factory=registry.default_config)
+    z_calibration: ZCalibration | None = None   # astigmatic training data (z uniform over its valid range; psf_sigma
+    # not used). Not an option: the command line reads it from a file (--z-calibration CAL.json)
 
     def validate(self) -> TrainSettings:
         check(self)
+        if self.z_calibration is not None:
+            SimulationSettings(pixel_size=self.pixel_size, z_calibration=self.z_calibration).validate()
         PredictSettings(device=self.device, precision=self.precision).validate().torch_device()  # inference's rules
         if self.target == "psi" and not self.init:
             raise InputError("training psi alone needs a model to start from (init): its phi conditions psi")
@@ -211,7 +216,8 @@ def calibration_stacks(s: TrainSettings) -> list[SimulationSettings]:
     background = float(np.sqrt(low * high)) if low > 0 else (low + high) / 2
     return [SimulationSettings(frames=s.calibration_frames, size=32, density=d, photons=float(p), background=background,
                                psf_sigma=float(np.mean(s.psf_sigma)), pixel_size=s.pixel_size,
-                               camera=Camera(read_noise=float(np.mean(s.read_noise))), seed=5500 + i)
+                               camera=Camera(read_noise=float(np.mean(s.read_noise))), seed=5500 + i,
+                               z_calibration=s.z_calibration)
             for i, (p, d) in enumerate((p, d) for p in photons for d in density)]
 
 
@@ -245,7 +251,10 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     torch.manual_seed(s.seed)  # before the networks are initialised, so a seed reproduces a run
     models = models or initial_models(s)
     models.name = out.name
-    models.info["trained_on"] = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir", "init")}
+    models.info["trained_on"] = {k: v for k, v in asdict(s).items()
+                                 if k not in ("config", "out_dir", "init", "z_calibration")}
+    if s.z_calibration is not None:
+        models.info["trained_on"]["z_calibration"] = s.z_calibration.to_dict()
     model_path = out / "model.pt"
     good = model_path if model_path.exists() else None
     stages = ["phi", "psi"] if s.target == "both" else [s.target]
@@ -316,7 +325,8 @@ def validation_settings(s: TrainSettings, frames: int = 8, size: int = 32) -> tu
            "read_noise": 0.5 * sum(s.read_noise)}
     sim = SimulationSettings(frames=frames, size=size, density=max(mid["density"], 0.5), photons=tuple(s.photons),
                              background=tuple(s.background), psf_sigma=tuple(s.psf_sigma), pixel_size=s.pixel_size,
-                             camera=Camera(read_noise=mid["read_noise"]), seed=s.seed + 7)
+                             camera=Camera(read_noise=mid["read_noise"]), seed=s.seed + 7,
+                             z_calibration=s.z_calibration)
     return sim, mid
 
 
@@ -325,7 +335,8 @@ def validate_model(model_path, s: TrainSettings, frames: int = 8, size: int = 32
     RMSE (nm), E beside the CRLB (nm per axis) at the ranges' typical photons and background."""
     sim_settings, mid = validation_settings(s, frames, size)
     sim = simulate(sim_settings)
-    ps = PredictSettings(samples=0, camera=sim_settings.camera, pixel_size=s.pixel_size, device="cpu")
+    ps = PredictSettings(samples=0, camera=sim_settings.camera, pixel_size=s.pixel_size, device="cpu",
+                         z_calibration=s.z_calibration)
     locs = Localizations.concat([r.localizations for r in predict(sim.adu, registry.load(model_path), ps)])
     report = localization_report(locs, sim.emitters, s.pixel_size)
     bound = crlb_nm(mid["photons"], mid["background"], mid["psf_sigma"], s.pixel_size, mid["read_noise"])

@@ -31,7 +31,8 @@ DISC_RADIUS = 7.0   # raw pixels (paper section 4)
 
 
 def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` training patches: normalised inputs ``(n, 1, 16, 16)`` and model-space KDEs ``(n, 1, 64, 64)``.
+    """``n`` training patches: normalised inputs ``(n, 1, 16, 16)`` and model-space KDEs ``(n, 1, 64, 64)``;
+    with ``s.z_calibration`` the spots are astigmatic (z uniform over its valid range).
     A fraction ``s.structured`` of the patches (the last ones) has its emitters on filaments or in clusters
     (:func:`structured_emitters`). The others are uniform: in a centred disc (paper 4) or, in a fraction
     ``s.edge_patches`` of them, anywhere up to the patch edge, where a frame's edge cuts their PSFs (trained on
@@ -53,7 +54,9 @@ def simulate_patches(rng: np.random.Generator, n: int, s: TrainSettings) -> tupl
     read = rng.uniform(*s.read_noise, n)[:, None, None]
     if s.background_maps:
         background = background[:, None, None] * varying_backgrounds(rng, n, s.background_maps)
-    omega = expected_photons(emitters, n, shape, sigma, background)
+    if s.z_calibration is not None:   # astigmatic spots, z uniform over the calibration's valid range
+        emitters.z = rng.uniform(*s.z_calibration.z_range, len(emitters))
+    omega = expected_photons(emitters, n, shape, sigma, background, s.z_calibration)
     counts = rng.poisson(omega).astype(np.float64)
     if s.camera_kind == "emccd":   # effective photo-electrons: Gamma(n, 1) multiplication over F^2 = 2
         counts = rng.gamma(counts) / 2.0

@@ -5,6 +5,7 @@ World coordinates are nm with raw pixel centres at ``index * p``: the raw layer 
 on ``(frame, row, col)``; SR layers have ``scale = (1, p/f, p/f)`` and ``translate = (first frame,
 -(1 - 1/f)/2 p, -(1 - 1/f)/2 p)`` so that SR pixel ``m`` is centred on raw coordinate
 ``(m + 1/2)/f - 1/2``; points hold world coordinates directly (``frame, row * p, col * p``).
+3D localizations (a z calibration) get z (nm) as a leading axis, ``(z, frame, row, col)``: :func:`points_3d`.
 When the raw layer is placed otherwise (another reader, a translate), :class:`RawGrid` follows it, so
 the results always overlay the layer they came from.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.render import render
+from ..analysis.render import render, render_z, z_colours, z_image
 from ..defaults import CAMERA_FIELDS, PIXEL_SIZE_NM, RENDER_PIXEL_NM
 from ..inference.run import RunResults
 from ..io.store import DEFAULT_ENCODING, ResultStore
@@ -28,11 +29,13 @@ F = UPSAMPLING
 CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in CAMERA_FIELDS}  # 100 ADU, 1, 1.5 e-
 SUFFIXES = {"mean": " SR mean", "sample": " SR sample", "std": " SR std", "sum": " SR sum",
             "sum std": " SR sum std", "rendered": " rendered", "localizations": " localizations"}
+SUFFIXES_3D = {"rendered z": " rendered by z"}   # 3D runs (a z calibration) add these
 PARTIAL = " (partial)"
 TAG = "smlm_uq"  # layer.metadata key saying what a layer holds: "raw", "mean", "sample", "std", "sum",
-#                  "sum std", "rendered", "localizations", "ground truth", "filtered", "uncertain"
+#                  "sum std", "rendered", "rendered z", "localizations", "ground truth", "filtered", "uncertain"
 AXIS_LABELS = ("frame", "y", "x")
 UNITS = ("pixel", "nm", "nm")
+Z_COLOURS = 64   # entries of the z colour map of points (analysis/render.z_colours)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,28 @@ def points_data(locs: Localizations, pixel_size: float, grid: RawGrid | None = N
     return grid.world(locs.frame, locs.row, locs.col), localizations_table(locs, float(pixel_size))
 
 
+def points_3d(world: np.ndarray, z: np.ndarray, z_range: tuple[float, float]) -> tuple[np.ndarray, dict]:
+    """Data ``(n, 4)`` and layer keywords of 3D localizations at ``world`` ``(n, 3)`` (frame, row, col) and
+    ``z`` (nm), coloured by z over ``z_range`` (nm) as :func:`render.z_colours` colours the rendering.
+
+    z is the leading axis, so the image layers (frame, row, col) line up with the last three. Its data are
+    squeezed into less than one data unit (``scale`` on z = 4 x the z span, ``translate`` = its centre), so a 2D
+    view, which shows the points within half a data unit of the z slider, shows them at every z; the world z
+    (nm) is exact, so the 3D view (z, row, col) places them right. ``projection_mode="all"``: widening the frame
+    slider's margins (right-click it) shows the localizations of several frames (_view3d.py)."""
+    lo, hi = z_range
+    z = np.nan_to_num(np.asarray(z, np.float64), nan=0.5 * (lo + hi))
+    span = max(float(np.ptp(z)) if len(z) else 0.0, hi - lo, 1.0)
+    centre, squeeze = 0.5 * (lo + hi), 4.0 * span
+    data = np.column_stack([(z - centre) / squeeze, world]) if len(z) else np.zeros((0, 4))
+    from napari.utils.colormaps import Colormap
+
+    colours = np.column_stack([z_colours(np.linspace(lo, hi, Z_COLOURS), z_range), np.ones(Z_COLOURS)])
+    return data, {"scale": (squeeze, 1.0, 1.0, 1.0), "translate": (centre, 0.0, 0.0, 0.0), "projection_mode": "all",
+                  "face_color": "z [nm]", "face_colormap": Colormap(colours, name="z (red to blue)"),
+                  "face_contrast_limits": (float(lo), float(hi)), "ndim": 4}
+
+
 def world_to_data(coords: np.ndarray, scale, translate) -> np.ndarray:
     """Data (pixel) coordinates of world ``coords`` ``(n, d)`` for a layer with ``len(scale)`` axes
     (the last ones of ``coords``)."""
@@ -157,6 +182,7 @@ class PredictionResults(RunResults):
             self.pixel_size)
         self.render_pixel = float(render_pixel)
         self.rendered = render([], [], 1.0, self.rendered_extent(), self.render_pixel)
+        self.rendered_z: np.ndarray | None = None   # render_z's channels, once 3D localizations come
         self._unrendered: list[Localizations] = []
 
     @classmethod
@@ -187,9 +213,22 @@ class PredictionResults(RunResults):
         if len(locs):
             p = self.pixel_size
             sigma = np.where(np.isfinite(locs.uncertainty), locs.uncertainty * p, self.render_pixel)
-            self.rendered += render(px_to_nm(locs.col, p), px_to_nm(locs.row, p), sigma, self.rendered_extent(),
-                                    self.render_pixel)
+            x, y, extent = px_to_nm(locs.col, p), px_to_nm(locs.row, p), self.rendered_extent()
+            self.rendered += render(x, y, sigma, extent, self.render_pixel)
+            if locs.is_3d:
+                channels = render_z(x, y, locs.z, sigma, extent, self.render_pixel, self.z_range(locs.z))
+                self.rendered_z = channels if self.rendered_z is None else self.rendered_z + channels
         return self.rendered
+
+    def z_range(self, z: np.ndarray | None = None) -> tuple[float, float]:
+        """The z (nm) of the colour scale: the calibration's valid range (``info["z_range"]``, kept in the store),
+        else the 1-99 % range of the first 3D localizations ``z`` rendered (rounded out to 50 nm), then kept."""
+        if "z_range" not in self.info:
+            z = np.zeros(0) if z is None else z
+            finite = z[np.isfinite(z)]
+            lo, hi = np.percentile(finite, [1, 99]) if len(finite) else (-500.0, 500.0)
+            self.info["z_range"] = [50.0 * np.floor(lo / 50), 50.0 * max(np.ceil(hi / 50), np.floor(lo / 50) + 1)]
+        return tuple(float(v) for v in self.info["z_range"])
 
     def rendered_extent(self) -> tuple[float, float]:
         return (self.raw_shape[0] * self.pixel_size, self.raw_shape[1] * self.pixel_size)
@@ -205,7 +244,7 @@ class PredictionResults(RunResults):
 
     def names(self, source: str, partial: bool | None = None) -> dict[str, str]:
         partial = (not self.complete) if partial is None else partial
-        return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in SUFFIXES.items()}
+        return {k: source + suffix + (PARTIAL if partial else "") for k, suffix in {**SUFFIXES, **SUFFIXES_3D}.items()}
 
     def layer_data(self, source: str, partial: bool | None = None) -> dict[str, tuple]:
         """napari layer-data tuples ``(data, kwargs, type)`` by kind (mean, sample, std: dask arrays of the
@@ -229,10 +268,16 @@ class PredictionResults(RunResults):
         out = {kind: (array, {**geometry, "colormap": cmap, "contrast_limits": (0.0, top or upper_limit(array)),
                               "cache": False}, "image")
                for kind, (array, geometry, cmap, top) in images.items()}
-        coords, features = points_data(self.localizations(), p, self.grid)
+        if self.rendered_z is not None:
+            out["rendered z"] = (z_image(self.rendered_z), {**self.rendered_geometry(), "rgb": True}, "image")
+        locs = self.localizations()
+        coords, features = points_data(locs, p, self.grid)
+        look = {"face_color": "cyan", "ndim": 3, **self.grid.axes(3)}
+        if locs.is_3d:
+            coords, look = points_3d(coords, locs.z, self.z_range(locs.z))
+            look.update(axis_labels=("z", *self.grid.axis_labels), units=("nm", *self.grid.units))
         out["localizations"] = (coords, {"features": features, "size": 0.5 * self.grid.scale[-1], "symbol": "ring",
-                                         "face_color": "cyan", "border_width": 0.0, "ndim": 3,
-                                         **self.grid.axes(3)}, "points")
+                                         "border_width": 0.0, **look}, "points")
         for kind, (_, kwargs, _) in out.items():
             kwargs["name"] = names[kind]
             kwargs["metadata"] = {**meta, TAG: kind}
@@ -244,17 +289,27 @@ def show_layers(viewer, layers: dict, data: dict) -> None:
     ``layers`` (by kind; new ones are added there) that are still in the viewer."""
     for kind, (array, kwargs, layer_type) in data.items():
         layer = layers.get(kind)
+        if layer is not None and layer in viewer.layers and layer.ndim != kwargs.get("ndim", layer.ndim):
+            viewer.layers.remove(layer)   # localizations that became 3D (a first frame without any)
         if layer is None or layer not in viewer.layers:
             add = viewer.add_points if layer_type == "points" else viewer.add_image
             layers[kind] = add(array, **kwargs)
+            if kwargs.get("ndim") == 4:   # 3D localizations: the dims for them, once (the user may change them)
+                from ._view3d import prepare_3d
+
+                prepare_3d(viewer)
             continue
         if layer_type == "points":
+            if "translate" in kwargs:   # 3D: z's squeeze follows the z span
+                layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
             layer.data = array
             layer.features = kwargs["features"]
             layer.size, layer.symbol, layer.face_color = kwargs["size"], kwargs["symbol"], kwargs["face_color"]
+            if "face_contrast_limits" in kwargs:   # 3D: the z colour scale stays the calibration's range
+                layer.face_contrast_limits = kwargs["face_contrast_limits"]
         else:
             layer.data = array
-            layer.contrast_limits = kwargs["contrast_limits"]
+            layer.contrast_limits = kwargs.get("contrast_limits", (0.0, 1.0))   # an RGB rendering's: (0, 1)
         layer.metadata = kwargs["metadata"]
         layer.name = kwargs["name"]
 

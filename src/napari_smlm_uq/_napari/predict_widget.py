@@ -52,6 +52,7 @@ from ._widgets import (
     scrolling,
 )
 from ._workers import FrameDone, Notice, as_frames, cluster_job, eta, predict_job, start_worker
+from ._z_section import read_z_field, z_calibration_field, z_info, z_notes
 
 ENCODING_TEXT = {"compact": "compact (float16, |values| < 0.02 as 0)", "float32": "float32 (lossless)"}
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
@@ -87,6 +88,7 @@ class PredictWidget(CameraSection, Container):
         self._error: str | None = None
         self._outcome: RunOutcome | None = None   # what the worker returned on closing the run
         self._source = ""
+        self._z = None   # the running prediction's z calibration (3D), None in 2D
         self._temporary: list[Path] = []   # this widget's run folders in the system's temporary folder
         self._t0 = self._next_draw = 0.0
         self.fields = SettingsForm(PredictSettings, RunSettings, choices={
@@ -105,6 +107,7 @@ class PredictWidget(CameraSection, Container):
         self.camera_note = note()
         self.background_note = note()
         self.model = ModelChooser()
+        self.z_calibration = z_calibration_field()
         self.start_frame = SpinBox(value=0, min=0, max=0, label="first frame",
                                    tooltip="first frame (napari numbers frames from 0)")
         self.stop_frame = SpinBox(value=1, min=1, max=1, label="stop before", tooltip="stop before this frame")
@@ -130,7 +133,8 @@ class PredictWidget(CameraSection, Container):
             self.layer, *f.take("pixel_size", "camera_kind", "offset", "gain", "read_noise"), self.camera_map,
             self.estimate_button, self.camera_note, *f.take("background"), self.background_note,
             Container(widgets=[self.start_frame, self.stop_frame], layout="horizontal", label="frames"),
-            self.model, *f.take("samples", "steps", "device", "precision"), self.render_pixel, self.output,
+            self.model, self.z_calibration, *f.take("samples", "steps", "device", "precision"), self.render_pixel,
+            self.output,
             *f.take("store_encoding"), self.keep, *f.take("scheduler"), run_row,
             self.progress, self.status, self.precision_check])
         self.native.layout().insertWidget(self.index(run_row), more_settings(f.rest()))
@@ -166,10 +170,12 @@ class PredictWidget(CameraSection, Container):
         self._samples_previous = value
 
     def settings(self, camera: Camera | None = None) -> PredictSettings:
-        """The settings of the inputs (``camera``: instead of the camera inputs') with the background chosen."""
+        """The settings of the inputs (``camera``: instead of the camera inputs') with the background chosen and
+        the z calibration's file read."""
         given = {"camera": camera} if camera is not None else {}
         background = self.background_choice.estimate if self.background_choice else None
-        return self.fields.build(PredictSettings, background=background, **given).validate()
+        return self.fields.build(PredictSettings, background=background, z_calibration=read_z_field(
+            self.z_calibration), **given).validate()
 
     def output_folder(self) -> Path:
         """A new folder for this run: under the chosen output folder, else in the system's temporary folder."""
@@ -223,7 +229,7 @@ class PredictWidget(CameraSection, Container):
             camera = self.checked_camera(frames[start:])
             self._show_background(np.asarray(frames[start:start + CAMERA_FRAMES]), camera)
             settings = self.settings(camera)
-            self._source = layer.name
+            self._source, self._z = layer.name, settings.z_calibration
             if scheduler:
                 job = distributed.StackJob(Path(layer.metadata["path"]), range(start, stop), frames.shape[-2:],
                                            settings, self.output_folder(), self.store_encoding.value)
@@ -234,7 +240,7 @@ class PredictWidget(CameraSection, Container):
                 self.results = PredictionResults.create(
                     self.output_folder(), stop - start, frames.shape[-2:], settings.pixel_size, start,
                     info={"source": layer.name, "model": _models.label(model), "samples": settings.samples,
-                          "steps": settings.steps},
+                          "steps": settings.steps, **z_info(settings.z_calibration)},
                     grid=RawGrid.of_layer(layer), render_pixel=self.render_pixel.value,
                     encoding=self.store_encoding.value)
         except (InputError, OSError) as exc:
@@ -371,6 +377,8 @@ class PredictWidget(CameraSection, Container):
         else:
             self._say(f"done: {results.done} frames in {seconds:.1f} s, {n_locs} localizations -> {results.path}")
             show_info(f"Super-resolved {results.done} frames of '{self._source}': {n_locs} localizations.")
+            if self._z is not None:
+                self._say("\n".join([self.status.value, *z_notes(results.localizations(), self._z, results.z_range())]))
         self.precision_check.value = outcome.precision
         self.run_finished.emit(results)
 

@@ -4,7 +4,9 @@ Pick an SR mean and SR std layer of a prediction (and optionally its localizatio
 the prediction widget made are offered (``metadata["smlm_uq"]``), so raw frames never are. A slider on the
 std, absolute or relative to the mean (``std / (mean + eps)``), marks the uncertain SR pixels; the widget shows the mean
 with those pixels zeroed (``<mean> filtered``), the uncertain region (``<mean> uncertain``), hides the
-localizations that fall in it and reports the fractions of signal and localizations kept.
+localizations that fall in it and reports the fractions of signal and localizations kept. For 3D localizations (a
+z calibration) a second slider hides those whose z uncertainty is above it (:func:`within_z_uncertainty`; below
+its top also those whose 3D fit was not kept, whose z uncertainty is NaN).
 
 Everything is lazy, so a stack read from a result store of any length is never read whole: the two layers
 are dask expressions computed by napari for the frame on screen; the slider's range and the signal kept come
@@ -21,6 +23,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_warning
 from superqt.utils import qdebounced
 
+from ..localizations import within_z_uncertainty
 from ._layers import TAG, world_to_index
 from ._widgets import layer_chooser, note
 from ._workers import start_worker
@@ -29,6 +32,7 @@ EPS = 0.01          # KDE units (a kernel's peak is 1): keeps std / (mean + eps)
 MODES = {"std (KDE units)": "absolute", "std / mean": "relative"}
 STEPS = 1000
 SAMPLE_FRAMES = 8   # frames read for the slider's range and the signal kept (all of a shorter stack)
+Z_COLUMN = "uncertainty z [nm]"
 NO_RESULTS = "No results yet: run 'Super-resolve with uncertainty' first; its mean and std layers are listed here."
 
 
@@ -44,13 +48,17 @@ class ThresholdWidget(Container):
         self.mode = ComboBox(choices=list(MODES.items()), value="absolute", label="threshold on")
         self.slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=1.0 / STEPS, label="max uncertainty",
                                   tooltip="SR pixels whose uncertainty is above this value are removed")
+        self.z_slider = FloatSlider(value=1.0, min=0.0, max=1.0, label="max z uncertainty (nm)", visible=False,
+                                    tooltip="3D localizations whose z uncertainty is above this value are hidden "
+                                            "(below the top also those without one: their 3D fit was not kept)")
         self.kept = note(NO_RESULTS)
-        super().__init__(widgets=[self.mean, self.std, self.points, self.mode, self.slider, self.kept])
+        super().__init__(widgets=[self.mean, self.std, self.points, self.mode, self.slider, self.z_slider, self.kept])
 
         self.signal_fraction = float("nan")
         self.points_fraction = float("nan")
         self._cache: tuple | None = None
         self._points_layer = None
+        self._has_z = False   # whether the chosen localizations are 3D (the z slider shown)
         self._at_points: tuple | None = None   # (key, uncertainty at each localization, inside the mean's extent)
         self._reading = None                   # (key, worker) reading them
         self._schedule = qdebounced(self.apply, timeout=30, parent=self.native)  # deleted with the widget
@@ -58,10 +66,12 @@ class ThresholdWidget(Container):
 
         self.mean.changed.connect(self._mean_changed)
         self.std.changed.connect(lambda _: self._reset_range())
-        self.points.changed.connect(lambda _: self._schedule())
+        self.points.changed.connect(self._points_changed)
+        self.z_slider.changed.connect(lambda _: self._schedule())
         self.mode.changed.connect(lambda _: self._reset_range())
         self.slider.changed.connect(lambda _: self._schedule())
         self._mean_changed(self.mean.value)
+        self._points_changed(self.points.value)
 
     # --- choosing layers -----------------------------------------------------------------------
 
@@ -85,6 +95,23 @@ class ThresholdWidget(Container):
     def _mean_changed(self, mean) -> None:
         self._pair(mean)
         self._reset_range()
+
+    def _points_changed(self, points) -> None:
+        """The z slider: shown for 3D localizations, from 0 to their largest z uncertainty (rounded up)."""
+        features = getattr(points, "features", None)
+        z = np.asarray(features[Z_COLUMN], float) if features is not None and Z_COLUMN in features else None
+        self.z_slider.visible = self._has_z = z is not None
+        if z is not None:
+            finite = z[np.isfinite(z)]
+            top = float(np.ceil(finite.max())) + 1.0 if len(finite) else 1.0
+            with self.z_slider.changed.blocked():
+                self.z_slider.min, self.z_slider.max, self.z_slider.step = 0.0, top, top / STEPS
+                self.z_slider.value = top
+        self._schedule()
+
+    def z_limit(self) -> float | None:
+        """The z uncertainty limit (nm); None (no z filter) at the slider's top or for 2D localizations."""
+        return float(self.z_slider.value) if self._has_z and self.z_slider.value < self.z_slider.max else None
 
     def reset_choices(self, *_) -> None:
         """napari calls this on every layer change: partners of the chosen mean that just appeared (a
@@ -208,6 +235,8 @@ class ThresholdWidget(Container):
             return
         _, values, inside = self._at_points
         hidden = inside & (values > self.threshold())
+        if Z_COLUMN in points.features:
+            hidden |= ~within_z_uncertainty(points.features[Z_COLUMN], self.z_limit())
         points.shown = ~hidden
         self.points_fraction = float((~hidden).mean())
 

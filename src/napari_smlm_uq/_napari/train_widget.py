@@ -39,6 +39,7 @@ from ._widgets import (
     scrolling,
 )
 from ._workers import Notice, as_frames, eta, inspect_job, start_worker, train_and_validate_job
+from ._z_section import read_z_field, z_calibration_field
 
 TARGETS = {"both": "both (DeepSTORM, then diffusion)", "phi": "DeepSTORM (phi) only", "psi": "diffusion (psi) only"}
 ARCHITECTURES = {"full": registry.default_config, "tiny": registry.tiny_config}
@@ -157,6 +158,8 @@ class TrainWidget(Container):
         self.architecture = ComboBox(choices=[("full size", "full"), ("tiny (quick trials)", "tiny")],
                                      label="new network size")
         self.out_dir = FileEdit(mode="d", value=default_out_dir(), label="output folder")
+        self.z_calibration = z_calibration_field(purpose="astigmatic training data (z uniform over its valid range; "
+                                                         "PSF sigma not used)")
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -166,7 +169,8 @@ class TrainWidget(Container):
         run_row = Container(widgets=[self.train_button, self.stop_button], layout="horizontal", label="")
         super().__init__(widgets=[
             self.layer, self.estimate_button, self.estimate_note,
-            *f.take("psf_sigma", "photons", "background", "density", "read_noise", "pixel_size", "target"),
+            *f.take("psf_sigma", "photons", "background", "density", "read_noise", "pixel_size"), self.z_calibration,
+            *f.take("target"),
             self.start_model, self.architecture,
             *f.take("iterations", "batch_size", "lr", "checkpoint_every", "val_size"), self.out_dir, run_row,
             self.progress, self.status])
@@ -251,7 +255,8 @@ class TrainWidget(Container):
             raise InputError("choose a model to start from, or 'from scratch'")
         init = None if start == _models.SCRATCH else start
         return self.fields.build(TrainSettings, out_dir=str(self.out_dir.value), init=init,
-                                 config=ARCHITECTURES[self.architecture.value]()).validate()
+                                 config=ARCHITECTURES[self.architecture.value](),
+                                 z_calibration=read_z_field(self.z_calibration)).validate()
 
     # --- running -------------------------------------------------------------------------------
 

@@ -97,3 +97,33 @@ def napari_translate(pixel_nm: float, raw_pixel_nm: float) -> float:
     """Translation (nm, both axes) of a rendering at ``pixel_nm`` over a raw frame of ``raw_pixel_nm`` pixels
     shown with integer pixel centres (docs/physics.md): ``-0.375 p`` for the SR grid (``q = p / 4``)."""
     return grid_offset(pixel_nm / raw_pixel_nm) * raw_pixel_nm
+
+
+def z_colours(z_nm: np.ndarray, z_range: tuple[float, float]) -> np.ndarray:
+    """RGB ``(n, 3)`` in [0, 1] of each z: the hue runs from red (``z_range[0]`` and below) through yellow, green
+    and cyan to blue (``z_range[1]`` and above), at full brightness; a non-finite z is white."""
+    lo, hi = z_range
+    t = np.clip((np.asarray(z_nm, np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
+    h = 4.0 * np.nan_to_num(t)   # HSV hue in sixths of a turn: 0 (red) to 4 (blue)
+    rgb = np.clip(np.stack([np.abs(h - 3) - 1, 2 - np.abs(h - 2), 2 - np.abs(h - 4)], axis=-1), 0.0, 1.0)
+    return np.where(np.isfinite(np.asarray(z_nm, np.float64))[..., None], rgb, 1.0)
+
+
+def render_z(x_nm: np.ndarray, y_nm: np.ndarray, z_nm: np.ndarray, sigma_nm: np.ndarray | float,
+             extent_nm: tuple[float, float], pixel_nm: float, z_range: tuple[float, float]) -> np.ndarray:
+    """The three colour channels ``(rows, cols, 3)`` float32 of :func:`render` with each localization weighted
+    by its z colour (:func:`z_colours`): sums, so renderings of parts of a table add up; :func:`z_image` makes
+    them an image."""
+    colours = z_colours(z_nm, z_range)
+    return np.stack([render(x_nm, y_nm, sigma_nm, extent_nm, pixel_nm, weights=colours[:, c]) for c in range(3)],
+                    axis=-1)
+
+
+def z_image(channels: np.ndarray, saturate: float = 95.0) -> np.ndarray:
+    """An RGB image in [0, 1] of :func:`render_z`'s channels, as Picasso Render shows z: hue = z, brightness =
+    density; the brightest channel's ``saturate`` percentile over the pixels holding signal (above 1 % of the
+    brightest) is shown at full brightness."""
+    top = np.max(channels, axis=-1)
+    peak = float(top.max()) if top.size else 0.0
+    scale = float(np.percentile(top[top > 0.01 * peak], saturate)) if peak > 0 else 1.0
+    return np.clip(channels / scale, 0.0, 1.0).astype(np.float32)

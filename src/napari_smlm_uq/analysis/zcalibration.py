@@ -50,7 +50,7 @@ class ZCalibrationSettings:
     pixel_size: float | None = option(None, help="raw pixel size (default: the file's, else "
                                       f"{PIXEL_SIZE_NM:g})", unit="nm", low=0.0, open_low=True)
     offset: float | None = option(None, help="camera offset (default: the file's, else the camera default)",
-                                  unit="ADU")
+                                  unit="ADU", low=0.0)
     gain: float | None = option(None, help="camera gain (default: the file's, else the camera default)",
                                 unit="ADU/e-", low=0.0, open_low=True)
     read_noise: float | None = option(None, help="read noise (default: the file's, else the camera default)",
@@ -322,30 +322,45 @@ def calibrate_file(
     """Calibrate from a bead stack TIFF (ADU); writes ``out`` (JSON) and its plot beside it (``.png``),
     nothing when the stack cannot be calibrated. Camera values and pixel size not set are the file's."""
     from ..io.tiff import open_stack
-    from ..io.zcalibration import write_zcalibration
 
+    out = checked_output(out, settings)
+    stack = open_stack(path)
+    result = calibrate_adu(stack.data, stack.metadata, settings, Path(path).name)
+    save_calibration(result, out)
+    return result
+
+
+def checked_output(out: str | os.PathLike, settings: ZCalibrationSettings) -> Path:
+    """``out`` as a path, once the settings and the name (``.json``) are checked: before any work."""
     settings.validate()
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise InputError(f"the calibration file must end in .json (got {out.name})")
-    stack = open_stack(path)
-    meta, default = stack.metadata, Camera()
-    pick = lambda value, key, fallback: value if value is not None else meta.get(key, fallback)
+    return out
+
+
+def calibrate_adu(adu: np.ndarray, metadata: dict, settings: ZCalibrationSettings, source: str) -> ZCalibrationResult:
+    """Calibrate from a bead stack ``(T, H, W)`` in ADU (a file's or a napari layer's); camera values and pixel
+    size not set in ``settings`` come from ``metadata``, else from the defaults."""
+    settings.validate()
+    default = Camera()
+    pick = lambda value, key, fallback: value if value is not None else metadata.get(key, fallback)
     camera = Camera(
         pick(settings.offset, "offset", default.offset),
         pick(settings.gain, "gain", default.gain),
         pick(settings.read_noise, "read_noise", default.read_noise),
     ).validate()
-    electrons = camera.to_photoelectrons(np.asarray(stack.data)).astype(np.float64)
-    if len(electrons) < 5:
-        raise InputError(f"{path}: {len(electrons)} frame(s); a bead z-stack needs at least 5")
-    result = calibrate(
-        electrons,
-        settings,
-        float(pick(settings.pixel_size, "pixel_size", PIXEL_SIZE_NM)),
-        float(camera.read_noise),
-        source=Path(path).name,
-    )
-    plot_calibration(result, out.with_suffix(".png"))
+    electrons = camera.to_photoelectrons(np.asarray(adu)).astype(np.float64)
+    if electrons.ndim != 3 or len(electrons) < 5:
+        raise InputError(f"{source}: {len(electrons) if electrons.ndim == 3 else 1} frame(s); a bead z-stack needs "
+                         "at least 5")
+    pixel_size = float(pick(settings.pixel_size, "pixel_size", PIXEL_SIZE_NM))
+    return calibrate(electrons, settings, pixel_size, float(camera.read_noise), source=source)
+
+
+def save_calibration(result: ZCalibrationResult, out: str | os.PathLike) -> None:
+    """Write the calibration (JSON) and its plot beside it (``.png``), each atomically."""
+    from ..io.zcalibration import write_zcalibration
+
+    plot_calibration(result, Path(out).with_suffix(".png"))
     write_zcalibration(out, result.calibration)
-    return result

@@ -17,17 +17,21 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add_options(p, TrainSettings)
     p.add_argument("--tiny", action="store_true", help="a very small architecture (for quick tests)")
     p.add_argument("--log-every", type=int, default=50, help="print the loss every N iterations")
+    p.add_argument("--z-calibration", default=None, metavar="CAL.json",
+                   help="3D: astigmatic training data from this calibration (smlm-uq calibrate-z; its pixel size)")
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..io.zcalibration import read_zcalibration
     from ..models import registry
     from ..training import calibration_stacks, train, validate_model
 
     config = registry.tiny_config() if a.tiny else registry.default_config()
-    s = settings(TrainSettings, a, config=config).validate()
+    z_calibration = read_zcalibration(a.z_calibration) if a.z_calibration else None
+    s = settings(TrainSettings, a, config=config, z_calibration=z_calibration).validate()
     if s.init:
         registry.resolve(s.init)
-    shown = {k: v for k, v in dataclasses.asdict(s).items() if k != "config"}
+    shown = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("config", "z_calibration")}
     print(f"training {s.target} -> {Path(s.out_dir) / 'model.pt'} ({json.dumps(shown)})")
     model_path = None
     for p in train(s):
