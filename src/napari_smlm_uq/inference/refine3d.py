@@ -234,8 +234,10 @@ def refined_localizations_3d(fit: RefinedFrame3D, source: Localizations) -> Loca
     """refine.refined_localizations with ``z`` and its uncertainty (the bound scaled as the lateral one)."""
     out = refined_localizations(fit, source)
     diffusion = np.nan_to_num(DIFFUSION_WEIGHT * fit.crowded * source.uncertainty**2)   # phi alone: none
-    inflation = np.sqrt(1.0 + (np.maximum(fit.excess, fit.hidden) + diffusion) / fit.fisher**2)
-    return replace(out, z=fit.z, uncertainty_z=np.where(fit.ok, fit.fisher_z * inflation, np.nan))
+    bounded = fit.ok & (fit.fisher > 0)   # a fit kept has a bound; a rejected one may have none (0 or NaN)
+    variance = np.where(bounded, fit.fisher, 1.0) ** 2
+    inflation = np.sqrt(1.0 + (np.maximum(fit.excess, fit.hidden) + diffusion) / variance)
+    return replace(out, z=fit.z, uncertainty_z=np.where(bounded, fit.fisher_z * inflation, np.nan))
 
 
 @dataclass
