@@ -30,13 +30,17 @@ def _one_torch_thread():
 
 def build_tiny() -> registry.Models:
     """The tiny architecture with fixed random weights; psi's output layer starts at zero, so every psi
-    weight is nudged to give the sampler something to say."""
+    weight is nudged to give the sampler something to say, and its noise estimate's bias raised so that its
+    KDEs are mostly zero with a few peaks, as a trained model's, not a peak at every other SR pixel (134
+    localizations against 2,740 in 6 frames of 16x16 px with 97 emitters: the refinement of thousands of noise
+    peaks was most of the suite's time)."""
     torch.manual_seed(0)
     models = registry.build(registry.tiny_config(), name="tiny")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in models.psi.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        [conv for conv in models.psi.modules() if isinstance(conv, torch.nn.Conv2d)][-1].bias.add_(2.5)
     return models.to("cpu")
 
 

@@ -120,7 +120,7 @@ def test_killed_worker_leaves_every_frame_once(inputs, client, tmp_path):
     np.testing.assert_allclose(ResultStore.open(out).group["std"][:], np.stack([r.std for r in want]),
                                rtol=1e-5, atol=1e-6)
     frames_of = np.concatenate([r.localizations.frame for r in want])
-    assert len(frames_of) > FRAMES
+    assert len(np.unique(frames_of)) >= 2   # localizations in several frames: their order is checked
     np.testing.assert_array_equal(done[0].localizations.frame, frames_of)   # each frame's once, in frame order
     np.testing.assert_allclose(done[0].sums.total, np.sum([r.mean for r in want], axis=0), rtol=1e-5, atol=1e-5)
 

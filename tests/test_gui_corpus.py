@@ -7,6 +7,7 @@ Stacks are tiny (2-6 frames of 16 px) and the model is the tiny random one, with
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -186,20 +187,28 @@ def test_run_twice_and_cancel_during_the_first_frame(make_napari_viewer, qtbot, 
 
 @pytest.mark.slow
 def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_model_file, shown, monkeypatch):
-    """Cases: Cancel inside psi's sampling of the second frame (the first kept, partial); Cancel while the
-    worker writes the last frame (every frame was done: the run completes, nothing marked partial)."""
+    """Cases: Cancel pressed while the run is under way, the first frame kept (the worker held there until
+    the click, so that the run cannot end first: partial); Cancel while the worker writes the last frame
+    (every frame was done: the run completes, nothing marked partial)."""
     viewer = make_napari_viewer()
     widget = predict_dock(viewer, tiny_model_file, samples=2, steps=2)
     add_raw(viewer, frames=4)
+    write, clicked = _layers.PredictionResults.add, threading.Event()
+
+    def add_then_hold(results, result):   # in the worker: the first frame written, wait for the click
+        write(results, result)
+        if results.done == 1:
+            clicked.wait(timeout=60)
+    monkeypatch.setattr(_layers.PredictionResults, "add", add_then_hold)
     errors: list = []
     worker = start(widget, errors)
     qtbot.waitUntil(lambda: widget.results.done >= 1, timeout=60_000)
     widget.cancel_button.native.click()
+    clicked.set()
     wait(widget, worker, qtbot)
     assert not errors and "stopped: " in widget.status.value
     assert_partial_is_marked(widget, viewer, "raw")
 
-    write = _layers.PredictionResults.add
 
     def add_then_cancel(results, result):   # in the worker, as the last frame is written
         write(results, result)
@@ -237,7 +246,8 @@ def test_closing_the_dock_or_the_viewer_during_a_run_stops_the_worker(make_napar
 
 
 @pytest.mark.slow
-def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, tiny_model_file, shown, tmp_path):
+def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, tiny_model_file, shown, tmp_path,
+                                                    monkeypatch):
     """Cases: an output folder inside a file (cannot be made); one that is read-only; the run's folder removed
     mid-run (the run stops with a message; nothing looks complete)."""
     viewer = make_napari_viewer()
@@ -261,10 +271,18 @@ def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, 
     finally:
         locked.chmod(0o755)
     widget.output.value = tmp_path / "out"
+    write, removed = _layers.PredictionResults.add, threading.Event()
+
+    def add_then_hold(results, result):   # in the worker: the first frame written, held while the folder goes
+        write(results, result)
+        if results.done == 1:
+            removed.wait(timeout=60)
+    monkeypatch.setattr(_layers.PredictionResults, "add", add_then_hold)
     errors: list = []
     worker = start(widget, errors)
     qtbot.waitUntil(lambda: widget.results.done >= 1, timeout=60_000)
     shutil.rmtree(widget.results.path)
+    removed.set()
     wait(widget, worker, qtbot)
     assert errors and errors_shown(shown)[-1].startswith("Prediction stopped:")
     assert "internal error" not in errors_shown(shown)[-1]

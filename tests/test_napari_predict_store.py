@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from napari_helpers import CAMERA, PLUGIN, PREDICT, add_raw, watch
 
-from napari_smlm_uq._napari import _camera_section, predict_widget
+from napari_smlm_uq._napari import _camera_section, _temporary, predict_widget
 from napari_smlm_uq._napari._layers import PredictionResults, world_to_index
 from napari_smlm_uq._napari._reader import napari_get_results_reader
 from napari_smlm_uq.inference import pipeline
@@ -185,9 +185,9 @@ def test_camera_from_the_estimate_the_button_and_the_disagreement_warning(
     run_and_wait(widget, qtbot)
     assert len(warnings) == 1
     folder = widget.results.path
-    assert folder in predict_widget.TEMPORARY and str(folder) in widget.status.value
+    assert folder in _temporary.TEMPORARY and str(folder) in widget.status.value
     widget.keep.value = True
-    assert folder not in predict_widget.TEMPORARY and ResultStore.open(folder).complete
+    assert folder not in _temporary.TEMPORARY and ResultStore.open(folder).complete
     shutil.rmtree(folder)
 
 

@@ -45,7 +45,7 @@ def test_predict_one_result_per_frame(models, frames):
         for a in (r.mean, r.std, r.sample):
             assert a.shape == (64, 64) and a.dtype == np.float32 and np.isfinite(a).all()
         assert r.mean.min() >= 0 and r.mean.max() <= 1 and r.sample.min() >= 0 and r.sample.max() <= 1
-        assert r.std.min() >= 0 and r.std.mean() > 1e-3 and (r.std > 0).mean() > 0.5
+        assert r.std.min() >= 0 and r.std.mean() > 1e-3 and (r.std[r.mean > 0.05] > 0).mean() > 0.5   # where signal is
         assert not np.array_equal(r.sample, r.mean)
         assert np.all(r.localizations.frame == r.index) and r.seconds > 0
     assert not np.array_equal(results[0].mean, results[1].mean)

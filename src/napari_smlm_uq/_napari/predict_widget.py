@@ -11,10 +11,7 @@ those methods are in _camera_section.py.
 """
 from __future__ import annotations
 
-import atexit
 import gc
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,10 +34,11 @@ from ..io.store import ENCODINGS
 from ..io.tiff import check_finite
 from ..physics.camera import Camera
 from ..physics.camera_estimation import MAX_FRAMES as CAMERA_FRAMES
-from . import _models
+from . import _models, _temporary
 from ._camera_section import CameraSection
 from ._fields import SettingsForm
 from ._layers import PredictionResults, RawGrid, show_layers
+from ._temporary import temporary_folder
 from ._widgets import (
     ModelChooser,
     describe_error,
@@ -57,16 +55,6 @@ from ._z_section import read_z_field, z_calibration_field, z_info, z_notes
 ENCODING_TEXT = {"compact": "compact (float16, |values| < 0.02 as 0)", "float32": "float32 (lossless)"}
 REFRESH_SECONDS = 1.0  # how often the growing result layers are redrawn during a run, at most
 DRAW_SHARE = 0.1  # ... and at most this share of the viewer's time (10^6 localizations take a while to draw)
-
-
-TEMPORARY: set[Path] = set()   # run folders in the system's temporary folder, removed when Python exits
-
-
-@atexit.register
-def remove_temporary() -> None:
-    """Remove the temporary run folders (their layers read them until napari closes)."""
-    for folder in TEMPORARY:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class PredictWidget(CameraSection, Container):
@@ -86,6 +74,7 @@ class PredictWidget(CameraSection, Container):
         self._layers: dict = {}
         self._removed: list = []   # result layers the user removed, until they are let go of (_let_go)
         self._error: str | None = None
+        self._lost = False   # the run's store cannot be read any more
         self._outcome: RunOutcome | None = None   # what the worker returned on closing the run
         self._source = ""
         self._z = None   # the running prediction's z calibration (3D), None in 2D
@@ -181,13 +170,13 @@ class PredictWidget(CameraSection, Container):
         """A new folder for this run: under the chosen output folder, else in the system's temporary folder."""
         if self.output.value:
             return run_folder(Path(self.output.value), self._source)
-        folder = Path(tempfile.mkdtemp(prefix="smlm-uq-"))
+        folder = temporary_folder()
         self._temporary.append(folder)
         self._keep_changed(self.keep.value)
         return folder
 
     def _keep_changed(self, keep: bool) -> None:
-        (TEMPORARY.difference_update if keep else TEMPORARY.update)(self._temporary)
+        _temporary.keep(self._temporary, keep)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -246,7 +235,7 @@ class PredictWidget(CameraSection, Container):
         except (InputError, OSError) as exc:
             show_error(f"Check the settings: {exc}")
             return None
-        self._layers, self._error = {}, None
+        self._layers, self._error, self._lost = {}, None, False
         self._let_go()   # an earlier run's layers, if removed: here, not by chance during the run
         self.precision_check.value = ""
         self._stop = threading.Event()
@@ -340,10 +329,17 @@ class PredictWidget(CameraSection, Container):
             self._next_draw = end + max(REFRESH_SECONDS, (end - now) * (1 / DRAW_SHARE - 1))
 
     def _draw(self, partial: bool) -> None:
-        """Create or update the five result layers from the frames done so far."""
+        """Create or update the result layers from the frames done so far; once the store cannot be read (its
+        folder removed: zarr says KeyError), _store_lost and no more drawing."""
+        if self._lost:
+            return
         if not self._layers:  # first frame of this run: replace an earlier run's layers
             self._remove_previous()
-        show_layers(self.viewer, self._layers, self.results.layer_data(self._source, partial=partial))
+        try:
+            show_layers(self.viewer, self._layers, self.results.layer_data(self._source, partial=partial))
+        except (OSError, KeyError) as exc:
+            self._lost = True
+            self._store_lost(self.results, exc)
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error = describe_error(exc)
@@ -363,10 +359,7 @@ class PredictWidget(CameraSection, Container):
         outcome = self._outcome or RunOutcome(False, len(results.localizations()), "")  # failed
         partial = not outcome.complete
         if results.done:
-            try:
-                self._draw(partial=partial)
-            except (OSError, KeyError) as exc:   # zarr: KeyError for an array whose folder is gone
-                self._store_lost(results, exc)
+            self._draw(partial=partial)
         seconds = time.perf_counter() - self._t0
         n_locs = outcome.localizations
         if self._error:
