@@ -80,14 +80,14 @@ class Boxes:
                model: ImagingModel, k: int = NEIGHBOURS) -> Boxes:
         """Boxes around new emitters at ``rows``/``cols`` (slot 0), each with the nearest ``k - 1`` of the
         ``others`` (their rows, cols) whose light reaches it, as :func:`neighbour_slots` counts them."""
-        n, pts = len(rows), np.column_stack(others)
-        dist, idx = np.full((n, 1), np.inf), np.zeros((n, 1), int)
-        if len(pts) and k > 1:
-            reach = half + 0.5 + REACH
-            dist, idx = (a.reshape(n, -1) for a in cKDTree(pts).query(
-                np.column_stack([rows, cols]), k=min(k - 1, len(pts)), p=np.inf, distance_upper_bound=reach))
-        filled = np.isfinite(dist)
-        near = np.where(filled, idx, 0)
+        n = len(rows)
+        near, filled = np.zeros((n, 0), int), np.zeros((n, 0), bool)
+        if len(others[0]) and k > 1:
+            query = cKDTree(np.column_stack(others)).query(np.column_stack([rows, cols]), k=min(k - 1, len(others[0])),
+                                                           p=np.inf, distance_upper_bound=half + 0.5 + REACH)
+            dist, idx = (a.reshape(n, -1) for a in query)
+            filled = np.isfinite(dist)
+            near = np.where(filled, idx, 0)
         return cls.cut(photoelectrons, rows, cols, half, model,
                        np.column_stack([rows, others[0][near]]), np.column_stack([cols, others[1][near]]),
                        np.column_stack([np.ones(n, bool), filled]))
