@@ -25,7 +25,9 @@ raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED 
 share the box; ``SPLIT_GAIN_PAIR / 2`` where the photons already say two), both carry at least
 ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
 centre would (half their separation at least their lateral bound), the pair replaces it (two
-localizations, each with its own bound).
+localizations, each with its own bound). With ``Refiner.search`` the light the refit leaves unexplained is
+searched for emitters the localizations missed (residual_search.py); those found are refitted with their
+neighbours (``refine_frame(..., which=...)``).
 """
 from __future__ import annotations
 

@@ -7,8 +7,11 @@ maximum of the matched filter's z-score above ``RESIDUAL_Z``) a new emitter is f
 jointly with the refit's emitters whose light reaches it (all free), and against the same box without it. It
 is kept where it raises the box's log-likelihood by more than ``RESIDUAL_GAIN / 2``, stays within
 ``RESIDUAL_SHIFT`` of the peak and inside the frame, carries at least ``RESIDUAL_SHARE`` of an emitter's
-photons, and lies further than ``DUPLICATE`` PSF sigmas from every localization (and from a better new one).
-One box per residual peak: the work grows with the frame's emitters and pixels, not faster.
+photons, and lies further than ``DUPLICATE`` PSF sigmas from every neighbour where the joint fit moved it (a
+spot localized once at the centre of two emitters moves onto one of them) and from a better new one. The
+neighbours are free: light the refit pulled into them, or that a PSF not quite Gaussian leaves beside a bright
+spot, is theirs again in the box without the new emitter, so it does not read as one. One box per residual
+peak: the work grows with the frame's emitters and pixels, not faster.
 """
 from __future__ import annotations
 
@@ -31,13 +34,12 @@ DUPLICATE = 0.5           # PSF sigmas: a new emitter nearer than this to a loca
 
 @dataclass
 class Missed:
-    """Emitters found in a frame's residual: frame-pixel ``row``/``col``, their fitted ``photons``, the
-    ``gain`` (twice the log-likelihood they add to their box) and the peak pixel ``snr`` (as
-    preprocessing.pixel_snr: signal over the background's noise)."""
+    """Emitters found in a frame's residual: frame-pixel ``row``/``col``, the ``gain`` (twice the log-likelihood
+    they add to their box) and the peak pixel ``snr`` (as preprocessing.pixel_snr: signal over the background's
+    noise)."""
 
     row: np.ndarray
     col: np.ndarray
-    photons: np.ndarray
     gain: np.ndarray
     snr: np.ndarray
 
@@ -71,7 +73,7 @@ def find_missed(e: np.ndarray, rows: np.ndarray, cols: np.ndarray, photons: np.n
     else the frame's)."""
     peak_rows, peak_cols, background = residual_peaks(e, rows, cols, photons, model)
     if not len(peak_rows):
-        return Missed(*(np.zeros(0) for _ in range(5)))
+        return Missed(*(np.zeros(0) for _ in range(4)))
     psf_sigma = model.psf_sigma
     start_r, start_c = peak_rows.astype(float), peak_cols.astype(float)
     with_new = Boxes.beside(e, start_r, start_c, (rows, cols), box_half_width(psf_sigma), model)
@@ -88,7 +90,7 @@ def find_missed(e: np.ndarray, rows: np.ndarray, cols: np.ndarray, photons: np.n
         & (fit.photons[:, 0] >= RESIDUAL_SHARE * reference) & (apart > DUPLICATE * psf_sigma) \
         & np.isfinite(fit.crlb_row[:, 0]) & np.isfinite(fit.crlb_col[:, 0])
     snr = peak_snr(e, background, model, row, col)
-    found = Missed(row, col, fit.photons[:, 0], gain, snr).take(np.flatnonzero(keep))
+    found = Missed(row, col, gain, snr).take(np.flatnonzero(keep))
     return found.take(distinct(found.row, found.col, found.gain, DUPLICATE * psf_sigma))
 
 
