@@ -3,6 +3,7 @@ density, emitters uniform or on filaments.
 
     PYTHONPATH=src python benchmarks/density.py [--frames 100] [--size 64] [--densities 0.5,1,3,5,8,10]
         [--structures uniform,filaments] [--methods default,phi,picasso] [--device auto] [--model NAME_OR_FILE]
+        [--residual-search]
 
 The benchmark movies of docs/benchmarks.md (100 nm pixels, PSF sigma 1 px, 2000 photons, background 20 photons/px,
 read noise 1.5 e-, offset 100 ADU, gain 1; benchmarks/precision.py's ``BENCH``) at mean densities of 0.5-10
@@ -30,6 +31,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,12 +199,12 @@ def study(models, density: float, structure: str, seeds: tuple[int, int], a: arg
         "emitters_per_um2": len(stack.emitters) / a.frames / (a.size * BENCH["pixel_size"] / 1000) ** 2,
         "neighbours_within_250nm": crowding(stack.emitters, BENCH["pixel_size"]),
     }
-    base = PredictSettings(device=a.device, samples=a.samples)
+    base = PredictSettings(device=a.device, samples=a.samples, residual_search=a.residual_search)
     for method in a.methods:
         if method == "default":
             res[method] = ours(models, stack, base)
         elif method == "phi":
-            res[method] = ours(models, stack, PredictSettings(device=a.device, samples=0))
+            res[method] = ours(models, stack, replace(base, samples=0))
         elif method in ("kde_readout", "kde_readout_unsaturated"):
             res[method] = readout_ceiling(stack, saturate=method == "kde_readout")
         elif method == "picasso" and PICASSO.exists():
@@ -324,6 +326,8 @@ def main() -> None:
     ap.add_argument(
         "--samples", type=int, default=PredictSettings.samples, help="diffusion samples of the default pipeline"
     )
+    ap.add_argument("--residual-search", action=argparse.BooleanOptionalAction, default=False,
+                    help="the refinement's search for missed emitters (PredictSettings.residual_search)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or model file")
     ap.add_argument(
@@ -355,6 +359,7 @@ def main() -> None:
         "samples": a.samples,
         "filament_density": a.filament_density,
         "model": a.model,
+        "residual_search": a.residual_search,
         "methods": a.methods,
         "picasso": PICASSO.exists(),
         "machine": machine,

@@ -112,7 +112,8 @@ def test_samples_zero_is_phi_alone(models, frames):
     for r, expected in zip(results, kde.from_model(z[:, 0]).numpy()):
         assert np.count_nonzero(r.std) == 0 and np.array_equal(r.sample, r.mean)
         np.testing.assert_allclose(r.mean, expected, atol=1e-6)
-        assert np.all(np.isnan(r.localizations.uncertainty)) and np.all(r.localizations.detection == 1)
+        # detection 1: no samples to count; 0: an emitter the refinement's residual search added
+        assert np.all(np.isnan(r.localizations.uncertainty)) and set(r.localizations.detection) <= {0.0, 1.0}
 
 
 @pytest.mark.slow

@@ -262,7 +262,8 @@ def _network_passes(stack, frames: range, models: Models, s: PredictSettings, de
     refinement) submitted to ``host`` in frame order; the futures of each batch."""
     phi = models.phi.fused()
     calibration = Calibration.from_dict(models.calibration)
-    refiner = Refiner(s.camera, excess=s.camera.excess_noise, prior=s.prior) if s.refine else None
+    refiner = None if not s.refine else Refiner(s.camera, excess=s.camera.excess_noise, prior=s.prior,
+                                                 search=s.residual_search)
     if s.z_calibration is not None:
         refiner = Refiner3D(s.camera, s.z_calibration, s.camera.excess_noise)
     per_psi = psi_frames(s, device)

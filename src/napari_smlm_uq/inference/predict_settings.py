@@ -55,6 +55,8 @@ class PredictSettings:
         None, help="background estimate of the normalisation, frame or local (default: the model's own; chosen by "
         "the run)", flag="--background-estimate", cli=False, gui=False)
     refine: bool = option(True, help="maximum-likelihood refit of each localization on the raw pixels (refine.py)")
+    residual_search: bool = option(False, help="with the refit, add the emitters the localizations missed where its "
+                                   "residual holds a significant spot (residual_search.py; dense frames)")
     prior: RefinerPrior | None = None   # the refinement's PSF width and photons; None: learned from the stack
     # first. Not an option: a run learns it (a cluster run's driver learns it once for every chunk).
     z_calibration: ZCalibration | None = None   # astigmatic 3D refit (refine3d.py): z [nm]. Not an option: the

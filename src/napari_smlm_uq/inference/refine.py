@@ -25,7 +25,9 @@ raises the log-likelihood by more than ``SPLIT_GAIN / 2`` (``SPLIT_GAIN_CROWDED 
 share the box; ``SPLIT_GAIN_PAIR / 2`` where the photons already say two), both carry at least
 ``SPLIT_SHARE`` of the photons, both lie in the frame and each lies nearer its truth than the pair's
 centre would (half their separation at least their lateral bound), the pair replaces it (two
-localizations, each with its own bound).
+localizations, each with its own bound). With ``Refiner.search`` the light the refit leaves unexplained is
+searched for emitters the localizations missed (residual_search.py); those found are refitted with their
+neighbours (``refine_frame(..., which=...)``).
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..localizations import Localizations
-from ..physics.boxes import Boxes, box_half_width, fit_frame, neighbour_slots
+from ..physics.boxes import REACH, Boxes, box_half_width, fit_frame, neighbour_slots
 from ..physics.camera import Camera
 from ..physics.fit import ImagingModel, RoiFit
+from .residual_search import find_missed
 
 MAX_SHIFT = 1.0           # raw pixels: a refined position further than this from the deep one is rejected
 MAX_CHI2 = 3.0            # a box the fit does not explain (a missed emitter: chi-square/dof above this) is rejected
@@ -87,7 +90,13 @@ class RefinedFrame:
         zero, true = np.zeros(len(i)), np.ones(len(i), bool)
         second = RefinedFrame(i, split.row[:, 1], split.col[:, 1], split.fisher[:, 1], zero, zero, true,
                               split.photons[:, 1], self.background[i], true)
-        return RefinedFrame(*(np.concatenate([getattr(out, k), getattr(second, k)]) for k in self.__dataclass_fields__))
+        return out.concat(second)
+
+    def take(self, index) -> RefinedFrame:
+        return RefinedFrame(*(getattr(self, k)[index] for k in self.__dataclass_fields__))
+
+    def concat(self, other: RefinedFrame) -> RefinedFrame:
+        return RefinedFrame(*(np.concatenate([getattr(self, k), getattr(other, k)]) for k in self.__dataclass_fields__))
 
 
 @dataclass
@@ -103,28 +112,35 @@ class Split:
 
 
 def refine_frame(photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: ImagingModel,
-                 single_photons: tuple[float, float] | None = None) -> RefinedFrame:
+                 single_photons: tuple[float, float] | None = None, which: np.ndarray | None = None) -> RefinedFrame:
     """Maximum-likelihood positions of one frame's localizations, the PSF width fitted per box from
     ``model.psf_sigma`` on (see the module docstring); ``single_photons``: the stack's single emitters' median
-    photons and log spread (``Refiner.single_photons``), None where unknown."""
-    if not len(rows):
+    photons and log spread (``Refiner.single_photons``), None where unknown; ``which``: the localizations
+    refitted (sorted indices; all by default), the others their neighbours only, fitted beside them."""
+    which = np.arange(len(rows)) if which is None else which
+    if not len(which):
         z = np.zeros(0)
         return RefinedFrame(z.astype(int), z, z, z, z, z, z.astype(bool), z, z, z.astype(bool))
-    psf_sigma = model.psf_sigma
-    fit, corner = fit_frame(photoelectrons, rows, cols, model)
-    row, col = fit.row[:, 0] + corner[:, 0], fit.col[:, 0] + corner[:, 1]
+    psf_sigma, half = model.psf_sigma, box_half_width(model.psf_sigma)
+    boxes = Boxes.around(photoelectrons, rows, cols, half, model, which=which)
+    fit = boxes.fit()
+    row, col = fit.row[:, 0] + boxes.corner[:, 0], fit.col[:, 0] + boxes.corner[:, 1]
     fisher = axis_bound(fit.crlb_row[:, 0], fit.crlb_col[:, 0])
-    ok = (np.hypot(row - rows, col - cols) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) & (fisher > 0)
-    row, col = np.where(ok, row, rows), np.where(ok, col, cols)
+    ok = (np.hypot(row - rows[which], col - cols[which]) <= MAX_SHIFT) & (fit.chi2 <= MAX_CHI2) & np.isfinite(fisher) \
+        & (fisher > 0)
+    at_row, at_col = rows.copy(), cols.copy()   # the frame's positions once refitted
+    at_row[which], at_col[which] = row, col = np.where(ok, row, rows[which]), np.where(ok, col, cols[which])
     # the width from a second fit: with a free width, positions scatter more in crowded boxes (benchmarks.md)
-    wide, _ = fit_frame(photoelectrons, row, col, model, fit_sigma=True)
+    wide = Boxes.around(photoelectrons, at_row, at_col, half, model, which=which).fit(fit_sigma=True)
     width = width_excess(wide.sigma, wide.crlb_sigma, psf_sigma)
-    pair = pair_like(fit.photons[:, 0], single_photons) & np.isfinite(wide.crlb_sigma)
-    hidden = np.where(pair, hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
-    refined = RefinedFrame(np.arange(len(rows)), row, col, fisher, width, hidden, crowded(rows, cols, psf_sigma),
-                           fit.photons[:, 0], fit.background, ok)
-    split = split_wide_spots(photoelectrons, row, col, np.flatnonzero((width > 0) | pair), model, pair)
-    return refined.with_splits(split)
+    pair = np.zeros(len(rows), bool)
+    pair[which] = pair_like(fit.photons[:, 0], single_photons) & np.isfinite(wide.crlb_sigma)
+    hidden = np.where(pair[which], hidden_pair_excess(wide.sigma, wide.crlb_sigma, psf_sigma), 0.0)
+    refined = RefinedFrame(np.arange(len(which)), row, col, fisher, width, hidden,
+                           crowded(rows, cols, psf_sigma)[which], fit.photons[:, 0], fit.background, ok)
+    split = split_wide_spots(photoelectrons, at_row, at_col, which[(width > 0) | pair[which]], model, pair)
+    refined = refined.with_splits(replace(split, index=np.searchsorted(which, split.index)))
+    return replace(refined, parent=which[refined.parent])
 
 
 def crowded(rows: np.ndarray, cols: np.ndarray, psf_sigma: float) -> np.ndarray:
@@ -259,6 +275,7 @@ class Refiner:
     photons: list = field(default_factory=list)
     prior: RefinerPrior | None = None
     isolated: list = field(default_factory=list)   # (photons, width, its bound) of the isolated spots' fits
+    search: bool = False   # look for emitters the localizations missed in the refit's residual (residual_search.py)
 
     def __post_init__(self):
         if self.prior is not None and self.psf_sigma is None:
@@ -306,14 +323,43 @@ class Refiner:
 
     def refit(self, locs: Localizations, frame_adu: np.ndarray) -> tuple[RefinedFrame, Localizations]:
         """The refit of one frame's ``locs`` on its camera frame ``frame_adu`` (``(H, W)`` ADU), and per refined
-        localization the one it comes from (a split spot's two emitters keep its frame, detection, SNR and spread)."""
+        localization the one it comes from (a split spot's two emitters keep its frame, detection, SNR and spread);
+        with ``search``, and the emitters found in the residual (:meth:`with_missed`; in a frame with localizations:
+        they give its index)."""
         e = self.camera.to_photoelectrons(frame_adu).astype(np.float64)
         read_variance = np.asarray(self.camera.read_noise, float) ** 2
         self.learn_width(e, locs, read_variance)
         model = ImagingModel(self.width(), read_variance, self.excess)
         fit = refine_frame(e, locs.row, locs.col, model, self.single_photons())
+        source = locs.take(fit.parent)
+        if self.search and len(locs):
+            fit, source = self.with_missed(e, fit, source, model)
         self.learn_photons(fit)
-        return fit, locs.take(fit.parent)
+        return fit, source
+
+    def with_missed(self, e: np.ndarray, fit: RefinedFrame, source: Localizations,
+                    model: ImagingModel) -> tuple[RefinedFrame, Localizations]:
+        """The frame refitted again from the refit's positions with the emitters found in its residual
+        (residual_search.find_missed), which no diffusion sample saw (detection 0) and whose diffusion spread
+        is the nearest localization's (NaN with phi alone, as every other's); unchanged where none is found."""
+        single = self.single_photons()
+        reference = single[0] if single is not None else float(np.median(fit.photons[fit.ok])) if fit.ok.any() else 0.0
+        missed = find_missed(e, fit.row, fit.col, fit.photons, model, reference)
+        if not len(missed):
+            return fit, source
+        n = len(missed)
+        nearest = cKDTree(np.column_stack([fit.row, fit.col])).query(np.column_stack([missed.row, missed.col]))[1]
+        spread = source.uncertainty[nearest]
+        new = Localizations(np.full(n, source.frame[0]), missed.row, missed.col, spread, np.zeros(n), missed.snr)
+        start = Localizations.concat([replace(source, row=fit.row, col=fit.col), new])
+        # refitted: the new emitters and the localizations whose boxes their light reaches (as boxes.neighbour_slots)
+        reach = box_half_width(model.psf_sigma) + 0.5 + REACH
+        near = np.isfinite(cKDTree(np.column_stack([missed.row, missed.col])).query(
+            np.column_stack([start.row, start.col]), p=np.inf, distance_upper_bound=reach)[0])
+        again = refine_frame(e, start.row, start.col, model, single, which=np.flatnonzero(near))
+        kept = np.flatnonzero(~near[:len(fit.row)])
+        out = replace(fit.take(kept), parent=kept).concat(again)
+        return out, start.take(out.parent)
 
     def __call__(self, locs: Localizations, frame_adu: np.ndarray) -> Localizations:
         """``locs`` of one frame refined on its camera frame ``frame_adu`` (``(H, W)`` ADU)."""

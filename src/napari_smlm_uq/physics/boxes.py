@@ -72,15 +72,38 @@ class Boxes:
         """Boxes of half-width ``half`` around the localizations ``which`` (all by default) of a frame
         (``model``: its read variance a scalar or the frame's map)."""
         which = np.arange(len(rows)) if which is None else which
-        e, inside, corner = extract_boxes(photoelectrons, rows[which], cols[which], half)
+        slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
+        return cls.cut(photoelectrons, rows[which], cols[which], half, model, rows[slots], cols[slots], active)
+
+    @classmethod
+    def beside(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, others: tuple, half: int,
+               model: ImagingModel, k: int = NEIGHBOURS) -> Boxes:
+        """Boxes around new emitters at ``rows``/``cols`` (slot 0), each with the nearest ``k - 1`` of the
+        ``others`` (their rows, cols) whose light reaches it, as :func:`neighbour_slots` counts them."""
+        n = len(rows)
+        near, filled = np.zeros((n, 0), int), np.zeros((n, 0), bool)
+        if len(others[0]) and k > 1:
+            query = cKDTree(np.column_stack(others)).query(np.column_stack([rows, cols]), k=min(k - 1, len(others[0])),
+                                                           p=np.inf, distance_upper_bound=half + 0.5 + REACH)
+            dist, idx = (a.reshape(n, -1) for a in query)
+            filled = np.isfinite(dist)
+            near = np.where(filled, idx, 0)
+        return cls.cut(photoelectrons, rows, cols, half, model,
+                       np.column_stack([rows, others[0][near]]), np.column_stack([cols, others[1][near]]),
+                       np.column_stack([np.ones(n, bool), filled]))
+
+    @classmethod
+    def cut(cls, photoelectrons: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int, model: ImagingModel,
+            emitter_rows: np.ndarray, emitter_cols: np.ndarray, active: np.ndarray) -> Boxes:
+        """Boxes of half-width ``half`` centred on the pixels nearest ``rows``/``cols``, holding the emitters at
+        frame-pixel ``emitter_rows``/``emitter_cols`` ``(n, k)`` where ``active`` (empty slots trimmed)."""
+        e, inside, corner = extract_boxes(photoelectrons, rows, cols, half)
         r2 = model.read_variance
         if np.ndim(r2):
-            r2 = extract_boxes(np.asarray(r2, float), rows[which], cols[which], half)[0]
-        slots, active = (a[which] for a in neighbour_slots(rows, cols, half, k))
+            r2 = extract_boxes(np.asarray(r2, float), rows, cols, half)[0]
         used = int(active.sum(axis=1).max(initial=1))   # slots fill from 0: the rest are empty everywhere
-        slots, active = slots[:, :used], active[:, :used]
-        return cls(e, inside, corner, replace(model, read_variance=r2), rows[slots] - corner[:, :1],
-                   cols[slots] - corner[:, 1:], active)
+        return cls(e, inside, corner, replace(model, read_variance=r2), emitter_rows[:, :used] - corner[:, :1],
+                   emitter_cols[:, :used] - corner[:, 1:], active[:, :used])
 
     def fit(self, fit_sigma: bool = False, iterations: int = 8) -> RoiFit:
         """Maximum-likelihood fit of every box's active emitters (physics/fit.py)."""
