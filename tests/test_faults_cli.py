@@ -278,7 +278,7 @@ def test_sigkill_during_the_run_keeps_every_frame_kept(inputs, tmp_path, capsys)
     data = np.concatenate([tifffile.imread(inputs["stack"])] * 2)
     tiff.write_stack(stack, data, 120.0)
     args = lambda folder, *extra: predict_args({**inputs, "stack": stack}, folder, *extra)
-    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", KILLED, *args(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     try:
