@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..defaults import CAMERA_FIELDS
 from ..physics.camera import Camera
 from ..physics.camera_estimation import (
     MAX_FRAMES,
@@ -19,7 +20,6 @@ from ..physics.camera_estimation import (
     noise_ratio,
 )
 
-CAMERA_KEYS = ("offset", "gain", "read_noise")
 UNITS = {"offset": "ADU", "gain": "ADU/e-", "read_noise": "e- rms"}
 
 
@@ -46,7 +46,7 @@ class CameraChoice:
 
     def as_dict(self) -> dict:
         """For summary.json: scalar values (a map's median), sources, the estimate and the noise check."""
-        values = {k: float(np.median(getattr(self.camera, k))) for k in CAMERA_KEYS}
+        values = {k: float(np.median(getattr(self.camera, k))) for k in CAMERA_FIELDS}
         return values | {"kind": self.camera.kind, "excess_noise": self.camera.excess_noise, "sources": self.sources,
                          "estimate": self.estimate.as_dict() if self.estimate else None,
                          "noise_ratio": self.noise_ratio, "warning": self.warning, "refusal": self.refusal}
@@ -54,7 +54,7 @@ class CameraChoice:
 
 def _describe(camera: Camera, sources: dict[str, str]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {float(np.median(getattr(camera, k))):.4g} {UNITS[k]} ({sources[k]})"
-                     for k in CAMERA_KEYS)
+                     for k in CAMERA_FIELDS)
 
 
 def choose_camera(frames, given: dict, metadata: dict, kind: str = "ccd", camera_map: Camera | None = None,
@@ -63,7 +63,7 @@ def choose_camera(frames, given: dict, metadata: dict, kind: str = "ccd", camera
     ``given``: offset/gain/read_noise from the user (None: not given); ``metadata``: from the file."""
     frames = frames[:MAX_FRAMES]
     if camera_map is not None:
-        choice = CameraChoice(camera_map, dict.fromkeys(CAMERA_KEYS, map_name))
+        choice = CameraChoice(camera_map, dict.fromkeys(CAMERA_FIELDS, map_name))
     else:
         choice = _from_values(frames, given, metadata, kind)
     choice.messages.insert(0, f"camera: {_describe(choice.camera, choice.sources)}"
@@ -75,11 +75,11 @@ def choose_camera(frames, given: dict, metadata: dict, kind: str = "ccd", camera
 
 
 def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice:
-    known = {k: given[k] if given.get(k) is not None else metadata.get(k) for k in CAMERA_KEYS}
+    known = {k: given[k] if given.get(k) is not None else metadata.get(k) for k in CAMERA_FIELDS}
     sources = {k: "command line" if given.get(k) is not None else "file metadata"
-               for k in CAMERA_KEYS if known[k] is not None}
+               for k in CAMERA_FIELDS if known[k] is not None}
     estimate, messages, refusal = None, [], None
-    if len(sources) < len(CAMERA_KEYS):
+    if len(sources) < len(CAMERA_FIELDS):
         try:
             estimate = estimate_camera(frames, kind, known["offset"], known["read_noise"])
             messages.append(f"{estimate.source}: {estimate.describe()}; " + "; ".join(estimate.notes))
@@ -87,7 +87,7 @@ def _from_values(frames, given: dict, metadata: dict, kind: str) -> CameraChoice
             refusal = f"no camera estimate: {exc}; the missing values are the defaults"
             messages.append(refusal)
     defaults = Camera()
-    for k in CAMERA_KEYS:
+    for k in CAMERA_FIELDS:
         if k not in sources:
             known[k] = getattr(estimate if estimate else defaults, k)
             measured = estimate is not None and np.isfinite(getattr(estimate, f"{k}_se"))

@@ -6,13 +6,11 @@ photo-electrons, ``r`` read noise in e- rms). Levenberg-Marquardt on Fisher scor
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..blas import one_openblas_thread
-from .fit import _profile, cramer_rao
+from .fit import _profile, damped_scoring
 
 #: px: the widths a bead fit may take (a spot wider than a third of its box is not measured)
 MIN_SIGMA = 0.4
@@ -45,35 +43,6 @@ def elliptical_model(theta: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     return b[:, None, None] + nb * psf, jac.reshape(len(theta), 6, -1)
 
 
-def fisher_scoring(data: np.ndarray, expected: Callable, theta: np.ndarray, clip: Callable,
-                   iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximize the Poisson log-likelihood of ``data`` ``(B, S, S)`` (counts, ``>= 0``) under
-    ``expected(theta) -> (mu, jac)`` by damped Fisher scoring; ``clip`` keeps parameters physical.
-    Returns the parameters, ``mu`` and the Fisher matrices ``(B, P, P)`` at the optimum."""
-    one_openblas_thread()
-    n = len(theta)
-    flat = data.reshape(n, -1)
-    log_l = lambda mu: (flat * np.log(mu) - mu).sum(axis=1)
-    mu, jac = expected(theta)
-    mu = mu.reshape(n, -1)
-    ll, lam = log_l(mu), np.full(n, 1e-2)
-    for _ in range(iterations):
-        grad = (jac @ (flat / mu - 1.0)[..., None])[..., 0]
-        fisher = (jac / mu[:, None, :]) @ jac.transpose(0, 2, 1)
-        diag = np.diagonal(fisher, axis1=1, axis2=2)
-        diag = diag + 1e-9 * diag.max(axis=1, keepdims=True)   # a parameter without effect stays solvable
-        step = np.linalg.solve(fisher + lam[:, None, None] * (diag[:, None, :] * np.eye(diag.shape[1])),
-                               grad[..., None])[..., 0]
-        trial = clip(theta + step)
-        mu_t, jac_t = expected(trial)
-        mu_t = mu_t.reshape(n, -1)
-        ll_t = log_l(mu_t)
-        better = ll_t > ll
-        theta[better], mu[better], jac[better], ll[better] = trial[better], mu_t[better], jac_t[better], ll_t[better]
-        lam = np.where(better, lam * 0.3, lam * 4.0).clip(1e-6, 1e6)
-    return theta, mu, (jac / mu[:, None, :]) @ jac.transpose(0, 2, 1)
-
-
 def fit_elliptical(rois: np.ndarray, read_noise: float = 0.0, iterations: int = 30,
                    start: np.ndarray | None = None) -> EllipticalFit:
     """Fit ROIs ``(B, S, S)`` of photo-electrons (offset removed, divided by the gain), one spot each,
@@ -97,9 +66,8 @@ def fit_elliptical(rois: np.ndarray, read_noise: float = 0.0, iterations: int = 
         mu, jac = elliptical_model(t, size)
         return mu + r2, jac
 
-    theta, mu, fisher = fisher_scoring(data, expected, clip(theta), clip, iterations)
-    bounds = cramer_rao(fisher)
-    chi2 = ((data.reshape(n, -1) - mu) ** 2 / mu).sum(axis=1) / (size * size - 6)
+    theta, _, bounds, chi2 = damped_scoring(data, np.ones_like(data), np.ones((n, len(PARAMS)), bool), clip(theta),
+                                            expected, clip, iterations)
     return EllipticalFit(theta, bounds, chi2)
 
 
