@@ -185,6 +185,19 @@ def test_run_twice_and_cancel_during_the_first_frame(make_napari_viewer, qtbot, 
     assert_alive(viewer, qtbot)
 
 
+def held_at_first_frame(monkeypatch) -> threading.Event:
+    """The run's worker, once it has written the first frame, waits until the returned event is set: what the
+    test does then happens mid-run, not after a run that was faster."""
+    write, go_on = _layers.PredictionResults.add, threading.Event()
+
+    def add_then_hold(results, result):
+        write(results, result)
+        if results.done == 1:
+            go_on.wait(timeout=60)
+    monkeypatch.setattr(_layers.PredictionResults, "add", add_then_hold)
+    return go_on
+
+
 @pytest.mark.slow
 def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_model_file, shown, monkeypatch):
     """Cases: Cancel pressed while the run is under way, the first frame kept (the worker held there until
@@ -193,13 +206,8 @@ def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_mo
     viewer = make_napari_viewer()
     widget = predict_dock(viewer, tiny_model_file, samples=2, steps=2)
     add_raw(viewer, frames=4)
-    write, clicked = _layers.PredictionResults.add, threading.Event()
-
-    def add_then_hold(results, result):   # in the worker: the first frame written, wait for the click
-        write(results, result)
-        if results.done == 1:
-            clicked.wait(timeout=60)
-    monkeypatch.setattr(_layers.PredictionResults, "add", add_then_hold)
+    write = _layers.PredictionResults.add
+    clicked = held_at_first_frame(monkeypatch)
     errors: list = []
     worker = start(widget, errors)
     qtbot.waitUntil(lambda: widget.results.done >= 1, timeout=60_000)
@@ -208,7 +216,6 @@ def test_cancel_during_psi_and_during_writing(make_napari_viewer, qtbot, tiny_mo
     wait(widget, worker, qtbot)
     assert not errors and "stopped: " in widget.status.value
     assert_partial_is_marked(widget, viewer, "raw")
-
 
     def add_then_cancel(results, result):   # in the worker, as the last frame is written
         write(results, result)
@@ -271,13 +278,7 @@ def test_output_folder_unwritable_or_removed_mid_run(make_napari_viewer, qtbot, 
     finally:
         locked.chmod(0o755)
     widget.output.value = tmp_path / "out"
-    write, removed = _layers.PredictionResults.add, threading.Event()
-
-    def add_then_hold(results, result):   # in the worker: the first frame written, held while the folder goes
-        write(results, result)
-        if results.done == 1:
-            removed.wait(timeout=60)
-    monkeypatch.setattr(_layers.PredictionResults, "add", add_then_hold)
+    removed = held_at_first_frame(monkeypatch)
     errors: list = []
     worker = start(widget, errors)
     qtbot.waitUntil(lambda: widget.results.done >= 1, timeout=60_000)
