@@ -37,7 +37,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..localizations import Localizations
-from ..physics.boxes import REACH, Boxes, box_half_width, fit_frame, neighbour_slots
+from ..physics.boxes import Boxes, box_half_width, fit_frame, neighbour_slots, reaching
 from ..physics.camera import Camera
 from ..physics.fit import ImagingModel, RoiFit
 from .residual_search import find_missed
@@ -352,10 +352,9 @@ class Refiner:
         spread = source.uncertainty[nearest]
         new = Localizations(np.full(n, source.frame[0]), missed.row, missed.col, spread, np.zeros(n), missed.snr)
         start = Localizations.concat([replace(source, row=fit.row, col=fit.col), new])
-        # refitted: the new emitters and the localizations whose boxes their light reaches (as boxes.neighbour_slots)
-        reach = box_half_width(model.psf_sigma) + 0.5 + REACH
-        near = np.isfinite(cKDTree(np.column_stack([missed.row, missed.col])).query(
-            np.column_stack([start.row, start.col]), p=np.inf, distance_upper_bound=reach)[0])
+        # refitted: the new emitters and the localizations whose boxes their light reaches
+        half = box_half_width(model.psf_sigma)
+        near = reaching(start.row, start.col, (missed.row, missed.col), half, 1)[1].any(axis=1)
         again = refine_frame(e, start.row, start.col, model, single, which=np.flatnonzero(near))
         kept = np.flatnonzero(~near[:len(fit.row)])
         out = replace(fit.take(kept), parent=kept).concat(again)

@@ -24,6 +24,7 @@ from scipy.spatial import cKDTree
 from ..physics.boxes import Boxes, box_half_width
 from ..physics.fit import ImagingModel
 from ..physics.residual import background_map, detection_z, emitters_image
+from .localize import peak_snr
 
 RESIDUAL_Z = 4.0          # matched-filter z-score a residual peak needs to be fitted (the likelihood test decides)
 RESIDUAL_GAIN = 25.0      # twice the log-likelihood a new emitter must add to its box (as SPLIT_GAIN_CROWDED)
@@ -89,7 +90,8 @@ def find_missed(e: np.ndarray, rows: np.ndarray, cols: np.ndarray, photons: np.n
     keep = (gain > RESIDUAL_GAIN) & inside & (np.hypot(row - start_r, col - start_c) <= RESIDUAL_SHIFT) \
         & (fit.photons[:, 0] >= RESIDUAL_SHARE * reference) & (apart > DUPLICATE * psf_sigma) \
         & np.isfinite(fit.crlb_row[:, 0]) & np.isfinite(fit.crlb_col[:, 0])
-    snr = peak_snr(e, background, model, row, col)
+    snr_map = (e - background) / np.sqrt(np.clip(background + model.read_variance, 1.0, None))
+    snr = peak_snr(snr_map, row, col)   # as the deep localizations' (preprocessing.pixel_snr's form)
     found = Missed(row, col, gain, snr).take(np.flatnonzero(keep))
     return found.take(distinct(found.row, found.col, found.gain, DUPLICATE * psf_sigma))
 
@@ -104,13 +106,3 @@ def distinct(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, radius: floa
             kept.append(int(i))
             dropped[tree.query_ball_point([rows[i], cols[i]], radius)] = True
     return np.array(kept, int)
-
-
-def peak_snr(e: np.ndarray, background: np.ndarray, model: ImagingModel, rows: np.ndarray,
-             cols: np.ndarray) -> np.ndarray:
-    """The highest ``(e - b) / sqrt(b + r^2)`` in the 3x3 pixels around each position (the deep
-    localizations' peak SNR, preprocessing.pixel_snr, on the refit's background)."""
-    h, w = e.shape
-    snr = maximum_filter((e - background) / np.sqrt(np.clip(background + model.read_variance, 1.0, None)), size=3,
-                         mode="nearest")
-    return snr[np.clip(np.rint(rows).astype(int), 0, h - 1), np.clip(np.rint(cols).astype(int), 0, w - 1)]

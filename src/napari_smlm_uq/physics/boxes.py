@@ -32,20 +32,29 @@ def extract_boxes(image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return np.where(inside, boxes, 0.0), inside, corner
 
 
+def reaching(rows: np.ndarray, cols: np.ndarray, among: tuple[np.ndarray, np.ndarray], half: int,
+             k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each point at ``rows``/``cols``, the indices ``(n, k')`` of its nearest ``k`` points of ``among``
+    (their rows, cols) whose light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), nearest
+    first, and which were found (``k' = min(k, len(among))``; index 0 where none)."""
+    n, m = len(rows), len(among[0])
+    if not n or not m or k < 1:
+        return np.zeros((n, 0), int), np.zeros((n, 0), bool)
+    dist, idx = cKDTree(np.column_stack(among)).query(np.column_stack([rows, cols]), k=min(k, m), p=np.inf,
+                                                      distance_upper_bound=half + 0.5 + REACH)
+    found = np.isfinite(dist.reshape(n, -1))
+    return np.where(found, idx.reshape(n, -1), 0), found
+
+
 def neighbour_slots(rows: np.ndarray, cols: np.ndarray, half: int,
                     k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """For each localization, the indices ``(n, k)`` of itself (slot 0) and its nearest others whose
-    light reaches its box (Chebyshev distance <= half + 1/2 + ``REACH``), and which slots are filled."""
+    light reaches its box (:func:`reaching`), and which slots are filled."""
     n = len(rows)
-    if n == 0:
-        return np.zeros((0, k), int), np.zeros((0, k), bool)
-    pts = np.column_stack([rows, cols])
-    dist, idx = cKDTree(pts).query(pts, k=min(k, n), p=np.inf, distance_upper_bound=half + 0.5 + REACH)
-    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
-    filled = np.isfinite(dist)
+    idx, filled = reaching(rows, cols, (rows, cols), half, k)
     slots = np.zeros((n, k), int)
     active = np.zeros((n, k), bool)
-    slots[:, :idx.shape[1]] = np.where(filled, idx, 0)
+    slots[:, :idx.shape[1]] = idx
     active[:, :idx.shape[1]] = filled
     slots[:, 0], active[:, 0] = np.arange(n), True   # a duplicate position could sort another first
     return slots, active
@@ -81,13 +90,7 @@ class Boxes:
         """Boxes around new emitters at ``rows``/``cols`` (slot 0), each with the nearest ``k - 1`` of the
         ``others`` (their rows, cols) whose light reaches it, as :func:`neighbour_slots` counts them."""
         n = len(rows)
-        near, filled = np.zeros((n, 0), int), np.zeros((n, 0), bool)
-        if len(others[0]) and k > 1:
-            query = cKDTree(np.column_stack(others)).query(np.column_stack([rows, cols]), k=min(k - 1, len(others[0])),
-                                                           p=np.inf, distance_upper_bound=half + 0.5 + REACH)
-            dist, idx = (a.reshape(n, -1) for a in query)
-            filled = np.isfinite(dist)
-            near = np.where(filled, idx, 0)
+        near, filled = reaching(rows, cols, others, half, k - 1)
         return cls.cut(photoelectrons, rows, cols, half, model,
                        np.column_stack([rows, others[0][near]]), np.column_stack([cols, others[1][near]]),
                        np.column_stack([np.ones(n, bool), filled]))
