@@ -24,6 +24,7 @@ from ..io.tables import localizations_table, px_to_nm
 from ..localizations import Localizations
 from ..physics.camera import Camera
 from ..physics.kde import UPSAMPLING, grid_offset
+from ._view3d import prepare_3d
 
 F = UPSAMPLING
 CAMERA_DEFAULTS = {k: float(getattr(Camera(), k)) for k in CAMERA_FIELDS}  # 100 ADU, 1, 1.5 e-
@@ -295,8 +296,6 @@ def show_layers(viewer, layers: dict, data: dict) -> None:
             add = viewer.add_points if layer_type == "points" else viewer.add_image
             layers[kind] = add(array, **kwargs)
             if kwargs.get("ndim") == 4:   # 3D localizations: the dims for them, once (the user may change them)
-                from ._view3d import prepare_3d
-
                 prepare_3d(viewer)
             continue
         if layer_type == "points":

@@ -25,6 +25,7 @@ from ..analysis.zcalibration import (
     checked_output,
     save_calibration,
 )
+from ..defaults import CAMERA_FIELDS
 from ..io.files import InputError
 from ._fields import SettingsForm
 from ._widgets import describe_error, layer_chooser, more_settings, note, scrolling
@@ -81,7 +82,7 @@ class ZCalibrationWidget(Container):
         except InputError as exc:
             self._failed(exc)
             return None
-        metadata = {k: v for k, v in layer.metadata.items() if k in ("pixel_size", "offset", "gain", "read_noise")}
+        metadata = {k: v for k, v in layer.metadata.items() if k in ("pixel_size", *CAMERA_FIELDS)}
         self.worker = start_worker(calibrate_job, layer.data, metadata, settings, layer.name, out)
         self.worker.returned.connect(lambda result: self._done(result, out))
         self.worker.errored.connect(self._failed)

@@ -102,11 +102,13 @@ def napari_translate(pixel_nm: float, raw_pixel_nm: float) -> float:
 def z_colours(z_nm: np.ndarray, z_range: tuple[float, float]) -> np.ndarray:
     """RGB ``(n, 3)`` in [0, 1] of each z: the hue runs from red (``z_range[0]`` and below) through yellow, green
     and cyan to blue (``z_range[1]`` and above), at full brightness; a non-finite z is white."""
+    from matplotlib.colors import hsv_to_rgb
+
     lo, hi = z_range
-    t = np.clip((np.asarray(z_nm, np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
-    h = 4.0 * np.nan_to_num(t)   # HSV hue in sixths of a turn: 0 (red) to 4 (blue)
-    rgb = np.clip(np.stack([np.abs(h - 3) - 1, 2 - np.abs(h - 2), 2 - np.abs(h - 4)], axis=-1), 0.0, 1.0)
-    return np.where(np.isfinite(np.asarray(z_nm, np.float64))[..., None], rgb, 1.0)
+    z = np.asarray(z_nm, np.float64)
+    t = np.nan_to_num(np.clip((z - lo) / max(hi - lo, 1e-9), 0.0, 1.0))
+    rgb = hsv_to_rgb(np.stack([t * 2.0 / 3.0, np.ones_like(t), np.ones_like(t)], axis=-1))   # hue 0 red .. 2/3 blue
+    return np.where(np.isfinite(z)[..., None], rgb, 1.0)
 
 
 def render_z(x_nm: np.ndarray, y_nm: np.ndarray, z_nm: np.ndarray, sigma_nm: np.ndarray | float,
