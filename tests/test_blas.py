@@ -20,10 +20,11 @@ def spot_fit():
 
 
 @pytest.mark.parametrize("user_choice", [False, True])
-def test_the_first_fit_sets_openblas_to_one_thread_unless_the_user_chose(monkeypatch, user_choice):
+def test_the_first_fit_sets_openblas_to_one_thread_unless_the_user_chose(monkeypatch, request, user_choice):
     if not openblas_threads():
         pytest.skip("numpy is not built on OpenBLAS here")
-    monkeypatch.setattr(blas, "_done", [])
+    blas.one_openblas_thread.cache_clear()   # as in a fresh process (and again after: the next fit sets it anew)
+    request.addfinalizer(blas.one_openblas_thread.cache_clear)
     if user_choice:
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     else:

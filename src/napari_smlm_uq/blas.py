@@ -10,21 +10,15 @@ then given back within a worker thread does not reliably hold in OpenBLAS, so it
 """
 from __future__ import annotations
 
+import functools
 import os
-import threading
 
 from threadpoolctl import ThreadpoolController
 
-_lock = threading.Lock()
-_done: list[bool] = []
 
-
+@functools.cache
 def one_openblas_thread() -> None:
-    """Set OpenBLAS to one thread, once per process (see the module docstring)."""
-    if _done:
-        return
-    with _lock:
-        if not _done:
-            if "OPENBLAS_NUM_THREADS" not in os.environ:
-                ThreadpoolController().select(internal_api="openblas").limit(limits=1)
-            _done.append(True)
+    """Set OpenBLAS to one thread, once per process (see the module docstring; two threads racing to the first
+    call both set it, which is harmless)."""
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        ThreadpoolController().select(internal_api="openblas").limit(limits=1)
