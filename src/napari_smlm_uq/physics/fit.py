@@ -111,7 +111,7 @@ def cramer_rao(fisher: np.ndarray) -> np.ndarray:
     regularized = np.where(empty[:, None, None], eye, fisher + 1e-9 * scale[:, None, None] * eye)
     try:
         covariance = np.linalg.inv(regularized)
-    except np.linalg.LinAlgError:   # a NaN in an information
+    except np.linalg.LinAlgError:   # singular to rounding despite the regularization: the pseudo-inverse
         covariance = np.linalg.pinv(regularized, hermitian=True)
     bounds = np.sqrt(np.clip(np.diagonal(covariance, axis1=1, axis2=2), 0, None))
     return np.where(empty[:, None], np.nan, bounds)
