@@ -3,11 +3,12 @@ mean +/- 2 std and Spearman(std, |error|) where the true KDE or the mean exceeds
 over every pixel, at 0.5-10 emitters/um^2, uniform and on filaments, and on movies whose PSF width and pixel
 size differ from the training defaults.
 
-    PYTHONPATH=src python benchmarks/pixel_std.py [--frames 5] [--out benchmarks/results/pixel_std_cpu.json]
+    PYTHONPATH=src python benchmarks/pixel_std.py [--frames 5] [--model default] [--steps N]
+                                                  [--out benchmarks/results/pixel_std_cpu.json]
 
 The truth is each frame's KDE as the networks are trained to draw it (physics/kde.render_kde, saturated at 1);
 the movies are density.py's (the benchmark movies' photons, background and camera), seeds 9700+ used nowhere
-else. The default pipeline (8 samples, 2 steps).
+else. The default pipeline (8 samples, the default steps unless --steps).
 """
 from __future__ import annotations
 
@@ -54,21 +55,24 @@ def pixel_figures(results: list, stack) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--model", default=registry.DEFAULT_MODEL, help="bundled model name or model file")
+    ap.add_argument("--steps", type=int, default=PredictSettings.steps, help="diffusion steps per sample")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pixel_std_cpu.json")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    models, rows, t0 = registry.load(registry.DEFAULT_MODEL), [], time.perf_counter()
+    models, rows, t0 = registry.load(a.model), [], time.perf_counter()
     for i, (density, structure, change) in enumerate(MOVIES):
         stack = simulate(replace(movie(density, structure, a.frames, 64, 9700 + i), **change))
-        results, seconds = run(models, stack, PredictSettings(device="cpu"))
+        results, seconds = run(models, stack, PredictSettings(device="cpu", steps=a.steps))
         rows.append(dict(density=density, structure=structure, **change, **pixel_figures(results, stack),
                          seconds_per_frame=seconds))
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     machine = dict(cpu=platform.processor() or platform.machine(), torch=torch.__version__, threads=2,
                    date=time.strftime("%Y-%m-%d"), commit=commit.strip())
-    a.out.write_text(json.dumps(dict(machine=machine, frames=a.frames, signal=SIGNAL, rows=rows,
-                                     seconds=time.perf_counter() - t0), indent=1) + "\n")
+    steps = a.steps or models.sampler_steps
+    a.out.write_text(json.dumps(dict(machine=machine, model=a.model, steps=steps, frames=a.frames, signal=SIGNAL,
+                                     rows=rows, seconds=time.perf_counter() - t0), indent=1) + "\n")
     print("->", a.out)
 
 

@@ -293,7 +293,8 @@ def main() -> None:
     a = ap.parse_args()
     models = registry.load(a.model)
     # refined below, on the same results
-    settings = PredictSettings(samples=a.samples, steps=a.steps, precision=a.precision, device=a.device, refine=False)
+    settings = PredictSettings(samples=a.samples, steps=a.steps, precision=a.precision, device=a.device,
+                               refine=False).for_model(models)
     device = settings.torch_device()
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU",
                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import OutOfMemoryOnce
+from conftest import OutOfMemoryOnce, build_tiny
 
 from napari_smlm_uq.inference import localize, pipeline
 from napari_smlm_uq.inference.calibration import Calibration
@@ -201,6 +201,20 @@ def test_predict_settings_accepts_good_values():
         settings = cpu(**kw)
         assert settings.validate() is settings and settings == cpu(**kw)  # chains, changes nothing
     assert str(cpu(device="cpu").torch_device()) == "cpu"
+
+
+def test_steps_default_to_the_models_own(frames):
+    """A psi distilled to one step (``info["sampler"]``) runs one pass per sample unless steps are set;
+    a model without it, two."""
+    models = build_tiny()
+    levels = []
+    models.psi.register_forward_hook(lambda net, args, out: levels.append(float(args[2][0])))
+    for sampler, steps, passes in (({}, None, 2), ({"steps": 1}, None, 1), ({"steps": 1}, 3, 3)):
+        models.info = {"sampler": sampler} if sampler else {}
+        levels.clear()
+        next(pipeline.predict(frames[:1], models, cpu(steps=steps, refine=False)))
+        assert len(levels) == passes and PredictSettings(steps=steps).for_model(models).steps == passes
+    assert levels[0] < levels[-1] < 1.0   # from the preconditioned start towards the data
 
 
 def test_precision_auto_follows_the_hardware():

@@ -77,6 +77,7 @@ def calibrate(models, settings, sims, should_stop=lambda: False) -> dict:
     context and the raw and calibrated spread per stack. ``models.calibration`` is left as it was."""
     from ..physics.simulate import simulate
 
+    settings = settings.for_model(models)
     z, bins, stack_of = [], [], []
     for k, sim in enumerate(sims):
         stack = simulate(sim)

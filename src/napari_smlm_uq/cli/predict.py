@@ -96,7 +96,7 @@ def prepare_stack(a: argparse.Namespace, source: Path, out: Path, models):
     pixel_size = a.pixel_size if a.pixel_size is not None else stack.metadata.get("pixel_size", PIXEL_SIZE_NM)
     z_calibration = read_zcalibration(a.z_calibration) if a.z_calibration else None
     s = settings(PredictSettings, a, camera=choice.camera, pixel_size=pixel_size, background=background.estimate,
-                 z_calibration=z_calibration)
+                 z_calibration=z_calibration).for_model(models)
     s.validate().torch_device()
     if options.format == "zarr" and not (options.cluster or options.resume or a.overwrite):
         refuse_interrupted(out)   # an interrupted run there: named, not silently replaced

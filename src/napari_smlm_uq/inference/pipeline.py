@@ -323,7 +323,7 @@ def predict(stack, models: Models, settings: PredictSettings, frames: range | No
     true. On a GPU out-of-memory error, halves the tile and frame batches and goes on from the frame that
     failed; the next result's ``notes`` say so. The refinement's prior is learned first (:func:`learn_prior`)
     unless the settings carry it. ``timeline`` records where the wall time went (overlap.py)."""
-    s, timeline = settings.validate(), timeline or Timeline()
+    s, timeline = settings.validate().for_model(models), timeline or Timeline()
     frames = range(len(stack)) if frames is None else frames
     if frames.step != 1 or frames.start < 0 or frames.stop > len(stack):
         raise ValueError(f"frames must be a contiguous range within 0..{len(stack)} (got {frames})")

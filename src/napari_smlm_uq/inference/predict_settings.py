@@ -3,7 +3,7 @@ pixel size, the refinement and its prior, a z calibration) and which device and 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 from ..defaults import PIXEL_SIZE_NM
 from ..io.files import InputError
 from ..models.diffusion import Schedule
+from ..models.registry import Models
 from ..physics.astigmatism import ZCalibration
 from ..physics.camera import Camera
 from ..settings import check, option
@@ -36,7 +37,8 @@ class PredictSettings:
     fraction of the training schedule (1 = pure noise). ``pixel_size`` in nm; camera in ADU / e-."""
 
     samples: int = option(8, help="diffusion samples per frame (0: phi alone, no uncertainty)", low=0)
-    steps: int = option(2, help="diffusion steps per sample (fewer is faster)", low=1)
+    steps: int | None = option(None, help="diffusion steps per sample (default: the model's own, 1 for a psi "
+                               "distilled to one step, else 2; fewer is faster)", low=1)
     start: float = option(0.5, help="preconditioned start, fraction of the noise schedule (1: pure noise)", low=0.0,
                           open_low=True, high=1.0, step=0.05)
     camera: Camera = field(default_factory=Camera)
@@ -73,6 +75,10 @@ class PredictSettings:
         self.camera.validate()
         self._validate_z()
         return self
+
+    def for_model(self, models: Models) -> PredictSettings:
+        """These settings with the model's own diffusion steps where none are set."""
+        return self if self.steps is not None else replace(self, steps=models.sampler_steps)
 
     def _validate_z(self) -> None:
         cal = self.z_calibration

@@ -41,6 +41,12 @@ class Models:
         return {"phi": self.phi.config, "psi": self.psi.config if self.psi else None,
                 "schedule": self.schedule.config(), "calibration": self.calibration, "info": self.info}
 
+    @property
+    def sampler_steps(self) -> int:
+        """Diffusion steps per sample psi is made for: 1 for a psi distilled to one step
+        (``info["sampler"]``, benchmarks/distill_psi.py), else 2."""
+        return int(self.info.get("sampler", {}).get("steps", 2))
+
     def to(self, device: torch.device | str) -> Models:
         """Move to ``device`` in eval mode, channels-last (2-3x faster convolutions on CPU with bf16)."""
         for net in (self.phi, self.psi):
