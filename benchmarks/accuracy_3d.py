@@ -220,7 +220,8 @@ def main() -> None:
            "machine": {"cpu": cpu_name(),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "load_average": os.getloadavg()[0], "note": a.note},
-           "model": a.model, "samples": a.samples, "frames": a.frames,
+           "model": a.model, "model_trained_on": models.info.get("trained_on"), "samples": a.samples,
+           "frames": a.frames,
            "movie": {k: v for k, v in MOVIE.items() if k not in ("z_calibration", "camera")}
            | {"camera": vars(MOVIE["camera"]), "z_calibration": CAL.to_dict(), "seed": TEST_SEED},
            "densities": {}}
