@@ -15,7 +15,7 @@ recall, precision, lateral and z RMSE, E lateral / axial (weight 0.5 nm^-1) / 3D
 other emitter within 6 px, 3 px from the edges, detected once: no other localization within 3 px, with a z
 uncertainty: the 3D fit kept) z and lateral RMSE over the root-mean-square of each emitter's Cramer-Rao
 bound (``crlb_3d``, a centred box) and std(z error / z uncertainty) (and laterally with psi's samples);
-std(z error / z uncertainty) over every matched localization with one; the recall at |z| > 350 nm over
+the z RMSE and std(z error / z uncertainty) over every matched localization with one; the recall at |z| > 350 nm over
 that at |z| < 100 nm; wall and CPU seconds per frame (after a warm-up movie).
 
 ``--picasso`` (needs ``.venv-bench``, see picasso_baseline.py): our calibration becomes Picasso's (6th-order
@@ -133,7 +133,7 @@ def scores(locs: Localizations, stack: SimulatedStack) -> dict:
     dz = (locs.z[li] - truth.z[gi])[kept]
     return {**lateral.as_dict(), **axial.as_dict(), "emitters": int(len(truth)), "localizations": int(len(locs)),
             "kept_fits_pct": float(100.0 * np.isfinite(locs.uncertainty_z).mean()) if len(locs) else float("nan"),
-            "z_error_over_uncertainty_std_all": std(dz / locs.uncertainty_z[li][kept]),
+            "rmse_z_kept": rms(dz), "z_error_over_uncertainty_std_all": std(dz / locs.uncertainty_z[li][kept]),
             "isolated": isolated(locs, truth, li, gi, sim),
             f"recall_abs_z_above_{FAR_NM:g}": far, f"recall_abs_z_below_{NEAR_NM:g}": near,
             "recall_ratio": far / near if near else float("nan")}
