@@ -169,8 +169,8 @@ def picasso_locs(csv: str) -> Localizations:
 
 def picasso(stack: SimulatedStack, tune: SimulatedStack, folder: Path) -> dict:
     """Picasso's 3D pipeline tuned for E 3D on ``tune``, then run on ``stack`` and scored as ours."""
-    calibration = folder / "picasso_3d.json"
-    calibration.write_text(json.dumps(picasso_calibration(CAL)))
+    calibration, converted = folder / "picasso_3d.json", picasso_calibration(CAL)
+    calibration.write_text(json.dumps(converted))
     tune_tif, test_tif = write_movie(tune, folder, "tune"), write_movie(stack, folder, "test")
     grid = []
     for run in localize3d(tune_tif, folder / "tuning", calibration, NG_GRID, BOXES, Z_FILTERS):
@@ -181,7 +181,7 @@ def picasso(stack: SimulatedStack, tune: SimulatedStack, folder: Path) -> dict:
     run = localize3d(test_tif, folder / "test.csv", calibration, [f"{best['ng']:g}"], [str(best["box"])],
                      [str(best["z_filter"])])[0]
     return {**scores(picasso_locs(run["csv"]), stack), "seconds_per_frame": run["ms_per_frame"] / 1000.0,
-            "tuned": {k: best[k] for k in ("ng", "box", "z_filter")}, "tuning": grid}
+            "tuned": {k: best[k] for k in ("ng", "box", "z_filter")}, "tuning": grid, "calibration": converted}
 
 
 def summary(r: dict) -> list:
