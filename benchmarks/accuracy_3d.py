@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from density import PICASSO, write_movie
-from scipy.spatial import cKDTree
+from precision import nearest_neighbour
 
 from napari_smlm_uq.analysis.metrics import match, score_3d
 from napari_smlm_uq.inference.pipeline import PredictSettings, predict
@@ -77,17 +77,6 @@ def ours(models, stack: SimulatedStack, samples: int) -> tuple[Localizations, di
                   "cpu_seconds_per_frame": (time.process_time() - cpu) / sim.frames}
 
 
-def nearest_other(frame: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """Distance (px) from each point to the nearest other point of its frame (inf when alone)."""
-    out = np.full(len(frame), np.inf)
-    for t in np.unique(frame):
-        k = np.flatnonzero(frame == t)
-        if len(k) > 1:
-            xy = np.column_stack([row[k], col[k]])
-            out[k] = cKDTree(xy).query(xy, k=2)[0][:, 1]
-    return out
-
-
 def rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a)))) if len(a) else float("nan")
 
@@ -101,8 +90,8 @@ def isolated(locs: Localizations, truth: Emitters, li: np.ndarray, gi: np.ndarra
     pairs ``li``, ``gi`` whose emitter is isolated and whose 3D fit was kept."""
     h, w = sim.shape
     inner = np.minimum.reduce([truth.row, truth.col, h - 1 - truth.row, w - 1 - truth.col]) >= EDGE_PX
-    keep = ((nearest_other(truth.frame, truth.row, truth.col)[gi] > ISOLATED_PX) & inner[gi]
-            & (nearest_other(locs.frame, locs.row, locs.col)[li] > ALONE_PX) & np.isfinite(locs.uncertainty_z[li]))
+    keep = ((nearest_neighbour(truth)[gi] > ISOLATED_PX) & inner[gi] & (nearest_neighbour(locs)[li] > ALONE_PX)
+            & np.isfinite(locs.uncertainty_z[li]))
     li, gi = li[keep], gi[keep]
     rn = float(sim.camera.read_noise)
     bounds = np.array([crlb_3d(n, float(sim.background), z, CAL, read_noise=rn)
