@@ -15,8 +15,8 @@ recall, precision, lateral and z RMSE, E lateral / axial (weight 0.5 nm^-1) / 3D
 other emitter within 6 px, 3 px from the edges, detected once: no other localization within 3 px, with a z
 uncertainty: the 3D fit kept) z and lateral RMSE over the root-mean-square of each emitter's Cramer-Rao
 bound (``crlb_3d``, a centred box) and std(z error / z uncertainty) (and laterally with psi's samples);
-the z RMSE and std(z error / z uncertainty) over every matched localization with one; the recall at |z| > 350 nm over
-that at |z| < 100 nm; wall and CPU seconds per frame (after a warm-up movie).
+the z RMSE and std(z error / z uncertainty) over every matched localization with one; the recall at
+|z| > 350 nm over that at |z| < 100 nm; wall and CPU seconds per frame (after a warm-up movie).
 
 ``--picasso`` (needs ``.venv-bench``, see picasso_baseline.py): our calibration becomes Picasso's (6th-order
 polynomials of sx(z), sy(z) fitted to our widths over the valid range, magnification factor 1), its minimum
