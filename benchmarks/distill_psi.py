@@ -80,7 +80,7 @@ def distil(models: registry.Models, student: UNet, state: dict, iterations: int,
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (it + 1) / WARM_UP) * 0.5 * (1 + np.cos(np.pi * it / iterations))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.mse_loss(implied_y0(student, y, cond, gammas[0]), target)
+            loss = F.mse_loss(implied_y0(student, y, cond, gammas[0]).clamp(-1.0, 1.0), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -111,6 +111,7 @@ def validation(models: registry.Models, student: UNet, bf16: bool, n: int = 128)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init", default=registry.DEFAULT_MODEL, help="the teacher: bundled model name or model file")
+    ap.add_argument("--student", type=Path, help="start the student from this model file's psi (a previous stage)")
     ap.add_argument("--iterations", type=int, default=8000)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=7)
@@ -119,7 +120,7 @@ def main() -> None:
     models = registry.load(a.init)
     models.to("cpu")
     models.psi.requires_grad_(False)
-    student = copy.deepcopy(models.psi).requires_grad_(True)
+    student = copy.deepcopy(registry.load(a.student).psi if a.student else models.psi).requires_grad_(True)
     bf16 = bf16_autocast("auto", torch.device("cpu"))
     checkpoint = a.out.with_suffix(".state.pt")
     state = {"iteration": 0, "log": [], "rng": np.random.default_rng(a.seed),
@@ -141,7 +142,9 @@ def main() -> None:
     print(check)
     info = dict(models.info, sampler={"steps": 1, "start": START},
                 distilled_psi={"teacher": a.init, "teacher_steps": 2, "iterations": a.iterations, "lr": a.lr,
-                               "seed": a.seed, "bf16": bf16, "validation": check,
+                               "seed": a.seed,
+                               "previous_stage": registry.load(a.student).info.get("distilled_psi") if a.student
+                               else None, "bf16": bf16, "validation": check,
                                "loss_per_250": [float(np.mean(state["log"][i:i + 250]))
                                                 for i in range(0, len(state["log"]), 250)]})
     registry.save(replace(models, psi=student, info=info), a.out)

@@ -111,7 +111,7 @@ def test_predict_writes_all_outputs(inputs, tmp_path, capsys):
 def test_predict_zarr_is_the_default_and_compact(inputs, tmp_path, capsys):
     """``--format zarr`` (the default): results.zarr in the compact encoding, within its documented bound of the
     pipeline's numbers, complete, with sum.tif, localizations.csv and summary.json beside it."""
-    from napari_smlm_uq.io.store import ResultStore
+    from napari_smlm_uq.io.store import ENCODINGS, ResultStore
 
     out = tmp_path / "out"
     args = [a for a in predict_args(inputs, out, "--frames", "1:3") if a not in ("--format", "tif")]
@@ -128,10 +128,12 @@ def test_predict_zarr_is_the_default_and_compact(inputs, tmp_path, capsys):
                                      frames=range(1, 3)))
     mean, std = np.stack([r.mean for r in expected]), np.stack([r.std for r in expected])
     stored_mean, stored_std = (store.group[k][:].astype(np.float32) for k in ("mean", "std"))
-    low = mean < 0.02
+    floor = ENCODINGS["compact"].floor
+    low = mean < floor
     assert np.all(stored_mean[low] == 0) and low.any() and (~low).any()
     np.testing.assert_allclose(stored_mean[~low], mean[~low], rtol=2.0**-11, atol=2.0**-24)
-    np.testing.assert_allclose(stored_std, np.where(low, np.ceil((std + mean / 2) / 0.01) * 0.01, std), rtol=2.0**-11,
+    step = floor / 2
+    np.testing.assert_allclose(stored_std, np.where(low, np.ceil((std + mean / 2) / step) * step, std), rtol=2.0**-11,
                                atol=2.0**-24)  # float16 subnormals (< 6e-5) are spaced 2^-24
     np.testing.assert_allclose(store.group["sum"][:], mean.sum(0), rtol=1e-5, atol=1e-5)  # from the exact means
     assert json.loads((out / "summary.json").read_text())["frames"] == [1, 3]

@@ -118,8 +118,8 @@ def test_frame_ranges():
 
 
 def test_compact_store_floors_the_background_within_its_bound(tmp_path):
-    """The default encoding: |mean|, |sample| < 0.02 stored as 0, the std there as std + |mean| / 2 rounded up
-    to 0.01 steps, the rest float16; psi-like background noise (~0.005 KDE units) then costs almost nothing, and
+    """The default encoding: |mean|, |sample| < 0.03 stored as 0, the std there as std + |mean| / 2 rounded up
+    to 0.015 steps, the rest float16; psi-like background noise (~0.005 KDE units) then costs almost nothing, and
     stored mean +/- 2 std holds every value the exact mean +/- 2 std held."""
     rng = np.random.default_rng(4)
     noise = rng.gamma(4.0, 1.2e-3, (3, 2, 32, 48)).astype(np.float32)     # a background like psi's
@@ -134,14 +134,14 @@ def test_compact_store_floors_the_background_within_its_bound(tmp_path):
                           for p in (store.path / k / "c").rglob("*") if p.is_file())
     back = ResultStore.open(tmp_path / "compact")
     assert back.encoding is ENCODINGS["compact"]
-    assert back.meta["encoding"] == {"name": "compact", "dtype": "float16", "floor": 0.02, "compressor": "zstd level 3",
-                                     "std_where_floored": "std + |mean| / 2 rounded up to a multiple of 0.01"}
+    assert back.meta["encoding"] == {"name": "compact", "dtype": "float16", "floor": 0.03, "compressor": "zstd level 3",
+                                     "std_where_floored": "std + |mean| / 2 rounded up to a multiple of 0.015"}
     m, s, x = (back.group[k][:].astype(np.float32) for k in ("mean", "std", "sample"))
     assert back.group["mean"].dtype == np.float16
-    low = mean < 0.02
-    assert low.mean() > 0.9 and np.all(m[low] == 0) and np.all(x[sample < 0.02] == 0)
+    low = mean < 0.03
+    assert low.mean() > 0.9 and np.all(m[low] == 0) and np.all(x[sample < 0.03] == 0)
     np.testing.assert_allclose(m[~low], mean[~low], rtol=2.0**-11)                # float16 above the floor
-    np.testing.assert_allclose(s[low], np.ceil((std[low] + mean[low] / 2) / 0.01) * 0.01, rtol=2.0**-11)
+    np.testing.assert_allclose(s[low], np.ceil((std[low] + mean[low] / 2) / 0.015) * 0.015, rtol=2.0**-11)
     np.testing.assert_allclose(s[~low], std[~low], rtol=2.0**-11)
     truth = mean + rng.uniform(-2, 2, mean.shape) * std                             # held by mean +/- 2 std ...
     assert np.all(np.abs(truth - m) <= 2 * s * (1 + 2.0**-10) + 1e-6)              # ... and by the stored ones
