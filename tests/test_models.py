@@ -537,6 +537,17 @@ def test_train_phi_then_psi_and_writes_loadable_model(tmp_path):
     assert loaded.info["trained_on"]["iterations"] == 4
 
 
+def test_training_psi_drops_the_one_step_sampler_and_training_phi_keeps_it(tmp_path):
+    """A psi distilled to one step (the bundled default's) trained again by noise prediction is a two-step
+    psi; a phi fine-tune leaves psi, and its sampler, as they were."""
+    for target, steps in (("phi", 1), ("psi", 2)):
+        models = registry.build(registry.tiny_config())
+        models.info["sampler"] = {"steps": 1, "start": 0.5}
+        _, path = drain(training.train(settings(tmp_path / target, iterations=2, target=target, init="tiny"),
+                                       models=models))
+        assert registry.load(path).sampler_steps == steps
+
+
 def test_train_is_reproducible_for_a_seed(tmp_path):
     runs = []
     for name, unrelated in (("a", 1), ("b", 2)):

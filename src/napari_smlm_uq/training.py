@@ -260,6 +260,9 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     stages = ["phi", "psi"] if s.target == "both" else [s.target]
     if models.psi is None and "psi" in stages:
         raise InputError("this model has no psi to train")
+    if "psi" in stages:   # a psi trained to predict noise again takes the two-step sampler, not a distilled one's
+        for key in ("sampler", "distilled_psi"):
+            models.info.pop(key, None)
     for name in stages:
         total = s.psi_iterations if name == "psi" and s.psi_iterations else s.iterations
         models.to(device)

@@ -37,7 +37,7 @@ class Encoding:
     of ``floor / 2``, so stored mean +/- 2 stored std holds every value that mean +/- 2 std held (``|v| <=
     |v - mean| + |mean|``), and psi's background compresses to almost nothing. ``compressor``: ``"blosc"`` (zstd 3,
     bit-shuffle: best for noisy floats) or ``"zstd"`` (zstd 3: best for runs of zeros). ``bound``: upper bytes per
-    SR pixel and array on disk, for the free-space check before a run (docs/store.md: about twice the densest
+    SR pixel and array on disk, for the free-space check before a run (docs/store.md: above the densest
     measured)."""
 
     name: str
