@@ -18,6 +18,7 @@ import argparse
 import copy
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def batch(models: registry.Models, rng: np.random.Generator, gen: torch.Generato
 
 
 def distil(models: registry.Models, student: UNet, state: dict, iterations: int, lr: float, bf16: bool,
-           save: callable) -> None:
+           save: Callable[[], None]) -> None:
     """Train ``student`` (in place) from ``state`` on; ``save()`` every 250 iterations (resumable)."""
     gammas = models.schedule.inference_gammas(2, START)
     rng, gen = state["rng"], state["gen"]
@@ -120,7 +121,8 @@ def main() -> None:
     models = registry.load(a.init)
     models.to("cpu")
     models.psi.requires_grad_(False)
-    student = copy.deepcopy(registry.load(a.student).psi if a.student else models.psi).requires_grad_(True)
+    previous = registry.load(a.student) if a.student else None
+    student = copy.deepcopy(previous.psi if previous else models.psi).requires_grad_(True)
     bf16 = bf16_autocast("auto", torch.device("cpu"))
     checkpoint = a.out.with_suffix(".state.pt")
     state = {"iteration": 0, "log": [], "rng": np.random.default_rng(a.seed),
@@ -143,8 +145,8 @@ def main() -> None:
     info = dict(models.info, sampler={"steps": 1, "start": START},
                 distilled_psi={"teacher": a.init, "teacher_steps": 2, "iterations": a.iterations, "lr": a.lr,
                                "seed": a.seed,
-                               "previous_stage": registry.load(a.student).info.get("distilled_psi") if a.student
-                               else None, "bf16": bf16, "validation": check,
+                               "previous_stage": previous.info.get("distilled_psi") if previous else None,
+                               "bf16": bf16, "validation": check,
                                "loss_per_250": [float(np.mean(state["log"][i:i + 250]))
                                                 for i in range(0, len(state["log"]), 250)]})
     registry.save(replace(models, psi=student, info=info), a.out)
