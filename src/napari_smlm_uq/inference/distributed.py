@@ -304,8 +304,8 @@ def predict_on_cluster(client, jobs: list[StackJob], model: str, chunk_frames: i
     finally:
         client.cancel(list(pending))
         for job, store in stores.items():
-            if left.get(job, 1) and not store.done().all():   # all done but not all kept: leave it partial
-                store.finish()   # partial, listing the frame ranges done
+            if left.get(job, 1):   # a chunk not kept (even with every frame in the store): partial, listing
+                store.mark_partial()   # the frame ranges done
 
 
 def _collect(future, pending: dict, left: dict, stores: dict) -> Iterator[ChunkDone | StackDone | StackFailed]:
