@@ -548,6 +548,22 @@ def test_training_psi_drops_the_one_step_sampler_and_training_phi_keeps_it(tmp_p
         assert registry.load(path).sampler_steps == steps
 
 
+def test_training_psi_alone_keeps_phis_training_ranges(tmp_path):
+    """phi's ranges (``trained_on``, what the preflight warnings compare a stack with) survive a psi fine-tune,
+    whose own ranges go to ``psi_trained_on``; training both networks replaces both."""
+    models = registry.build(registry.tiny_config())
+    models.info["trained_on"] = {"density": [0.0, 6.0]}
+    _, path = drain(training.train(settings(tmp_path / "psi", iterations=2, target="psi", init="tiny",
+                                            density=(0.5, 12.0)), models=models))
+    info = registry.load(path).info
+    assert list(info["trained_on"]["density"]) == [0.0, 6.0]
+    assert list(info["psi_trained_on"]["density"]) == [0.5, 12.0]
+    _, path = drain(training.train(settings(tmp_path / "both", iterations=2, psi_iterations=2, density=(0.1, 3.0),
+                                            init=str(path))))
+    info = registry.load(path).info
+    assert list(info["trained_on"]["density"]) == [0.1, 3.0] and "psi_trained_on" not in info
+
+
 def test_train_is_reproducible_for_a_seed(tmp_path):
     runs = []
     for name, unrelated in (("a", 1), ("b", 2)):

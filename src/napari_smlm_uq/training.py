@@ -240,6 +240,21 @@ def initial_models(s: TrainSettings) -> Models:
     return registry.build(s.config, name=Path(s.out_dir).name)
 
 
+def record_ranges(info: dict, s: TrainSettings) -> None:
+    """Write the simulation ranges of this run into a model's ``info``: ``trained_on`` is phi's, the range its
+    detection learned and the one the preflight warnings compare a stack with; training psi alone on a model that
+    has one records psi's ranges as ``psi_trained_on`` instead (phi, frozen, detects as before)."""
+    ranges = {k: v for k, v in asdict(s).items() if k not in ("config", "out_dir", "init", "z_calibration")}
+    if s.z_calibration is not None:
+        ranges["z_calibration"] = s.z_calibration.to_dict()
+    if s.target == "psi" and "trained_on" in info:
+        info["psi_trained_on"] = ranges
+        return
+    info["trained_on"] = ranges
+    if s.target == "both":
+        info.pop("psi_trained_on", None)
+
+
 def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: False,
           models: Models | None = None) -> Generator[Progress, None, Path | None]:
     """Train (or fine-tune) the models of ``settings``; yields :class:`Progress` every iteration.
@@ -251,10 +266,7 @@ def train(settings: TrainSettings, should_stop: Callable[[], bool] = lambda: Fal
     torch.manual_seed(s.seed)  # before the networks are initialised, so a seed reproduces a run
     models = models or initial_models(s)
     models.name = out.name
-    models.info["trained_on"] = {k: v for k, v in asdict(s).items()
-                                 if k not in ("config", "out_dir", "init", "z_calibration")}
-    if s.z_calibration is not None:
-        models.info["trained_on"]["z_calibration"] = s.z_calibration.to_dict()
+    record_ranges(models.info, s)
     model_path = out / "model.pt"
     good = model_path if model_path.exists() else None
     stages = ["phi", "psi"] if s.target == "both" else [s.target]
