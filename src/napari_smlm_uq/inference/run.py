@@ -45,7 +45,7 @@ class RunSettings:
     format: Literal["zarr", "tif"] = option("zarr", help="per-frame mean/std/sample: a results.zarr store "
                                             "(docs/store.md) or three TIFF stacks", gui=False)
     store_encoding: Encoding = option(DEFAULT_ENCODING, help="how results.zarr stores them: compact (float16, |values| "
-                                      "< 0.03 as 0: ~0.25-0.75 MB per 256x256 frame), float16, or float32 (lossless); "
+                                      "< 0.03 as 0: ~0.3-0.8 MB per 256x256 frame), float16, or float32 (lossless); "
                                       "docs/store.md", label="stored as")
     workers: int = option(0, help="predict on a local dask cluster of N worker processes", low=0, gui=False)
     scheduler: str | None = option(None, help="predict on an existing dask cluster: its scheduler address "
