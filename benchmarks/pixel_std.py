@@ -6,7 +6,7 @@ size differ from the training defaults.
     PYTHONPATH=src python benchmarks/pixel_std.py [--frames 5] [--model default] [--steps N]
                                                   [--out benchmarks/results/pixel_std_cpu.json]
 
-The truth is each frame's KDE as the networks are trained to draw it (physics/kde.render_kde, saturated at 1);
+The truth is each frame's KDE as the networks are trained to draw it (analysis/evaluation.true_kdes, saturated at 1);
 the movies are density.py's (the benchmark movies' photons, background and camera), seeds 9700+ used nowhere
 else. The default pipeline (8 samples, the default steps unless --steps).
 """
@@ -26,9 +26,9 @@ from density import movie
 from precision import run
 from scipy.stats import spearmanr
 
+from napari_smlm_uq.analysis.evaluation import true_kdes
 from napari_smlm_uq.inference.pipeline import PredictSettings
 from napari_smlm_uq.models import registry
-from napari_smlm_uq.physics.kde import from_model, render_kde, to_model
 from napari_smlm_uq.physics.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,7 @@ MOVIES = [(d, s, {}) for s in ("uniform", "filaments") for d in (0.5, 3.0, 5.0, 
 
 def pixel_figures(results: list, stack) -> dict:
     """Coverage (%) of mean +/- 2 std and Spearman(std, |mean - truth|), on signal pixels and on all."""
-    truth = np.stack([from_model(to_model(render_kde(e.row, e.col, stack.settings.shape)))
-                      for e in (stack.emitters.in_frame(r.index) for r in results)])
+    truth = np.minimum(true_kdes(stack.emitters, range(len(results)), stack.settings.shape), 1.0)
     mean, std = np.stack([r.mean for r in results]), np.stack([r.std for r in results])
     error = np.abs(mean - truth)
     out = {}

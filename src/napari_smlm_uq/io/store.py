@@ -68,7 +68,7 @@ class Encoding:
                 "compressor": "zstd level 3" if self.compressor == "zstd" else "blosc zstd level 3, bit-shuffle"}
 
 
-# lossless, psi's background noise compresses little (71-81 % of the raw bytes); ``compact`` stores 0.3-0.7
+# lossless, psi's background noise compresses little (71-81 % of the raw bytes); ``compact`` stores 0.3-0.8
 # MB per 256x256 frame at 0.5-3 emitters/um^2 (measured on predicted frames, docs/store.md)
 ENCODINGS = {e.name: e for e in (Encoding("compact", "float16", 0.03, "zstd", 0.3),
                                   Encoding("float16", "float16", 0.0, "blosc", 1.7),
